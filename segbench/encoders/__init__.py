@@ -1,0 +1,86 @@
+"""Backbones. Every encoder honours one contract so any decoder can attach to any encoder:
+
+- ``forward(x) -> list[Tensor]``: stage outputs, shallow to deep;
+- ``out_channels: tuple[int, ...]`` and ``strides: tuple[int, ...]``, one entry per stage output,
+  equal to what ``forward`` really returns (the tests check this);
+- dilated variants take ``output_stride`` in {8, 16, 32}.
+
+Parameter names follow the publisher of the usual ImageNet weights (torchvision for VGG and ResNet),
+so their checkpoint files load with ``strict=True``; see ``load_backbone_weights``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segbench.encoders import mit, resnet, swin, vgg  # noqa: F401  (registration)
+
+__all__ = ["LoadReport", "load_backbone_weights"]
+
+
+@dataclass
+class LoadReport:
+    """What a weight load did: which keys were loaded, and which were skipped (in the file, not
+    wanted) or missing (wanted, left at their initialisation)."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left initialised {len(self.missing)}"
+
+
+def _read_state_dict(source: str | Path | dict) -> dict[str, torch.Tensor]:
+    if isinstance(source, dict):
+        state = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # Common wrappers: {"state_dict": ...} (MMSeg, Lightning), {"model": ...} (Swin, DeiT releases).
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadReport:
+    """Load backbone weights from a file or state dict into an encoder (or a model's ``.encoder``).
+
+    The file uses the encoder's native key layout (torchvision for VGG/ResNet). Keys the encoder has
+    no place for (an ImageNet classifier) are skipped; the encoder may adapt tensors first through
+    its ``adapt_state_dict`` (e.g. FCN's fc6 takes VGG's first classifier layer reshaped to 7x7).
+    Every encoder parameter must then be present: the load is strict on the encoder's side.
+    """
+    encoder = getattr(target, "encoder", target)
+    state = _read_state_dict(source)
+    adapt = getattr(encoder, "adapt_state_dict", None)
+    if adapt is not None:
+        state = adapt(dict(state))
+    own = encoder.state_dict()
+    report = LoadReport()
+    wanted = {}
+    for key, tensor in state.items():
+        if key not in own:
+            report.skipped.append(key)
+            continue
+        if tuple(own[key].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"shape mismatch for {key!r}: checkpoint {tuple(tensor.shape)} vs encoder {tuple(own[key].shape)}"
+            )
+        wanted[key] = tensor
+    report.missing = [k for k in own if k not in wanted]
+    if report.missing:
+        raise KeyError(
+            f"checkpoint lacks {len(report.missing)} encoder tensors, e.g. {report.missing[:5]}; "
+            "is it the right backbone?"
+        )
+    encoder.load_state_dict(wanted, strict=True)
+    report.loaded = list(wanted)
+    return report
