@@ -4,6 +4,14 @@ in its default configuration."""
 
 SMALL_OPTIONS: dict[str, dict] = {
     "unet": {"base_width": 8},
+    "segformer": {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "decoder_dim": 16, "drop_path_rate": 0.0},
+    # VGG nets: stage widths 4..32. FCN's zero-initialised score layers (the paper's) would give the trunk
+    # no gradient on the first step, which the every-parameter-gets-a-gradient test would flag.
+    "fcn32s": {"base_width": 4, "zero_init_scores": False},
+    "fcn16s": {"base_width": 4, "zero_init_scores": False},
+    "fcn8s": {"base_width": 4, "zero_init_scores": False},
+    "segnet": {"base_width": 4},
+    "deeplabv1": {"base_width": 4},
 }
 
 
