@@ -75,12 +75,14 @@ def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadR
                 f"shape mismatch for {key!r}: checkpoint {tuple(tensor.shape)} vs encoder {tuple(own[key].shape)}"
             )
         wanted[key] = tensor
-    report.missing = [k for k in own if k not in wanted]
+    # BatchNorm's num_batches_tracked is absent from older torchvision files; it only feeds momentum=None.
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    report.missing = [k for k in own if k not in wanted and k not in optional]
     if report.missing:
         raise KeyError(
             f"checkpoint lacks {len(report.missing)} encoder tensors, e.g. {report.missing[:5]}; "
             "is it the right backbone?"
         )
-    encoder.load_state_dict(wanted, strict=True)
+    encoder.load_state_dict(wanted, strict=not (optional - wanted.keys()))
     report.loaded = list(wanted)
     return report
