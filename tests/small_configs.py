@@ -12,6 +12,10 @@ SMALL_OPTIONS: dict[str, dict] = {
     "fcn8s": {"base_width": 4, "zero_init_scores": False},
     "segnet": {"base_width": 4},
     "deeplabv1": {"base_width": 4},
+    # Slim Swin-T + narrow UPerNet head; no stochastic depth, which drops whole residual branches (and so
+    # their gradient) at random in training.
+    "upernet": {"embed_dim": 8, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "channels": 16, "aux_channels": 8,
+                "drop_path_rate": 0.0},
 }
 
 
