@@ -12,6 +12,12 @@ SMALL_OPTIONS: dict[str, dict] = {
     "fcn8s": {"base_width": 4, "zero_init_scores": False},
     "segnet": {"base_width": 4},
     "deeplabv1": {"base_width": 4},
+    # ResNet-18 instead of ResNet-50/101: the same dilated trunk and heads, a fraction of the compute.
+    "fcn": {"encoder": "resnet18"},
+    "pspnet": {"encoder": "resnet18"},
+    "deeplabv2": {"encoder": "resnet18"},
+    "deeplabv3": {"encoder": "resnet18"},
+    "deeplabv3plus": {"encoder": "resnet18"},
     # Slim Swin-T + narrow UPerNet head; no stochastic depth, which drops whole residual branches (and so
     # their gradient) at random in training.
     "upernet": {"embed_dim": 8, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "channels": 16, "aux_channels": 8,
