@@ -1,0 +1,160 @@
+"""``load_data``: discover -> check and cache (first time) -> split -> normalise -> datasets + report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segbench.data import BUILTIN_DATASETS, SegmentationData
+from segbench.data.brain import BRAIN_CLASS_NAMES, BRAIN_RULE_VERSION, template_files
+from segbench.data.cache import CacheStore, open_or_build
+from segbench.data.config import DataConfig, DataError
+from segbench.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Normalization, SliceDataset, TrainSliceDataset
+from segbench.data.layouts import CaseFiles, Source, discover
+from segbench.data.readers import BrainReader, ImageReader2D, VolumeReader
+from segbench.data.report import DataReport, SplitStats
+from segbench.data.splits import SplitPlan, plan_splits
+
+__all__ = ["load", "resolve_source"]
+
+
+def _is_builtin(cfg: DataConfig) -> bool:
+    return cfg.source in BUILTIN_DATASETS and not Path(cfg.source).is_dir()
+
+
+def resolve_source(cfg: DataConfig) -> tuple[Source, object, object]:
+    """(source, reader, cache-key salt) for ``cfg.source``."""
+    bake = cfg.normalize in ("auto", "volume")
+    if _is_builtin(cfg):
+        if cfg.format != "auto":
+            raise ValueError(f"format={cfg.format!r} does not apply to the built-in dataset {cfg.source!r}")
+        files = template_files()
+        source = Source(
+            name=cfg.source,
+            format="builtin",
+            root="MNI152 2009a template shipped with nilearn",
+            volumetric=True,
+            cases=[CaseFiles("mni152", (files["t1"],), files["gm"])],
+            num_classes=len(BRAIN_CLASS_NAMES),
+            class_names=list(BRAIN_CLASS_NAMES),
+            extra_files=(files["wm"],),
+        )
+        return source, BrainReader(cfg, bake), ("brain-mri", BRAIN_RULE_VERSION)
+    source = discover(cfg)
+    if not source.volumetric:
+        if cfg.normalize == "volume":
+            raise ValueError("normalize='volume' applies to NIfTI volumes; for 2D images use auto, dataset, imagenet or none")
+        return source, ImageReader2D(cfg), None
+    return source, VolumeReader(cfg, bake), None
+
+
+def _channel_stats(store: CacheStore, ranges: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over the given slices (exact; from cached sums for whole cases)."""
+    channels = store.meta["in_channels"]
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for case, first, stop in ranges:
+        record = store.meta["cases"][case]
+        if (first, stop) == (0, record["slices"]):
+            total += record["channel_sum"]
+            total_sq += record["channel_sumsq"]
+            count += record["pixels"]
+        else:
+            for index in range(first, stop):
+                pixels = store.image(case, index).astype(np.float64)
+                total += pixels.sum(axis=(1, 2))
+                total_sq += np.square(pixels).sum(axis=(1, 2))
+                count += pixels[0].size
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
+    return mean, np.where(std > 1e-6, std, 1.0)  # a constant channel is only centred
+
+
+def _normalization(cfg: DataConfig, store: CacheStore, splits: SplitPlan, baked: bool) -> Normalization:
+    meta = store.meta
+    channels = meta["in_channels"]
+    identity = (0.0,) * channels, (1.0,) * channels
+    if meta["volumetric"] and baked:
+        return Normalization("volume", *identity)
+    if cfg.normalize == "none":
+        return Normalization("none", *identity)
+    eight_bit_rgb = channels == 3 and meta["image_dtype"] == "uint8"
+    if cfg.normalize == "imagenet" or (cfg.normalize == "auto" and eight_bit_rgb):
+        if not eight_bit_rgb:
+            raise DataError(f"normalize='imagenet' needs 8-bit RGB images; these have {channels} channel(s) of {meta['image_dtype']}")
+        return Normalization("imagenet", tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD))
+    mean, std = _channel_stats(store, splits.ranges["train"])
+    return Normalization("dataset", tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def _split_stats(store: CacheStore, ranges: list[tuple[int, int, int]], num_classes: int) -> SplitStats:
+    counts = np.zeros(num_classes, dtype=np.int64)
+    ignored = slices = 0
+    for case, first, stop in ranges:
+        record = store.meta["cases"][case]
+        if (first, stop) == (0, record["slices"]):
+            counts += np.asarray(record["class_counts"], dtype=np.int64)
+            ignored += record["ignored"]
+        else:
+            for index in range(first, stop):
+                mask = store.mask(case, index).astype(np.int64)
+                valid = mask != store.meta["ignore_index"]
+                counts += np.bincount(mask[valid], minlength=num_classes)
+                ignored += int((~valid).sum())
+        slices += stop - first
+    return SplitStats(len({case for case, _, _ in ranges}), slices, counts.tolist(), ignored)
+
+
+def load(cfg: DataConfig) -> SegmentationData:
+    """Implementation of ``segbench.data.load_data``."""
+    source, reader, salt = resolve_source(cfg)
+    baked = source.volumetric and cfg.normalize in ("auto", "volume")
+    store = open_or_build(source, cfg, reader, baked, salt)
+    meta = store.meta
+    cases = meta["cases"]
+    splits = plan_splits(
+        [c["case"] for c in cases], [c["split"] for c in cases], [c["slices"] for c in cases], cfg, volumetric=meta["volumetric"]
+    )
+    normalization = _normalization(cfg, store, splits, baked)
+    datasets = {}
+    for name, ranges in splits.ranges.items():
+        items = [(case, index) for case, first, stop in ranges for index in range(first, stop)]
+        if not items:
+            raise DataError(f"the {name} split is empty")
+        if name == "train":
+            empty = {item for item in items if meta["volumetric"] and cases[item[0]]["foreground"][item[1]] == "0"}
+            keep = cfg.keep_empty_slices if meta["volumetric"] else 1.0
+            datasets[name] = TrainSliceDataset(store, items, normalization, cfg.augment, meta["ignore_index"], cfg.seed, empty, keep)
+        else:
+            datasets[name] = SliceDataset(store, items, normalization)
+    notices = list(meta["notices"]) + splits.notices
+    sizes = [tuple(c["size"]) for c in cases]
+    report = DataReport(
+        name=meta["name"],
+        format=meta["format"],
+        source=meta["source"],
+        num_classes=meta["num_classes"],
+        class_names=list(meta["class_names"]),
+        in_channels=meta["in_channels"],
+        ignore_index=meta["ignore_index"],
+        image_sizes=(min(sizes), max(sizes)),
+        normalization=normalization.describe(),
+        splits={name: _split_stats(store, ranges, meta["num_classes"]) for name, ranges in splits.ranges.items()},
+        notices=notices,
+        train_slices_per_epoch=len(datasets["train"]),
+    )
+    return SegmentationData(
+        name=meta["name"],
+        num_classes=meta["num_classes"],
+        in_channels=meta["in_channels"],
+        class_names=list(meta["class_names"]),
+        ignore_index=meta["ignore_index"],
+        splits=datasets,
+        notices=notices,
+        report=report,
+        format=meta["format"],
+        volumetric=meta["volumetric"],
+        normalization=normalization,
+        config=cfg,
+        palette=[tuple(c) for c in meta["palette"]] if meta["palette"] else None,
+    )

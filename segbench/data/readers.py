@@ -1,0 +1,132 @@
+"""Per-case readers for the cache builder: 2D files, NIfTI volumes, and the built-in brain.
+
+Each reader turns one ``CaseFiles`` into stacks of slices: masks as stored values ``(S, H, W)``
+(colour masks packed to int32 codes), images as ``(S, C, H, W)``. ``probe`` checks geometry from the
+headers only, so a size mismatch is reported before any image is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from segbench.data import brain, imageio, volumes
+from segbench.data.config import DataConfig, DataError
+from segbench.data.labels import MaskSummary, pack_colours
+from segbench.data.layouts import CaseFiles
+
+__all__ = ["Probe", "ImageReader2D", "VolumeReader", "BrainReader"]
+
+
+@dataclass
+class Probe:
+    channels: int
+    dtype: str
+
+
+class ImageReader2D:
+    """PNG / JPEG / TIFF / BMP pairs; several files per case are stacked as channels."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self.notices: list[str] = []
+
+    def mask(self, case: CaseFiles) -> tuple[np.ndarray, MaskSummary]:
+        if case.mask.suffix.lower() in (".jpg", ".jpeg") and not self.notices:
+            self.notices.append(f"masks are JPEG files (e.g. {case.mask}): lossy compression alters label values at edges; store masks as PNG")
+        array, palette = imageio.read_mask(case.mask)
+        colour = array.ndim == 3
+        codes = pack_colours(array) if colour else array
+        return codes[None], MaskSummary(case.mask, np.unique(codes), colour, palette)
+
+    def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
+        size = tuple(mask_shape[-2:])
+        channels, dtypes = 0, []
+        for path in case.images:
+            info = imageio.probe_image(path)
+            if info.size != size:
+                raise DataError(
+                    f"size mismatch: image {path} is {info.size[0]}x{info.size[1]} (HxW) but mask {case.mask} is {size[0]}x{size[1]}"
+                )
+            channels += info.channels
+            dtypes.append(info.dtype)
+        return Probe(channels, np.result_type(*dtypes).name)
+
+    def image(self, case: CaseFiles, channels: int, dtype: str) -> np.ndarray:
+        image = np.concatenate([imageio.read_image(p) for p in case.images], axis=0)
+        if image.shape[0] == 1 and channels == 3:
+            image = np.repeat(image, 3, axis=0)  # grey among RGB images
+        return image.astype(dtype, copy=False)[None]
+
+
+def _spatial(shape: tuple[int, ...], affine: np.ndarray) -> tuple[int, ...]:
+    """Shape of the first three axes after RAS+ reorientation (header-only: no data read)."""
+    return tuple(volumes.to_canonical(np.empty(shape[:3], dtype=np.uint8), affine).shape)
+
+
+class VolumeReader:
+    """NIfTI volumes: RAS+ reorientation, per-volume normalisation (unless disabled), slicing."""
+
+    def __init__(self, cfg: DataConfig, normalize_volumes: bool) -> None:
+        self.cfg = cfg
+        self.normalize_volumes = normalize_volumes
+        self.notices: list[str] = []
+        self._affines: dict[str, np.ndarray] = {}
+
+    def mask(self, case: CaseFiles) -> tuple[np.ndarray, MaskSummary]:
+        labels, affine, _ = volumes.read_volume(case.mask)
+        if labels.ndim == 4 and labels.shape[-1] == 1:
+            labels = labels[..., 0]
+        if labels.ndim != 3:
+            raise DataError(f"label volume {case.mask} has shape {labels.shape}; expected 3D")
+        if not np.issubdtype(labels.dtype, np.integer):
+            if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+                raise DataError(f"label volume {case.mask} holds non-integer values; labels must be class ids")
+            labels = labels.astype(np.int32)
+        self._affines[case.case] = affine
+        slices = volumes.labels_to_slices(volumes.to_canonical(labels, affine), self.cfg.slice_axis)
+        return slices, MaskSummary(case.mask, np.unique(slices))
+
+    def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
+        label_affine = self._affines[case.case]
+        expected = volumes.probe_volume(case.mask)[0][:3]
+        channels = 0
+        for path in case.images:
+            shape, affine = volumes.probe_volume(path)
+            if _spatial(shape, affine) != _spatial(expected, label_affine):
+                raise DataError(f"size mismatch: image {path} has shape {shape} but label {case.mask} has shape {expected}")
+            if not np.allclose(affine, label_affine, atol=1e-3):
+                message = f"image {path} and label {case.mask} have different affines (voxel-to-world); reading both in voxel order"
+                if self.cfg.strict:
+                    raise DataError(message)
+                self.notices.append(message)
+            channels += shape[3] if len(shape) == 4 else 1
+        return Probe(channels, "float32")
+
+    def image(self, case: CaseFiles, channels: int, dtype: str) -> np.ndarray:
+        parts = []
+        for path in case.images:
+            array, affine, _ = volumes.read_volume(path)
+            array = volumes.to_canonical(array, affine).astype(np.float32, copy=False)
+            if self.normalize_volumes:
+                array = volumes.normalize_volume(array)
+            parts.append(array[..., None] if array.ndim == 3 else array)
+        return volumes.volume_to_slices(np.concatenate(parts, axis=-1), self.cfg.slice_axis)
+
+
+class BrainReader(VolumeReader):
+    """The built-in MNI152 brain (``segbench.data.brain``), already in RAS+ order."""
+
+    def mask(self, case: CaseFiles) -> tuple[np.ndarray, MaskSummary]:
+        slices = volumes.labels_to_slices(brain.brain_volume()[1], self.cfg.slice_axis)
+        return slices, MaskSummary(case.mask, np.unique(slices))
+
+    def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
+        return Probe(1, "float32")
+
+    def image(self, case: CaseFiles, channels: int, dtype: str) -> np.ndarray:
+        t1 = brain.brain_volume()[0]
+        if self.normalize_volumes:
+            t1 = volumes.normalize_volume(t1)
+        return volumes.volume_to_slices(t1, self.cfg.slice_axis)

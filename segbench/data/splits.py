@@ -1,0 +1,170 @@
+"""Train/val/test assignment: by case (image or volume), never by slice of a shared volume.
+
+Order of authority: ``split_file``, then the folder layout (``train/ val/ test/`` folders), then a
+split seeded by ``cfg.seed``. A split the layout lacks (e.g. val when only ``imagesTr/`` exists) is
+carved from train by ``val_fraction`` / ``test_fraction``. A lone volume is cut into slabs along the
+slice axis: ``SLABS`` equal slabs, val/test slabs drawn (seeded) from the inner ones (the outermost
+slabs hold atypical anatomy), and ``slab_gap`` slices dropped at every boundary between slabs of
+different splits, so no two neighbouring slices end up on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from segbench.data.config import DataConfig, DataError
+
+__all__ = ["SplitPlan", "plan_splits", "read_split_file", "SLABS"]
+
+SLABS = 10
+_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class SplitPlan:
+    ranges: dict[str, list[tuple[int, int, int]]]  # split -> (case index, first slice, stop slice)
+    by_slab: bool = False
+    notices: list[str] = field(default_factory=list)
+
+
+def read_split_file(path: str | Path) -> tuple[dict[str, list[str]], list[str]]:
+    """{"train": [ids], "val": [ids], "test": [ids]} (JSON or YAML), or nnU-Net's splits_final.json
+    (a list of folds; fold 0 is used)."""
+    path = Path(path).expanduser()
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot read split file {path}: {exc}") from None
+    notices = []
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        content = content[0]
+        notices.append(f"{path} lists folds (nnU-Net splits_final.json); using fold 0")
+    if not isinstance(content, dict) or not content:
+        raise DataError(f"split file {path} must map train/val/test to lists of case ids")
+    splits: dict[str, list[str]] = {}
+    for key, ids in content.items():
+        if str(key).lower() not in _ALIASES or not isinstance(ids, list):
+            raise DataError(f"split file {path}: entry {key!r} must be one of train/val/test with a list of case ids")
+        splits[_ALIASES[str(key).lower()]] = [str(i) for i in ids]
+    return splits, notices
+
+
+def _held_out_counts(n: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, int]:
+    fractions = {"val": cfg.val_fraction, "test": cfg.test_fraction}
+    return {s: max(1, round(fractions[s] * n)) for s in wanted if fractions[s] > 0}
+
+
+def _carve(indices: list[int], cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[int]]:
+    """Seeded split of ``indices`` into train plus the ``wanted`` held-out splits."""
+    counts = _held_out_counts(len(indices), cfg, wanted)
+    if len(indices) - sum(counts.values()) < 1:
+        raise DataError(
+            f"{len(indices)} case(s) are too few to hold out {', '.join(f'{v} for {k}' for k, v in counts.items())} "
+            "and keep one for training; add data, lower val_fraction/test_fraction or give a split_file"
+        )
+    order = [indices[i] for i in np.random.default_rng(cfg.seed).permutation(len(indices))]
+    out, start = {}, 0
+    for split, count in counts.items():
+        out[split] = sorted(order[start : start + count])
+        start += count
+    out["train"] = sorted(order[start:])
+    return out
+
+
+def _slabs(slices: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:
+    gap = cfg.slab_gap
+    count = min(SLABS, slices // (gap + 1))
+    held = _held_out_counts(count, cfg, wanted) if count else {}
+    if count < sum(held.values()) + 1 or not held:
+        raise DataError(
+            f"one volume of {slices} slices cannot be split by slab into train and {', '.join(wanted)} with "
+            f"slab_gap={gap}; add volumes or lower slab_gap"
+        )
+    bounds = np.linspace(0, slices, count + 1).round().astype(int)
+    candidates = list(range(1, count - 1)) if count - 2 >= sum(held.values()) else list(range(count))
+    order = [candidates[i] for i in np.random.default_rng(cfg.seed).permutation(len(candidates))]
+    owner = ["train"] * count
+    start = 0
+    for split, n in held.items():
+        for slab in order[start : start + n]:
+            owner[slab] = split
+        start += n
+    first, stop = list(bounds[:-1]), list(bounds[1:])
+    for k in range(count - 1):  # drop `gap` slices at each boundary between different splits
+        if owner[k] != owner[k + 1]:
+            if owner[k] == "train":
+                stop[k] -= gap
+            else:
+                first[k + 1] += gap
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for k in range(count):
+        if first[k] >= stop[k]:
+            continue
+        spans = ranges.setdefault(owner[k], [])
+        if spans and spans[-1][1] == first[k]:
+            spans[-1] = (spans[-1][0], stop[k])
+        else:
+            spans.append((first[k], stop[k]))
+    return ranges
+
+
+def plan_splits(
+    cases: list[str], layout: list[str | None], slices: list[int], cfg: DataConfig, *, volumetric: bool
+) -> SplitPlan:
+    """Assign every case (or, for a lone volume, every slab) to train / val / test."""
+    notices: list[str] = []
+    assigned: dict[str, list[int]] = {}
+    if cfg.split_file:
+        listed, notices = read_split_file(cfg.split_file)
+        index = {case: i for i, case in enumerate(cases)}
+        unknown = sorted({c for ids in listed.values() for c in ids if c not in index})
+        if unknown:
+            raise DataError(f"split file {cfg.split_file} names unknown case(s): {', '.join(unknown[:10])}")
+        seen: dict[str, str] = {}
+        for split, ids in listed.items():
+            for case in ids:
+                if case in seen and seen[case] != split:
+                    raise DataError(f"split file {cfg.split_file} puts {case!r} in both {seen[case]} and {split}")
+                seen[case] = split
+            assigned[split] = sorted({index[c] for c in ids})
+        left_out = [c for c in cases if c not in seen]
+        if left_out:
+            message = f"{len(left_out)} case(s) are in no split of {cfg.split_file}, e.g. {left_out[0]}"
+            if cfg.strict:
+                raise DataError(message)
+            notices.append(message + "; they are not used")
+        if any(layout):
+            notices.append(f"split_file {cfg.split_file} overrides the train/val/test folders")
+    elif any(layout):
+        for i, split in enumerate(layout):
+            assigned.setdefault(split or "train", []).append(i)
+    else:
+        assigned["train"] = list(range(len(cases)))
+
+    empty = [split for split, members in assigned.items() if not members]
+    if empty:
+        raise DataError(f"split(s) {', '.join(empty)} hold no cases")
+    wanted = tuple(s for s in ("val", "test") if s not in assigned and (s == "val" or cfg.test_fraction > 0))
+    if "val" in wanted and cfg.val_fraction <= 0:
+        raise DataError("no validation split: give val/ folders or a split_file, or set val_fraction > 0")
+    ranges: dict[str, list[tuple[int, int, int]]] = {}
+    by_slab = False
+    if wanted:
+        train = assigned.pop("train", [])
+        if not train:
+            raise DataError("no training cases to hold val/test out of")
+        if len(train) == 1 and volumetric:
+            by_slab = True
+            for split, spans in _slabs(slices[train[0]], cfg, wanted).items():
+                ranges[split] = [(train[0], a, b) for a, b in spans]
+            notices.append(f"one training volume: split by slab along the slice axis with {cfg.slab_gap} slice(s) dropped between splits")
+        else:
+            assigned.update(_carve(train, cfg, wanted))
+    for split, members in assigned.items():
+        ranges[split] = [(i, 0, slices[i]) for i in members]
+    order = [s for s in ("train", "val", "test") if s in ranges]
+    return SplitPlan({s: ranges[s] for s in order}, by_slab, notices)
