@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from segbench.weights import read_checkpoint
 from segbench.encoders import mit, resnet, swin, vgg  # noqa: F401  (registration)
 
 __all__ = ["LoadReport", "load_backbone_weights"]
@@ -35,21 +35,6 @@ class LoadReport:
         return f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left initialised {len(self.missing)}"
 
 
-def _read_state_dict(source: str | Path | dict) -> dict[str, torch.Tensor]:
-    if isinstance(source, dict):
-        state = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint file at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    # Common wrappers: {"state_dict": ...} (MMSeg, Lightning), {"model": ...} (Swin, DeiT releases).
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
-
-
 def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadReport:
     """Load backbone weights from a file or state dict into an encoder (or a model's ``.encoder``).
 
@@ -59,7 +44,7 @@ def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadR
     Every encoder parameter must then be present: the load is strict on the encoder's side.
     """
     encoder = getattr(target, "encoder", target)
-    state = _read_state_dict(source)
+    state = source if isinstance(source, dict) else read_checkpoint(source)
     adapt = getattr(encoder, "adapt_state_dict", None)
     if adapt is not None:
         state = adapt(dict(state))

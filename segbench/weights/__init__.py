@@ -9,11 +9,12 @@ and reports what was missing or unexpected.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["SOURCES", "ConversionReport", "register_converter", "convert", "convert_with_report", "CONVERTERS"]
+__all__ = ["read_checkpoint", "SOURCES", "ConversionReport", "register_converter", "convert", "convert_with_report", "CONVERTERS"]
 
 SOURCES = ("hf", "mmseg", "nvlabs", "microsoft", "torchvision", "timm")
 
@@ -51,6 +52,28 @@ class ConversionReport:
         for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("mismatched", self.mismatched)):
             lines += [f"  {title}: {k}" for k in keys[:20]] + ([f"  ... {len(keys) - 20} more"] if len(keys) > 20 else [])
         return "\n".join(lines)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file: ``.safetensors`` (needs the safetensors package) or a torch
+    pickle read with ``weights_only=True``; the usual wrappers ``{"state_dict": ...}`` (MMSeg, Lightning)
+    and ``{"model": ...}`` (Swin, DeiT releases) are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ImportError(f"{path} is a safetensors file: pip install safetensors to read it") from err
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return state
 
 
 def _load_modules() -> None:
