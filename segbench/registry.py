@@ -137,13 +137,23 @@ def model_options(name: str) -> dict[str, Any]:
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
-    """Build a registered architecture. Unknown names or options raise an error listing the valid ones."""
+    """Build a registered architecture. Unknown names or options raise an error listing the valid ones.
+
+    ``pretrained`` (every architecture; default None) loads weights after building: ``"imagenet"`` (the
+    encoder's published ImageNet weights) or a checkpoint path; ``model.pretrained_report`` says what was
+    loaded (see ``segbench.pretrained``)."""
     entry = _lookup(ARCHITECTURES, name, "architecture")
+    pretrained = options.pop("pretrained", None)
     _check_options(entry.builder, options, f"architecture {name!r}", ("num_classes", "in_channels"))
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     model = entry.builder(num_classes=num_classes, in_channels=in_channels, **options)
     model.arch_name = name
+    model.pretrained_report = None
+    if pretrained is not None:
+        from segbench.pretrained import load_pretrained
+
+        model.pretrained_report = load_pretrained(model, pretrained, options=options)
     return model
 
 
@@ -151,7 +161,9 @@ def build_encoder(name: str, **options: Any) -> nn.Module:
     """Build a registered encoder (see ``segbench.encoders`` for the contract)."""
     entry = _lookup(ENCODERS, name, "encoder")
     _check_options(entry.builder, options, f"encoder {name!r}", tuple(entry.defaults))
-    return entry.builder(**entry.defaults, **options)
+    encoder = entry.builder(**entry.defaults, **options)
+    encoder.registry_name = name  # which published weights fit it (segbench.pretrained)
+    return encoder
 
 
 def list_models() -> list[str]:
