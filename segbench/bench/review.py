@@ -1,0 +1,193 @@
+"""Assemble the review from a sweep's run folders: ``OUT/report/`` with ``index.html``, ``report.md``,
+``results.csv``, ``results.json`` and the PNG figures.
+
+Only the runs of the current plan are read, so a folder that also holds runs of other settings
+never leaks them into the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from segbench.bench import plots
+from segbench.bench.findings import findings, overall_findings
+from segbench.bench.profiles import Profile
+from segbench.bench.report import ReportInputs, table_columns, write_html, write_markdown
+from segbench.bench.results import COLUMNS, aggregate, class_key, write_results
+from segbench.bench.sweep import PlannedRun, input_size, result_row
+from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE
+from segbench.registry import ARCHITECTURES
+
+__all__ = ["write_review", "ACCURACY_KEY"]
+
+ACCURACY_KEY = "val_dice"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
+    """Per architecture, its first successful run (the one whose curves and predictions are drawn)."""
+    chosen: dict[str, PlannedRun] = {}
+    for run, row in zip(plan, rows):
+        if row["status"] == "ok" and run.arch not in chosen:
+            chosen[run.arch] = run
+    return chosen
+
+
+def _curves(runs: dict[str, PlannedRun], metric: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    curves = {}
+    for arch, run in runs.items():
+        loss, val = [], []
+        path = run.run_dir / "log.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if record.get("event") == "train" and isinstance(record.get("loss"), (int, float)):
+                loss.append((record["iteration"], record["loss"]))
+            elif record.get("event") == "val" and isinstance(record.get(metric), (int, float)):
+                val.append((record["iteration"], record[metric]))
+        curves[arch] = {"loss": loss, "val": val}
+    return curves
+
+
+def _prediction_grid(runs: dict[str, PlannedRun], class_names: list[str], path: Path) -> tuple[Path | None, list[str]]:
+    notes, predictions = [], {}
+    images = truths = indices = None
+    for arch, run in runs.items():
+        file = run.run_dir / PREVIEW_FILE
+        if not file.is_file():
+            notes.append(f"{arch}: no preview predictions")
+            continue
+        with np.load(file) as npz:
+            if indices is None:
+                indices, images, truths = npz["indices"], list(npz["images"]), list(npz["truths"])
+            elif not np.array_equal(indices, npz["indices"]):
+                notes.append(f"{arch}: its preview shows other images (different data?); left out of the grid")
+                continue
+            predictions[arch] = list(npz["predictions"])
+    if not predictions:
+        return None, notes
+    return plots.prediction_grid(images, truths, predictions, class_names, path), notes
+
+
+def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[str]:
+    methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
+    pretrained = sorted({r["pretrained"] for r in rows})
+    return [
+        "Accuracy: each architecture's best checkpoint, chosen on the validation split by mean foreground Dice "
+        "per case (dice_fg_per_case; a volume's slices form one case, a 2D image is its own case). mIoU: "
+        "dataset-level confusion matrix over all classes including background (MMSegmentation's IoUMetric). "
+        "HD95: 95th-percentile symmetric surface distance per case and foreground class, in pixels of the "
+        "evaluated resolution; cases where a side is empty are left out.",
+        f"Seeds: {seeds} per architecture; seed k sets weight initialisation, batch order and dropout. The "
+        "data split is the same for every run.",
+        f"Backbone weights: {', '.join(pretrained)}. The papers start from ImageNet weights; from-scratch "
+        "numbers favour architectures that train fast without them.",
+        "FLOPs: torch.utils.flop_counter.FlopCounterMode, one eval-mode forward pass at batch 1 and "
+        f"{profile.input_size[0]}x{profile.input_size[1]}; matrix multiplications and convolutions only, "
+        "2 FLOPs per multiply-add (twice the 'MACs' some papers call FLOPs).",
+        f"Latency: median of {profile.latency_runs} timed batch-1 forward passes after {profile.warmup_runs} "
+        f"warm-up, eval mode, fp32, torch.inference_mode. Throughput: batch {profile.throughput_batch}, median "
+        f"of {profile.throughput_runs} passes. Measured on the untrained model in the run's own process.",
+        "Inference memory: " + ("; ".join(methods) or "not measured") + ", for one batch-1 forward pass "
+        "(weights already resident). Training memory: the same method around the whole training call "
+        "(model, optimiser state, activations, data); for a run resumed after an "
+        "interruption, the peak of its last session.",
+        "Training time: seconds in training steps (data loading included, validation and checkpoint writes "
+        "excluded), summed over resumptions; images/s = images seen / that time.",
+        "Every number in this report is read from the run folders; the findings are generated from them.",
+    ]
+
+
+def write_review(
+    plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = ()
+) -> Path:
+    """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
+    command line's ``--set`` values, printed with the profile's settings."""
+    report_dir = Path(out) / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    rows = [result_row(run) for run in plan]
+    write_results(rows, report_dir)
+
+    ok_runs = _first_ok(plan, rows)
+    # Data and machine facts come from a successful run (any run if none succeeded).
+    source = next(iter(ok_runs.values()), plan[0] if plan else None)
+    first = _read_json(source.run_dir / RESULT_FILE) if source else {}
+    data = first.get("data") or {}
+    class_names = list(data.get("class_names") or [])
+    background = plan[0].config.eval.background if plan else 0
+    fg_names = [n for i, n in enumerate(class_names) if i != background]
+    dice_keys = [class_key("val", "dice", n) for n in fg_names]
+    iou_keys = [class_key("val", "iou", n) for n in class_names]
+
+    keys = [c.key for c in COLUMNS] + dice_keys + iou_keys
+    table = aggregate(rows, keys)
+    columns = table_columns(table, [c.key for c in COLUMNS])
+
+    figures: dict[str, Path] = {}
+    figures["Accuracy vs FLOPs"] = plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png")
+    figures["Accuracy vs latency"] = plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY, report_dir / "accuracy_vs_latency.png")
+    curves = _curves(ok_runs, "dice_fg_per_case")
+    if curves:
+        title = "Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
+        figures[title] = plots.training_curves(curves, "Dice (fg, per case)", report_dir / "training_curves.png")
+    if dice_keys and table:
+        figures["Per-class Dice (val)"] = plots.class_heatmap(table, dice_keys, fg_names, report_dir / "class_dice.png")
+    grid, grid_notes = _prediction_grid(ok_runs, class_names, report_dir / "predictions.png")
+    if grid is not None:
+        figures["Predictions on the same validation images (best checkpoint)"] = grid
+
+    seeds = len({r.seed for r in plan})
+    machine = dict(first.get("machine") or {})
+    settings = profile.settings()
+    if plan:  # what actually ran: the command line may have changed the profile's values
+        cfg = plan[0].config
+        height, width = input_size(cfg, profile)
+        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations,
+                        batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval)
+    settings.update(seeds=seeds, command_line_overrides=list(overrides) or "none")
+    profile_info = {
+        "name": profile.name,
+        "description": profile.description,
+        "settings": settings,
+        "arch_options": {run.arch: run.config.model.options for run in plan if run.seed == 0},
+    }
+    data_info = {
+        "source": plan[0].config.data.source if plan else "",
+        "name": data.get("name", ""),
+        "classes": ", ".join(class_names),
+        "in_channels": data.get("in_channels", ""),
+        "splits": data.get("splits", {}),
+        "notices": data.get("notices", []),
+    }
+    inputs = ReportInputs(
+        title=f"segbench review: {data.get('name') or 'data'}, profile {profile.name}",
+        command=command,
+        profile=profile_info,
+        machine=machine,
+        data=data_info,
+        table=table,
+        accuracy_key=ACCURACY_KEY,
+        class_keys=dice_keys,
+        class_names=fg_names,
+        figures=figures,
+        architectures={
+            a: {k: getattr(ARCHITECTURES[a], k) for k in ("paper", "year", "summary", "blocks", "strengths", "weaknesses")}
+            for a in {r.arch for r in plan}
+        },
+        findings=findings(table, ACCURACY_KEY),
+        overall=overall_findings(table, ACCURACY_KEY),
+        notes=_measurement_notes(rows, profile, seeds) + grid_notes,
+    )
+    write_markdown(inputs, report_dir / "report.md", columns)
+    return write_html(inputs, report_dir / "index.html", columns)

@@ -1,0 +1,97 @@
+"""`segbench run`: train, validate and measure every architecture under one protocol, then write the
+review (``OUT/report/index.html``). The work is in ``segbench.bench``; this file is the command line."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import time
+
+import click
+
+from segbench.bench.profiles import PROFILES
+
+__all__ = ["run"]
+
+
+def _split_archs(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def _mention_other_runs(plan, out: str, report_only: bool) -> None:
+    """Say when OUT holds run folders of other settings (they stay out of this report)."""
+    from pathlib import Path
+
+    ours = {run.run_dir.name for run in plan}
+    others = [p.name for p in Path(out).glob("*-s*-*") if p.is_dir() and re.fullmatch(r".+-s\d+-[0-9a-f]{10}", p.name)
+              and p.name not in ours]
+    if others:
+        click.echo(f"note: {out} also holds {len(others)} run folder(s) of other settings (e.g. {others[0]}); "
+                   "they are not part of this report", err=True)
+    if report_only and not any(run.finished for run in plan):
+        click.echo("note: no finished run matches these settings yet; the report lists them as not run", err=True)
+
+
+@click.command()
+@click.argument("data", required=False, default="brain-mri")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
+              help="quick: laptop CPU, slim backbones, ~20 min; standard: papers' backbones at 256x256, one GPU; "
+              "paper: papers' settings at 512x512, GPUs.")
+@click.option("--archs", help="Comma-separated architectures (default: the ten of the review; `segbench models` lists all).")
+@click.option("--seeds", type=click.IntRange(min=1), help="Seeds per architecture (default: the profile's). "
+              "With several, the report gives mean ± std.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/review", show_default=True,
+              help="Sweep folder: one run folder per architecture x seed, and report/.")
+@click.option("--iterations", type=click.IntRange(min=1), help="Training iterations (default: the profile's).")
+@click.option("--pretrained", type=click.Choice(["imagenet"]), help="Start backbones from ImageNet weights.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Configuration override applied to every run, e.g. --set train.device=cpu (repeatable).")
+@click.option("--report-only", is_flag=True, help="Rewrite the report from the finished runs; train nothing.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while training.")
+def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, progress) -> None:
+    """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
+
+    Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
+    optimiser (SGD for CNNs, AdamW for transformers), and the same validation (and test) evaluation.
+    Interrupt it at any time: the same command continues where it stopped and never repeats a
+    finished run.
+    """
+    from segbench.bench.profiles import get_profile
+    from segbench.bench.review import write_review
+    from segbench.bench.sweep import plan_sweep, run_sweep
+    from segbench.config import ConfigError
+
+    chosen = get_profile(profile)
+    if pretrained:
+        raise click.UsageError(
+            "--pretrained imagenet is not available yet: the sweep trains from scratch until the engine loads "
+            "published ImageNet weights by name (model.pretrained). The `quick` profile's slim backbones have "
+            "no ImageNet weights at any rate; use --profile standard or paper once it lands."
+        )
+    try:
+        plan = plan_sweep(
+            data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds, iterations=iterations,
+            overrides=list(overrides),
+        )
+    except (KeyError, ValueError, TypeError, ConfigError) as err:
+        raise click.UsageError(str(err.args[0] if isinstance(err, KeyError) and err.args else err)) from None
+
+    command = shlex.join(["segbench", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "segbench run"
+    click.echo(f"segbench run: profile {chosen.name}, {len({r.arch for r in plan})} architecture(s) x "
+               f"{len({r.seed for r in plan})} seed(s), data {data}, out {out}", err=True)
+    started = time.perf_counter()
+    if not report_only:
+        try:
+            counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True))
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: run the same command again to continue where it stopped", err=True)
+            sys.exit(130)
+        click.echo(f"sweep: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} reused, "
+                   f"{time.perf_counter() - started:.0f} s", err=True)
+    _mention_other_runs(plan, out, report_only)
+    html = write_review(plan, chosen, out, command, overrides)
+    click.echo(f"report: {html}", err=True)
+    click.echo(str(html))

@@ -1,0 +1,45 @@
+"""Every profile builds every architecture of the review with its options, at the sizes it claims."""
+
+import pytest
+import torch
+
+from segbench.bench.profiles import PROFILES, REVIEW_ARCHS, get_profile
+from segbench.bench.sweep import backbone_label
+from segbench.registry import build_model, list_models
+
+
+def _params(arch: str, options: dict) -> int:
+    with torch.device("meta"):  # counts parameters without allocating them
+        model = build_model(arch, 4, 1, **options)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_profile_covers_the_review_and_builds(profile):
+    p = get_profile(profile)
+    assert tuple(p.arch_options) == REVIEW_ARCHS
+    assert set(REVIEW_ARCHS) <= set(list_models())
+    for arch, options in p.arch_options.items():
+        assert _params(arch, options) > 0
+    assert p.settings()["input_size"] == f"{p.input_size[0]}x{p.input_size[1]}"
+
+
+def test_quick_is_slim_and_standard_is_canonical():
+    quick, standard = get_profile("quick"), get_profile("standard")
+    for arch in REVIEW_ARCHS:
+        assert _params(arch, quick.arch_options[arch]) < 20e6, arch  # laptop-sized
+    # The papers' backbones: ResNet-101 under the dilated heads, VGG16 at full width, Swin-T.
+    assert _params("deeplabv3", standard.arch_options["deeplabv3"]) > 55e6
+    assert _params("fcn8s", standard.arch_options["fcn8s"]) > 130e6
+    assert standard.arch_options["upernet"] == {"encoder": "swin_t"}
+
+
+def test_backbone_label_says_what_ran():
+    assert backbone_label("pspnet", {"encoder": "resnet18", "output_stride": 8}) == "resnet18 (output_stride=8)"
+    assert backbone_label("segformer", {}) == "mit_b0"  # the builder's default encoder
+    assert backbone_label("unet", {"base_width": 16}) == "own encoder (base_width=16)"
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(KeyError, match="quick, standard, paper"):
+        get_profile("fast")

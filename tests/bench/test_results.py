@@ -1,0 +1,110 @@
+"""The results table: Pareto front, aggregation over seeds, CSV/JSON round trip, findings."""
+
+import json
+import math
+
+import pytest
+
+from segbench.bench.findings import findings, overall_findings
+from segbench.bench.results import aggregate, class_key, pareto_front, read_results_csv, write_results
+
+
+def test_pareto_front_known_points():
+    # cost, score: (1, .5) (2, .7) (3, .6) dominated by (2, .7); (4, .9); (4, .8) dominated; (5, .9) dominated.
+    costs = [1, 2, 3, 4, 4, 5]
+    scores = [0.5, 0.7, 0.6, 0.9, 0.8, 0.9]
+    assert pareto_front(costs, scores) == [0, 1, 3]
+
+
+def test_pareto_front_ignores_missing_and_keeps_ties():
+    assert pareto_front([1, None, 2, float("nan")], [0.5, 0.9, 0.6, 1.0]) == [0, 2]
+    # Two identical points: neither strictly dominates the other.
+    assert pareto_front([1, 1], [0.5, 0.5]) == [0, 1]
+
+
+def _rows():
+    return [
+        {"arch": "a", "seed": 0, "status": "ok", "family": "cnn", "backbone": "r18", "val_dice": 0.80, "gflops": 2.0},
+        {"arch": "a", "seed": 1, "status": "ok", "family": "cnn", "backbone": "r18", "val_dice": 0.84, "gflops": 2.0},
+        {"arch": "b", "seed": 0, "status": "ok", "family": "cnn", "backbone": "vgg", "val_dice": 0.70, "gflops": 1.0},
+        {"arch": "b", "seed": 1, "status": "failed", "family": "cnn", "backbone": "vgg", "error": "OOM", "val_dice": None},
+        {"arch": "c", "seed": 0, "status": "failed", "family": "transformer", "backbone": "mit", "error": "boom"},
+    ]
+
+
+def test_aggregate_mean_std_and_failures():
+    table = {r["arch"]: r for r in aggregate(_rows(), ["val_dice", "gflops"])}
+    assert table["a"]["val_dice"] == pytest.approx(0.82)
+    assert table["a"]["val_dice_std"] == pytest.approx(math.sqrt(((0.02**2) * 2) / 1))
+    assert table["a"]["seeds"] == 2 and table["a"]["failed_seeds"] == 0
+    assert table["b"]["val_dice"] == pytest.approx(0.70) and table["b"]["val_dice_std"] == 0.0
+    assert table["b"]["seeds"] == 1 and table["b"]["failed_seeds"] == 1 and table["b"]["error"] == ""
+    assert table["c"]["seeds"] == 0 and table["c"]["val_dice"] is None and table["c"]["error"] == "boom"
+    assert table["a"]["backbone"] == "r18"
+
+
+def test_csv_json_round_trip(tmp_path):
+    rows = [
+        {"arch": "unet", "seed": 0, "val_dice": 0.123456789012345, "params": 1234, "hd95": float("inf"), "ok": True},
+        {"arch": "segnet", "seed": 0, "val_dice": None, "params": 99, "error": "x, \"quoted\"\nline"},
+    ]
+    csv_path, json_path = write_results(rows, tmp_path)
+    from_csv = read_results_csv(csv_path)
+    from_json = json.loads(json_path.read_text())
+    assert from_csv == from_json
+    assert from_json[0]["val_dice"] == 0.123456789012345  # exact round trip
+    assert from_json[0]["hd95"] is None  # non-finite numbers are missing, in both files
+    assert from_json[1]["error"] == "x, \"quoted\"\nline"
+    assert list(from_json[0]) == ["arch", "seed", "val_dice", "params", "hd95", "ok", "error"]
+
+
+def test_write_results_rejects_nested_values(tmp_path):
+    with pytest.raises(TypeError, match="flat"):
+        write_results([{"arch": "a", "per_class": {"x": 1}}], tmp_path)
+
+
+def test_class_key_sanitises_names():
+    assert class_key("val", "dice", "left ventricle/LV") == "val_dice_left_ventricle_LV"
+
+
+def _table():
+    # Three CNNs and a transformer with known numbers.
+    base = {"seeds": 1, "failed_seeds": 0}
+    return [
+        dict(base, arch="fcn8s", family="cnn", val_dice=0.70, gflops=10.0, latency_ms=20.0, params_m=130.0, infer_peak_mb=300.0),
+        dict(base, arch="unet", family="cnn", val_dice=0.85, gflops=4.0, latency_ms=8.0, params_m=2.0, infer_peak_mb=120.0),
+        dict(base, arch="segnet", family="cnn", val_dice=0.80, gflops=5.0, latency_ms=9.0, params_m=29.0, infer_peak_mb=60.0),
+        dict(base, arch="segformer", family="transformer", val_dice=0.83, gflops=1.0, latency_ms=12.0, params_m=3.7, infer_peak_mb=40.0),
+    ]
+
+
+def test_findings_from_known_numbers():
+    notes = findings(_table())
+    assert notes["unet"][0] == "Most accurate here: Val Dice 0.8500 (1st of 4)."
+    assert "Fewest parameters of all 4 architectures here (2.00 M)." in notes["unet"]
+    assert "Lowest latency of all 4 architectures here (8.00 ms)." in notes["unet"]
+    # SegNet is not the leanest overall (SegFormer is) but it is among the CNNs.
+    assert "Lowest inference memory of the CNNs here (60.0 MB)." in notes["segnet"]
+    assert "Lowest inference memory of all 4 architectures here (40.0 MB)." in notes["segformer"]
+    assert notes["fcn8s"][0] == "4th of 4 on Val Dice (0.7000, 0.1500 behind unet)."
+    assert "Most FLOPs of all 4 architectures here (10.00 GFLOPs)." in notes["fcn8s"]
+    assert any("Dominated on accuracy vs FLOPs by unet, segnet, segformer" in n for n in notes["fcn8s"])
+    assert "On the accuracy-vs-FLOPs and accuracy-vs-latency Pareto front." in notes["unet"]
+    assert "On the accuracy-vs-FLOPs Pareto front." in notes["segformer"]  # cheapest FLOPs, but slower than unet
+    assert "Reaches 98% of the best Val Dice at 25% of its FLOPs." in notes["segformer"]
+
+
+def test_findings_seed_noise_and_failures():
+    table = _table()
+    for r in table:
+        r["seeds"] = 3
+        r["val_dice_std"] = 0.04
+    table.append({"arch": "pspnet", "family": "cnn", "seeds": 0, "val_dice": None, "error": "out of memory"})
+    notes = findings(table)
+    assert "the gap is within the spread between seeds" in notes["segnet"][0]  # 0.05 <= hypot(.04, .04)
+    assert "the gap exceeds the spread between seeds" in notes["fcn8s"][0]  # 0.15 > 0.057
+    assert notes["pspnet"] == ["No result: out of memory."]
+    overall = overall_findings(table)
+    assert overall[0] == "Best Val Dice: unet (0.8500)."
+    assert "Pareto front, Val Dice vs FLOPs: segformer -> unet." in overall
+    assert overall[-1] == "Failed: pspnet (see their rows)."

@@ -1,0 +1,237 @@
+"""`segbench run` end to end: two small architectures for a few iterations on synthetic PNG data.
+
+Checks the report's files, that the comparison table has a number in every cell, that results.json
+matches results.csv, that running the same command again trains nothing, that a failing run is
+recorded while the sweep goes on, and that the HTML opens in headless Chromium without script errors
+(and its table sorts).
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from segbench.bench.profiles import get_profile
+from segbench.bench.report import JS_ERRORS, JS_MARKER
+from segbench.bench.results import COLUMNS, read_results_csv
+from segbench.bench.review import write_review
+from segbench.bench.sweep import _write_spec, plan_sweep, result_row, run_sweep
+from segbench.commands.run import run
+
+ARCHS = ("unet", "segformer")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def write_synthetic_data(root: Path, size: int = 32) -> Path:
+    """images/{train,val,test} + masks/...: a bright disc (class 1) and a dark bar (class 2) on noise."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 4), ("test", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(count):
+            mask = np.zeros((size, size), np.uint8)
+            yy, xx = np.mgrid[:size, :size]
+            cy, cx = rng.integers(8, size - 8, 2)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 1
+            row = rng.integers(2, size - 4)
+            band = mask[row : row + 3]
+            band[band == 0] = 2
+            image = 60 + 120 * (mask == 1) - 40 * (mask == 2) + rng.normal(0, 15, mask.shape)
+            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / split / f"{split}{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{split}{i}.png")
+    return root
+
+
+def _args(data: Path, out: Path) -> list[str]:
+    return [str(data), "--archs", ",".join(ARCHS), "--iterations", "30", "--out", str(out),
+            "--set", "data.resize=[32,32]", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One sweep, shared by the tests of this module (workers inherit SEGBENCH_HOME: a private cache)."""
+    root = tmp_path_factory.mktemp("review")
+    data = write_synthetic_data(root / "data")
+    out = root / "out"
+    old_home = os.environ.get("SEGBENCH_HOME")
+    os.environ["SEGBENCH_HOME"] = str(root / "home")
+    try:
+        result = CliRunner().invoke(run, _args(data, out), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        yield {"root": root, "data": data, "out": out, "output": result.output}
+    finally:
+        if old_home is None:
+            os.environ.pop("SEGBENCH_HOME", None)
+        else:
+            os.environ["SEGBENCH_HOME"] = old_home
+
+
+def _table_cells(html: str) -> list[list[str]]:
+    body = re.search(r'<table id="results">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
+    return [re.findall(r'<td[^>]*data-v="([^"]*)"', row) for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+
+
+def test_every_file_exists(sweep):
+    report = sweep["out"] / "report"
+    for name in ("index.html", "report.md", "results.csv", "results.json", "accuracy_vs_flops.png",
+                 "accuracy_vs_latency.png", "training_curves.png", "class_dice.png", "predictions.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    run_dirs = sorted(p.name for p in sweep["out"].iterdir() if p.is_dir() and p.name != "report")
+    assert [re.sub(r"-[0-9a-f]{10}$", "", n) for n in run_dirs] == sorted(f"{a}-s0" for a in ARCHS)
+    for name in run_dirs:
+        for file in ("config.yaml", "log.jsonl", "metrics.json", "best.pt", "bench.json", "preview.npz"):
+            assert (sweep["out"] / name / file).is_file(), (name, file)
+
+
+def test_table_has_a_number_in_every_cell(sweep):
+    rows = read_results_csv(sweep["out"] / "report" / "results.csv")
+    assert sorted(r["arch"] for r in rows) == sorted(ARCHS)
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        for column in COLUMNS:
+            assert isinstance(row[column.key], (int, float)), (row["arch"], column.key, row[column.key])
+        assert row["input_size"] == "32x32" and row["iterations"] == 30
+        assert 0.0 <= row["val_dice"] <= 1.0 and row["params"] > 0 and row["latency_runs"] >= 20
+    html = (sweep["out"] / "report" / "index.html").read_text()
+    cells = _table_cells(html)
+    assert len(cells) == len(ARCHS)
+    for row in cells:
+        # architecture, backbone, then numbers only
+        assert len(row) == 3 + len(COLUMNS)
+        for value in row[2:]:
+            float(value)
+
+
+def test_json_matches_csv(sweep):
+    report = sweep["out"] / "report"
+    from_json = json.loads((report / "results.json").read_text())
+    assert from_json == read_results_csv(report / "results.csv")
+    assert all(r["arch"] in ARCHS for r in from_json)
+
+
+def test_report_is_self_contained_and_describes_the_run(sweep):
+    html = (sweep["out"] / "report" / "index.html").read_text()
+    assert "<link" not in html and not re.search(r'src="(?!data:)', html)
+    assert html.count('src="data:image/png;base64,') == 5
+    for arch in ARCHS:
+        assert f'id="arch-{arch}"' in html
+    assert "Main innovation" in html and "Measured in this run" in html
+    assert "Intel" in html or "device_name" in html  # the machine is printed
+    md = (sweep["out"] / "report" / "report.md").read_text()
+    assert "| Architecture | Backbone | Seeds |" in md and "`iterations`: 30" in md
+    assert "data.resize=[32,32]" in md  # the command-line override is printed with the settings
+
+
+def test_rerun_trains_nothing(sweep):
+    run_files = sorted(sweep["out"].glob("*/last.pt")) + sorted(sweep["out"].glob("*/bench.json"))
+    before = {p: p.stat().st_mtime_ns for p in run_files}
+    result = CliRunner().invoke(run, _args(sweep["data"], sweep["out"]), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("finished earlier") == len(ARCHS)
+    assert "0 ran (0 failed), 2 reused" in result.output
+    assert {p: p.stat().st_mtime_ns for p in run_files} == before
+
+
+def test_settings_change_the_run_folder(sweep):
+    profile = get_profile("quick")
+    common = dict(data=str(sweep["data"]), profile=profile, out=sweep["out"], archs=["unet"], overrides=["data.resize=[32,32]"])
+    same = plan_sweep(iterations=30, **common)[0]
+    assert same.finished  # the folder the sweep wrote
+    other = plan_sweep(iterations=31, **common)[0]
+    assert other.run_dir != same.run_dir and not other.finished
+    assert [r.seed for r in plan_sweep(iterations=30, seeds=2, **common)] == [0, 1]
+    with pytest.raises(KeyError, match="unknown architecture"):
+        plan_sweep(iterations=30, **{**common, "archs": ["unet", "nosuchnet"]})
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    profile = get_profile("quick")
+    with pytest.raises(ValueError, match="no dataset folder"):
+        plan_sweep(data=str(tmp_path / "missing"), profile=profile, out=tmp_path / "out")
+    (tmp_path / "empty").mkdir()  # exists, but holds no images: the data layer fails inside the workers
+    plan = plan_sweep(data=str(tmp_path / "empty"), profile=profile, out=tmp_path / "out", archs=["unet", "segformer"],
+                      iterations=2)
+    messages = []
+    counts = run_sweep(plan, profile, progress=False, say=messages.append)
+    assert counts == {"skipped": 0, "ran": 2, "failed": 2}
+    rows = [result_row(r) for r in plan]
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("while loading data" in r["error"] for r in rows)
+    assert sum("FAILED" in m for m in messages) == 2
+    # The report still gets written, and says what went wrong.
+    html = write_review(plan, profile, tmp_path / "out", "segbench run (test)").read_text()
+    assert html.count("failed: DataError while loading data") == 2
+    assert "Failed: unet, segformer (see their rows)." in html
+
+
+def test_killed_run_resumes_where_it_stopped(sweep, tmp_path):
+    """SIGKILL a worker once it has saved a checkpoint; the next sweep continues that run."""
+    profile = get_profile("quick")
+    plan = plan_sweep(data=str(sweep["data"]), profile=profile, out=tmp_path / "out", archs=["unet"], iterations=60,
+                      overrides=["data.resize=[32,32]", "train.checkpoint_interval=5"])
+    run_dir = plan[0].run_dir
+    _write_spec(plan[0], profile)
+    worker = subprocess.Popen([sys.executable, "-m", "segbench.bench.worker", str(run_dir), "--no-progress"])
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "last.pt").is_file() and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(worker.pid, signal.SIGKILL)
+    finally:
+        worker.wait()
+    assert worker.returncode == -signal.SIGKILL, "the worker finished before it could be killed"
+    assert not plan[0].finished
+    messages = []
+    assert run_sweep(plan, profile, progress=False, say=messages.append) == {"skipped": 0, "ran": 1, "failed": 0}
+    assert "resuming" in messages[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 < metrics["resumed_from"] < 60 and metrics["iterations"] == 60
+    assert result_row(plan[0])["status"] == "ok"
+
+
+def _chromium_dom(page: Path, tmp_path: Path) -> tuple[str, str]:
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0",
+               f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, done.stderr
+
+
+def test_html_opens_in_headless_chromium_and_sorts(sweep, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package 'chromium'); the HTML check needs it")
+    html = (sweep["out"] / "report" / "index.html").read_text()
+    # A copy with a script that clicks the Params header twice and records the row orders.
+    probe = """<script>
+    (function(){
+      var th=Array.prototype.filter.call(document.querySelectorAll('#results thead th'),
+        function(h){return h.textContent.indexOf('Params')===0;})[0];
+      function order(){return Array.prototype.map.call(document.querySelectorAll('#results tbody tr'),
+        function(r){return r.cells[0].textContent;}).join(',');}
+      th.click(); var up=order(); th.click(); var down=order();
+      document.body.setAttribute('data-sorted', up+';'+down);
+    })();
+    </script></body>"""
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe))
+    dom, log = _chromium_dom(page, tmp_path)
+    assert f'{JS_MARKER}="ok"' in dom, "the report's script did not run to the end"
+    html_tag = re.search(r"<html[^>]*>", dom).group(0)
+    assert JS_ERRORS not in html_tag, html_tag  # the page's error catcher records script errors there
+    assert "Uncaught" not in log, log[-2000:]
+    rows = read_results_csv(sweep["out"] / "report" / "results.csv")
+    ascending = ",".join(r["arch"] for r in sorted(rows, key=lambda r: r["params"]))
+    descending = ",".join(r["arch"] for r in sorted(rows, key=lambda r: -r["params"]))
+    assert f'data-sorted="{ascending};{descending}"' in dom
+    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
