@@ -1,0 +1,112 @@
+"""How much of an epoch is *not* the model: data loading and augmentation during training, and data
+loading plus metric accumulation (confusion matrix, per-case Dice and HD95) during validation.
+
+Every batch is timed in three parts inside the same loop, as the engine runs it: waiting for the
+``DataLoader`` (reading, decoding, augmenting, collating), model compute (a training step, or
+``predict_logits``), and ``SegmentationMetrics.update`` (validation; ``compute()`` at the end counts
+too). Timing the parts of each batch back to back, rather than a whole epoch against a separate
+compute-only epoch, keeps a busy machine's slow spells from landing on one side only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader
+
+if TYPE_CHECKING:
+    from segbench.bench.speed import SpeedSettings
+
+__all__ = ["pipeline_overhead", "format_pipeline"]
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "brain-mri", max_batches: int = 20) -> dict:
+    """Data and metric shares of a train epoch and a validation pass of ``arch`` on ``source``.
+
+    Training uses random crops of ``settings.size`` (the engine's augmentation); at most
+    ``max_batches`` batches of each split are timed, after one untimed batch.
+    """
+    from segbench.bench.speed import train_step_fn
+    from segbench.config import EvalConfig
+    from segbench.data import AugmentConfig, DataConfig, load_data
+    from segbench.engine.evaluate import inference_settings
+    from segbench.engine.inference import predict_logits
+    from segbench.engine.metrics import SegmentationMetrics
+    from segbench.registry import ARCHITECTURES, build_model
+
+    device = torch.device(settings.device)
+    data = load_data(DataConfig(source=source, augment=AugmentConfig(crop_size=settings.size)))
+    model = build_model(arch, data.num_classes, data.in_channels, **settings.options.get(arch, {})).to(device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    result = {"arch": arch, "source": source, "batch": settings.batch, "size": list(settings.size)}
+
+    step = train_step_fn(model, ARCHITECTURES[arch].family)
+    loader = DataLoader(data.splits["train"], batch_size=settings.batch, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    parts = {"data_s": 0.0, "compute_s": 0.0}
+    batches = iter(loader)
+    for index in itertools.count():
+        tick = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None or index > max_batches:
+            break
+        images = batch["image"].to(device).contiguous(memory_format=memory_format)
+        masks = batch["mask"].to(device)
+        loaded = time.perf_counter()
+        step(images, masks)
+        if index:  # the first batch warms allocator and kernels up
+            parts["data_s"] += loaded - tick
+            parts["compute_s"] += time.perf_counter() - loaded
+    result["train"] = {"batches": max(index - 1, 0), **parts, "overhead": parts["data_s"] / sum(parts.values())}
+
+    eval_cfg = EvalConfig(batch_size=settings.batch)
+    metrics = SegmentationMetrics(data.num_classes, data.ignore_index, data.class_names, eval_cfg.background, eval_cfg.hd95)
+    val_loader = DataLoader(data.splits["val"], batch_size=settings.batch, shuffle=False, collate_fn=_as_list)
+    parts = {"data_s": 0.0, "compute_s": 0.0, "metrics_s": 0.0}
+    model.eval()
+    images_seen = 0
+    with torch.inference_mode():
+        predict_logits(model, data.splits["val"][0]["image"][None].to(device))  # warm-up, untimed
+        items_iter = iter(val_loader)
+        for _ in range(max_batches):
+            tick = time.perf_counter()
+            items = next(items_iter, None)
+            if items is None:
+                break
+            images = torch.stack([item["image"] for item in items]).to(device).contiguous(memory_format=memory_format)
+            loaded = time.perf_counter()
+            logits = predict_logits(model, images, inference_settings(eval_cfg))
+            computed = time.perf_counter()
+            metrics.update(logits.argmax(1).cpu(), torch.stack([item["mask"] for item in items]),
+                           [str(item["case"]) for item in items], [int(item["index"]) for item in items])
+            parts["data_s"] += loaded - tick
+            parts["compute_s"] += computed - loaded
+            parts["metrics_s"] += time.perf_counter() - computed
+            images_seen += len(items)
+        tick = time.perf_counter()
+        metrics.compute()
+        parts["metrics_s"] += time.perf_counter() - tick
+    total = sum(parts.values())
+    result["val"] = {"images": images_seen, **parts, "overhead": (parts["data_s"] + parts["metrics_s"]) / total,
+                     "metrics_share": parts["metrics_s"] / total}
+    return result
+
+
+def format_pipeline(result: dict) -> str:
+    train, val = result["train"], result["val"]
+    return "\n".join([
+        f"\ninput pipeline + metrics ({result['arch']} on {result['source']}, batch {result['batch']}, "
+        f"{result['size'][0]}x{result['size'][1]} crops):",
+        f"  train: {train['batches']} batches, {train['data_s']:.2f} s waiting for the DataLoader (read + augment) vs "
+        f"{train['compute_s']:.2f} s training steps: {train['overhead']:.0%} of the epoch is input pipeline",
+        f"  val:   {val['images']} images, {val['data_s']:.2f} s DataLoader + {val['metrics_s']:.2f} s SegmentationMetrics "
+        f"vs {val['compute_s']:.2f} s inference: {val['overhead']:.0%} overhead ({val['metrics_share']:.0%} metrics)",
+    ])

@@ -1,0 +1,164 @@
+"""`segbench speed` (training and inference speed against peers, FLOP/s against the machine's matmul)
+and `segbench export` (a trained run to ONNX)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, dict]:
+    """``ARCH.KEY=VALUE`` (VALUE parsed as YAML) -> {arch: {key: value}}."""
+    options: dict[str, dict] = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        arch, dot, option = key.partition(".")
+        if not (sep and dot and arch and option):
+            raise click.BadParameter(f"expected ARCH.OPTION=VALUE (e.g. unet.base_width=32), got {text!r}", param_hint="--set")
+        options.setdefault(arch, {})[option] = yaml.safe_load(value)
+    return options
+
+
+def _split_archs(values: tuple[str, ...]) -> list[str]:
+    from segbench.registry import list_models
+
+    valid = list_models()
+    archs = [a for v in values for a in v.split(",") if a] or valid
+    unknown = [a for a in archs if a not in valid]
+    if unknown:
+        raise click.BadParameter(f"unknown architecture(s) {', '.join(unknown)}; valid: {', '.join(valid)}", param_hint="--archs")
+    return archs
+
+
+@click.command()
+@click.option("--archs", multiple=True, help="Architectures, comma-separated or repeated (default: all registered).")
+@click.option("--profile", type=click.Choice(["quick", "standard", "paper"]), default=None,
+              help="Take each architecture's options (and the input size) from this sweep profile; default: "
+              "the architectures' own defaults (the papers' configurations) at 512x512.")
+@click.option("--size", nargs=2, type=int, default=None, help="Input H W [default: the profile's, else 512 512].")
+@click.option("--batch", type=int, default=2, show_default=True, help="Images per step (>= 2 for BatchNorm in training).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed rounds; figures are medians.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed rounds first.")
+@click.option("--engine", "engines", multiple=True, type=click.Choice(["torch", "onnx"]), default=("torch",),
+              show_default=True, help="Add 'onnx' to time ONNX Runtime inference of our export too.")
+@click.option("--train/--no-train", default=True, show_default=True,
+              help="--no-train: time inference only (quicker engine and memory-format comparisons).")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile every model first (compile time reported).")
+@click.option("--channels-last/--no-channels-last", default=False, show_default=True,
+              help="Model and input in channels-last memory format.")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="Time peer implementations where installed.")
+@click.option("--threads", type=int, default=None,
+              help="Intra-op threads for torch and ONNX Runtime (default: torch's). On a busy machine 1 is steadier.")
+@click.option("--classes", "num_classes", type=int, default=21, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="ARCH.OPTION=VALUE",
+              help="Builder option for one architecture, e.g. --set unet.base_width=32 --set pspnet.encoder=resnet101.")
+@click.option("--pipeline/--no-pipeline", default=False, show_default=True,
+              help="Also measure, for the first architecture, the share of up to 20 train and validation batches "
+              "spent in the DataLoader and in SegmentationMetrics rather than the model.")
+@click.option("--data", "data_source", default="brain-mri", show_default=True,
+              help="Dataset for --pipeline: a built-in name or a directory.")
+@click.option("--breakdown", is_flag=True, help="Also profile a segbench training step per architecture: time by operator kind.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure to this JSON file.")
+def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compile, channels_last, peers, threads, num_classes, sets,
+          pipeline, data_source, breakdown, profile, out) -> None:
+    """Time a training step and inference of each architecture, interleaved with its peer and a matmul.
+
+    Prints per architecture the median times, the ratio segbench/peer (below 1: segbench is faster),
+    and the achieved GFLOP/s with its share of this machine's fp32 matmul rate measured in the same run.
+    """
+    import torch
+
+    from segbench.bench.speed import SpeedSettings, format_table, run_speed
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available here", param_hint="--device")
+    if batch < 2:
+        raise click.BadParameter("training with BatchNorm needs at least 2 images per batch", param_hint="--batch")
+    options: dict[str, dict] = {}
+    if profile:
+        from segbench.bench.profiles import get_profile
+
+        chosen = get_profile(profile)
+        options = {arch: dict(values) for arch, values in chosen.arch_options.items()}
+        size = size or chosen.input_size
+    for arch, values in _parse_sets(sets).items():
+        options.setdefault(arch, {}).update(values)
+    size = tuple(size or (512, 512))
+    settings = SpeedSettings(
+        size=size, batch=batch, device=device, repeats=repeats, warmup=warmup,
+        engines=tuple(dict.fromkeys(("torch", *engines))), channels_last=channels_last, compile=use_compile,
+        peers=peers, num_classes=num_classes, options=options, threads=threads,
+        breakdown=breakdown, train=train,
+    )
+    names = _split_archs(archs)
+    if threads:
+        torch.set_num_threads(threads)
+    click.echo(f"segbench speed: {len(names)} architecture(s), batch {batch} x {size[0]}x{size[1]}, {device}, "
+               f"{torch.get_num_threads()} threads, medians of {repeats} interleaved rounds")
+    results = run_speed(names, settings, progress=lambda msg: click.echo(f"  {msg}", err=True))
+    if pipeline:
+        from segbench.bench.pipeline import pipeline_overhead
+
+        results["pipeline"] = pipeline_overhead(settings, arch=names[0], source=data_source)
+    click.echo(format_table(results))
+    if breakdown:
+        from segbench.bench.op_profile import format_breakdown
+
+        for arch, result in results["archs"].items():
+            click.echo(format_breakdown(arch, result["breakdown"]))
+    if pipeline:
+        from segbench.bench.pipeline import format_pipeline
+
+        click.echo(format_pipeline(results["pipeline"]))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str))
+        click.echo(f"wrote {out}")
+
+
+def _inference_size(cfg) -> tuple[int, int] | None:
+    """The input size the run's model sees at inference: its sliding window, else the size every image
+    is resized to, else its training crop."""
+    window = cfg.eval.window if cfg.eval.mode == "slide" else None
+    for size in (window, cfg.data.resize, cfg.data.augment.crop_size):
+        if size:
+            return (int(size[0]), int(size[1]))
+    return None
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--size", nargs=2, type=int, default=None,
+              help="H W to trace at (default: the run's sliding window, else its resize, else its crop size).")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Checkpoint.")
+@click.option("--shape", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True,
+              help="auto: dynamic H/W where the architecture allows, else static with a note.")
+def export(run_dir: Path, fmt: str, size, which: str, shape: str) -> None:
+    """Export a trained run's model to RUN_DIR/model.onnx, checked against PyTorch with ONNX Runtime."""
+    from segbench.engine.checkpoint import load_run_model
+    from segbench.export import export_onnx
+
+    try:
+        model, cfg, info = load_run_model(run_dir, which=which)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    size = tuple(size) if size else _inference_size(cfg)
+    if size is None:
+        raise click.UsageError("the run's config has no window, resize or crop size: pass --size H W")
+    path = run_dir / "model.onnx"
+    dynamic = {"auto": None, "dynamic": True, "static": False}[shape]
+    try:
+        result = export_onnx(model, path, input_size=size, in_channels=info.in_channels, dynamic=dynamic)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from err
+    sidecar = path.with_name(path.name + ".json")
+    sidecar.write_text(json.dumps({**json.loads(result.to_json()), "checkpoint": which}, indent=2))
+    click.echo(f"wrote {path} ({result.shape_mode}, traced at {result.input_size[0]}x{result.input_size[1]}, opset {result.opset}); "
+               f"details in {sidecar.name}")
+    if result.note:
+        click.echo(f"note: {result.note}")

@@ -1,0 +1,132 @@
+"""`segbench speed`: the timing protocol, the FLOP accounting, the speed options' numerics, the table."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import segbench
+from segbench.bench.speed import _count_flops, _loss, _train_flops, interleave
+from tests.test_export import small_model
+
+
+def test_interleave_runs_contenders_round_robin_after_warmup():
+    calls = []
+    closures = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
+    times = interleave(closures, repeats=3, warmup=2, device=torch.device("cpu"))
+    assert calls == list("ABC") * 5
+    assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_flop_counts_are_two_per_multiply_add_and_training_adds_the_backward():
+    m, k, n = 16, 32, 8
+    model = nn.Linear(k, n, bias=False)
+    x, target = torch.randn(m, k), torch.randint(0, n, (m,))
+    assert _count_flops(lambda: model(x)) == 2 * m * k * n
+    # The input needs no gradient, so the backward computes only the weight gradient: one more matmul.
+    assert _train_flops(model, x, target) == 2 * (2 * m * k * n)
+
+
+@pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "pspnet", "segformer"])
+def test_channels_last_gives_the_same_logits_and_gradients(arch):
+    if arch not in segbench.list_models():
+        pytest.skip(f"{arch} is not registered yet")
+    model = small_model(arch)
+    twin = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-4, rtol=1e-4)
+    # Training mode (dropout off, so both compute the same function): same loss and gradients. In float64:
+    # BatchNorm over a batch of two 1x1 maps (ASPP's image pooling) amplifies float32 summation-order
+    # differences between the layouts' kernels to ~1% of a gradient, hiding what this test looks for.
+    model, twin = model.double(), twin.double()
+    x = x.double()
+    for module in (model, twin):
+        for layer in module.modules():
+            if isinstance(layer, (nn.Dropout, nn.Dropout2d)):
+                layer.p = 0.0
+    target = torch.randint(0, 3, (2, 64, 64))
+    losses = []
+    for module, images in ((model, x), (twin, x.contiguous(memory_format=torch.channels_last))):
+        module.train()
+        torch.manual_seed(1)  # the same stochastic-depth draws
+        loss = _loss(module(images), target, getattr(module, "aux_weight", 0.0))
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-9)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-9, rtol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.skipif(not os.environ.get("SEGBENCH_SLOW_TESTS"), reason="torch.compile takes minutes on a small CPU; "
+                    "set SEGBENCH_SLOW_TESTS=1 to run")
+def test_compiled_model_gives_the_same_logits():
+    model = small_model("unet").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_speed_command_prints_ratio_and_flop_rate_columns(tmp_path):
+    from segbench.cli import main
+
+    archs = [a for a in ("unet", "segformer") if a in segbench.list_models()]
+    if not archs:
+        pytest.skip("neither unet nor segformer is registered yet")
+    out = tmp_path / "speed.json"
+    args = ["speed", "--archs", ",".join(archs), "--size", "64", "64", "--batch", "2", "--repeats", "1",
+            "--warmup", "0", "--threads", "1", "--engine", "onnx", "--out", str(out),
+            "--set", "unet.base_width=8", "--set", "segformer.embed_dims=[16,32,64,128]",
+            "--set", "segformer.depths=[1,1,1,1]", "--set", "segformer.num_heads=[1,2,4,8]",
+            "--set", "segformer.decoder_dim=32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.startswith("arch"))
+    for column in ("train ms", "infer ms", "train GFLOP/s (% matmul)", "infer GFLOP/s (% matmul)", "ratio train", "ratio infer"):
+        assert column in header
+    assert "fp32 matmul 2048x2048" in result.output
+    figures = json.loads(out.read_text())
+    assert figures["matmul_flops_per_s"] > 0
+    for arch in archs:
+        ours = figures["archs"][arch]["impls"]["segbench"]
+        assert ours["train_flops"] > ours["infer_flops"] > 0
+        assert 0 < ours["train_matmul_fraction"] and 0 < ours["infer_matmul_fraction"]
+        onnx = figures["archs"][arch]["impls"]["onnx"]  # ONNX Runtime times our export's inference
+        assert onnx["infer_s"] > 0 and onnx["infer_flops"] == ours["infer_flops"] and "train_s" not in onnx
+    if "segformer" in archs:
+        segformer = figures["archs"]["segformer"]
+        # The transformers peer is configured from our slim model: same parameter count.
+        assert segformer["impls"]["peer"]["params"] == segformer["impls"]["segbench"]["params"]
+        assert segformer["ratio"]["train"] > 0
+        row = next(line for line in result.output.splitlines() if line.startswith("segformer") and "segbench" in line)
+        assert row.split()[-1] != "-"
+    if "unet" in archs:
+        assert "not imported" in result.output  # says why U-Net has no peer here
+
+
+def test_set_option_must_name_an_architecture():
+    from segbench.cli import main
+
+    result = CliRunner().invoke(main, ["speed", "--set", "base_width=8"])
+    assert result.exit_code != 0 and "ARCH.OPTION=VALUE" in result.output
+
+
+def test_pipeline_overhead_splits_batches_into_loading_compute_and_metrics():
+    from segbench.bench.pipeline import pipeline_overhead
+    from segbench.bench.speed import SpeedSettings
+
+    if "unet" not in segbench.list_models():
+        pytest.skip("unet is not registered yet")
+    settings = SpeedSettings(size=(64, 64), batch=2, options={"unet": {"base_width": 8}})
+    result = pipeline_overhead(settings, "unet", max_batches=2)
+    train, val = result["train"], result["val"]
+    assert train["batches"] == 2 and train["data_s"] > 0 and train["compute_s"] > 0
+    assert train["overhead"] == pytest.approx(train["data_s"] / (train["data_s"] + train["compute_s"]))
+    assert val["images"] == 4 and min(val["data_s"], val["compute_s"], val["metrics_s"]) > 0
+    assert 0 < val["metrics_share"] < val["overhead"] < 1
