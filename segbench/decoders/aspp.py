@@ -50,7 +50,7 @@ class ASPPPooling(nn.Sequential):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return resize(super().forward(x), x.shape[-2:])
+        return resize(super().forward(x), x)
 
 
 class SeparableConvBNReLU(nn.Sequential):

@@ -41,12 +41,20 @@ class FCNHead(nn.Sequential):
         )
 
 
-def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear resize (align_corners=False) that is a no-op when the size already matches."""
-    size = tuple(size[-2:])
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def resize(x: Tensor, size: tuple[int, int] | torch.Size | Tensor) -> Tensor:
+    """Bilinear resize (align_corners=False) that is a no-op when the size already matches.
+
+    Given a reference tensor instead of a size, the result also takes the reference's memory format:
+    a branch upsampled from a 1x1 map (pyramid pooling, ASPP's image pooling) is otherwise NCHW, and
+    concatenating it with channels_last features silently drops the whole head to NCHW plus a copy.
+    """
+    ref = size if isinstance(size, Tensor) else None
+    size = tuple((ref.shape if ref is not None else size)[-2:])
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if ref is not None and ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def pad_to_multiple(x: Tensor, divisor: int) -> tuple[Tensor, tuple[int, int]]:

@@ -46,7 +46,7 @@ class PyramidPooling(nn.Module):
         self.out_channels = in_channels + len(self.stages) * channels
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x] + [resize(stage(x), x.shape[-2:]) for stage in self.stages], dim=1)
+        return torch.cat([x] + [resize(stage(x), x) for stage in self.stages], dim=1)
 
 
 class PSPNet(SegmentationModel):

@@ -54,14 +54,13 @@ class UPerHead(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         deepest = features[-1]
-        pooled = [resize(branch(deepest), deepest.shape) for branch in self.ppm]
+        pooled = [resize(branch(deepest), deepest) for branch in self.ppm]
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)]
         laterals.append(self.ppm_bottleneck(torch.cat([deepest, *pooled], dim=1)))
         for i in range(len(laterals) - 1, 0, -1):  # top-down pathway
-            laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape)
+            laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1])
         levels = [conv(x) for conv, x in zip(self.fpn_convs, laterals)] + [laterals[-1]]
-        finest = levels[0].shape
-        return self.fuse(torch.cat([levels[0]] + [resize(x, finest) for x in levels[1:]], dim=1))
+        return self.fuse(torch.cat([levels[0]] + [resize(x, levels[0]) for x in levels[1:]], dim=1))
 
 
 class UPerNet(SegmentationModel):
