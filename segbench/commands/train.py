@@ -1,0 +1,155 @@
+"""`segbench train`, `segbench eval` and `segbench predict`: thin click wrappers over ``segbench.engine``.
+
+User errors (bad config keys, bad data, unknown architectures, missing runs) print one line and
+exit with status 1; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+__all__ = ["train", "evaluate", "predict", "format_metrics"]
+
+
+@contextmanager
+def _user_errors():
+    """Turn the errors a user can cause into a one-line ``Error: ...`` instead of a traceback.
+
+    ValueError is how segbench reports a bad option value (a split that does not exist, an
+    output_stride a model cannot take, ...); SEGBENCH_DEBUG=1 shows the traceback anyway.
+    """
+    from segbench.config import ConfigError
+    from segbench.data import DataError
+    from segbench.engine import ConfigMismatch, TrainingDiverged
+    from segbench.engine.predict import PredictError
+
+    if os.environ.get("SEGBENCH_DEBUG"):
+        yield
+        return
+    try:
+        yield
+    except (ConfigError, DataError, ConfigMismatch, TrainingDiverged, PredictError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    except KeyError as err:  # the registries: KeyError("unknown architecture ... Valid names: ...")
+        raise click.ClickException(str(err.args[0]) if err.args else repr(err)) from None
+    except TypeError as err:
+        if str(err).startswith("unknown option"):  # build_model's check of model.options
+            raise click.ClickException(str(err)) from None
+        raise
+    except ValueError as err:
+        raise click.ClickException(f"{err} (SEGBENCH_DEBUG=1 shows where)") from None
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_metrics(metrics: dict) -> str:
+    """A readable block: the headline figures, then a per-class table."""
+    lines = []
+    headline = ("aAcc", "mIoU", "mIoU_fg", "mDice", "mDice_fg", "dice_fg_per_case", "hd95_fg")
+    lines.append("  ".join(f"{key} {_fmt(metrics.get(key))}" for key in headline if key in metrics))
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        names = list(per_class["IoU"])
+        width = max(12, *(len(n) for n in names))
+        columns = ["IoU", "Dice", "Precision", "Recall"]
+        extra = [("dice/case", metrics.get("dice_per_case", {})), ("hd95/case", metrics.get("hd95_per_case", {}))]
+        header = f"  {'class':<{width}} " + " ".join(f"{c:>9}" for c in columns + [e[0] for e in extra if e[1]])
+        lines += [header, "  " + "-" * (len(header) - 2)]
+        for name in names:
+            cells = [_fmt(per_class[c][name]) for c in columns]
+            cells += [_fmt(table.get(name)) if name in table else "-" for _, table in extra if table]
+            lines.append(f"  {name:<{width}} " + " ".join(f"{cell:>9}" for cell in cells))
+    lines.append("  (n/a: undefined, e.g. a class absent from both prediction and truth; left out of the means)")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--arch", help="Architecture (see `segbench models`); replaces the preset's model.arch.")
+@click.option("--data", "data_source", metavar="NAME_OR_PATH", help="Built-in dataset name or a data folder.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.lr=0.01 --set model.options.base_width=16.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue the run in --out from its last checkpoint, or start it over.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config, arch, data_source, out, overrides, resume, quiet) -> None:
+    """Train a model; CONFIG is an optional preset YAML (see configs/).
+
+    Without CONFIG, --arch, --data or --set, an existing run in --out resumes with its saved config.
+    """
+    from segbench.config import apply_overrides, config_from_dict, load_config, read_preset
+    from segbench.engine import train as train_run
+
+    out_dir = Path(out)
+    with _user_errors():
+        if not (config or arch or data_source or overrides) and resume and (out_dir / "config.yaml").is_file():
+            cfg = load_config(out_dir / "config.yaml")
+            click.echo(f"resuming with {out_dir / 'config.yaml'}", err=True)
+        else:
+            values = read_preset(config) if config else {}
+            preset_model = values.get("model") or {}
+            if arch and preset_model.get("arch") not in (None, arch) and preset_model.get("options"):
+                # The preset's options belong to its architecture; another architecture gets its defaults.
+                click.echo(f"note: preset options {preset_model['options']} are for {preset_model['arch']}; "
+                           f"{arch} uses its own defaults (add --set model.options.NAME=VALUE)", err=True)
+                values["model"] = {k: v for k, v in preset_model.items() if k != "options"}
+            extra = ([f"model.arch={arch}"] if arch else []) + ([f"data.source={data_source}"] if data_source else [])
+            cfg = config_from_dict(apply_overrides(values, extra + list(overrides)))
+        metrics = train_run(cfg, out_dir, resume=resume, progress=not quiet)
+    click.echo(f"\n{metrics['arch']} on {metrics['data']}: best {metrics['best_metric']} "
+               f"{_fmt(metrics['best_value'])} at iteration {metrics['best_iteration']} of {metrics['iterations']}; "
+               f"{metrics['train_time_s']:.0f} s training, {metrics['train_images_per_s']:.1f} images/s "
+               f"({metrics['device']}, {metrics['precision']})")
+    if metrics["val"]:
+        click.echo("val (best checkpoint):\n" + format_metrics(metrics["val"]))
+    else:
+        click.echo(f"no validation gave a defined {metrics['best_metric']}; see log.jsonl")
+    if "test" in metrics:
+        click.echo("test (best checkpoint):\n" + format_metrics(metrics["test"]))
+    click.echo(f"run folder: {out_dir} (metrics.json, log.jsonl, best.pt, last.pt, config.yaml)")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val", show_default=True)
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Checkpoint to evaluate.")
+@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
+              help="Evaluate differently, e.g. --set eval.mode=slide --set eval.window=[256,256].")
+def evaluate(run_dir, split, which, overrides) -> None:
+    """Evaluate a trained run on a split (writes RUN_DIR/eval_<split>.json)."""
+    from segbench.engine import evaluate_run
+
+    with _user_errors():
+        metrics = evaluate_run(run_dir, split, which=which, overrides=overrides, progress=True)
+    click.echo(f"{split} ({which} checkpoint):\n" + format_metrics(metrics))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("inputs", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx runs RUN_DIR/model.onnx (written by `segbench export`) with ONNX Runtime.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+def predict(run_dir, inputs, out, engine, which) -> None:
+    """Predict masks for images (PNG/JPEG/TIFF/BMP) or NIfTI volumes in INPUTS (a file or folder) into OUT.
+
+    Writes STEM_mask.png (class ids, palette PNG) and STEM_overlay.png per image, and STEM_seg.nii.gz
+    (in the input's voxel grid, affine and header) plus an overlay of one slice per volume.
+    """
+    from segbench.engine.predict import predict_files
+
+    with _user_errors():
+        written = predict_files(run_dir, inputs, out, engine=engine, which=which)
+    click.echo(f"wrote {len(written)} files to {out}")

@@ -1,0 +1,134 @@
+"""Checkpoints: atomic writes, random-number-generator states, and loading a trained run's model.
+
+A run folder holds ``last.pt`` (everything needed to resume: model, optimizer, loss scaler, the
+position in the data order, every RNG state, the best result so far), ``best.pt`` (model weights
+of the best validation), ``config.yaml``, ``log.jsonl`` and ``metrics.json``. Checkpoints hold only
+tensors and plain Python values (the config as a dict), so they load with
+``torch.load(weights_only=True)``: opening a checkpoint cannot execute code.
+
+Writes go to a temporary file in the same folder that then replaces the old one (``os.replace``
+is atomic), so a run killed mid-write still has its previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from segbench.config import Config, config_from_dict
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DataInfo",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "load_run_model",
+]
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a trained model needs to know about its data, without the data itself."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    class_names: list[str]
+    ignore_index: int
+    volumetric: bool = False
+    normalization: dict | None = None  # the data layer's Normalization as a dict (for predict)
+    palette: list[list[int]] | None = None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DataInfo":
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a segbench checkpoint (format {state.get('format')!r})")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and Python ``random`` states, as tensors and lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def load_run_model(
+    run_dir: str | Path, which: str = "best", map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, DataInfo]:
+    """The model of a finished (or running) training run, in eval mode, with its config and data info.
+
+    ``which`` is "best" (best validation, ``best.pt``) or "last" (``last.pt``).
+    """
+    from segbench.registry import build_model
+
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = run_dir / f"{which}.pt"
+    if not path.is_file():
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"no run folder at {run_dir}")
+        raise FileNotFoundError(f"{run_dir} has no {which}.pt; has training run and validated at least once?")
+    state = load_checkpoint(path, map_location)
+    cfg = config_from_dict(state["config"])
+    info = DataInfo.from_dict(state["data_info"])
+    model = build_model(cfg.model.arch, info.num_classes, info.in_channels, **cfg.model.options)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg, info

@@ -1,0 +1,79 @@
+"""Data-parallel training under ``torchrun``: process group set-up and deterministic batch sharding.
+
+Every process draws the same global permutation of the training set for an epoch, seeded by
+(seed, epoch), cuts it into global batches of ``batch_size`` images, and takes every
+``world_size``-th image of each batch. So a global batch holds the same images whatever the number
+of processes, and a resumed run redraws exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "epoch_batches", "mean_across_ranks", "derive_seed"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (a no-op when run alone).
+
+    NCCL for CUDA runs, Gloo for CPU runs.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world_size, local_rank)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed mixed from several integers (numpy's SeedSequence: no collisions by addition)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, info: DistInfo) -> list[list[int]]:
+    """This process's share of each full global batch of the epoch (the incomplete last batch is dropped)."""
+    if batch_size % info.world_size:
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by the {info.world_size} processes")
+    if num_items < batch_size:
+        raise ValueError(
+            f"the training split has {num_items} images, fewer than train.batch_size={batch_size}; "
+            "lower the batch size"
+        )
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
+    order = torch.randperm(num_items, generator=generator).tolist()
+    batches = [order[start : start + batch_size] for start in range(0, num_items - batch_size + 1, batch_size)]
+    return [batch[info.rank :: info.world_size] for batch in batches]
+
+
+def mean_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of a scalar tensor over all processes (itself when run alone)."""
+    if not info.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / info.world_size

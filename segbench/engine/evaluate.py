@@ -1,0 +1,145 @@
+"""Evaluate a model on a split: inference as ``EvalConfig`` says, then every metric of ``metrics.py``.
+
+``evaluate_run(run_dir, split)`` does it for a finished run's best checkpoint and writes
+``eval_<split>.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from segbench.config import ConfigError, EvalConfig, apply_overrides, config_from_dict, config_to_dict
+from segbench.engine.checkpoint import DataInfo, load_run_model
+from segbench.engine.device import Precision, resolve_device, resolve_precision
+from segbench.engine.inference import InferenceSettings, predict_logits
+from segbench.engine.metrics import SegmentationMetrics
+
+__all__ = ["inference_settings", "evaluate", "evaluate_run", "json_safe", "write_json"]
+
+
+def inference_settings(cfg: EvalConfig) -> InferenceSettings:
+    return InferenceSettings(
+        mode=cfg.mode,
+        window=tuple(cfg.window) if cfg.window else None,
+        overlap=cfg.overlap,
+        blend=cfg.blend,
+        flips=tuple(cfg.flips),
+        batch_size=cfg.batch_size,
+    )
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def _same_size_runs(items: list[dict]) -> list[list[dict]]:
+    # Consecutive items of one size form a batch; sizes may differ between images of a split.
+    runs: list[list[dict]] = []
+    for item in items:
+        if runs and runs[-1][0]["image"].shape == item["image"].shape:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    info: DataInfo,
+    cfg: EvalConfig,
+    device: torch.device | str = "cpu",
+    precision: Precision | None = None,
+    *,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict:
+    """Every metric of ``SegmentationMetrics.compute`` for ``model`` on ``dataset`` (in dataset order)."""
+    device = torch.device(device)
+    precision = precision or Precision(None, device.type)
+    settings = inference_settings(cfg)
+    metrics = SegmentationMetrics(info.num_classes, info.ignore_index, info.class_names, cfg.background, cfg.hd95)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        collate_fn=_as_list,
+        num_workers=num_workers,
+        generator=torch.Generator(),  # leaves the global RNG alone (resumed runs stay exact)
+    )
+    was_training = model.training
+    model.eval()
+    for items in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        for run in _same_size_runs(items):
+            images = torch.stack([item["image"] for item in run]).to(device).contiguous(memory_format=memory_format)
+            with precision.autocast():
+                logits = predict_logits(model, images, settings)
+            metrics.update(
+                logits.argmax(1).cpu(),
+                torch.stack([item["mask"] for item in run]),
+                [str(item["case"]) for item in run],
+                [int(item["index"]) for item in run],
+            )
+    model.train(was_training)
+    return metrics.compute()
+
+
+def json_safe(value):
+    """NaN/inf -> None (strict JSON: ``null`` means undefined), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(values: dict, path: str | Path) -> None:
+    """Write strict JSON atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(values), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def evaluate_run(
+    run_dir: str | Path, split: str = "val", *, which: str = "best", overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = False,
+) -> dict:
+    """Metrics of a run's ``which`` checkpoint on ``split``; also written to ``run_dir/eval_<split>.json``.
+
+    ``overrides`` (``eval.KEY=VALUE``) change how it is evaluated, e.g. ``eval.mode=slide`` or
+    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own.
+    """
+    from segbench.data import load_data
+
+    run_dir = Path(run_dir)
+    model, cfg, info = load_run_model(run_dir, which)
+    if overrides:
+        wrong = [o for o in overrides if not o.strip().startswith("eval.")]
+        if wrong:
+            raise ConfigError(f"only eval.* settings can change after training, got {', '.join(wrong)}")
+        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides)))
+    data = load_data(cfg.data)
+    if split not in data.splits:
+        raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")
+    device = resolve_device("auto")  # where the run was trained may not be here
+    precision = resolve_precision(cfg.train.amp, device)
+    model.to(device)
+    metrics = evaluate(
+        model, data.splits[split], info, cfg.eval, device, precision, num_workers=cfg.train.num_workers, progress=progress, desc=split
+    )
+    result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
+    write_json(result, run_dir / f"eval_{split}.json")
+    return result

@@ -1,0 +1,112 @@
+"""Inference: whole-image or sliding-window, with optional flip test-time augmentation.
+
+Sliding window (MMSegmentation's ``slide`` mode; nnU-Net's Gaussian weighting): windows of
+``window`` pixels step by ``window * (1 - overlap)`` so the last window touches the far border;
+the logits of overlapping windows are blended with a constant ("mean") or Gaussian weight map
+(sigma = window / 8, nnU-Net), which trusts each window's centre more than its borders.
+Flip TTA averages the logits of the image and of its flips (flipped back).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["InferenceSettings", "predict_logits", "sliding_window_logits", "window_positions", "gaussian_weights"]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    mode: str = "whole"  # "whole" or "slide"
+    window: tuple[int, int] | None = None  # slide: window (H, W) in pixels
+    overlap: float = 0.5  # slide: fraction of a window shared with its neighbour, in [0, 1)
+    blend: str = "gaussian"  # slide: "gaussian" or "mean"
+    flips: tuple[str, ...] = ()  # TTA: any of "horizontal", "vertical"
+    batch_size: int = 8  # slide: windows per forward pass
+
+    def __post_init__(self):
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"inference mode must be 'whole' or 'slide', got {self.mode!r}")
+        if self.mode == "slide" and not self.window:
+            raise ValueError("sliding-window inference needs a window size, e.g. eval.window=[256, 256]")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.blend not in ("gaussian", "mean"):
+            raise ValueError(f"blend must be 'gaussian' or 'mean', got {self.blend!r}")
+        unknown = set(self.flips) - {"horizontal", "vertical"}
+        if unknown:
+            raise ValueError(f"unknown flip(s) {sorted(unknown)}; valid: 'horizontal', 'vertical'")
+
+
+def window_positions(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets along one axis: a regular grid whose last window ends exactly at ``size``."""
+    if window >= size:
+        return [0]
+    stride = max(1, math.ceil(window * (1 - overlap)))
+    count = math.ceil((size - window) / stride) + 1
+    return [min(i * stride, size - window) for i in range(count)]
+
+
+def gaussian_weights(height: int, width: int, sigma_scale: float = 1 / 8) -> Tensor:
+    """Gaussian importance map peaking at the window centre, normalised to max 1, floored above 0."""
+    axes = []
+    for n in (height, width):
+        coords = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        axes.append(torch.exp(-0.5 * (coords / max(n * sigma_scale, 1e-6)) ** 2))
+    weights = axes[0][:, None] * axes[1][None, :]
+    weights = weights / weights.max()
+    return weights.clamp_min(1e-3)
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    out = model(x)
+    return out["out"] if isinstance(out, dict) else out
+
+
+@torch.no_grad()
+def sliding_window_logits(model: nn.Module, image: Tensor, settings: InferenceSettings) -> Tensor:
+    """Logits (N, C, H, W) of ``image`` (N, Cin, H, W) assembled from overlapping windows."""
+    n, _, height, width = image.shape
+    win_h, win_w = min(settings.window[0], height), min(settings.window[1], width)
+    tops = window_positions(height, win_h, settings.overlap)
+    lefts = window_positions(width, win_w, settings.overlap)
+    boxes = [(t, l) for t in tops for l in lefts]
+    if settings.blend == "gaussian":
+        weight = gaussian_weights(win_h, win_w).to(image.device)
+    else:
+        weight = torch.ones(win_h, win_w, device=image.device)
+    logits = None
+    total_weight = torch.zeros(height, width, device=image.device)
+    for start in range(0, len(boxes), settings.batch_size):
+        chunk = boxes[start : start + settings.batch_size]
+        crops = torch.cat([image[:, :, t : t + win_h, l : l + win_w] for t, l in chunk])
+        out = _forward(model, crops).float()
+        if logits is None:
+            logits = torch.zeros(n, out.shape[1], height, width, device=image.device)
+        for k, (t, l) in enumerate(chunk):
+            logits[:, :, t : t + win_h, l : l + win_w] += out[k * n : (k + 1) * n] * weight
+            total_weight[t : t + win_h, l : l + win_w] += weight
+    return logits / total_weight
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, image: Tensor, settings: InferenceSettings = InferenceSettings()) -> Tensor:
+    """Logits (N, C, H, W) for a batch of images, by the mode and TTA that ``settings`` name.
+
+    The model should be in eval mode; the caller chooses device and autocast.
+    """
+
+    def once(x: Tensor) -> Tensor:
+        if settings.mode == "slide":
+            return sliding_window_logits(model, x, settings)
+        return _forward(model, x).float()
+
+    logits = once(image)
+    dims_of = {"horizontal": [-1], "vertical": [-2]}
+    for flip in settings.flips:
+        dims = dims_of[flip]
+        logits = logits + once(image.flip(dims)).flip(dims)
+    return logits / (1 + len(settings.flips))

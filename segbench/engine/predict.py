@@ -1,0 +1,226 @@
+"""Predict label maps for new images and volumes with a trained run (``segbench predict``).
+
+Inputs are prepared exactly as training prepared its data (the run's ``config.yaml`` and data
+info): same channel handling, resize and normalisation; NIfTI volumes are reoriented to RAS+,
+cut along the training ``slice_axis``, and the predicted labels are put back into the input's own
+voxel grid, affine and header. Logits are computed at the network's input size and resized back
+to the image's before the arg-max.
+
+Outputs per input ``STEM``: 2D images -> ``STEM_mask.png`` (palette PNG whose pixel values are the
+class ids) and ``STEM_overlay.png`` (classes in colour over the image, background left clear);
+volumes -> ``STEM_seg.nii.gz`` and ``STEM_overlay.png`` (the slice with the most foreground).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from segbench.config import Config, config_from_dict, load_config
+from segbench.engine.checkpoint import DataInfo, load_checkpoint, load_run_model
+from segbench.engine.device import resolve_device, resolve_precision
+from segbench.engine.evaluate import inference_settings
+from segbench.data.volumes import is_nifti, nifti_stem
+from segbench.engine.inference import predict_logits
+
+__all__ = ["IMAGE_SUFFIXES", "PredictError", "collect_inputs", "default_palette", "predict_files"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class PredictError(ValueError):
+    """Bad input to ``segbench predict`` (the message says what and how to fix it)."""
+
+
+def collect_inputs(inputs: str | Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to the input folder) for an image/volume file or every one under a folder."""
+    inputs = Path(inputs)
+    if inputs.is_file():
+        files, root = [inputs], inputs.parent
+    elif inputs.is_dir():
+        files, root = sorted(p for p in inputs.rglob("*") if p.is_file()), inputs
+    else:
+        raise PredictError(f"no file or folder at {inputs}")
+    usable = [p for p in files if is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES]
+    if not usable:
+        raise PredictError(
+            f"no images or volumes at {inputs}; readable: {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz"
+        )
+    return [(p, p.relative_to(root)) for p in usable]
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Pascal VOC's colour map (bit-interleaved class ids): distinct colours, class 0 black."""
+    palette = []
+    for label in range(num_classes):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) stored pixels -> (H, W, 3) uint8 for an overlay (grey and 16-bit rescaled)."""
+    image = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    image = np.moveaxis(image.astype(np.float32), 0, -1)
+    low, high = np.percentile(image, (1, 99))
+    return (np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def _write_mask(labels: np.ndarray, palette: list, path: Path) -> None:
+    mask = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [v for colour in palette for v in colour]
+    mask.putpalette(flat + [0] * (768 - len(flat)))
+    mask.save(path)
+
+
+def _write_overlay(display: np.ndarray, labels: np.ndarray, palette: list, background: int | None, path: Path) -> None:
+    colours = np.asarray(palette, dtype=np.float32)[labels]
+    alpha = np.where(labels != background, 0.5, 0.0)[..., None] if background is not None else 0.5
+    Image.fromarray((display * (1 - alpha) + colours * alpha).astype(np.uint8)).save(path)
+
+
+class _Runner:
+    """The run's model (PyTorch or ONNX Runtime) plus how its inputs were prepared."""
+
+    def __init__(self, run_dir: Path, engine: str, which: str):
+        if engine == "torch":
+            model, self.cfg, self.info = load_run_model(run_dir, which)
+            self.device = resolve_device("auto")
+            self.model = model.to(self.device)
+            self.precision = resolve_precision(self.cfg.train.amp, self.device)
+        elif engine == "onnx":
+            from segbench.export import load_onnx_model  # optional dependency: onnxruntime
+
+            try:
+                self.model = load_onnx_model(run_dir)
+            except FileNotFoundError as err:
+                raise PredictError(str(err)) from None
+            self.cfg, self.info = _run_metadata(run_dir)
+            self.device, self.precision = torch.device("cpu"), resolve_precision("off", torch.device("cpu"))
+        else:
+            raise PredictError(f"unknown engine {engine!r}; valid: torch, onnx")
+        self.settings = inference_settings(self.cfg.eval)
+        self.normalize = _normalizer(self.info)
+        fixed = getattr(getattr(self.model, "info", None), "shape_mode", "dynamic") != "dynamic"
+        self.fixed_size = tuple(self.model.info.input_size) if fixed else None
+
+    def labels(self, batch: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+        """(N, C, H, W) network-ready float32 -> (N, *out_size) class ids."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        if self.fixed_size and tuple(x.shape[-2:]) != self.fixed_size:
+            x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
+        with self.precision.autocast():
+            logits = predict_logits(self.model, x, self.settings).float()
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return logits.argmax(1).cpu().numpy()
+
+
+def _run_metadata(run_dir: Path) -> tuple[Config, DataInfo]:
+    info_path = run_dir / "data_info.json"
+    if (run_dir / "config.yaml").is_file() and info_path.is_file():
+        return load_config(run_dir / "config.yaml"), DataInfo.from_dict(json.loads(info_path.read_text()))
+    state = load_checkpoint(run_dir / "best.pt")
+    return config_from_dict(state["config"]), DataInfo.from_dict(state["data_info"])
+
+
+def _normalizer(info: DataInfo) -> Callable[[np.ndarray], np.ndarray]:
+    """(C, H, W) stored pixels -> network input, as the data layer normalised training images."""
+    from segbench.data.dataset import Normalization
+    from segbench.data.volumes import normalize_volume
+
+    norm = info.normalization
+    if norm is None or norm.get("kind") == "volume":
+        # Training z-scored each volume; a lone 2D image is z-scored on its own the same way.
+        return lambda image: np.moveaxis(normalize_volume(np.moveaxis(image, 0, -1)[..., None, :])[..., 0, :], -1, 0)
+    return Normalization.from_dict(norm)
+
+
+def _channels(image: np.ndarray, info: DataInfo, path: Path) -> np.ndarray:
+    if image.shape[0] == 1 and info.in_channels == 3:
+        return np.repeat(image, 3, axis=0)  # grey among RGB, as the data layer does
+    if image.shape[0] == 4 and info.in_channels == 3:
+        return image[:3]  # drop an alpha channel
+    if image.shape[0] != info.in_channels:
+        raise PredictError(f"{path} has {image.shape[0]} channel(s); the model takes {info.in_channels}")
+    return image
+
+
+def _predict_image(runner: _Runner, path: Path, out_base: Path, palette: list) -> list[Path]:
+    from segbench.data.geometry import resize_images
+    from segbench.data.imageio import read_image
+
+    stored = np.array(_channels(read_image(path), runner.info, path))  # writable: torch warns on read-only views
+    size = runner.cfg.data.resize
+    network_input = resize_images(stored[None], size)[0] if size else stored
+    labels = runner.labels(runner.normalize(network_input)[None], stored.shape[-2:])[0]
+    mask_path, overlay_path = out_base.with_name(out_base.name + "_mask.png"), out_base.with_name(out_base.name + "_overlay.png")
+    _write_mask(labels, palette, mask_path)
+    _write_overlay(_display(stored), labels, palette, runner.cfg.eval.background, overlay_path)
+    return [mask_path, overlay_path]
+
+
+def _predict_volume(runner: _Runner, path: Path, out_base: Path, palette: list) -> list[Path]:
+    from segbench.data import volumes
+    from segbench.data.geometry import resize_images
+
+    array, affine, header = volumes.read_volume(path)
+    canonical = volumes.to_canonical(array, affine)
+    slices = np.array(volumes.volume_to_slices(canonical, runner.cfg.data.slice_axis), dtype=np.float32)
+    stored = slices
+    kind = (runner.info.normalization or {}).get("kind", "volume")
+    if kind == "volume":
+        slices = volumes.volume_to_slices(volumes.normalize_volume(canonical), runner.cfg.data.slice_axis)
+    if runner.cfg.data.resize:
+        slices = resize_images(slices, runner.cfg.data.resize)
+    if slices.shape[1] != runner.info.in_channels:
+        raise PredictError(f"{path} has {slices.shape[1]} channel(s); the model takes {runner.info.in_channels}")
+    if kind != "volume":
+        slices = np.stack([runner.normalize(s) for s in slices])
+    batch = max(1, runner.cfg.eval.batch_size)
+    in_plane_size = stored.shape[-2:]  # logits go back to the stored grid before the arg-max
+    labels = np.concatenate([runner.labels(slices[i : i + batch], in_plane_size) for i in range(0, len(slices), batch)])
+    prepared = volumes.PreparedVolume(slices, affine, header, tuple(canonical.shape[:3]), runner.cfg.data.slice_axis)
+    volume = volumes.restore_volume(labels, prepared)
+    seg_path = out_base.with_name(out_base.name + "_seg.nii.gz")
+    volumes.write_labels(volume, prepared, seg_path)
+    # A quick look: the slice with the most foreground, in the network's orientation.
+    in_plane = volumes.labels_to_slices(volumes.to_canonical(volume, affine), runner.cfg.data.slice_axis)
+    background = runner.cfg.eval.background
+    k = int(np.argmax([(s != background).sum() for s in in_plane])) if background is not None else len(in_plane) // 2
+    overlay_path = out_base.with_name(out_base.name + "_overlay.png")
+    _write_overlay(_display(stored[k]), in_plane[k], palette, background, overlay_path)
+    return [seg_path, overlay_path]
+
+
+def predict_files(
+    run_dir: str | Path, inputs: str | Path, out_dir: str | Path, *, engine: str = "torch", which: str = "best",
+    progress: bool = True,
+) -> list[Path]:
+    """Predict every image/volume at ``inputs`` (a file or folder) into ``out_dir``; returns the files written."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    files = collect_inputs(inputs)
+    runner = _Runner(run_dir, engine, which)
+    palette = [tuple(c) for c in runner.info.palette] if runner.info.palette else default_palette(runner.info.num_classes)
+    written = []
+    for path, relative in tqdm(files, desc="predict", disable=not progress, dynamic_ncols=True):
+        out_base = out_dir / relative.parent / nifti_stem(path)
+        out_base.parent.mkdir(parents=True, exist_ok=True)
+        if is_nifti(path):
+            written += _predict_volume(runner, path, out_base, palette)
+        else:
+            written += _predict_image(runner, path, out_base, palette)
+    return written

@@ -1,0 +1,387 @@
+"""The training loop: one function, read top to bottom.
+
+``train(cfg, run_dir)`` builds the data and model, then steps the optimiser for
+``cfg.train.iterations`` iterations over deterministic shuffles of the training split, validating
+every ``val_interval`` iterations and keeping the best checkpoint. A run killed at any moment and
+started again with the same command resumes from ``last.pt`` and ends with the same weights and
+metrics as a run never interrupted: the batch order is a function of (seed, epoch), the
+augmentation of (data seed, epoch, item), the learning rate of the iteration, and every RNG state
+is saved. Under ``torchrun`` it trains data-parallel (rank 0 alone validates and writes).
+
+Files in ``run_dir``: ``config.yaml`` (resolved configuration), ``data_info.json`` (classes,
+channels, normalisation: what ``segbench predict`` needs), ``log.jsonl`` (one JSON object per
+line: ``event`` "start" | "train" | "val" | "diverged" | "end"), ``last.pt``, ``best.pt``, and
+``metrics.json``:
+
+- ``arch``, ``family``, ``data``, ``iterations``, ``world_size``, ``device``, ``precision``,
+  ``channels_last``, ``num_params``;
+- ``best_metric`` (its name), ``best_value``, ``best_iteration``;
+- ``val``: every figure of ``SegmentationMetrics.compute`` for the best checkpoint on the val split
+  (``aAcc``, ``mIoU``, ``mIoU_fg``, ``mDice``, ``mDice_fg``, ..., ``dice_fg_per_case``, ``hd95_fg``,
+  ``per_class``, ...); ``last_val``: the same for the final weights;
+- ``test``: the best checkpoint on the test split (when there is one and ``eval.test_at_end``);
+- ``train_time_s`` (seconds in training steps, data loading included, validation and checkpoint
+  writes excluded, summed over resumptions), ``train_images_per_s`` (images / train_time_s),
+  ``wall_time_s`` (whole call, this session only), ``resumed_from`` (iteration, or null).
+
+JSON has no NaN: an undefined figure (see ``segbench.engine.metrics``) is written as ``null``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segbench.config import Config, config_to_dict, to_yaml
+from segbench.data import load_data
+from segbench.encoders import load_backbone_weights
+from segbench.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    DataInfo,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from segbench.engine.device import resolve_device, resolve_precision
+from segbench.engine.distributed import DistInfo, derive_seed, epoch_batches, init_distributed, mean_across_ranks
+from segbench.engine.evaluate import evaluate, json_safe, write_json
+from segbench.engine.losses import build_loss
+from segbench.engine.metrics import SCALAR_METRICS, is_better
+from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
+from segbench.registry import ARCHITECTURES, build_model
+
+__all__ = ["train", "TrainingDiverged", "ConfigMismatch"]
+
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run folder keeps its last good checkpoint."""
+
+
+class ConfigMismatch(ValueError):
+    """``resume`` found a run folder trained with a different configuration."""
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _data_info(data) -> DataInfo:
+    normalization = getattr(data, "normalization", None)
+    if normalization is not None and dataclasses.is_dataclass(normalization):
+        normalization = json.loads(json.dumps(dataclasses.asdict(normalization), default=float))
+    palette = getattr(data, "palette", None)
+    return DataInfo(
+        name=data.name,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        class_names=list(data.class_names),
+        ignore_index=data.ignore_index,
+        volumetric=bool(getattr(data, "volumetric", False)),
+        normalization=normalization,
+        palette=[list(map(int, c)) for c in palette] if palette else None,
+    )
+
+
+def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            keys += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return keys
+
+
+class _Log:
+    """Appends JSON lines to ``log.jsonl`` (rank 0 only); flushed per line so a kill loses nothing."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(json_safe(record)) + "\n")
+
+    def offset(self) -> int:
+        return self.path.stat().st_size if self.enabled and self.path.exists() else 0
+
+    def truncate(self, offset: int) -> None:
+        if self.enabled and self.path.exists():
+            with open(self.path, "r+") as f:
+                f.truncate(offset)
+
+
+def _gather_rng(info: DistInfo) -> list[dict]:
+    state = capture_rng_state()
+    if not info.enabled:
+        return [state]
+    states = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device, memory_format, info) -> float:
+    images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    masks = batch["mask"].to(device, non_blocking=True)
+    with precision.autocast():
+        out = model(images)
+    logits, aux = (out["out"], out.get("aux")) if isinstance(out, dict) else (out, None)
+    loss = criterion(logits, masks)
+    if aux is not None and aux_weight:
+        loss = loss + aux_weight * criterion(aux, masks)
+    loss_value = mean_across_ranks(loss.detach(), info).item()
+    if not math.isfinite(loss_value):
+        return loss_value  # the caller stops before this step touches the weights
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.train.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` into ``run_dir``; returns the contents of ``metrics.json``.
+
+    ``resume``: continue from ``run_dir/last.pt`` when it exists (the configuration must match);
+    False starts over, deleting the folder's previous run files.
+    Raises ``TrainingDiverged`` on a NaN/inf loss, ``ConfigMismatch`` when resuming a different run.
+
+    CPU runs are bit-for-bit reproducible. On CUDA some kernels (e.g. the backward of bilinear
+    upsampling) add in a nondeterministic order unless ``train.deterministic`` asks for
+    deterministic ones (slower), which this call enables for its own duration only.
+    """
+    if not cfg.train.deterministic:
+        return _train(cfg, Path(run_dir), resume, progress)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        return _train(cfg, Path(run_dir), resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
+    wall_start = time.perf_counter()
+    info = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, info.local_rank)
+    precision = resolve_precision(cfg.train.amp, device)
+
+    def say(message: str) -> None:
+        if info.is_main and progress:
+            tqdm.write(message, file=sys.stderr)
+
+    # ---- data -------------------------------------------------------------------------------
+    data = load_data(cfg.data)
+    for notice in data.notices:
+        say(f"data: {notice}")
+    for split in ("train", "val"):
+        if split not in data.splits or len(data.splits[split]) == 0:
+            raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
+    train_set, val_set = data.splits["train"], data.splits["val"]
+    data_info = _data_info(data)
+
+    # ---- model, optimiser, loss ---------------------------------------------------------------
+    _seed_everything(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
+    family = ARCHITECTURES[cfg.model.arch].family
+    cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, family))
+    t = cfg.train
+    if t.best_metric not in SCALAR_METRICS:
+        raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
+    if cfg.model.pretrained:
+        say(f"backbone weights {cfg.model.pretrained}: {load_backbone_weights(model, cfg.model.pretrained)}")
+    channels_last = family == "cnn" if t.channels_last == "auto" else t.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if info.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif info.enabled:
+        say("data-parallel on CPU: BatchNorm statistics stay per process (PyTorch's SyncBatchNorm needs CUDA)")
+    model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(model, t, family)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    criterion = build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device)
+    aux_weight = float(getattr(model, "aux_weight", 0.0)) if t.aux_loss else 0.0
+    num_params = sum(p.numel() for p in model.parameters())
+
+    # ---- start or resume --------------------------------------------------------------------
+    log = _Log(run_dir / "log.jsonl", info.is_main)
+    state = {"iteration": 0, "epoch": 0, "batch_in_epoch": 0, "train_time_s": 0.0, "images_seen": 0,
+             "best": {"value": None, "iteration": None, "metrics": None}, "last_val": None, "log_window": [0.0, 0]}
+    resumed_from = None
+    last_path = run_dir / "last.pt"
+    if resume and last_path.is_file():
+        checkpoint = load_checkpoint(last_path, map_location=device)
+        differences = _config_differences(checkpoint["config"], config_to_dict(cfg))
+        if differences:
+            raise ConfigMismatch(
+                f"{run_dir} holds a run with another configuration ({'; '.join(differences)}). "
+                "Resume with the same configuration, use another output folder, or start over (--no-resume)."
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        rng = checkpoint["rng"]
+        if len(rng) != info.world_size:
+            say(f"warning: the run was saved by {len(rng)} processes and resumes with {info.world_size}; "
+                "the rest of the run will not match an uninterrupted one exactly")
+        restore_rng_state(rng[info.rank % len(rng)])
+        state = {key: checkpoint[key] for key in state}
+        resumed_from = state["iteration"]
+        log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
+        if resumed_from >= t.iterations and (run_dir / "metrics.json").is_file():
+            return json.loads((run_dir / "metrics.json").read_text())
+        say(f"resuming {run_dir} at iteration {resumed_from}")
+    else:
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            for stale in run_dir.glob("eval_*.json"):
+                stale.unlink()
+        torch.manual_seed(derive_seed(t.seed, 1, info.rank))  # dropout differs between ranks
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
+    train_model = model
+    if info.enabled:
+        unused = hasattr(model, "aux_head") and aux_weight == 0.0  # DDP must be told of an idle aux head
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        )
+    log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
+              family=family, device=str(device), precision=precision.name, world_size=info.world_size,
+              channels_last=channels_last, num_params=num_params, time=time.time())
+
+    def save_last() -> None:
+        rng = _gather_rng(info)  # every rank takes part; rank 0 writes
+        if info.is_main:
+            save_checkpoint(
+                {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "config": config_to_dict(cfg), "data_info": data_info.to_dict(),
+                 "rng": rng, "log_offset": log.offset(), **state},
+                last_path,
+            )
+
+    def validate(iteration: int) -> None:
+        metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
+                           num_workers=t.num_workers, progress=progress, desc="val")
+        improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
+        state["last_val"] = {"iteration": iteration, "metrics": metrics}
+        if improved:
+            state["best"] = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
+            save_checkpoint(
+                {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
+                 "data_info": data_info.to_dict(), "iteration": iteration, "metrics": metrics},
+                run_dir / "best.pt",
+            )
+        log.write(event="val", iteration=iteration, best=improved, **metrics)
+        best = state["best"]
+        best_value = math.nan if best["value"] is None else best["value"]
+        say(f"iter {iteration}: {t.best_metric} {metrics[t.best_metric]:.4f} (best {best_value:.4f} at {best['iteration']})")
+
+    # ---- the loop -----------------------------------------------------------------------------
+    bar = tqdm(total=t.iterations, initial=state["iteration"], desc=f"train {cfg.model.arch}", unit="it",
+               disable=not (progress and info.is_main), dynamic_ncols=True)
+    model.train()
+    tick = time.perf_counter()
+    while state["iteration"] < t.iterations:
+        batches = epoch_batches(len(train_set), t.batch_size, t.seed, state["epoch"], info)
+        if state["batch_in_epoch"] >= len(batches):
+            state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+            continue
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(state["epoch"])
+        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=t.num_workers,
+                            pin_memory=device.type == "cuda", generator=torch.Generator())
+        for batch in loader:
+            iteration = state["iteration"]
+            lr = set_learning_rate(optimizer, iteration, t)
+            loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
+                               memory_format, info)
+            if not math.isfinite(loss):
+                log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
+                bar.close()
+                raise TrainingDiverged(
+                    f"the loss became {loss} at iteration {iteration} (lr {lr:.3g}); training stopped. {run_dir} "
+                    "keeps the last good checkpoint. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off."
+                )
+            state["iteration"] = iteration = iteration + 1
+            state["batch_in_epoch"] += 1
+            state["images_seen"] += t.batch_size
+            now = time.perf_counter()
+            state["train_time_s"] += now - tick
+            state["log_window"] = [state["log_window"][0] + loss, state["log_window"][1] + 1]
+            bar.update(1)
+            if iteration % t.log_interval == 0 or iteration == t.iterations:
+                mean_loss = state["log_window"][0] / state["log_window"][1]
+                speed = state["images_seen"] / max(state["train_time_s"], 1e-9)
+                log.write(event="train", iteration=iteration, epoch=state["epoch"], loss=mean_loss, lr=lr,
+                          images_per_s=speed, train_time_s=state["train_time_s"])
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                state["log_window"] = [0.0, 0]
+            validating = iteration % t.val_interval == 0 or iteration == t.iterations
+            if validating and info.is_main:
+                validate(iteration)
+            if validating or iteration % t.checkpoint_interval == 0:
+                save_last()
+            tick = time.perf_counter()
+            if iteration >= t.iterations:
+                break
+    bar.close()
+
+    # ---- final figures ------------------------------------------------------------------------
+    result = {}
+    if info.is_main:
+        best = state["best"]
+        result = {
+            "arch": cfg.model.arch, "family": family, "data": data.name, "iterations": t.iterations,
+            "world_size": info.world_size, "device": str(device), "precision": precision.name,
+            "channels_last": channels_last, "num_params": num_params,
+            "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],
+            "val": best["metrics"], "last_val": state["last_val"]["metrics"],
+            "train_time_s": state["train_time_s"],
+            "train_images_per_s": state["images_seen"] / max(state["train_time_s"], 1e-9),
+            "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
+        }
+        if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
+            result["test"] = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
+                                      memory_format=memory_format, num_workers=t.num_workers, progress=progress,
+                                      desc="test")
+        write_json(result, run_dir / "metrics.json")
+        log.write(event="end", iteration=state["iteration"], best_value=best["value"],
+                  best_iteration=best["iteration"], train_time_s=state["train_time_s"])
+    if info.enabled:
+        shared = [result]
+        dist.broadcast_object_list(shared, src=0)
+        result = shared[0]
+    return json_safe(result)

@@ -1,0 +1,38 @@
+"""One process of the 2-process CPU data-parallel test (run by test_distributed.py, not by pytest).
+
+Usage: python ddp_worker.py RUN_DIR OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
+Trains the tiny model and saves this rank's final weights to OUT_DIR/rank{RANK}.pt.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+spec = importlib.util.spec_from_file_location("segbench_engine_tiny", Path(__file__).with_name("_tiny.py"))
+tiny = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tiny)
+
+import segbench.data  # noqa: E402
+from segbench.config import load_config  # noqa: E402
+from segbench.registry import ARCHITECTURES, list_models  # noqa: E402
+
+train_module = importlib.import_module("segbench.engine.train")
+list_models()
+ARCHITECTURES["tiny"] = tiny.TINY_ENTRY
+train_module.load_data = lambda cfg: tiny.tiny_data(train=16)
+built = []
+real_build = train_module.build_model
+train_module.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+
+run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+cfg = load_config(None, ["model.arch=tiny", "train.iterations=6", "train.batch_size=4", "train.val_interval=3",
+                         "train.device=cpu", "train.log_interval=1"])
+metrics = train_module.train(cfg, run_dir, progress=False)
+rank = int(os.environ["RANK"])
+torch.save({"params": {n: p.detach() for n, p in built[0].named_parameters()}, "metrics": metrics},
+           out_dir / f"rank{rank}.pt")
+torch.distributed.destroy_process_group()

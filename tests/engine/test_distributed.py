@@ -1,0 +1,56 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segbench.engine.distributed import DistInfo, epoch_batches
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def test_epoch_batches_shard_one_global_order():
+    alone = epoch_batches(10, 4, seed=3, epoch=1, info=DistInfo())
+    ranks = [epoch_batches(10, 4, seed=3, epoch=1, info=DistInfo(r, 2, r)) for r in (0, 1)]
+    assert len(alone) == 2 and all(len(b) == 4 for b in alone)  # the incomplete batch is dropped
+    for j, batch in enumerate(alone):
+        assert ranks[0][j] == batch[0::2] and ranks[1][j] == batch[1::2]
+    assert epoch_batches(10, 4, 3, 1, DistInfo()) == alone  # deterministic
+    assert epoch_batches(10, 4, 3, 2, DistInfo()) != alone  # reshuffled per epoch
+    with pytest.raises(ValueError, match="divisible"):
+        epoch_batches(10, 3, 0, 0, DistInfo(0, 2, 0))
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        epoch_batches(3, 4, 0, 0, DistInfo())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_train_identical_weights(tmp_path):
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "run"), str(tmp_path)],
+                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for name, value in rank0["params"].items():
+        assert torch.equal(value, rank1["params"][name]), name
+    assert rank0["metrics"] == rank1["metrics"] and rank0["metrics"]["world_size"] == 2
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert all(torch.equal(last["model"][n], v) for n, v in rank0["params"].items())
+    assert len(last["rng"]) == 2  # each rank's RNG state, for an exact resume
+    assert not torch.equal(last["rng"][0]["torch"], last["rng"][1]["torch"])  # dropout differs per rank
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in log if e["event"] == "train"] == list(range(1, 7))  # rank 0 alone writes

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from torch import nn
+
+from segbench.engine.inference import InferenceSettings, gaussian_weights, predict_logits, window_positions
+
+
+def conv_model(kernel_size: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(2, 3, kernel_size, padding=kernel_size // 2).eval()
+
+
+def test_window_positions_cover_the_axis():
+    assert window_positions(100, 32, 0.5) == [0, 16, 32, 48, 64, 68]
+    assert window_positions(32, 32, 0.5) == [0] and window_positions(20, 32, 0.0) == [0]
+    assert window_positions(10, 4, 0.0) == [0, 4, 6]
+
+
+def test_window_at_least_image_equals_whole_image():
+    model, image = conv_model(3), torch.randn(2, 2, 19, 23)
+    whole = predict_logits(model, image)
+    for blend in ("gaussian", "mean"):
+        slide = predict_logits(model, image, InferenceSettings(mode="slide", window=(32, 32), blend=blend))
+        torch.testing.assert_close(slide, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("blend", ["mean", "gaussian"])
+def test_blending_of_translation_equivariant_model_equals_whole_image(blend):
+    # A 1x1 convolution sees no context, so every window predicts exactly what the whole image does.
+    model, image = conv_model(1), torch.randn(1, 2, 37, 53)
+    settings = InferenceSettings(mode="slide", window=(16, 16), overlap=0.5, blend=blend, batch_size=5)
+    torch.testing.assert_close(predict_logits(model, image, settings), predict_logits(model, image), rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_differs_for_a_model_with_context():
+    model, image = conv_model(5), torch.randn(1, 2, 30, 30)
+    slide = predict_logits(model, image, InferenceSettings(mode="slide", window=(12, 12), blend="mean"))
+    assert not torch.allclose(slide, predict_logits(model, image), atol=1e-4)
+
+
+def test_flip_tta():
+    image = torch.randn(1, 2, 9, 11)
+    equivariant = conv_model(1)
+    plain = predict_logits(equivariant, image)
+    tta = predict_logits(equivariant, image, InferenceSettings(flips=("horizontal", "vertical")))
+    torch.testing.assert_close(tta, plain, rtol=1e-6, atol=1e-6)
+    asymmetric = conv_model(3)
+    expected = (asymmetric(image) + asymmetric(image.flip(-1)).flip(-1)) / 2
+    got = predict_logits(asymmetric, image, InferenceSettings(flips=("horizontal",)))
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, predict_logits(asymmetric, image), atol=1e-4)
+
+
+def test_gaussian_weights_peak_in_the_centre():
+    w = gaussian_weights(9, 9)
+    assert w[4, 4] == 1.0 and w.min() > 0 and w[0, 0] < w[2, 2] < w[4, 4]
+
+
+def test_bad_settings_are_explained():
+    with pytest.raises(ValueError, match="needs a window size"):
+        InferenceSettings(mode="slide")
+    with pytest.raises(ValueError, match="overlap must be in"):
+        InferenceSettings(overlap=1.0)
+    with pytest.raises(ValueError, match="unknown flip"):
+        InferenceSettings(flips=("diagonal",))
+
+
+def test_dict_outputs_are_unwrapped():
+    class WithAux(nn.Module):
+        def forward(self, x):
+            return {"out": x[:, :2], "aux": x}
+
+    image = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(predict_logits(WithAux(), image), image[:, :2])
