@@ -49,7 +49,8 @@ class ModelConfig:
     arch: str = "unet"
     # Keyword options of the architecture's builder, e.g. {encoder: resnet50, output_stride: 8}.
     options: dict[str, Any] = field(default_factory=dict)
-    # Backbone weights (a file in the encoder's native key layout) loaded into ``model.encoder``.
+    # Starting weights: None, 'imagenet', or a checkpoint path in any supported format (segbench,
+    # torchvision, timm, HF, NVlabs, Microsoft, MMSeg); see segbench.pretrained.
     pretrained: str | None = None
 
 

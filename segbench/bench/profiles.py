@@ -13,9 +13,11 @@ inherited presets: to see what ``quick`` trains, read ``QUICK`` below.
 - ``paper``: the papers' backbones and output strides at 512x512 crops (sliding-window evaluation on
   larger images), batch 16, 80k iterations: a multi-hour GPU run per architecture.
 
-Every profile trains every architecture from scratch (the report says so next to the numbers); the
-papers all start from ImageNet weights, which ``--pretrained imagenet`` will do once the engine loads
-published weights by name.
+Every profile trains every architecture from scratch by default (the report says so next to the
+numbers); the papers all start from ImageNet weights, which ``--pretrained imagenet`` does wherever the
+encoder's published weights fit the profile's backbone (``standard`` and ``paper``: all but U-Net, which
+has no pretrained encoder; ``quick``: the ResNet-18 and MiT-B0 architectures only, its width-16 VGG and
+slim Swin have no published weights), and ``--pretrained both`` runs each of those both ways.
 """
 
 from __future__ import annotations

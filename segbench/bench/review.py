@@ -37,8 +37,8 @@ def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]
     """Per architecture, its first successful run (the one whose curves and predictions are drawn)."""
     chosen: dict[str, PlannedRun] = {}
     for run, row in zip(plan, rows):
-        if row["status"] == "ok" and run.arch not in chosen:
-            chosen[run.arch] = run
+        if row["status"] == "ok" and run.label not in chosen:
+            chosen[run.label] = run
     return chosen
 
 
@@ -182,8 +182,9 @@ def write_review(
         class_names=fg_names,
         figures=figures,
         architectures={
-            a: {k: getattr(ARCHITECTURES[a], k) for k in ("paper", "year", "summary", "blocks", "strengths", "weaknesses")}
-            for a in {r.arch for r in plan}
+            r.label: {k: getattr(ARCHITECTURES[r.arch], k)
+                      for k in ("paper", "year", "summary", "blocks", "strengths", "weaknesses")}
+            for r in plan
         },
         findings=findings(table, ACCURACY_KEY),
         overall=overall_findings(table, ACCURACY_KEY),

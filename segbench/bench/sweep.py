@@ -7,10 +7,18 @@ failed ones; changing any setting changes the hash, so results of different sett
 
 Every run executes in a worker process (:mod:`segbench.bench.worker`): a crash or an out-of-memory kill
 is recorded in that architecture's row and the sweep goes on.
+
+Backbone starts (``segbench run --pretrained``): ``imagenet_starts`` decides per architecture whether its
+encoder's published ImageNet weights fit the profile's configuration (``imagenet_weights_fit`` of
+``segbench.pretrained``); a run that starts from them is labelled ``<arch>+in1k`` (its folder, its row),
+so the same architecture from scratch and from ImageNet weights are two rows of the report. The sweep
+fetches each encoder's weights once, before the first run that needs them; when they cannot be had (no
+network, ``SEGBENCH_OFFLINE=1``) those runs fail at once with the reason in their rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -19,16 +27,24 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from segbench.bench.profiles import REVIEW_ARCHS, Profile
 from segbench.bench.results import class_key
 from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE, SPEC_FILE
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
+from segbench.pretrained import (
+    IMAGENET_WEIGHTS, HashMismatchError, WeightsUnavailableError, imagenet_state_dict, imagenet_weights_fit,
+)  # fmt: skip
 from segbench.registry import ARCHITECTURES, list_models, model_options
 
-__all__ = ["PlannedRun", "plan_sweep", "run_sweep", "result_row", "config_hash", "backbone_label", "input_size"]
+__all__ = [
+    "PlannedRun", "plan_sweep", "run_sweep", "result_row", "config_hash", "backbone_label", "input_size",
+    "imagenet_starts", "IMAGENET_SUFFIX",
+]  # fmt: skip
+
+IMAGENET_SUFFIX = "+in1k"  # the label of a run whose backbone starts from ImageNet-1k weights
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,12 @@ class PlannedRun:
     measure: dict  # how the worker measures the model (input size, timed runs); part of the hash
     config_hash: str
     run_dir: Path
+
+    @property
+    def label(self) -> str:
+        """The run's name in the report and its folder: the architecture, ``+in1k`` when its backbone
+        starts from ImageNet weights (so both starts of one architecture are separate rows)."""
+        return self.arch + (IMAGENET_SUFFIX if self.config.model.pretrained == "imagenet" else "")
 
     @property
     def finished(self) -> bool:
@@ -112,12 +134,14 @@ def plan_sweep(
     seeds: int | None = None,
     iterations: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-    pretrained: dict[str, str] | None = None,
+    pretrained: dict[str, str | None | Sequence[str | None]] | None = None,
 ) -> list[PlannedRun]:
-    """Resolve every (architecture, seed) configuration. Raises ``KeyError``/``ValueError`` (with the
-    valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
+    """Resolve every (architecture, start, seed) configuration. Raises ``KeyError``/``ValueError`` (with
+    the valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
 
-    ``pretrained`` maps an architecture to a backbone-weights file (``model.pretrained``)."""
+    ``pretrained`` maps an architecture to its backbone start (``model.pretrained``: ``"imagenet"`` or a
+    checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
+    both); architectures it does not name train from scratch."""
     registered = list_models()
     archs = list(archs) if archs else list(REVIEW_ARCHS)
     unknown = [a for a in archs if a not in registered]
@@ -140,18 +164,45 @@ def plan_sweep(
         bad = [k for k in options if k not in valid]
         if bad:
             raise ValueError(f"profile {profile.name!r} gives {arch} unknown option(s) {bad}; valid: {', '.join(valid)}")
-        for seed in range(seeds):
-            values = json.loads(json.dumps(base))
-            values["model"] = {"arch": arch, "options": options}
-            if pretrained and arch in pretrained:
-                values["model"]["pretrained"] = pretrained[arch]
-            values["train"]["seed"] = seed
-            values = apply_overrides(values, [*profile.overrides, *overrides])
-            cfg = config_from_dict(values)
-            measure = _measure_settings(cfg, profile)
-            digest = config_hash(cfg, measure)
-            plan.append(PlannedRun(arch, seed, cfg, measure, digest, out / f"{arch}-s{seed}-{digest}"))
+        starts = (pretrained or {}).get(arch)
+        starts = list(starts) if isinstance(starts, (list, tuple)) else [starts]
+        for start in starts:
+            for seed in range(seeds):
+                values = json.loads(json.dumps(base))
+                values["model"] = {"arch": arch, "options": options}
+                if start is not None:
+                    values["model"]["pretrained"] = start
+                values["train"]["seed"] = seed
+                values = apply_overrides(values, [*profile.overrides, *overrides])
+                cfg = config_from_dict(values)
+                measure = _measure_settings(cfg, profile)
+                digest = config_hash(cfg, measure)
+                run = PlannedRun(arch, seed, cfg, measure, digest, out)
+                plan.append(dataclasses.replace(run, run_dir=out / f"{run.label}-s{seed}-{digest}"))
+    labels = [(run.label, run.seed) for run in plan]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two planned runs share a label and seed (starts: {pretrained}); give each architecture "
+                         "at most one start per label (from scratch, 'imagenet', a file)")  # fmt: skip
     return plan
+
+
+def imagenet_starts(plan: list[PlannedRun], mode: str) -> tuple[dict[str, str | tuple[None, str]], list[str]]:
+    """The ``pretrained`` argument of ``plan_sweep`` for ``segbench run --pretrained MODE`` (``imagenet``
+    or ``both``), decided on ``plan`` (the same sweep planned from scratch, so the profile's options and
+    the command line's overrides are resolved), and one line per architecture that trains from scratch
+    only, saying why. An architecture whose encoder's published ImageNet weights fit its configuration
+    starts from them (``imagenet``) or is planned twice, from scratch and from them (``both``)."""
+    if mode not in ("imagenet", "both"):
+        raise ValueError(f"--pretrained must be 'none', 'imagenet' or 'both', got {mode!r}")
+    starts: dict[str, str | tuple[None, str]] = {}
+    notes = []
+    for arch, options in {run.arch: run.config.model.options for run in plan}.items():
+        fits, why = imagenet_weights_fit(arch, options)
+        if fits:
+            starts[arch] = "imagenet" if mode == "imagenet" else (None, "imagenet")
+        else:
+            notes.append(f"{arch}: from scratch ({why})")
+    return starts, notes
 
 
 def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
@@ -217,21 +268,54 @@ def _execute(run: PlannedRun, progress: bool) -> dict:
     return {"hash": run.config_hash, "status": "failed", "error": error}
 
 
+def _imagenet_encoder(run: PlannedRun) -> str | None:
+    """The encoder whose ImageNet weights ``run`` starts from, or None."""
+    if run.config.model.pretrained != "imagenet":
+        return None
+    return run.config.model.options.get("encoder", model_options(run.arch).get("encoder"))
+
+
+def _fetch_weights(encoder: str, say: Callable[[str], None]) -> str | None:
+    """Put ``encoder``'s ImageNet weights in the cache (downloading them at most once per sweep, so the
+    workers never touch the network); the reason they cannot be had, or None."""
+    if encoder not in IMAGENET_WEIGHTS:
+        return None  # not a name with weights: the run's own load says so, with the valid choices
+    say(f"ImageNet weights for {encoder}: from the cache, or downloading {IMAGENET_WEIGHTS[encoder].url}")
+    try:
+        imagenet_state_dict(encoder)
+    except (WeightsUnavailableError, HashMismatchError) as err:
+        return f"{type(err).__name__}: {err}"
+    except Exception as err:  # noqa: BLE001 - a damaged file or cache: that run's row, not the whole sweep
+        return f"{type(err).__name__} while reading the weights: {err}"
+    return None
+
+
 def run_sweep(
     plan: list[PlannedRun], profile: Profile, *, progress: bool = True, say: Callable[[str], None] = print
 ) -> dict[str, int]:
     """Run every planned run not finished before; returns counts: ``skipped``, ``ran``, ``failed``."""
     counts = {"skipped": 0, "ran": 0, "failed": 0}
+    weights_problem: dict[str, str | None] = {}  # per encoder: why its ImageNet weights cannot be had
     for k, run in enumerate(plan, start=1):
-        label = f"[{k}/{len(plan)}] {run.arch} seed {run.seed} ({run.run_dir.name})"
+        label = f"[{k}/{len(plan)}] {run.label} seed {run.seed} ({run.run_dir.name})"
         if run.finished:
             counts["skipped"] += 1
             say(f"{label}: finished earlier, reusing its results")
             continue
-        say(f"{label}: {'resuming' if (run.run_dir / 'last.pt').is_file() else 'starting'}")
-        _write_spec(run, profile)
+        resuming = (run.run_dir / "last.pt").is_file()  # holds trained weights: no ImageNet file needed
+        encoder = None if resuming else _imagenet_encoder(run)
+        if encoder is not None and encoder not in weights_problem:
+            weights_problem[encoder] = _fetch_weights(encoder, say)
         started = time.perf_counter()
-        result = _execute(run, progress)
+        if encoder is not None and weights_problem[encoder] is not None:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / RESULT_FILE).unlink(missing_ok=True)  # the failure record is written below
+            result = {"hash": run.config_hash, "status": "failed",
+                      "error": f"no ImageNet weights for {encoder}, not trained: {weights_problem[encoder]}"}
+        else:
+            say(f"{label}: {'resuming' if resuming else 'starting'}")
+            _write_spec(run, profile)
+            result = _execute(run, progress)
         elapsed = time.perf_counter() - started
         counts["ran"] += 1
         if result.get("status") == "ok":
@@ -262,6 +346,13 @@ def backbone_label(arch: str, options: dict) -> str:
     return f"{encoder} ({', '.join(shape)})" if shape else str(encoder)
 
 
+def _weights_note(pretrained: str | None) -> str:
+    """What the backbone started from, for its table cell (nothing when from scratch)."""
+    if pretrained is None:
+        return ""
+    return ", ImageNet weights" if pretrained == "imagenet" else f", weights {Path(pretrained).name}"
+
+
 def _split_figures(prefix: str, metrics: dict | None, row: dict) -> None:
     if not metrics:
         return
@@ -281,9 +372,9 @@ def result_row(run: PlannedRun) -> dict:
     entry = ARCHITECTURES[run.arch]
     cfg = run.config
     row: dict = {
-        "arch": run.arch, "seed": run.seed, "status": "failed", "error": "",
+        "arch": run.label, "seed": run.seed, "status": "failed", "error": "",
         "family": entry.family, "year": entry.year,
-        "backbone": backbone_label(run.arch, cfg.model.options),
+        "backbone": backbone_label(run.arch, cfg.model.options) + _weights_note(cfg.model.pretrained),
         "model_options": json.dumps(cfg.model.options, sort_keys=True),
         "pretrained": cfg.model.pretrained or "none (from scratch)",
         "input_size": "x".join(map(str, cfg.data.resize or cfg.data.augment.crop_size or ("native",))),

@@ -46,7 +46,10 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default="runs/review", show_default=True,
               help="Sweep folder: one run folder per architecture x seed, and report/.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Training iterations (default: the profile's).")
-@click.option("--pretrained", type=click.Choice(["imagenet"]), help="Start backbones from ImageNet weights.")
+@click.option("--pretrained", type=click.Choice(["none", "imagenet", "both"]), default="none", show_default=True,
+              help="Backbone start. imagenet: the encoder's published ImageNet weights wherever they fit the "
+              "profile's backbone (rows ARCH+in1k; the others train from scratch and the run says why); both: "
+              "each fitting architecture twice, from scratch (ARCH) and from ImageNet weights (ARCH+in1k).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Configuration override applied to every run, e.g. --set train.device=cpu (repeatable).")
 @click.option("--report-only", is_flag=True, help="Rewrite the report from the finished runs; train nothing.")
@@ -61,27 +64,27 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
     """
     from segbench.bench.profiles import get_profile
     from segbench.bench.review import write_review
-    from segbench.bench.sweep import plan_sweep, run_sweep
+    from segbench.bench.sweep import imagenet_starts, plan_sweep, run_sweep
     from segbench.config import ConfigError
 
     chosen = get_profile(profile)
-    if pretrained:
-        raise click.UsageError(
-            "--pretrained imagenet is not available yet: the sweep trains from scratch until the engine loads "
-            "published ImageNet weights by name (model.pretrained). The `quick` profile's slim backbones have "
-            "no ImageNet weights at any rate; use --profile standard or paper once it lands."
-        )
+    settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
+                    iterations=iterations, overrides=list(overrides))  # fmt: skip
     try:
-        plan = plan_sweep(
-            data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds, iterations=iterations,
-            overrides=list(overrides),
-        )
+        plan = plan_sweep(**settings)
+        if pretrained != "none":  # decided on the resolved options (profile + --set), then planned again
+            starts, from_scratch = imagenet_starts(plan, pretrained)
+            for line in from_scratch:
+                click.echo(line, err=True)
+            plan = plan_sweep(**settings, pretrained=starts)
     except (KeyError, ValueError, TypeError, ConfigError) as err:
         raise click.UsageError(str(err.args[0] if isinstance(err, KeyError) and err.args else err)) from None
 
     command = shlex.join(["segbench", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "segbench run"
+    imagenet = sum(r.config.model.pretrained == "imagenet" for r in plan)
     click.echo(f"segbench run: profile {chosen.name}, {len({r.arch for r in plan})} architecture(s) x "
-               f"{len({r.seed for r in plan})} seed(s), data {data}, out {out}", err=True)
+               f"{len({r.seed for r in plan})} seed(s), {len(plan)} run(s) ({imagenet} from ImageNet weights), "
+               f"data {data}, out {out}", err=True)
     started = time.perf_counter()
     if not report_only:
         try:

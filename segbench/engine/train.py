@@ -45,7 +45,6 @@ from tqdm import tqdm
 
 from segbench.config import Config, config_to_dict, to_yaml
 from segbench.data import load_data
-from segbench.encoders import load_backbone_weights
 from segbench.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     DataInfo,
@@ -142,6 +141,33 @@ def _gather_rng(info: DistInfo) -> list[dict]:
     return states
 
 
+def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: str | None, info: DistInfo) -> nn.Module:
+    """The model, with ``pretrained`` weights (``segbench.pretrained.load_pretrained``: "imagenet" or a file).
+
+    Under torchrun rank 0 alone loads them (one download, one cache write); the other ranks build the
+    same initialisation, and DistributedDataParallel copies rank 0's parameters and buffers to every rank
+    when it wraps the model. Rank 0 first tells the others whether its load worked, so that a failure
+    (no network, a wrong file) stops every rank instead of leaving them waiting in that copy."""
+    def build(weights: str | None) -> nn.Module:
+        return build_model(cfg.model.arch, num_classes, in_channels, pretrained=weights, **cfg.model.options)
+
+    if not info.enabled or pretrained is None:
+        return build(pretrained)
+    model, error = None, None
+    if info.is_main:
+        try:
+            model = build(pretrained)
+        except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
+            error = err
+    outcome = [None if error is None else f"{type(error).__name__}: {error}"]
+    dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    if outcome[0] is not None:
+        raise RuntimeError(f"rank 0 could not load model.pretrained={pretrained!r}: {outcome[0]}")
+    return model if model is not None else build(None)
+
+
 def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device, memory_format, info) -> float:
     images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
     masks = batch["mask"].to(device, non_blocking=True)
@@ -211,14 +237,18 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
 
     # ---- model, optimiser, loss ---------------------------------------------------------------
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
+    pretrained = cfg.model.pretrained
+    if pretrained and resume and (run_dir / "last.pt").is_file():
+        say(f"pretrained weights {pretrained}: not loaded, the run resumes from last.pt (its trained weights)")
+        pretrained = None
+    model = _build_model(cfg, data.num_classes, data.in_channels, pretrained, info)
+    if getattr(model, "pretrained_report", None) is not None:
+        say(str(model.pretrained_report))
     family = ARCHITECTURES[cfg.model.arch].family
     cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, family))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
-    if cfg.model.pretrained:
-        say(f"backbone weights {cfg.model.pretrained}: {load_backbone_weights(model, cfg.model.pretrained)}")
     channels_last = family == "cnn" if t.channels_last == "auto" else t.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":

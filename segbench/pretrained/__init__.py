@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from segbench.encoders import LoadReport, load_backbone_weights
@@ -45,12 +46,12 @@ from segbench.pretrained.imagenet import (
     imagenet_state_dict, verification,
 )  # fmt: skip
 from segbench.pretrained.layouts import detect_format, encoder_keys, unwrap
-from segbench.registry import ARCHITECTURES, ENCODERS, model_options
+from segbench.registry import ARCHITECTURES, ENCODERS, build_encoder, build_model, model_options
 from segbench.weights import read_checkpoint
 
 __all__ = [
     "load_pretrained", "PretrainedReport", "IMAGENET_WEIGHTS", "ImageNetWeights", "WeightsUnavailableError",
-    "HashMismatchError", "cache_dir", "fetch", "imagenet_state_dict", "detect_format",
+    "HashMismatchError", "cache_dir", "fetch", "imagenet_state_dict", "detect_format", "imagenet_weights_fit",
 ]  # fmt: skip
 
 StateDict = dict[str, Tensor]
@@ -270,3 +271,45 @@ def load_pretrained(
         raise FileNotFoundError(f"pretrained={str(pretrained)!r}: no such file (valid values: None, 'imagenet', a "
                                 "checkpoint file, or a folder holding model.safetensors or pytorch_model.bin)")
     return _load_file(model, path, options)
+
+
+def imagenet_weights_fit(arch: str, options: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """Whether ``build_model(arch, ..., pretrained="imagenet", **options)`` can take its encoder's published
+    ImageNet weights, and why (one line, for the sweep's log). Nothing is downloaded or allocated.
+
+    The published files hold the encoders' default configurations, so the model (with ``options``) and
+    its encoder at default options are built on the meta device and their tensors compared: every tensor
+    of the default encoder must be in the model's encoder with the same shape, except that the first
+    convolution may differ in its input channels (``load_pretrained`` adapts it). Tensors only the model's
+    encoder has are allowed where its ``adapt_state_dict`` derives them from the file (FCN's and DeepLab
+    v1's fc6/fc7 from VGG's ImageNet classifier); slim widths or depths (the ``quick`` profile's width-16
+    VGG, its 2-2-2-2 half-width Swin) fail the comparison and train from scratch."""
+    options = dict(options or {})
+    with torch.device("meta"):
+        model = build_model(arch, 2, **options)
+    name = getattr(model.encoder, "registry_name", None)
+    if name is None:
+        return False, f"{arch} has its own encoder ({type(model.encoder).__name__}), with no published ImageNet weights"
+    if name not in IMAGENET_WEIGHTS:
+        known = ", ".join(IMAGENET_WEIGHTS)
+        return False, f"{arch}'s encoder {name!r} has no published ImageNet weights (those with: {known})"
+    with torch.device("meta"):
+        reference = build_encoder(name)
+    own, published = model.encoder.state_dict(), reference.state_dict()
+    first = _first_conv(reference)
+    absent = [k for k in published if k not in own]
+    wrong = [
+        f"{k}: model {_shape(own[k])}, published {_shape(v)}" for k, v in published.items()
+        if k in own and _shape(own[k]) != _shape(v)
+        and not (k == first and _shape(own[k])[:1] + _shape(own[k])[2:] == _shape(v)[:1] + _shape(v)[2:])
+    ]  # fmt: skip
+    extra = [k for k in own if k not in published and not k.endswith("num_batches_tracked")]
+    if wrong or absent:
+        why = [f"{len(wrong)} tensor shapes differ (e.g. {wrong[0]})"] if wrong else []
+        why += [f"{len(absent)} of its tensors are not in the model (e.g. {absent[0]})"] if absent else []
+        return False, (f"{arch} with options {options or 'default'} changes encoder {name!r} from the published "
+                       f"configuration: {'; '.join(why)}")  # fmt: skip
+    if extra and getattr(model.encoder, "adapt_state_dict", None) is None:
+        return False, f"{arch}'s encoder {name!r} has tensors the published weights lack (e.g. {extra[0]})"
+    derived = f"; {len(extra)} tensors derived from the file by the encoder's adapt_state_dict" if extra else ""
+    return True, f"{arch}: encoder {name!r} matches its published ImageNet configuration{derived}"
