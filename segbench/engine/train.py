@@ -244,7 +244,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     model = _build_model(cfg, data.num_classes, data.in_channels, pretrained, info)
     if getattr(model, "pretrained_report", None) is not None:
         say(str(model.pretrained_report))
-    family = ARCHITECTURES[cfg.model.arch].family
+    # An instance may refine its registry family (UPerNet on a ResNet follows the CNN recipe).
+    family = getattr(model, "family", ARCHITECTURES[cfg.model.arch].family)
     cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, family))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:

@@ -182,3 +182,12 @@ def test_loader_workers_do_not_change_the_result(tiny_env, tmp_path):
     workers = train(tiny_config("train.iterations=6", "train.num_workers=2"), tmp_path / "b", progress=False)
     assert_same_weights(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
     assert workers["val"] == alone["val"]
+
+
+def test_instance_family_overrides_registry_family(tiny_env, tmp_path):
+    # UPerNet is registered as a transformer design, but on a ResNet it follows the CNN recipe (SGD).
+    cfg = tiny_config("model.arch=upernet", "model.options={encoder: resnet18, channels: 16, aux_channels: 8}",
+                      "train.iterations=1", "train.val_interval=1")
+    train(cfg, tmp_path, progress=False)
+    saved = load_config(tmp_path / "config.yaml")
+    assert (saved.train.optimizer, saved.train.lr, saved.train.head_lr_mult) == ("sgd", 0.01, 1.0)
