@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["read_checkpoint", "SOURCES", "ConversionReport", "register_converter", "convert", "convert_with_report", "CONVERTERS"]
+__all__ = ["read_checkpoint", "unwrap_state_dict", "SOURCES", "ConversionReport", "register_converter", "convert", "convert_with_report", "CONVERTERS"]
 
 SOURCES = ("hf", "mmseg", "nvlabs", "microsoft", "torchvision", "timm")
 
@@ -68,12 +68,18 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             raise ImportError(f"{path} is a safetensors file: pip install safetensors to read it") from err
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return state
+    return unwrap_state_dict(state)
+
+
+def unwrap_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint dict: inside ``{"state_dict": ...}`` (MMSeg, Lightning) or
+    ``{"model": ...}`` (Swin, DeiT releases), without DataParallel's ``module.`` prefix."""
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _load_modules() -> None:

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from segbench.encoders.resnet import RESNET_DEPTHS
-from segbench.weights import register_converter
+from segbench.weights import register_converter, unwrap_state_dict
 
 __all__ = ["from_torchvision", "from_timm", "from_mmseg", "RESNET_ARCHS", "VGG_ARCHS"]
 
@@ -116,15 +116,6 @@ _MMSEG_ASPP_MISMATCH = (
     "used if it is a plain ResNet: pass {{k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}} "
     "to segbench.encoders.load_backbone_weights."
 )
-
-
-def _unwrap(state: StateDict) -> StateDict:
-    for key in ("state_dict", "model"):
-        if key in state and isinstance(state[key], dict):
-            state = state[key]
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
 
 
 def _rename(state: StateDict, rules: list[Rule]) -> StateDict:
@@ -229,7 +220,7 @@ def from_torchvision(
 ) -> StateDict:
     """torchvision ImageNet ResNet/VGG files (encoder only), or whole ``fcn_resnet*`` -> ``fcn`` and
     ``deeplabv3_resnet*`` -> ``deeplabv3`` files; for other archs a whole file contributes its backbone."""
-    state = _unwrap(state_dict)
+    state = unwrap_state_dict(state_dict)
     model = _target(arch, num_classes, model_options)
     if arch in _TORCHVISION_HEADS and any(k.startswith("backbone.") for k in state):
         if arch == "deeplabv3" and model.encoder.multi_grid is not None:
@@ -247,7 +238,7 @@ def from_timm(
     state_dict: StateDict, *, num_classes: int | None = None, arch: str, **model_options: Any
 ) -> StateDict:
     """timm ResNet files (torchvision's names, ``fc`` dropped) -> ``encoder.*`` of a ResNet-based arch."""
-    state = _backbone_only(_unwrap(state_dict))
+    state = _backbone_only(unwrap_state_dict(state_dict))
     return _adapt_encoder(state, _target(arch, num_classes, model_options), "timm")
 
 
@@ -256,7 +247,7 @@ def from_mmseg(
 ) -> StateDict:
     """MMSegmentation PSPNet (and one-conv FCN) checkpoints with a plain ResNet backbone; refuses the heads
     and backbones that differ (see the module docstring)."""
-    state = _unwrap(state_dict)
+    state = unwrap_state_dict(state_dict)
     if arch in ("deeplabv3", "deeplabv3plus"):
         head = "DepthwiseSeparableASPPHead" if any(".sep_bottleneck." in k for k in state) else "ASPPHead"
         raise ValueError(_MMSEG_ASPP_MISMATCH.format(head=head, arch=arch))
