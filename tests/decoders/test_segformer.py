@@ -94,3 +94,23 @@ def test_bad_encoder_and_small_input_are_rejected():
     model = build_model("segformer", 4, **SLIM).eval()
     with pytest.raises(ValueError, match="at least 29x29"):
         model(torch.randn(1, 3, 16, 64))
+
+
+def test_distributed_fusion_equals_concatenate_then_fuse():
+    # The decoder runs each stage's slice of the fusion conv before upsampling (cheaper); it must compute
+    # Eq. 4 exactly: upsample every projection, concatenate deepest first, fuse, classify.
+    from segbench.decoders.common import resize
+    from segbench.decoders.segformer import AllMLPDecoder
+
+    torch.manual_seed(0)
+    decoder = AllMLPDecoder([4, 6, 8, 10], num_classes=3, decoder_dim=5).double().train()
+    features = [torch.randn(2, c, 16 // 2**i, 20 // 2**i, dtype=torch.float64) for i, c in enumerate([4, 6, 8, 10])]
+    decoder.dropout.p = 0.0
+    out = decoder(features)
+    size = features[0].shape[-2:]
+    projected = [resize(p(f), size) for p, f in zip(decoder.projections, features)]
+    expected = decoder.classifier(decoder.fuse(torch.cat(projected[::-1], dim=1)))
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    grad = torch.autograd.grad(out.square().sum(), decoder.fuse[0].weight)[0]
+    expected_grad = torch.autograd.grad(expected.square().sum(), decoder.fuse[0].weight)[0]
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
