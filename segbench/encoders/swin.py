@@ -125,14 +125,33 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B * windows, n, C); mask: (windows, n, n) or None."""
-        bw, n, c = x.shape
-        q, k, v = self.qkv(x).view(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias().unsqueeze(0)  # (1, heads, n, n)
+        n, c = x.shape[1:]
+        head_dim = c // self.num_heads
+        q, k, v = self.qkv(x).view(-1, n, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        bias = self.relative_position_bias().to(q.dtype)  # (heads, n, n)
         if mask is not None:
-            windows = mask.shape[0]
-            bias = (bias + mask.unsqueeze(1)).repeat(bw // windows, 1, 1, 1)  # window index is fastest
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+            # (windows, heads, n, n), broadcast over the batch below (window index is fastest in B * windows)
+            bias = bias + mask.unsqueeze(1).to(q.dtype)
+        if not (bias.requires_grad and q.device.type == "cpu"):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_per_window(bias, q.shape[0]))
+        else:
+            # On the CPU a mask that needs a gradient sends scaled_dot_product_attention to its generic path
+            # (a copy of the bias per window, a guarded softmax), about a quarter slower in training than
+            # writing softmax(q k^T / sqrt(d) + bias) v out, as the released code does.
+            scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)  # (B * windows, heads, n, n)
+            if mask is None:
+                scores = scores + bias
+            else:
+                scores = (scores.view(-1, *bias.shape) + bias).view(-1, self.num_heads, n, n)
+            out = scores.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(-1, n, c))
+
+
+def _per_window(bias: Tensor, batch_windows: int) -> Tensor:
+    """(heads, n, n) -> (1, heads, n, n); (windows, heads, n, n) -> repeated to (batch * windows, heads, n, n)."""
+    if bias.ndim == 3:
+        return bias.unsqueeze(0)
+    return bias.repeat(batch_windows // bias.shape[0], 1, 1, 1)
 
 
 class Mlp(nn.Module):

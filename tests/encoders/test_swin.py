@@ -2,6 +2,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import segbench
 from segbench.encoders import load_backbone_weights
@@ -150,3 +151,27 @@ def test_bad_configs_raise():
         segbench.build_encoder("swin_t", embed_dim=10, num_heads=(3, 6, 12, 24))
     with pytest.raises(ValueError, match="drop_path_rate"):
         segbench.build_encoder("swin_t", drop_path_rate=1.0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_training_attention_path_equals_library_attention(masked):
+    # On the CPU, training (bias needs a gradient) writes attention out; it must equal the library call.
+    from segbench.encoders.swin import WindowAttention, _per_window
+
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=8, num_heads=2, window_size=3).double()
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=0.5)
+    x = torch.randn(2 * 4, 9, 8, dtype=torch.float64)  # batch 2 x 4 windows of 3x3 tokens
+    mask = torch.where(torch.rand(4, 9, 9) > 0.3, 0.0, -100.0).double() if masked else None
+    out = attn(x, mask)
+    n, c = 9, 8
+    q, k, v = attn.qkv(x).view(-1, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    bias = attn.relative_position_bias() + (mask.unsqueeze(1) if masked else 0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=_per_window(bias, x.shape[0]))
+    ref = attn.proj(ref.transpose(1, 2).reshape(-1, n, c))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    params = [attn.relative_position_bias_table, attn.qkv.weight]
+    got = torch.autograd.grad(out.square().sum(), params)
+    want = torch.autograd.grad(ref.square().sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
