@@ -211,6 +211,7 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
         x = x.contiguous(memory_format=torch.channels_last)
 
     ours = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels, **options)
+    family = getattr(ours, "family", family)  # as in training: UPerNet on a ResNet follows the CNN recipe
     result: dict = {"arch": arch, "family": family, "options": options, "impls": {}, "notes": []}
     contenders: dict[str, nn.Module] = {"segbench": ours}
     if settings.peers:
