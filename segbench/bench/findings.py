@@ -42,20 +42,17 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def _best(rows: list[dict], col: Column) -> dict | None:
+def _best(rows: list[dict], col: Column, worst: bool = False) -> dict | None:
+    """The row with the best value of ``col`` (the worst with ``worst``), ignoring missing values."""
     rows = [r for r in rows if _ok(r.get(col.key))]
     if not rows:
         return None
-    pick = max if col.better == "higher" else min
+    pick = max if (col.better == "higher") != worst else min
     return pick(rows, key=lambda r: r[col.key])
 
 
 def _worst(rows: list[dict], col: Column) -> dict | None:
-    rows = [r for r in rows if _ok(r.get(col.key))]
-    if not rows:
-        return None
-    pick = min if col.better == "higher" else max
-    return pick(rows, key=lambda r: r[col.key])
+    return _best(rows, col, worst=True)
 
 
 def _fmt(row: dict, col: Column) -> str:

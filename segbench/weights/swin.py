@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from segbench.weights import register_converter
+from segbench.weights import register_converter, unwrap_state_dict
 
 __all__ = ["to_format", "encoder_from_classification"]
 
@@ -126,13 +126,6 @@ def _rename(state: dict[str, Tensor], rules: list[tuple[str, str]], reverse: boo
                 break
         out[key] = value
     return out
-
-
-def _unwrap(state: dict[str, Any]) -> dict[str, Tensor]:
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _drop_buffers(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -213,7 +206,7 @@ def _hf_to_canonical(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def encoder_from_classification(state_dict: dict[str, Any]) -> dict[str, Tensor]:
     """An ImageNet checkpoint in Microsoft's or timm's layout (either timm generation) -> ``encoder.*`` keys."""
-    state = _unwrap(dict(state_dict))
+    state = unwrap_state_dict(dict(state_dict))
     canonical = _timm_to_canonical(state)
     return {k: v for k, v in _to_segbench(canonical, None).items() if k.startswith("encoder.")}
 
@@ -223,7 +216,7 @@ def from_hf(
     state_dict: dict[str, Any], *, num_classes: int | None = None, **model_options: Any
 ) -> dict[str, Tensor]:
     """``UperNetForSemanticSegmentation`` with a Swin backbone (transformers 4.x Hub files or 5.x) -> model."""
-    return _to_segbench(_hf_to_canonical(_unwrap(state_dict)), num_classes)
+    return _to_segbench(_hf_to_canonical(unwrap_state_dict(state_dict)), num_classes)
 
 
 @register_converter("microsoft", "upernet")
@@ -231,7 +224,7 @@ def from_microsoft(
     state_dict: dict[str, Any], *, num_classes: int | None = None, **model_options: Any
 ) -> dict[str, Tensor]:
     """Microsoft's ImageNet Swin (-> encoder) or its Swin-UPerNet segmentation release (-> model)."""
-    return _to_segbench(_microsoft_to_canonical(_unwrap(state_dict)), num_classes)
+    return _to_segbench(_microsoft_to_canonical(unwrap_state_dict(state_dict)), num_classes)
 
 
 @register_converter("mmseg", "upernet")
@@ -240,7 +233,7 @@ def from_mmseg(
 ) -> dict[str, Tensor]:
     """MMSegmentation's Swin-UPerNet (``backbone.stages``, ``attn.w_msa``, unfold-ordered merging) -> model, or
     its converted ImageNet Swin (the same backbone keys without ``backbone.``, plus ``norm``) -> encoder."""
-    state = _unwrap(state_dict)
+    state = unwrap_state_dict(state_dict)
     if not any(k.startswith(("backbone.", "decode_head.")) for k in state):
         state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith(("head.", "norm."))}
     canonical = _merge_layout(_rename(state, _MMSEG), to_unfold=False)
@@ -252,7 +245,7 @@ def from_timm(
     state_dict: dict[str, Any], *, num_classes: int | None = None, **model_options: Any
 ) -> dict[str, Tensor]:
     """timm's ImageNet Swin (merging at the start of stages 1..3 since 0.9; older files too) -> encoder."""
-    return _to_segbench(_timm_to_canonical(_unwrap(state_dict)), num_classes)
+    return _to_segbench(_timm_to_canonical(unwrap_state_dict(state_dict)), num_classes)
 
 
 def to_format(state_dict: dict[str, Tensor], target: str) -> dict[str, Tensor]:
