@@ -33,7 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.bench.peers import build_peer
 
-__all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "interleave", "format_table"]
+__all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "interleave", "format_table", "format_ms",
+           "format_rate"]
 
 MATMUL_SIZE = 2048
 
@@ -46,7 +47,7 @@ class SpeedSettings:
     repeats: int = 5
     warmup: int = 1
     engines: tuple[str, ...] = ("torch",)  # add "onnx" for ONNX Runtime inference of our export
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: as training does, channels-last for CNN-family models only
     compile: bool = False
     peers: bool = True
     num_classes: int = 21
@@ -163,9 +164,9 @@ def _train_flops(model: nn.Module, x: Tensor, target: Tensor) -> int:
     return flops
 
 
-def _prepare(model: nn.Module, settings: SpeedSettings, device: torch.device) -> nn.Module:
+def _prepare(model: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
     model = model.to(device)
-    if settings.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -201,18 +202,23 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
     from segbench.registry import ARCHITECTURES, build_model
 
     device = torch.device(settings.device)
-    family = ARCHITECTURES[arch].family
     options = dict(settings.options.get(arch, {}))
+    ours = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels, **options)
+    # As in training: the instance's family (UPerNet on a ResNet follows the CNN recipe) sets the
+    # optimizer and, unless the settings force one, the memory format.
+    family = getattr(ours, "family", ARCHITECTURES[arch].family)
+    channels_last = settings.channels_last if settings.channels_last is not None else family == "cnn"
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(settings.batch, settings.in_channels, *settings.size, generator=generator)
     target = torch.randint(0, settings.num_classes, (settings.batch, *settings.size), generator=generator)
     x, target = x.to(device), target.to(device)
-    if settings.channels_last:
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
-    ours = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels, **options)
-    family = getattr(ours, "family", family)  # as in training: UPerNet on a ResNet follows the CNN recipe
-    result: dict = {"arch": arch, "family": family, "options": options, "impls": {}, "notes": []}
+    result: dict = {"arch": arch, "family": family, "options": options, "channels_last": channels_last,
+                    "impls": {}, "notes": []}
+    if channels_last and settings.channels_last is None:
+        result["notes"].append("channels-last memory format (the default for CNN-family models)")
     contenders: dict[str, nn.Module] = {"segbench": ours}
     if settings.peers:
         peer, why = build_peer(arch, ours, num_classes=settings.num_classes, in_channels=settings.in_channels)
@@ -233,7 +239,7 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
         else:
             closures["onnx.infer"] = onnx_infer
     for name, model in contenders.items():
-        model = _prepare(model, settings, device)
+        model = _prepare(model, channels_last, device)
         entry = result["impls"][name] = {"params": count_parameters(model)}
         progress(f"{arch}: counting FLOPs ({name})")
         kinds = ("train", "infer") if settings.train else ("infer",)
@@ -302,11 +308,11 @@ def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[
     return results
 
 
-def _ms(seconds: float | None) -> str:
+def format_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.1f}"
 
 
-def _rate(flops_per_s: float | None, fraction: float | None) -> str:
+def format_rate(flops_per_s: float | None, fraction: float | None) -> str:
     if flops_per_s is None:
         return "-"
     return f"{flops_per_s / 1e9:.1f} ({fraction:.0%})"
@@ -326,10 +332,10 @@ def format_table(results: dict) -> str:
                 arch,
                 label,
                 f"{entry['params'] / 1e6:.2f}",
-                _ms(entry.get("train_s")),
-                _ms(entry.get("infer_s")),
-                _rate(entry.get("train_flops_per_s"), entry.get("train_matmul_fraction")),
-                _rate(entry.get("infer_flops_per_s"), entry.get("infer_matmul_fraction")),
+                format_ms(entry.get("train_s")),
+                format_ms(entry.get("infer_s")),
+                format_rate(entry.get("train_flops_per_s"), entry.get("train_matmul_fraction")),
+                format_rate(entry.get("infer_flops_per_s"), entry.get("infer_matmul_fraction")),
                 f"{ratio['train']:.2f}" if name == "segbench" and "train" in ratio else "-",
                 f"{ratio['infer']:.2f}" if name == "segbench" and "infer" in ratio else "-",
             ])

@@ -59,7 +59,7 @@ def _split_archs(values: tuple[str, ...]) -> list[str]:
 @click.option("--set", "sets", multiple=True, metavar="ARCH.OPTION=VALUE",
               help="Builder option for one architecture, e.g. --set unet.base_width=32 --set pspnet.encoder=resnet101.")
 @click.option("--pipeline/--no-pipeline", default=False, show_default=True,
-              help="Also measure, for the first architecture, the share of up to 20 train and validation batches "
+              help="Also measure, for each architecture, the share of up to 20 train and validation batches "
               "spent in the DataLoader and in SegmentationMetrics rather than the model.")
 @click.option("--data", "data_source", default="brain-mri", show_default=True,
               help="Dataset for --pipeline: a built-in name or a directory.")
@@ -92,7 +92,7 @@ def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compi
     size = tuple(size or (512, 512))
     settings = SpeedSettings(
         size=size, batch=batch, device=device, repeats=repeats, warmup=warmup,
-        engines=tuple(dict.fromkeys(("torch", *engines))), channels_last=bool(channels_last), compile=use_compile,
+        engines=tuple(dict.fromkeys(("torch", *engines))), channels_last=channels_last, compile=use_compile,
         peers=peers, num_classes=num_classes, options=options, threads=threads,
         breakdown=breakdown, train=train,
     )
@@ -104,15 +104,14 @@ def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compi
     def progress(message: str) -> None:
         click.echo(f"  {message}", err=True)
 
-    if channels_last is None:
-        results = _run_with_auto_memory_format(names, settings, progress)
-    else:
-        results = run_speed(names, settings, progress=progress)
+    results = run_speed(names, settings, progress=progress)
     if pipeline:
         from segbench.bench.pipeline import pipeline_overhead
 
-        first = dataclasses.replace(settings, channels_last=results["archs"][names[0]].get("channels_last", settings.channels_last))
-        results["pipeline"] = pipeline_overhead(first, arch=names[0], source=data_source)
+        for arch, result in results["archs"].items():
+            progress(f"{arch}: input pipeline and metrics on {data_source}")
+            own = dataclasses.replace(settings, channels_last=result["channels_last"])  # as it was timed
+            result["pipeline"] = pipeline_overhead(own, arch=arch, source=data_source)
     click.echo(format_table(results))
     if breakdown:
         from segbench.bench.op_profile import format_breakdown
@@ -122,50 +121,12 @@ def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compi
     if pipeline:
         from segbench.bench.pipeline import format_pipeline
 
-        click.echo(format_pipeline(results["pipeline"]))
+        for result in results["archs"].values():
+            click.echo(format_pipeline(result["pipeline"]))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str))
         click.echo(f"wrote {out}")
-
-
-def _channels_last_by_default(arch: str, settings) -> bool:
-    """The training engine's "auto" memory format: channels-last for the CNN family. The family is the
-    model instance's where it refines the registry's (UPerNet on a ResNet), read from a build on the
-    meta device, which allocates nothing."""
-    import torch
-
-    from segbench.registry import ARCHITECTURES, build_model
-
-    with torch.device("meta"):
-        model = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels,
-                            **settings.options.get(arch, {}))
-    return getattr(model, "family", ARCHITECTURES[arch].family) == "cnn"
-
-
-def _run_with_auto_memory_format(names: list[str], settings, progress) -> dict:
-    """``run_speed`` with each architecture in the memory format training would give it: consecutive
-    architectures that share one are timed in one call, and the calls' figures are merged."""
-    import statistics
-    from itertools import groupby
-
-    from segbench.bench.speed import run_speed
-
-    formats = {arch: _channels_last_by_default(arch, settings) for arch in names}
-    results: dict = {}
-    for use_channels_last, group in groupby(names, key=formats.__getitem__):
-        part = run_speed(list(group), dataclasses.replace(settings, channels_last=use_channels_last), progress=progress)
-        for result in part["archs"].values():
-            result["channels_last"] = use_channels_last
-            if use_channels_last:
-                result["notes"].append("channels-last memory format (the default for CNN-family models)")
-        if results:
-            results["archs"].update(part["archs"])
-        else:
-            results = part
-    results["settings"]["channels_last"] = "auto"
-    results["matmul_flops_per_s"] = statistics.median(r["matmul_flops_per_s"] for r in results["archs"].values())
-    return results
 
 
 def _inference_size(cfg) -> tuple[int, int] | None:
