@@ -55,7 +55,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("throughput_ips", "Throughput", "higher", 1, "img/s", "batch 8, eval mode"),
     Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
     Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
-    Column("train_time_s", "Train time", "lower", 1, "s", "wall time of training incl. validations"),
+    Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
     Column("train_ips", "Train speed", "higher", 1, "img/s", "training images per second"),
     Column("best_iter", "Best iter", "", 0, "", "iteration of the best validation score"),
 )

@@ -399,6 +399,8 @@ def result_row(run: PlannedRun) -> dict:
     if metrics:
         row["train_time_s"] = metrics.get("train_time_s")
         row["train_ips"] = metrics.get("train_images_per_s")
+        for key in ("data_time_s", "val_time_s", "val_metrics_time_s"):  # what the pipeline and metrics cost
+            row[key] = metrics.get(key)
         row["best_iter"] = metrics.get("best_iteration")
         row["precision"] = metrics.get("precision")
         _split_figures("val", metrics.get("val"), row)

@@ -22,7 +22,10 @@ line: ``event`` "start" | "train" | "val" | "diverged" | "end"), ``last.pt``, ``
 - ``test``: the best checkpoint on the test split (when there is one and ``eval.test_at_end``);
 - ``train_time_s`` (seconds in training steps, data loading included, validation and checkpoint
   writes excluded, summed over resumptions), ``train_images_per_s`` (images / train_time_s),
-  ``wall_time_s`` (whole call, this session only), ``resumed_from`` (iteration, or null).
+  ``data_time_s`` (the part of train_time_s spent waiting for the input pipeline: loading,
+  augmentation, collation), ``val_time_s`` (all validation passes) and ``val_metrics_time_s`` (the
+  part of it in ``SegmentationMetrics``), ``wall_time_s`` (whole call, this session only),
+  ``resumed_from`` (iteration, or null).
 
 JSON has no NaN: an undefined figure (see ``segbench.engine.metrics``) is written as ``null``.
 """
@@ -266,6 +269,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     # ---- start or resume --------------------------------------------------------------------
     log = _Log(run_dir / "log.jsonl", info.is_main)
     state = {"iteration": 0, "epoch": 0, "batch_in_epoch": 0, "train_time_s": 0.0, "images_seen": 0,
+             "data_time_s": 0.0, "val_time_s": 0.0, "val_metrics_time_s": 0.0,
              "best": {"value": None, "iteration": None, "metrics": None}, "last_val": None, "log_window": [0.0, 0]}
     resumed_from = None
     last_path = run_dir / "last.pt"
@@ -285,7 +289,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             say(f"warning: the run was saved by {len(rng)} processes and resumes with {info.world_size}; "
                 "the rest of the run will not match an uninterrupted one exactly")
         restore_rng_state(rng[info.rank % len(rng)])
-        state = {key: checkpoint[key] for key in state}
+        state = {key: checkpoint.get(key, state[key]) for key in state}  # .get: timings came later
         resumed_from = state["iteration"]
         log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
         if resumed_from >= t.iterations and (run_dir / "metrics.json").is_file():
@@ -323,8 +327,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             )
 
     def validate(iteration: int) -> None:
+        timings: dict[str, float] = {}
         metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
-                           num_workers=t.num_workers, progress=progress, desc="val")
+                           num_workers=t.num_workers, progress=progress, desc="val", timings=timings)
+        state["val_time_s"] += timings["eval_s"]
+        state["val_metrics_time_s"] += timings["metrics_s"]
         improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
         state["last_val"] = {"iteration": iteration, "metrics": metrics}
         if improved:
@@ -354,6 +361,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=t.num_workers,
                             pin_memory=device.type == "cuda", generator=torch.Generator())
         for batch in loader:
+            state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
             iteration = state["iteration"]
             lr = set_learning_rate(optimizer, iteration, t)
             loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
@@ -401,6 +409,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             "val": best["metrics"], "last_val": state["last_val"]["metrics"],
             "train_time_s": state["train_time_s"],
             "train_images_per_s": state["images_seen"] / max(state["train_time_s"], 1e-9),
+            "data_time_s": state["data_time_s"],
+            "val_time_s": state["val_time_s"], "val_metrics_time_s": state["val_metrics_time_s"],
             "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
         }
         if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
