@@ -38,6 +38,7 @@ class ReportInputs:
     findings: dict[str, list[str]]
     overall: list[str]
     notes: list[str] = field(default_factory=list)  # how things were measured
+    speed: dict = field(default_factory=dict)  # intro, header, rows (text cells), notes; empty: not measured
 
 
 def table_columns(table: list[dict], keys: list[str]) -> list[Column]:
@@ -213,6 +214,16 @@ def _arch_section(inputs: ReportInputs, row: dict, columns: list[Column]) -> str
     )
 
 
+def _speed_html(speed: dict) -> str:
+    if not speed:
+        return ""
+    head = "".join(f'<th class="nosort">{_e(h)}</th>' for h in speed["header"])
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in speed["rows"])
+    notes = "".join(f"<li>{_e(n)}</li>" for n in speed["notes"])
+    return (f'<h2 id="speed">Speed</h2><p>{_e(speed["intro"])}</p><div class="scroll"><table id="speed-table">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div><ul class=\"muted\">{notes}</ul>")
+
+
 def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) -> Path:
     """Write the self-contained HTML report."""
     path = Path(path)
@@ -232,6 +243,7 @@ def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) ->
 <p class="muted">{_e(inputs.machine.get("date", ""))} · <code>{_e(inputs.command)}</code></p>
 <h2>Findings</h2><ul>{overall}</ul>
 <h2>Comparison</h2>{_results_table_html(inputs, columns)}
+{_speed_html(inputs.speed)}
 <h2>Figures</h2>{figures}
 <h2>Architectures</h2>{archs}
 <h2>Settings</h2>
@@ -272,7 +284,14 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
                 f"**{_md(_cell(r, c))}**" if best[c.key] == r["arch"] else _md(_cell(r, c)) for c in columns
             ]
         lines.append(f"| {r['arch']} | {_md(r.get('backbone', ''))} | {r.get('seeds', 0)} | " + " | ".join(cells) + " |")
-    lines += ["", "Bold: best in the column. Mean over seeds (± sample std when several).", "", "## Figures", ""]
+    lines += ["", "Bold: best in the column. Mean over seeds (± sample std when several).", ""]
+    if inputs.speed:
+        lines += ["## Speed", "", _md(inputs.speed["intro"]), ""]
+        lines.append("| " + " | ".join(inputs.speed["header"]) + " |")
+        lines.append("|---|---|" + "---:|" * (len(inputs.speed["header"]) - 2))
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in inputs.speed["rows"]]
+        lines += [""] + [f"- {_md(n)}" for n in inputs.speed["notes"]] + [""]
+    lines += ["## Figures", ""]
     lines += [f"![{title}]({Path(p).name})" for title, p in inputs.figures.items()] + [""]
     lines += ["## Architectures", ""]
     for r in inputs.table:

@@ -16,6 +16,7 @@ from segbench.bench import plots
 from segbench.bench.findings import findings, overall_findings
 from segbench.bench.profiles import Profile
 from segbench.bench.report import ReportInputs, table_columns, write_html, write_markdown
+from segbench.bench.review_speed import speed_section
 from segbench.bench.results import COLUMNS, aggregate, class_key, write_results
 from segbench.bench.sweep import PlannedRun, input_size, result_row
 from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE
@@ -189,6 +190,7 @@ def write_review(
         findings=findings(table, ACCURACY_KEY),
         overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(rows, profile, seeds) + grid_notes,
+        speed=speed_section(out, ok_runs),
     )
     write_markdown(inputs, report_dir / "report.md", columns)
     return write_html(inputs, report_dir / "index.html", columns)

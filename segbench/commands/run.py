@@ -35,6 +35,23 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
         click.echo("note: no finished run matches these settings yet; the report lists them as not run", err=True)
 
 
+def _measure_speed(plan, profile, out: str) -> None:
+    """The report's speed figures (reused from OUT/speed.json where the settings match)."""
+    from segbench.bench.review_speed import data_facts, measure_review_speed
+
+    data = data_facts(plan)
+    if data is None:
+        click.echo("speed: skipped, no run finished (the data's classes and channels come from one)", err=True)
+        return
+    started = time.perf_counter()
+    try:
+        measure_review_speed(plan, profile, out, data, say=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run the same command again to finish the speed figures and the report", err=True)
+        sys.exit(130)
+    click.echo(f"speed: {time.perf_counter() - started:.0f} s", err=True)
+
+
 @click.command()
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
@@ -53,8 +70,11 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Configuration override applied to every run, e.g. --set train.device=cpu (repeatable).")
 @click.option("--report-only", is_flag=True, help="Rewrite the report from the finished runs; train nothing.")
+@click.option("--speed/--no-speed", default=True, show_default=True,
+              help="After training, time each architecture's training step and inference against its peer "
+              "implementation (segbench speed at the review's size and batch) for the report's speed section.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while training.")
-def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, progress) -> None:
+def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -94,6 +114,8 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
             sys.exit(130)
         click.echo(f"sweep: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} reused, "
                    f"{time.perf_counter() - started:.0f} s", err=True)
+        if speed:
+            _measure_speed(plan, chosen, out)
     _mention_other_runs(plan, out, report_only)
     html = write_review(plan, chosen, out, command, overrides)
     click.echo(f"report: {html}", err=True)

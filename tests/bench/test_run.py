@@ -132,6 +132,28 @@ def test_report_is_self_contained_and_describes_the_run(sweep):
     assert "data.resize=[32,32]" in md  # the command-line override is printed with the settings
 
 
+def test_speed_section_is_measured_with_the_review_settings(sweep):
+    speed = json.loads((sweep["out"] / "speed.json").read_text())
+    assert list(speed["archs"]) == list(ARCHS)
+    assert speed["settings"]["size"] == [32, 32] and speed["settings"]["batch"] == get_profile("quick").batch_size
+    assert speed["settings"]["options"]["unet"] == get_profile("quick").arch_options["unet"]
+    segformer, unet = speed["archs"]["segformer"], speed["archs"]["unet"]
+    assert segformer["peer_name"].startswith("transformers") and segformer["ratio"]["train"] > 0
+    assert "peer" not in unet["impls"] and unet["channels_last"] and not segformer["channels_last"]
+    assert unet["impls"]["segbench"]["train_matmul_fraction"] > 0
+    html = (sweep["out"] / "report" / "index.html").read_text()
+    body = re.search(r'<table id="speed-table">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+    assert [row[0] for row in rows] == list(ARCHS)
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0  # train and inference ms
+        assert re.fullmatch(r"\d+\.\d%", row[-2]) and re.fullmatch(r"\d+\.\d%", row[-1])  # data wait, metrics
+    assert float(rows[1][6]) == round(segformer["ratio"]["train"], 2)
+    assert "## Speed" in (sweep["out"] / "report" / "report.md").read_text()
+    csv_rows = read_results_csv(sweep["out"] / "report" / "results.csv")
+    assert all(0 < r["data_time_s"] < r["train_time_s"] and 0 < r["val_metrics_time_s"] < r["val_time_s"] for r in csv_rows)
+
+
 def test_rerun_trains_nothing(sweep):
     run_files = sorted(sweep["out"].glob("*/last.pt")) + sorted(sweep["out"].glob("*/bench.json"))
     before = {p: p.stat().st_mtime_ns for p in run_files}
@@ -139,6 +161,7 @@ def test_rerun_trains_nothing(sweep):
     assert result.exit_code == 0, result.output
     assert result.output.count("finished earlier") == len(ARCHS)
     assert "0 ran (0 failed), 2 reused" in result.output
+    assert "speed 1/" not in result.output  # the speed figures of these settings are reused too
     assert {p: p.stat().st_mtime_ns for p in run_files} == before
 
 

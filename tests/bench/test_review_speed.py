@@ -1,0 +1,78 @@
+"""The review's speed section: its table cells from known figures, and OUT/speed.json measured once,
+kept through failures and reused while the settings match."""
+
+import json
+
+import pytest
+
+from segbench.bench import review_speed
+from segbench.bench.profiles import get_profile
+from segbench.bench.review_speed import SPEED_HEADER, measure_review_speed, review_speed_settings, speed_rows
+from segbench.bench.sweep import plan_sweep
+
+DATA = {"name": "brain-mri", "num_classes": 4, "in_channels": 1}
+
+
+def _figures(arch: str, *, peer: bool) -> dict:
+    result = {
+        "arch": arch, "notes": [], "matmul_flops_per_s": 200e9,
+        "impls": {"segbench": {"train_s": 0.5, "infer_s": 0.125, "train_flops_per_s": 100e9,
+                               "train_matmul_fraction": 0.5, "infer_flops_per_s": 150e9,
+                               "infer_matmul_fraction": 0.75}},
+    }
+    if peer:
+        result.update(peer_name="transformers Peer", ratio={"train": 0.8, "infer": 1.25})
+    return result
+
+
+def test_speed_rows_format_known_figures():
+    speed = {"archs": {"segformer": _figures("segformer", peer=True), "unet": _figures("unet", peer=False),
+                       "pspnet": {"arch": "pspnet", "error": "RuntimeError: out of memory"}}}
+    pipeline = {"segformer": {"train_time_s": 20.0, "data_time_s": 1.0, "val_time_s": 4.0, "val_metrics_time_s": 0.1}}
+    rows = speed_rows(speed, pipeline)
+    assert all(len(row) == len(SPEED_HEADER) for row in rows)
+    assert rows[0] == ["segformer", "transformers Peer", "500.0", "125.0", "100.0 (50%)", "150.0 (75%)", "0.80", "1.25",
+                       "5.0%", "2.5%"]
+    assert rows[1][1] == "none installable" and rows[1][6:] == ["–", "–", "–", "–"]  # no peer, no run timings
+    assert rows[2][2] == "failed: RuntimeError: out of memory"
+
+
+def test_settings_follow_the_review(tmp_path):
+    plan = plan_sweep(data="brain-mri", profile=get_profile("quick"), out=tmp_path, archs=["unet", "segformer"],
+                      seeds=2, overrides=["data.resize=[48,64]", "train.device=cpu"])
+    archs, settings = review_speed_settings(plan, get_profile("quick"), DATA)
+    assert archs == ["unet", "segformer"]  # one per architecture, whatever the seeds
+    assert settings.size == (48, 64) and settings.batch == get_profile("quick").batch_size
+    assert (settings.num_classes, settings.in_channels, settings.device) == (4, 1, "cpu")
+    assert settings.options["unet"] == get_profile("quick").arch_options["unet"]
+    assert settings.channels_last is None  # by family, as training
+
+
+def test_measured_once_failures_kept_and_reused_while_settings_match(tmp_path, monkeypatch):
+    plan = plan_sweep(data="brain-mri", profile=get_profile("quick"), out=tmp_path, archs=["unet", "segformer"])
+    calls = []
+
+    def fake_benchmark(arch, settings, progress):
+        calls.append(arch)
+        if arch == "segformer" and calls.count(arch) == 1:
+            raise RuntimeError("peer exploded")
+        return _figures(arch, peer=False)
+
+    monkeypatch.setattr(review_speed, "benchmark_arch", fake_benchmark)
+    first = measure_review_speed(plan, get_profile("quick"), tmp_path, DATA, say=lambda m: None)
+    assert calls == ["unet", "segformer"]
+    assert first["archs"]["segformer"]["error"] == "RuntimeError: peer exploded"
+    assert json.loads((tmp_path / "speed.json").read_text())["archs"]["unet"]["impls"]["segbench"]["train_s"] == 0.5
+
+    second = measure_review_speed(plan, get_profile("quick"), tmp_path, DATA, say=lambda m: None)
+    assert calls == ["unet", "segformer", "segformer"]  # only the failed one again
+    assert "error" not in second["archs"]["segformer"]
+
+    measure_review_speed(plan, get_profile("quick"), tmp_path, {**DATA, "num_classes": 5}, say=lambda m: None)
+    assert calls[3:] == ["unet", "segformer"]  # other settings: everything again
+
+
+@pytest.mark.parametrize("content", ["", "{not json"])
+def test_unreadable_speed_file_reads_as_none(tmp_path, content):
+    (tmp_path / "speed.json").write_text(content)
+    assert review_speed.read_review_speed(tmp_path) is None
