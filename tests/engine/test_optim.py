@@ -61,3 +61,27 @@ def test_parameter_groups_head_lr_and_no_decay():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
     assert all(g["weight_decay"] == 5e-4 for g in sgd.param_groups)  # CNN recipes decay everything
     assert sum(len(g["params"]) for g in sgd.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("family", ["cnn", "transformer"])
+def test_fused_step_matches_the_plain_update(family):
+    train = resolve_train_config(TrainConfig(iterations=10), family)
+    torch.manual_seed(0)
+    fused_model = EncoderHead()
+    plain_model = EncoderHead()
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, train, family)
+    assert all(group["fused"] for group in fused.param_groups)  # float parameters on the CPU: fused kernels
+    groups = [{k: v for k, v in g.items() if k not in ("params", "fused", "foreach")} for g in fused.param_groups]
+    plain_params = dict(plain_model.named_parameters())
+    names = {id(p): n for n, p in fused_model.named_parameters()}
+    plain = type(fused)([{**g, "params": [plain_params[names[id(p)]] for p in fg["params"]]}
+                         for g, fg in zip(groups, fused.param_groups)], foreach=False)
+    x = torch.randn(3, 4)
+    for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+        for _ in range(3):
+            optimizer.zero_grad()
+            (model.classifier(model.encoder(x) + model.absolute_pos_embed) ** 2).sum().backward()
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
