@@ -375,3 +375,18 @@ def test_hugging_face_snapshot_folder_with_safetensors(tmp_path):
     assert model.pretrained_report.weights == str(tmp_path / "model.safetensors")
     kv = encoder["block2.1.attn.kv.weight"]
     torch.testing.assert_close(model.encoder.block2[1].attn.kv.weight, kv, rtol=0, atol=0)
+
+
+def test_a_deeper_backbone_of_the_same_family_is_refused(tmp_path):
+    deeper = _random(build_encoder("swin_t", **{**SWIN_ENCODER, "depths": (1, 2, 2, 1)}).state_dict())
+    torch.save(microsoft_swin_classifier(deeper), tmp_path / "deeper.pth")
+    with pytest.raises(ValueError, match=r"layers\.2\.blocks\.1\..*beyond the model's depth"):
+        build_model("upernet", 3, **SWIN, pretrained=tmp_path / "deeper.pth")
+    resnet34 = _random(build_encoder("resnet34").state_dict())  # every ResNet-18 key is in it, same shape
+    torch.save(resnet34, tmp_path / "resnet34.pth")
+    with pytest.raises(ValueError, match=r"layer1\.2\..*beyond the model's depth"):
+        build_model("upernet", 4, encoder="resnet18", channels=16, aux_channels=8, pretrained=tmp_path / "resnet34.pth")
+    from segbench.encoders import load_backbone_weights
+
+    with pytest.raises(ValueError, match=r"deeper than the encoder.*layer1\.2\."):
+        load_backbone_weights(build_encoder("resnet18"), resnet34)

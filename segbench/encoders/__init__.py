@@ -11,6 +11,8 @@ so their checkpoint files load with ``strict=True``; see ``load_backbone_weights
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from torch import nn
 from segbench.weights import read_checkpoint
 from segbench.encoders import mit, resnet, swin, vgg  # noqa: F401  (registration)
 
-__all__ = ["LoadReport", "load_backbone_weights"]
+__all__ = ["LoadReport", "load_backbone_weights", "keys_beyond_model"]
 
 
 @dataclass
@@ -33,6 +35,16 @@ class LoadReport:
 
     def __str__(self) -> str:
         return f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, left initialised {len(self.missing)}"
+
+
+def keys_beyond_model(keys: Iterable[str], own: Iterable[str]) -> list[str]:
+    """Of ``keys``, those with no place among ``own`` that name another copy of a module it has
+    (``layers.2.blocks.5`` where the model's stage stops at ``blocks.1``; ``layer1.2`` of a ResNet-34 file
+    for a ResNet-18): the file's backbone is deeper, and loading only its first blocks would silently
+    start another network."""
+    own = set(own)
+    patterns = {re.sub(r"\d+", "#", k) for k in own}
+    return [k for k in keys if k not in own and re.sub(r"\d+", "#", k) in patterns]
 
 
 def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadReport:
@@ -62,6 +74,10 @@ def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadR
         wanted[key] = tensor
     # BatchNorm's num_batches_tracked is absent from older torchvision files; it only feeds momentum=None.
     optional = {k for k in own if k.endswith("num_batches_tracked")}
+    beyond = keys_beyond_model(state, own)
+    if beyond:
+        raise ValueError(f"the checkpoint's backbone is deeper than the encoder: {len(beyond)} tensors have no "
+                         f"place in it, e.g. {beyond[:3]}; is it the right backbone?")
     report.missing = [k for k in own if k not in wanted and k not in optional]
     if report.missing:
         raise KeyError(

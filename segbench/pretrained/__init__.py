@@ -25,8 +25,9 @@ torchvision's, timm's, Microsoft's, NVlabs', Hugging Face's or MMSegmentation's:
 the layout off the keys and ``segbench.weights`` converts it. Heads that do not fit (1000 ImageNet
 classes, another label set) stay at their initialisation; an ``in_channels`` other than 3 adapts the
 first convolution (the encoder's ``adapt_state_dict`` where it has one, else 1 channel = sum over RGB,
-n channels = RGB repeated, scaled by 3/n). ``model.pretrained_report`` says what was loaded, adapted,
-skipped and left at its initialisation.
+n channels = RGB repeated, scaled by 3/n). A backbone of another family, width or depth is refused
+(a deeper file's first blocks are not another network's weights). ``model.pretrained_report`` says what
+was loaded, adapted, skipped and left at its initialisation.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from segbench.encoders import LoadReport, load_backbone_weights
+from segbench.encoders import LoadReport, keys_beyond_model, load_backbone_weights
 from segbench.pretrained.imagenet import (
     IMAGENET_WEIGHTS, HashMismatchError, ImageNetWeights, WeightsUnavailableError, cache_dir, fetch,
     imagenet_state_dict, verification,
@@ -133,6 +134,8 @@ def _load(model: nn.Module, state: StateDict, report: PretrainedReport, file_sha
             report.notes.append(f"{key} is {_shape(tensor)} in the file, {_shape(own[key])} in the model "
                                 "(another label set?): left at its initialisation")  # fmt: skip
     absent = [k for k in own if k.startswith("encoder.") and k not in wanted and k not in optional]
+    wrong += [f"{key}: in the file, beyond the model's depth" for key in keys_beyond_model(
+        [k for k in state if k.startswith("encoder.")], own)]
     if wrong or absent:
         raise ValueError(
             f"{report.weights} ({report.layout} layout) does not fit the model's encoder {_encoder_label(model)}: "
@@ -155,7 +158,8 @@ def _load_encoder(model: nn.Module, native: StateDict, report: PretrainedReport)
     first = _first_conv(encoder)
     state = _fit_first_conv(state, first, own[first])
     report.skipped = [k for k in native if k not in state or k not in own]
-    model_keyed = {f"encoder.{k}": v for k, v in state.items() if k in own}
+    beyond = set(keys_beyond_model(state, own))  # _load refuses them, naming them
+    model_keyed = {f"encoder.{k}": v for k, v in state.items() if k in own or k in beyond}
     _load(model, model_keyed, report, {f"encoder.{k}": _shape(v) for k, v in native.items()})
     return report
 
