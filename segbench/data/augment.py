@@ -41,12 +41,12 @@ class JointAugment:
         self.cfg = cfg
         self.ignore_index = ignore_index
 
-    def _uniform(self, u: torch.Tensor, low: float, high: float) -> float:
-        return low + float(u) * (high - low)
+    def _uniform(self, u: float, low: float, high: float) -> float:
+        return low + u * (high - low)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        u = torch.rand(10, generator=generator, dtype=torch.float64)
+        u = torch.rand(10, generator=generator, dtype=torch.float64).tolist()
         scale = self._uniform(u[0], *cfg.scale)
         angle = math.radians(self._uniform(u[1], -cfg.rotate, cfg.rotate))
         hflip, vflip = bool(u[2] < cfg.hflip), bool(u[3] < cfg.vflip)
@@ -76,27 +76,32 @@ class JointAugment:
         return image.contiguous(), mask.contiguous()
 
     @staticmethod
-    def _offset(u: torch.Tensor, slack: int) -> int:
+    def _offset(u: float, slack: int) -> int:
         """Integer uniform in [min(0, slack), max(0, slack)]: crop inside, or place the image in the pad."""
         low, high = min(0, slack), max(0, slack)
-        return low + min(int(float(u) * (high - low + 1)), high - low)
+        return low + min(int(u * (high - low + 1)), high - low)
 
     def _resample(self, image, mask, scale, angle, top, left, out_h, out_w):
         h, w = mask.shape
-        ys = torch.arange(out_h, dtype=torch.float64) + 0.5 + top  # pixel centres in the scaled image
-        xs = torch.arange(out_w, dtype=torch.float64) + 0.5 + left
-        ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+        # Output pixel centre (i + 0.5, j + 0.5) sits at (i + 0.5 + top, j + 0.5 + left) in the scaled image;
+        # rotated about its centre (cy, cx) and unscaled, that is the input position (y_in, x_in):
+        #   y_in = (cos dy - sin dx + cy) / scale,  x_in = (sin dy + cos dx + cx) / scale,  d = position - centre.
+        # All affine in the output's normalised coordinates, so one affine_grid builds the sampling grid
+        # (in float64: the mask's nearest-neighbour choice must not move with rounding).
         cy, cx = h * scale / 2, w * scale / 2
-        dy, dx = ys - cy, xs - cx
         cos, sin = math.cos(angle), math.sin(angle)
-        y_in = (cos * dy - sin * dx + cy) / scale
-        x_in = (sin * dy + cos * dx + cx) / scale
-        grid = torch.stack([2 * x_in / w - 1, 2 * y_in / h - 1], dim=-1)[None].to(image.dtype)
-        image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        dy0, dx0 = out_h / 2 + top - cy, out_w / 2 + left - cx  # d at the output's centre
+        theta = torch.tensor([[
+            [cos * out_w / (w * scale), sin * out_h / (w * scale), 2 * (sin * dy0 + cos * dx0 + cx) / (w * scale) - 1],
+            [-sin * out_w / (h * scale), cos * out_h / (h * scale), 2 * (cos * dy0 - sin * dx0 + cy) / (h * scale) - 1],
+        ]], dtype=torch.float64)
+        grid = F.affine_grid(theta, [1, 1, out_h, out_w], align_corners=False)
+        image = F.grid_sample(image[None], grid.to(image.dtype), mode="bilinear", padding_mode="zeros",
+                              align_corners=False)[0]
         # Labels + 1, so that the zero padding marks "outside the input" (only a -1 label, which can
         # only be ignore_index, also becomes 0, and it is ignore either way).
         shifted = (mask.to(torch.float64) + 1)[None, None]
-        sampled = F.grid_sample(shifted, grid.to(torch.float64), mode="nearest", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         sampled = sampled[0, 0].round().long()
         mask = torch.where(sampled == 0, torch.full_like(sampled, self.ignore_index), sampled - 1)
         return image, mask
@@ -104,7 +109,7 @@ class JointAugment:
     def _photometric(self, image, gamma, gain, shift, generator):
         cfg = self.cfg
         if gamma != 1.0:  # on the image rescaled to [0, 1], then back (nnU-Net's gamma transform)
-            low, high = image.min(), image.max()
+            low, high = torch.aminmax(image)
             span = (high - low).clamp_min(1e-6)
             image = ((image - low) / span).clamp(0, 1).pow(gamma) * span + low
         image = image * (1 + gain) + shift
