@@ -72,6 +72,9 @@ def test_adaptive_pooling_falls_back_to_a_static_shape_with_a_note(tmp_path):
     with pytest.raises(RuntimeError, match="needs a fixed input size"):
         export_onnx(model, tmp_path / "q.onnx", input_size=(36, 36), in_channels=3, dynamic=True)
     assert not (tmp_path / "q.onnx").exists()
+    # Its idle threads must not spin after a run: they would slow whatever torch does next.
+    options = load_onnx_model(tmp_path / "p.onnx").session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_missing_onnx_file_says_how_to_make_one(tmp_path):
