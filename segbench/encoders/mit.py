@@ -31,10 +31,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.encoders.layers import DropPath
 from segbench.registry import register_encoder
 
 __all__ = ["MixTransformer", "MiTConfig", "MIT_CONFIGS", "mix_transformer"]
@@ -61,25 +61,6 @@ MIT_CONFIGS: dict[str, MiTConfig] = {
     "b4": MiTConfig(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3)),
     "b5": MiTConfig(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3)),
 }
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. ECCV 2016): in training, drop a sample's residual branch with
-    probability ``drop_prob`` and rescale the kept ones by 1/(1 - drop_prob)."""
-
-    def __init__(self, drop_prob: float):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep_prob = 1.0 - self.drop_prob
-        mask = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
-        return x * (mask + keep_prob).floor_() / keep_prob
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 def _to_map(tokens: Tensor, height: int, width: int) -> Tensor:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.encoders.layers import DropPath
 from segbench.registry import register_encoder
 
 __all__ = ["SWIN_VARIANTS", "SwinTransformer", "swin", "shifted_window_mask"]
@@ -43,25 +44,6 @@ SWIN_VARIANTS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
     "b": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
 }
 MASKED = -100.0  # the released code's value for "may not attend" (exp(-100) is zero in float32)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. ECCV 2016): drop the residual branch for whole samples in training,
-    scaling the kept ones by 1/(1-p) so the expectation is unchanged."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 def _spatial(x: Tensor, dims: tuple[int, int] = (1, 2)) -> tuple[int, int]:
