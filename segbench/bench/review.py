@@ -18,7 +18,8 @@ from segbench.bench.profiles import Profile
 from segbench.bench.report import ReportInputs, table_columns, write_html, write_markdown
 from segbench.bench.review_speed import speed_section
 from segbench.bench.results import COLUMNS, aggregate, class_key, write_results
-from segbench.bench.sweep import PlannedRun, input_size, result_row
+from segbench.bench.rows import result_row
+from segbench.bench.sweep import PlannedRun, input_size
 from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE
 from segbench.registry import ARCHITECTURES
 

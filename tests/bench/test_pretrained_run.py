@@ -13,7 +13,8 @@ from segbench.bench import sweep as sweep_module
 from segbench.bench.profiles import PROFILES, REVIEW_ARCHS, get_profile
 from segbench.bench.results import aggregate
 from segbench.bench.review import write_review
-from segbench.bench.sweep import imagenet_starts, plan_sweep, result_row, run_sweep
+from segbench.bench.rows import result_row
+from segbench.bench.sweep import imagenet_starts, plan_sweep, run_sweep
 from segbench.commands.run import run
 from segbench.pretrained import imagenet_weights_fit
 from segbench.registry import ENCODERS, build_encoder, build_model

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segbench.bench.profiles import PROFILES, REVIEW_ARCHS, get_profile
-from segbench.bench.sweep import backbone_label
+from segbench.bench.rows import backbone_label
 from segbench.registry import build_model, list_models
 
 

@@ -25,7 +25,8 @@ from segbench.bench.profiles import get_profile
 from segbench.bench.report import JS_ERRORS, JS_MARKER
 from segbench.bench.results import COLUMNS, read_results_csv
 from segbench.bench.review import write_review
-from segbench.bench.sweep import _write_spec, plan_sweep, result_row, run_sweep
+from segbench.bench.rows import result_row
+from segbench.bench.sweep import _write_spec, plan_sweep, run_sweep
 from segbench.commands.run import run
 
 ARCHS = ("unet", "segformer")
