@@ -217,8 +217,10 @@ def _arch_section(inputs: ReportInputs, row: dict, columns: list[Column]) -> str
 def _speed_html(speed: dict) -> str:
     if not speed:
         return ""
-    head = "".join(f'<th class="nosort">{_e(h)}</th>' for h in speed["header"])
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in speed["rows"])
+    text = ' class="text"'  # the peer's name: left-aligned like the other words
+    head = "".join(f'<th class="nosort{" text" if i == 1 else ""}">{_e(h)}</th>' for i, h in enumerate(speed["header"]))
+    body = "".join("<tr>" + "".join(f"<td{text if i == 1 else ''}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>"
+                   for row in speed["rows"])
     notes = "".join(f"<li>{_e(n)}</li>" for n in speed["notes"])
     return (f'<h2 id="speed">Speed</h2><p>{_e(speed["intro"])}</p><div class="scroll"><table id="speed-table">'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div><ul class=\"muted\">{notes}</ul>")

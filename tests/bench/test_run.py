@@ -144,7 +144,7 @@ def test_speed_section_is_measured_with_the_review_settings(sweep):
     assert unet["impls"]["segbench"]["train_matmul_fraction"] > 0
     html = (sweep["out"] / "report" / "index.html").read_text()
     body = re.search(r'<table id="speed-table">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
-    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
     assert [row[0] for row in rows] == list(ARCHS)
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0  # train and inference ms
