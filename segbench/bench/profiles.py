@@ -7,7 +7,7 @@ inherited presets: to see what ``quick`` trains, read ``QUICK`` below.
 - ``quick``: a laptop CPU. Slim backbones (ResNet-18, MiT-B0, a 2-2-2-2 Swin at half width, VGG16 and
   U-Net at base width 16) on 96x96 inputs and 250 iterations with CE+Dice (the same loss for all; Dice keeps the thin
   CSF class from drowning in background in so short a run), sized so all ten architectures train,
-  validate and get measured in about 20 minutes on 2 idle cores. Its numbers rank the *designs at
+  validate and get measured in about 12 minutes on 2 idle cores. Its numbers rank the *designs at
   small scale*; they are not the papers' numbers.
 - ``standard``: the papers' canonical backbones (VGG-16, ResNet-101, MiT-B2, Swin-T, U-Net width 64)
   at a moderate 256x256 resolution and a 20k-iteration schedule: one GPU, hours.
