@@ -128,13 +128,7 @@ def _pairs_layout(root: Path, cfg: DataConfig, notices: list[str]) -> list[CaseF
             raise DataError(f"{root} has images/ but no masks/ (or {', '.join(MASK_DIRS[1:])}) folder beside it")
         image_splits = _split_dirs(root / "images")
         if image_splits:
-            mask_splits = _split_dirs(mask_dir)
-            cases = []
-            for split, folder in image_splits.items():
-                if split not in mask_splits:
-                    raise DataError(f"{folder} has no matching {mask_dir / folder.name} folder")
-                cases += _pair(folder, mask_splits[split], split, cfg, notices)
-            return cases
+            return _pair_splits(image_splits, mask_dir, cfg, notices)
         return _pair(root / "images", mask_dir, None, cfg, notices)
     splits = {s: p for s, p in _split_dirs(root).items() if (p / "images").is_dir()}
     if splits:
@@ -146,6 +140,17 @@ def _pairs_layout(root: Path, cfg: DataConfig, notices: list[str]) -> list[CaseF
             cases += _pair(folder / "images", mask_dir, split, cfg, notices)
         return cases
     raise _unknown_layout(root)
+
+
+def _pair_splits(image_splits: dict[str, Path], mask_root: Path, cfg: DataConfig, notices: list[str]) -> list[CaseFiles]:
+    """Pair each split folder of images with the same-named split folder under ``mask_root``."""
+    mask_splits = _split_dirs(mask_root)
+    cases = []
+    for split, folder in image_splits.items():
+        if split not in mask_splits:
+            raise DataError(f"{folder} has no matching {mask_root / folder.name} folder")
+        cases += _pair(folder, mask_splits[split], split, cfg, notices)
+    return cases
 
 
 def _required(root: Path, name: str) -> Path:
@@ -177,15 +182,10 @@ def detect_format(root: Path) -> str:
 
 
 def _mmseg(root: Path, cfg: DataConfig, notices: list[str]) -> list[CaseFiles]:
-    image_splits, mask_splits = _split_dirs(_required(root, "img_dir")), _split_dirs(_required(root, "ann_dir"))
+    image_splits = _split_dirs(_required(root, "img_dir"))
     if not image_splits:
         raise DataError(f"{root / 'img_dir'} has no train/ val/ test/ folders (MMSegmentation layout)")
-    cases = []
-    for split, folder in image_splits.items():
-        if split not in mask_splits:
-            raise DataError(f"{folder} has no matching {root / 'ann_dir' / folder.name} folder")
-        cases += _pair(folder, mask_splits[split], split, cfg, notices)
-    return cases
+    return _pair_splits(image_splits, _required(root, "ann_dir"), cfg, notices)
 
 
 def _nnunet_labels(labels: dict, path: Path) -> tuple[list[str], int, tuple[int, ...]]:
