@@ -88,6 +88,15 @@ def test_split_subfolders(tmp_path, helpers, layout):
     assert data.splits["test"][0]["case"] == "test0"
 
 
+def test_a_split_without_its_mask_folder_is_named(tmp_path, helpers):
+    root = tmp_path / "ds"
+    for split in ("train", "val"):
+        helpers.save_image(root / "images" / split / f"{split}0.png", np.zeros((6, 6), dtype=np.uint8))
+    helpers.save_image(root / "masks" / "train" / "train0.png", np.eye(6, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"images/val has no matching .*masks/val folder"):
+        load_data(DataConfig(source=str(root)))
+
+
 def test_split_file_and_unknown_case(tmp_path, helpers):
     root = helpers.make_folder(tmp_path / "ds", count=5)
     split_file = tmp_path / "split.json"
