@@ -191,7 +191,7 @@ def write_review(
         findings=findings(table, ACCURACY_KEY),
         overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(rows, profile, seeds) + grid_notes,
-        speed=speed_section(out, ok_runs),
+        speed=speed_section(out, plan, rows),
     )
     write_markdown(inputs, report_dir / "report.md", columns)
     return write_html(inputs, report_dir / "index.html", columns)

@@ -119,8 +119,8 @@ def _share(part: float | None, whole: float | None) -> str:
 
 def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[list[str]]:
     """The report's speed table, one row per architecture (cells as text, ``SPEED_HEADER`` order).
-    ``pipeline``: arch -> a run's training metrics (``train_time_s``, ``data_time_s``, ``val_time_s``,
-    ``val_metrics_time_s``)."""
+    ``pipeline``: arch -> a run's timings (``train_time_s``, ``data_time_s``, ``val_time_s``,
+    ``val_metrics_time_s``, as in its results row)."""
     rows = []
     for arch, result in ((speed or {}).get("archs") or {}).items():
         timing = pipeline.get(arch, {})
@@ -145,21 +145,17 @@ def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[list[str]]
     return rows
 
 
-def speed_section(out: str | Path, runs: dict[str, PlannedRun]) -> dict:
-    """The report's speed section from ``OUT/speed.json`` and the runs' own timings (``runs``: label ->
-    its first successful run): ``intro``, ``header``, ``rows`` and ``notes``; empty without figures."""
-    from segbench.bench.worker import RESULT_FILE
-
+def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> dict:
+    """The report's speed section from ``OUT/speed.json`` and the timings of the runs' results rows
+    (``rows``, one per run of ``plan``; an architecture's first successful run counts): ``intro``,
+    ``header``, ``rows`` and ``notes``; empty without figures."""
     speed = read_review_speed(out)
     if not speed or not speed.get("archs"):
         return {}
     pipeline: dict[str, dict] = {}
-    for run in runs.values():
-        try:
-            metrics = json.loads((run.run_dir / RESULT_FILE).read_text()).get("metrics") or {}
-        except (OSError, json.JSONDecodeError):
-            continue
-        pipeline.setdefault(run.arch, metrics)
+    for run, row in zip(plan, rows):
+        if row["status"] == "ok":
+            pipeline.setdefault(run.arch, row)
     settings = speed["settings"]
     rates = [r["matmul_flops_per_s"] for r in speed["archs"].values() if "matmul_flops_per_s" in r]
     machine = speed.get("machine", {})

@@ -92,4 +92,3 @@ def result_row(run: PlannedRun) -> dict:
         row[key] = machine.get(key)
     row["has_preview"] = (run.run_dir / PREVIEW_FILE).is_file()
     return row
-
