@@ -48,7 +48,7 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     model = model.to(memory_format=memory_format)
     result = {"arch": arch, "source": source, "batch": settings.batch, "size": list(settings.size)}
 
-    step = train_step_fn(model, ARCHITECTURES[arch].family)
+    step = train_step_fn(model, getattr(model, "family", ARCHITECTURES[arch].family))  # as benchmark_arch
     loader = DataLoader(data.splits["train"], batch_size=settings.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     parts = {"data_s": 0.0, "compute_s": 0.0}
