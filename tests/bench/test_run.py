@@ -166,6 +166,18 @@ def test_rerun_trains_nothing(sweep):
     assert {p: p.stat().st_mtime_ns for p in run_files} == before
 
 
+def test_no_speed_leaves_the_speed_section_out(sweep, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out)
+    (out / "speed.json").unlink()
+    result = CliRunner().invoke(run, _args(sweep["data"], out) + ["--no-speed"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "0 ran (0 failed), 2 reused" in result.output and "speed 1/" not in result.output
+    assert not (out / "speed.json").exists()
+    assert 'id="speed-table"' not in (out / "report" / "index.html").read_text()
+    assert "## Speed" not in (out / "report" / "report.md").read_text()
+
+
 def test_settings_change_the_run_folder(sweep):
     profile = get_profile("quick")
     common = dict(data=str(sweep["data"]), profile=profile, out=sweep["out"], archs=["unet"], overrides=["data.resize=[32,32]"])
