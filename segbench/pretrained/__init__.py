@@ -134,13 +134,13 @@ def _load(model: nn.Module, state: StateDict, report: PretrainedReport, file_sha
             report.notes.append(f"{key} is {_shape(tensor)} in the file, {_shape(own[key])} in the model "
                                 "(another label set?): left at its initialisation")  # fmt: skip
     absent = [k for k in own if k.startswith("encoder.") and k not in wanted and k not in optional]
-    wrong += [f"{key}: in the file, beyond the model's depth" for key in keys_beyond_model(
-        [k for k in state if k.startswith("encoder.")], own)]
-    if wrong or absent:
+    beyond = keys_beyond_model([k for k in state if k.startswith("encoder.")], own)  # a deeper backbone's
+    if wrong or absent or beyond:
         raise ValueError(
             f"{report.weights} ({report.layout} layout) does not fit the model's encoder {_encoder_label(model)}: "
             f"{len(wrong)} shape mismatches (e.g. {wrong[:3]}), {len(absent)} encoder tensors absent from the file "
-            f"(e.g. {absent[:3]}). Is it the right backbone and size? Models built with non-default widths or "
+            f"(e.g. {absent[:3]}), {len(beyond)} tensors of the file (e.g. {beyond[:3]}) beyond the model's depth. "
+            "Is it the right backbone and size? Models built with non-default widths or "
             "depths (slim test configurations) cannot take published weights."
         )
     model.load_state_dict(wanted, strict=False)
