@@ -8,6 +8,7 @@ from torch import nn
 
 import segbench
 from segbench.export import _pooling_matrix, export_onnx, load_onnx_model
+from tests.numerics import assert_same_function
 from tests.small_configs import small_options
 
 pytest.importorskip("onnxruntime")
@@ -31,11 +32,11 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
         expected = model(x)
     got = onnx_model(x)
     assert got.shape == expected.shape == (2, 3, 64, 64)
-    assert (got - expected).abs().max().item() <= 1e-4
+    assert_same_function(got, expected)
     other = torch.randn(1, 3, 80, 96)
     if info.dynamic:
         with torch.no_grad():
-            assert (onnx_model(other) - model(other)).abs().max().item() <= 1e-4
+            assert_same_function(onnx_model(other), model(other))
     else:
         assert info.note, "a static export must say why it is static"
         with pytest.raises(ValueError, match="takes only 64x64"):
@@ -68,7 +69,7 @@ def test_adaptive_pooling_falls_back_to_a_static_shape_with_a_note(tmp_path):
     info = export_onnx(model, tmp_path / "p.onnx", input_size=(36, 36), in_channels=3)
     assert info.shape_mode == "static-hw" and "3x3 bins" not in info.note and "bins" in info.note
     x = torch.randn(3, 3, 36, 36)
-    torch.testing.assert_close(load_onnx_model(tmp_path / "p.onnx")(x), model(x).detach(), atol=1e-5, rtol=1e-4)
+    assert_same_function(load_onnx_model(tmp_path / "p.onnx")(x), model(x).detach())
     with pytest.raises(RuntimeError, match="needs a fixed input size"):
         export_onnx(model, tmp_path / "q.onnx", input_size=(36, 36), in_channels=3, dynamic=True)
     assert not (tmp_path / "q.onnx").exists()
@@ -101,7 +102,7 @@ def test_export_command_writes_model_onnx_of_a_run(tmp_path):
     assert onnx_model.info.in_channels == 1 and onnx_model.info.num_classes == 2
     x = torch.randn(2, 1, 48, 40)
     with torch.no_grad():
-        assert (onnx_model(x) - model(x)).abs().max().item() <= 1e-4
+        assert_same_function(onnx_model(x), model(x))
 
 
 def test_export_command_explains_a_folder_without_a_checkpoint(tmp_path):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from segbench import build_encoder, build_model
 from segbench.weights import convert, convert_with_report
 from segbench.weights.segformer import to_mmseg, to_nvlabs
+from tests.numerics import assert_same_function
 
 WIDTHS, DEPTHS, HEADS, SR = [8, 16, 24, 32], [1, 1, 1, 1], [1, 1, 2, 2], [8, 4, 2, 1]
 SLIM = dict(encoder="mit_b0", embed_dims=WIDTHS, depths=DEPTHS, num_heads=HEADS, sr_ratios=SR, decoder_dim=32)
@@ -84,9 +85,31 @@ def test_hf_semantic_segmentation_gives_the_same_logits(hf_models):
         x = torch.randn(1, 3, *size)
         expected = _hf_logits(hf, x)
         with torch.no_grad():
-            assert (model(x) - expected).abs().max() <= 1e-5
+            assert_same_function(model(x), expected)
             # The original code's eps (1e-6) changes the function only in the noise.
-            assert (default_eps(x) - expected).abs().max() <= 1e-4
+            assert_same_function(default_eps(x), expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("bug", ["key and value swapped", "a block's two norms swapped", "decoder BN statistics missing"])
+def test_hf_logits_check_fails_on_a_broken_conversion(hf_models, bug):
+    # The bound of the test above is loose enough for other CPUs' kernels and tight enough for this.
+    _, hf, _ = hf_models
+    converted = convert(hf.state_dict(), "hf", "segformer", num_classes=5, **HF_EXACT)
+    model = build_model("segformer", 5, **HF_EXACT).eval()
+    if bug == "key and value swapped":
+        k = "encoder.block1.0.attn.kv.weight"
+        key, value = converted[k].chunk(2)
+        converted[k] = torch.cat([value, key])
+    elif bug == "a block's two norms swapped":
+        a, b = "encoder.block2.0.norm1.weight", "encoder.block2.0.norm2.weight"
+        converted[a], converted[b] = converted[b], converted[a]
+    else:
+        for name in [n for n in converted if n.startswith("decode_head") and "running_" in n]:
+            converted[name] = model.state_dict()[name]  # left at initialisation (0 mean, 1 variance)
+    model.load_state_dict(converted, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), pytest.raises(AssertionError):
+        assert_same_function(model(x), _hf_logits(hf, x))
 
 
 def test_hub_file_layout_converts_to_the_same_tensors(hf_models):
@@ -113,7 +136,8 @@ def test_hf_encoder_matches_hidden_states(hf_models):
             hidden = encoder_only(x, output_hidden_states=True).hidden_states
             ours = encoder(x)
         assert len(ours) == len(hidden) == 4
-        assert all((a - b).abs().max() <= 1e-5 for a, b in zip(ours, hidden))
+        for a, b in zip(ours, hidden):
+            assert_same_function(a, b)
 
 
 def test_hf_checkpoint_for_other_classes_keeps_all_but_the_classifier(hf_models):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import segbench
 from segbench.weights import convert, convert_with_report
 from segbench.weights.swin import to_format
+from tests.numerics import assert_same_function
 
 DIM, DEPTHS, HEADS, WINDOW, CLASSES = 8, (1, 2, 1, 1), (1, 2, 2, 4), 7, 5
 OPTS = dict(embed_dim=DIM, depths=DEPTHS, num_heads=HEADS, channels=16, aux_channels=8, drop_path_rate=0.0)
@@ -159,10 +160,38 @@ def test_hf_logits_match(hf_model, size):
         expected = hf_model(pixel_values=x).logits
         got = model(x)
         assert got.shape == expected.shape == (1, CLASSES, *size)
-        assert (got - expected).abs().max() <= 1e-4
+        assert_same_function(got, expected)
         # the auxiliary head too (HF computes it on the same stage-3 feature map)
         hf_aux = hf_model.auxiliary_head(hf_model.backbone(x).feature_maps)
-        torch.testing.assert_close(model.aux_head(model.encoder(x)[2]), hf_aux, atol=1e-4, rtol=0)
+        assert_same_function(model.aux_head(model.encoder(x)[2]), hf_aux)
+
+
+def _swapped(state, a, b):
+    broken = dict(state)
+    broken[a], broken[b] = state[b], state[a]
+    return broken
+
+
+@pytest.mark.parametrize("bug", ["q and k of one block swapped", "two blocks' MLPs swapped", "one norm left at 1"])
+def test_hf_logits_check_fails_on_a_broken_conversion(hf_model, bug):
+    # The bound of test_hf_logits_match is loose enough for other CPUs' kernels and tight enough for this.
+    converted = convert(hf_model.state_dict(), "hf", "upernet", num_classes=CLASSES, **OPTS)
+    block = "encoder.layers.1.blocks.{}."
+    if bug == "q and k of one block swapped":
+        key = block.format(0) + "attn.qkv.weight"
+        q, k, v = converted[key].chunk(3)
+        converted[key] = torch.cat([k, q, v])
+    elif bug == "two blocks' MLPs swapped":
+        converted = _swapped(converted, block.format(0) + "mlp.fc1.weight", block.format(1) + "mlp.fc1.weight")
+    else:
+        key = block.format(1) + "norm2.weight"
+        converted[key] = torch.ones_like(converted[key])
+    assert set(converted) == set(new_model().state_dict()), "the test must break values, not keys"
+    model = new_model().eval()
+    model.load_state_dict(converted, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), pytest.raises(AssertionError):
+        assert_same_function(model(x), hf_model(pixel_values=x).logits)
 
 
 def test_hf_hub_names_of_transformers_4(hf_model):
