@@ -6,8 +6,10 @@ Every number says how it was obtained, because each has a trap:
 - FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (``segbench.flops``, shared with
   ``segbench models``) on one eval-mode forward pass at batch 1 and the profile's input size. It counts matrix multiplications and convolutions (2 FLOPs per multiply-add,
   so twice the "MACs" some papers call FLOPs) and ignores element-wise work (BN, activations, resizing).
-- Latency is the median of ``runs`` timed forward passes at batch 1 after ``warmup`` untimed ones, in
-  eval mode under ``torch.inference_mode``; throughput is images per second at batch 8 (median run).
+- Latency (batch 1) and throughput (batch ``throughput_batch``) are timed by the one harness,
+  :mod:`segbench.bench.timing` (interleaved, warm-up until stable, median with its interquartile
+  range, re-measured and then marked when noisy), in eval mode under ``torch.inference_mode``, at
+  the precision and in the memory format the run trains in (the Speed section times the same way).
 - Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache).
   On CPU the growth of the process's peak resident set (``VmHWM`` in ``/proc/self/status``, reset by
   writing 5 to ``/proc/self/clear_refs``) over its resident set just before the measured code. That
@@ -20,23 +22,24 @@ Every number says how it was obtained, because each has a trap:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import re
-import statistics
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from segbench.bench.timing import time_interleaved
+from segbench.engine.device import Precision
 from segbench.flops import count_flops, count_parameters
 
 __all__ = [
-    "time_forward",
+    "inference_fn",
     "measure_inference",
     "PeakMemory",
     "peak_memory",
@@ -44,32 +47,26 @@ __all__ = [
 ]
 
 
-def _sample(batch: int, in_channels: int, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+def _sample(batch: int, in_channels: int, size: tuple[int, int], device: torch.device,
+            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, in_channels, *size, generator=generator).to(device)
+    x = torch.randn(batch, in_channels, *size, generator=generator).to(device)
+    return x.contiguous(memory_format=memory_format)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def inference_fn(model: Callable[[torch.Tensor], object], x: torch.Tensor,
+                 precision: Precision | None = None) -> Callable[[], None]:
+    """One eval-mode forward pass of ``x`` under ``torch.inference_mode`` (and ``precision``'s autocast):
+    what every inference time segbench reports measures."""
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
 
-
-def time_forward(model: nn.Module, x: torch.Tensor, *, warmup: int, runs: int) -> list[float]:
-    """Seconds per forward pass of ``x`` for ``runs`` timed passes after ``warmup`` untimed ones."""
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
-    device = x.device
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
+    def infer() -> None:
+        if isinstance(model, nn.Module):
+            model.eval()
+        with torch.inference_mode(), autocast():
             model(x)
-        _synchronize(device)
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-    return times
+
+    return infer
 
 
 # --- peak memory --------------------------------------------------------------------------------
@@ -143,34 +140,48 @@ def measure_inference(
     in_channels: int,
     size: tuple[int, int],
     device: torch.device | str = "cpu",
-    warmup: int = 5,
-    runs: int = 20,
+    precision: Precision | None = None,
+    channels_last: bool = False,
+    rounds: int = 20,
+    max_warmup: int = 10,
     throughput_batch: int = 8,
-    throughput_runs: int = 5,
 ) -> dict:
     """Parameters, FLOPs, batch-1 latency, batch-``throughput_batch`` throughput and the inference
-    peak memory of ``model`` at input ``size``. Run it on a freshly built model in a fresh process
-    for the memory figure to mean what it says (see the module docstring)."""
+    peak memory of ``model`` at input ``size``, under ``precision`` (None: fp32) and in channels-last
+    when asked. Run it on a freshly built model in a fresh process for the memory figure to mean what
+    it says (see the module docstring)."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    single = _sample(1, in_channels, size, device, memory_format)
     with peak_memory(device) as memory:
         # The memory figure covers a batch-1 forward pass, the latency setting.
-        with torch.inference_mode():
-            model(_sample(1, in_channels, size, device))
+        inference_fn(model, single, precision)()
     with torch.inference_mode():
         flops = count_flops(model, (1, in_channels, *size))
-    latency = time_forward(model, _sample(1, in_channels, size, device), warmup=warmup, runs=runs)
-    batch_times = time_forward(
-        model, _sample(throughput_batch, in_channels, size, device), warmup=1, runs=throughput_runs
+    batch = _sample(throughput_batch, in_channels, size, device, memory_format)
+    timings = time_interleaved(
+        {"latency": inference_fn(model, single, precision), "batch": inference_fn(model, batch, precision)},
+        rounds=rounds, max_warmup=max_warmup, device=device,
     )
+    latency, batch_time = timings["latency"].summary(1e3), timings["batch"].summary(1e3)
     return {
         "params": count_parameters(model),
         "gflops": flops / 1e9,
-        "latency_ms": statistics.median(latency) * 1e3,
-        "latency_p90_ms": sorted(latency)[min(len(latency) - 1, int(0.9 * len(latency)))] * 1e3,
-        "latency_runs": runs,
-        "throughput_ips": throughput_batch / statistics.median(batch_times),
+        "latency_ms": latency["median"],
+        "latency_q1_ms": latency["q1"],
+        "latency_q3_ms": latency["q3"],
+        "latency_noisy": latency["noisy"],
+        "throughput_ips": throughput_batch * 1e3 / batch_time["median"],
         "throughput_batch": throughput_batch,
+        # The batch's inference time itself, comparable with the Speed section's inference figure.
+        "batch_infer_ms": batch_time["median"],
+        "batch_infer_q1_ms": batch_time["q1"],
+        "batch_infer_q3_ms": batch_time["q3"],
+        "throughput_noisy": batch_time["noisy"],
+        "timing": {"latency": latency, "batch": batch_time},
+        "precision": precision.name if precision is not None else "fp32",
+        "channels_last": channels_last,
         "infer_peak_mb": memory.megabytes,
         "memory_method": memory.method,
     }

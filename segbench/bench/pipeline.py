@@ -34,6 +34,8 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     ``max_batches`` batches of each split are timed, after one untimed batch.
     """
     from segbench.bench.speed import train_step_fn
+    from segbench.bench.timing import synchronize
+    from segbench.engine.device import resolve_precision
     from segbench.config import EvalConfig
     from segbench.data import AugmentConfig, DataConfig, load_data
     from segbench.engine.evaluate import inference_settings
@@ -48,7 +50,8 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     model = model.to(memory_format=memory_format)
     result = {"arch": arch, "source": source, "batch": settings.batch, "size": list(settings.size)}
 
-    step = train_step_fn(model, getattr(model, "family", ARCHITECTURES[arch].family))  # as benchmark_arch
+    precision = resolve_precision(settings.amp, device)
+    step = train_step_fn(model, getattr(model, "family", ARCHITECTURES[arch].family), precision)  # as benchmark_arch
     loader = DataLoader(data.splits["train"], batch_size=settings.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     parts = {"data_s": 0.0, "compute_s": 0.0}
@@ -60,8 +63,10 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
             break
         images = batch["image"].to(device).contiguous(memory_format=memory_format)
         masks = batch["mask"].to(device)
+        synchronize(device)  # the copy to the device belongs to loading
         loaded = time.perf_counter()
         step(images, masks)
+        synchronize(device)  # CUDA runs asynchronously: without this its time would land in the next "data"
         if index:  # the first batch warms allocator and kernels up
             parts["data_s"] += loaded - tick
             parts["compute_s"] += time.perf_counter() - loaded
@@ -82,8 +87,11 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
             if items is None:
                 break
             images = torch.stack([item["image"] for item in items]).to(device).contiguous(memory_format=memory_format)
+            synchronize(device)
             loaded = time.perf_counter()
-            logits = predict_logits(model, images, inference_settings(eval_cfg))
+            with precision.autocast():
+                logits = predict_logits(model, images, inference_settings(eval_cfg))
+            synchronize(device)
             computed = time.perf_counter()
             metrics.update(logits.argmax(1).cpu(), torch.stack([item["mask"] for item in items]),
                            [str(item["case"]) for item in items], [int(item["index"]) for item in items])

@@ -59,11 +59,13 @@ class Profile:
     seeds: int
     # Model options per architecture: the only per-architecture differences in the protocol.
     arch_options: dict[str, dict[str, Any]]
-    # Inference measurement: timed batch-1 passes after warm-up, and the throughput batch.
-    latency_runs: int = 20
-    warmup_runs: int = 5
+    # Inference measurement (segbench.bench.timing): timed rounds of a batch-1 and a throughput-batch
+    # pass, interleaved, after a warm-up of at most timing_max_warmup rounds that waits for stable times.
+    timing_rounds: int = 20
+    timing_max_warmup: int = 10
     throughput_batch: int = 8
-    throughput_runs: int = 5
+    # The Speed section's timed rounds (training step and inference, interleaved with peer and matmul).
+    speed_rounds: int = 7
     # Validation images shown per architecture in the report's prediction grid.
     preview_images: int = 4
     # Extra configuration overrides (``key=value``) applied to every run, shown in the report.
@@ -79,8 +81,9 @@ class Profile:
             "batch_size": self.batch_size,
             "validations": self.validations,
             "seeds": self.seeds,
-            "latency": f"median of {self.latency_runs} batch-1 passes after {self.warmup_runs} warm-up",
-            "throughput": f"batch {self.throughput_batch}, median of {self.throughput_runs} passes",
+            "latency": f"median (and IQR) of {self.timing_rounds} batch-1 passes after a warm-up until stable "
+                       f"(at most {self.timing_max_warmup})",
+            "throughput": f"batch {self.throughput_batch}, median of {self.timing_rounds} passes, timed with the latency",
             "profile_overrides": list(self.overrides) or "none",
         }
 

@@ -67,16 +67,25 @@ def _std(row: dict, col: Column) -> str | None:
     return None
 
 
+def _spread(row: dict, col: Column) -> str | None:
+    """A timed figure's interquartile range as ``[low–high]`` (``noisy`` added when it stayed noisy)."""
+    if not col.spread or not all(isinstance(row.get(k), (int, float)) for k in col.spread):
+        return None
+    low, high = sorted(row[k] for k in col.spread)
+    text = f"[{format_value(low, col.digits)}–{format_value(high, col.digits)}]"
+    return text + (" noisy" if col.noisy and row.get(col.noisy) else "")
+
+
 def _cell(row: dict, col: Column) -> str:
     text = format_value(row.get(col.key), col.digits)
-    std = _std(row, col)
-    return f"{text} ± {std}" if std else text
+    extras = [f"± {std}" for std in [_std(row, col)] if std] + [s for s in [_spread(row, col)] if s]
+    return " ".join([text, *extras])
 
 
 def _cell_html(row: dict, col: Column) -> str:
     text = _e(format_value(row.get(col.key), col.digits))
-    std = _std(row, col)
-    return f"{text}<br><small>± {_e(std)}</small>" if std else text
+    extras = [f"± {std}" for std in [_std(row, col)] if std] + [s for s in [_spread(row, col)] if s]
+    return text + "".join(f"<br><small>{_e(extra)}</small>" for extra in extras)
 
 
 def _tooltip(col: Column) -> str:

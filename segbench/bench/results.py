@@ -40,6 +40,15 @@ class Column:
     digits: int = 3
     unit: str = ""
     help: str = ""
+    # Timed figures: the row keys of the interquartile range shown next to the median, and of the flag
+    # that says the figure stayed noisy after re-measuring (segbench.bench.timing).
+    spread: tuple[str, str] | None = None
+    noisy: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every numeric row key the column shows: its value and its spread."""
+        return (self.key, *(self.spread or ()))
 
 
 # The comparison table, in display order. Accuracy first, then cost.
@@ -51,8 +60,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("test_miou", "Test mIoU", "higher", 4),
     Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),
     Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)"),
-    Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes"),
-    Column("throughput_ips", "Throughput", "higher", 1, "img/s", "batch 8, eval mode"),
+    Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
+           spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy"),
+    Column("throughput_ips", "Throughput", "higher", 1, "img/s",
+           "images/s of a batch-8 forward pass in eval mode, median [from the batch time's quartiles]",
+           spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy"),
     Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
     Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
     Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),

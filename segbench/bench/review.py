@@ -20,6 +20,7 @@ from segbench.bench.review_speed import speed_section
 from segbench.bench.results import COLUMNS, aggregate, class_key, write_results
 from segbench.bench.rows import result_row
 from segbench.bench.sweep import PlannedRun, input_size
+from segbench.bench.timing import NOISY_ABOVE, STABLE_WITHIN
 from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE
 from segbench.registry import ARCHITECTURES
 
@@ -85,6 +86,7 @@ def _prediction_grid(runs: dict[str, PlannedRun], class_names: list[str], path: 
 def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[str]:
     methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
     pretrained = sorted({r["pretrained"] for r in rows})
+    precisions = ", ".join(sorted({str(r["precision"]) for r in rows if r.get("precision")})) or "fp32"
     return [
         "Accuracy: each architecture's best checkpoint, chosen on the validation split by mean foreground Dice "
         "per case (dice_fg_per_case; a volume's slices form one case, a 2D image is its own case). mIoU: "
@@ -98,9 +100,13 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
         "FLOPs: torch.utils.flop_counter.FlopCounterMode, one eval-mode forward pass at batch 1 and "
         f"{profile.input_size[0]}x{profile.input_size[1]}; matrix multiplications and convolutions only, "
         "2 FLOPs per multiply-add (twice the 'MACs' some papers call FLOPs).",
-        f"Latency: median of {profile.latency_runs} timed batch-1 forward passes after {profile.warmup_runs} "
-        f"warm-up, eval mode, fp32, torch.inference_mode. Throughput: batch {profile.throughput_batch}, median "
-        f"of {profile.throughput_runs} passes. Measured on the untrained model in the run's own process.",
+        f"Latency and throughput: batch-1 and batch-{profile.throughput_batch} forward passes timed interleaved, "
+        f"{profile.timing_rounds} rounds after a warm-up that waits for consecutive timings to agree within "
+        f"{STABLE_WITHIN:.0%} (at most {profile.timing_max_warmup} rounds); the median, with the interquartile "
+        f"range in results.csv; a figure whose range exceeds {NOISY_ABOVE:.0%} of its median is measured again, "
+        "then marked noisy. Eval mode, torch.inference_mode, at the precision and memory format the run "
+        f"trained in ({precisions}), on the untrained model in the run's own process. The Speed section's "
+        "inference times come from the same harness.",
         "Inference memory: " + ("; ".join(methods) or "not measured") + ", for one batch-1 forward pass "
         "(weights already resident). Training memory: the same method around the whole training call "
         "(model, optimiser state, activations, data); for a run resumed after an "
@@ -132,7 +138,7 @@ def write_review(
     dice_keys = [class_key("val", "dice", n) for n in fg_names]
     iou_keys = [class_key("val", "iou", n) for n in class_names]
 
-    keys = [c.key for c in COLUMNS] + dice_keys + iou_keys
+    keys = [k for c in COLUMNS for k in c.keys] + dice_keys + iou_keys
     table = aggregate(rows, keys)
     columns = table_columns(table, [c.key for c in COLUMNS])
 

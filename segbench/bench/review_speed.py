@@ -16,17 +16,19 @@ measured again).
 from __future__ import annotations
 
 import json
+import statistics
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from segbench.bench.profiles import Profile
-from segbench.bench.speed import SpeedSettings, benchmark_arch, format_ms, format_rate
+from segbench.bench.speed import OVER_100_NOTE, SpeedSettings, benchmark_arch, format_rate, format_time
+from segbench.bench.timing import NOISY_ABOVE
 from segbench.bench.sweep import PlannedRun, input_size
 
 __all__ = ["SPEED_FILE", "SPEED_HEADER", "review_speed_settings", "measure_review_speed", "read_review_speed",
-           "speed_rows", "speed_section", "data_facts"]
+           "speed_rows", "speed_section", "agreement_notes", "data_facts"]
 
 SPEED_FILE = "speed.json"
 
@@ -44,6 +46,9 @@ def review_speed_settings(plan: list[PlannedRun], profile: Profile, data: dict) 
         size=input_size(cfg, profile),
         batch=max(2, cfg.train.batch_size),
         device=resolve_device(cfg.train.device).type,
+        amp=cfg.train.amp,  # timed in the precision the runs trained in
+        rounds=profile.speed_rounds,
+        max_warmup=profile.timing_max_warmup,
         num_classes=int(data["num_classes"]),
         in_channels=int(data["in_channels"]),
         options={arch: dict(run.config.model.options) for arch, run in first.items()},
@@ -107,7 +112,7 @@ def measure_review_speed(
     return results
 
 
-SPEED_HEADER = ["Architecture", "Peer", "Train step ms", "Inference ms", "Train GFLOP/s (% matmul)",
+SPEED_HEADER = ["Architecture", "Peer", "Precision", "Train step ms", "Inference ms", "Train GFLOP/s (% matmul)",
                 "Inference GFLOP/s (% matmul)", "Train ratio", "Inference ratio", "Data wait", "Metrics"]
 
 
@@ -127,15 +132,16 @@ def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[list[str]]
         shares = [_share(timing.get("data_time_s"), timing.get("train_time_s")),
                   _share(timing.get("val_metrics_time_s"), timing.get("val_time_s"))]
         if "error" in result:
-            rows.append([arch, "–", f"failed: {result['error']}"[:200], *["–"] * 5, *shares])
+            rows.append([arch, "–", "–", f"failed: {result['error']}"[:200], *["–"] * 5, *shares])
             continue
         ours = result["impls"]["segbench"]
         ratio = result.get("ratio", {})
         rows.append([
             arch,
             result.get("peer_name", "none installable"),
-            format_ms(ours.get("train_s")),
-            format_ms(ours.get("infer_s")),
+            ours.get("precision", "fp32"),
+            format_time(ours, "train"),
+            format_time(ours, "infer"),
             format_rate(ours.get("train_flops_per_s"), ours.get("train_matmul_fraction")),
             format_rate(ours.get("infer_flops_per_s"), ours.get("infer_matmul_fraction")),
             f"{ratio['train']:.2f}" if "train" in ratio else "–",
@@ -157,25 +163,61 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
         if row["status"] == "ok":
             pipeline.setdefault(run.arch, row)
     settings = speed["settings"]
+    precisions = sorted({r.get("precision", "fp32") for r in speed["archs"].values() if "error" not in r})
     rates = [r["matmul_flops_per_s"] for r in speed["archs"].values() if "matmul_flops_per_s" in r]
     machine = speed.get("machine", {})
     intro = (
         f"Measured after training, in one process on {machine.get('device_name') or settings['device']} "
         f"({machine.get('torch_threads', '?')} threads): batch {settings['batch']} at "
-        f"{settings['size'][0]}x{settings['size'][1]}, each architecture with the options it trained with, medians of "
-        f"{settings['repeats']} rounds after {settings['warmup']} warm-up, segbench and the peer timed interleaved "
-        "(A B A B ...) with a 2048x2048 fp32 matmul"
-        + (f" (median {sorted(rates)[len(rates) // 2] / 1e9:.1f} GFLOP/s)" if rates else "") + "."
+        f"{settings['size'][0]}x{settings['size'][1]}, each architecture with the options and the precision it "
+        f"trained with ({', '.join(precisions) or 'fp32'}), medians of {settings['rounds']} rounds after a warm-up "
+        f"until stable (at most {settings['max_warmup']}), segbench and the peer timed interleaved (A B A B ...) "
+        f"with a 2048x2048 matmul in that precision"
+        + (f" (median {statistics.median(rates) / 1e9:.1f} GFLOP/s)" if rates else "") + "."
     )
     notes = [
         "Ratio = segbench time / peer time at the same architecture and size (below 1: segbench is faster); "
         "peers are the Hugging Face transformers implementations where one exists and imports here.",
+        "Times: median ms ± half the interquartile range as a share of the median; 'noisy' marks a figure whose "
+        f"range stayed above {NOISY_ABOVE:.0%} of its median after re-measuring (the machine was busy).",
         "GFLOP/s counts convolutions and matmuls (FlopCounterMode, 2 per multiply-add; forward + backward for a "
-        "training step); % matmul is that over the matmul rate of the same rounds.",
+        "training step); % matmul is that over the rate of a matmul in the same precision, timed in the same "
+        f"rounds. * marks a share above 100%: {OVER_100_NOTE}.",
         "Data wait: share of the training run's step time spent waiting for the input pipeline (loading, "
         "augmentation, collation). Metrics: share of its validation time spent in the metric computation. "
         "Both measured in the training run above, not here.",
     ]
+    notes += agreement_notes(speed, pipeline)
     for arch, result in speed["archs"].items():
         notes += [f"{arch}: {note}" for note in result.get("notes", [])]
     return {"intro": intro, "header": SPEED_HEADER, "rows": speed_rows(speed, pipeline), "notes": notes}
+
+
+def agreement_notes(speed: dict, rows: dict[str, dict]) -> list[str]:
+    """Whether the comparison table's batch inference time (the training run's own process) and this
+    section's agree within their interquartile ranges, per architecture measured in both at the same batch."""
+    settings = speed["settings"]
+    agree, disagree = [], []
+    for arch, result in speed["archs"].items():
+        row = rows.get(arch, {})
+        ours = result.get("impls", {}).get("segbench", {})
+        table = [row.get(k) for k in ("batch_infer_q1_ms", "batch_infer_ms", "batch_infer_q3_ms")]
+        here = [ours.get(k) for k in ("infer_q1_s", "infer_s", "infer_q3_s")]
+        if (row.get("throughput_batch") != settings["batch"] or None in table or None in here
+                or row.get("measure_precision") != ours.get("precision")):
+            continue
+        here = [t * 1e3 for t in here]
+        if table[0] <= here[2] and here[0] <= table[2]:  # the two interquartile ranges overlap
+            agree.append(arch)
+        else:
+            disagree.append(f"{arch} (table {table[1]:.1f} ms, IQR {table[0]:.1f}-{table[2]:.1f}; here "
+                            f"{here[1]:.1f} ms, IQR {here[0]:.1f}-{here[2]:.1f})")
+    notes = []
+    if agree:
+        notes.append(f"The comparison table's batch-{settings['batch']} inference time (timed in each training run's "
+                     f"process by the same harness) agrees with this section's within their interquartile ranges "
+                     f"for {len(agree)} of {len(agree) + len(disagree)} architectures.")
+    if disagree:
+        notes.append("Outside each other's interquartile range, so the machine's load or state differed between "
+                     "the two measurements: " + "; ".join(disagree) + ".")
+    return notes

@@ -1,20 +1,26 @@
 """``segbench speed``: training-step and inference time of every architecture, against a peer
 implementation of the same architecture where one is installed, with achieved FLOP/s as a fraction
-of what this machine's fp32 matmul reaches in the same run.
+of what this machine's matmul reaches, at the same precision, in the same run.
 
 How the figures are taken, and why:
 
-- Everything runs in one process and **interleaved**: each round times every contender once (ours
-  train, peer train, ours infer, peer infer, ONNX infer, a 2048x2048 matmul), and figures are the
-  medians over ``repeats`` rounds after ``warmup`` untimed ones. On a shared or thermally throttled
-  machine a slow period then hits all contenders alike instead of whichever ran during it.
+- Everything runs in one process and **interleaved** by the one timing harness
+  (:mod:`segbench.bench.timing`): each round times every contender once (ours train, peer train,
+  ours infer, peer infer, ONNX infer, a 2048x2048 matmul), after a warm-up that waits for stable
+  timings; figures are medians with their interquartile range, re-measured and then marked when noisy.
+  The review table's latency and throughput come from the same harness.
+- **Precision** is the run's: ``amp`` resolves as training resolves ``train.amp`` (auto: bf16 on
+  GPUs and CPUs that compute it natively, else fp32/fp16), and the model runs under that autocast.
 - A training step is forward + loss + backward + optimizer step (segbench's optimizer for the
   architecture's family: SGD for CNNs, AdamW for transformers; the peer gets the same). Inference is
   an eval-mode forward under ``torch.inference_mode`` returning logits at input resolution.
 - FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, 2 per
   multiply-add; the training step counts forward + backward). FLOP/s = FLOPs / median time, and the
-  "% matmul" column divides it by the median rate of the matmul timed in the same rounds: the share
-  of the machine's dense fp32 throughput the model turns into useful work.
+  "% matmul" column divides it by the median rate of a dense matmul **in the dtype the model computes
+  in** (bf16 under bf16 autocast), timed in the same rounds. A share above 100% is possible and
+  always flagged: counted FLOPs include multiplications by zero padding (large atrous rates on small
+  feature maps) and convolution kernels can beat the 2048x2048 matmul (Winograd, better blocking), so
+  such a share is an upper bound on useful work, not a measurement error.
 """
 
 from __future__ import annotations
@@ -31,12 +37,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segbench.bench.measure import inference_fn
 from segbench.bench.peers import build_peer
+from segbench.bench.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
+from segbench.engine.device import Precision, resolve_precision
 
-__all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "interleave", "format_table", "format_ms",
-           "format_rate"]
+__all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
+           "format_rate", "OVER_100_NOTE"]
 
 MATMUL_SIZE = 2048
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OVER_100_NOTE = ("above 100%: the counted FLOPs include multiplications by zero padding (atrous rates large "
+                 "against the feature map) or the convolution kernels outrun the 2048x2048 matmul, so the share "
+                 "is an upper bound on useful work")
 
 
 @dataclass(frozen=True)
@@ -44,8 +57,9 @@ class SpeedSettings:
     size: tuple[int, int] = (512, 512)
     batch: int = 2  # >= 2: BatchNorm in training mode needs more than one value per channel
     device: str = "cpu"
-    repeats: int = 5
-    warmup: int = 1
+    amp: str = "auto"  # as train.amp: auto (the training's choice on this device), off, bf16, fp16
+    rounds: int = 5  # timed rounds; figures are medians (with their IQR)
+    max_warmup: int = 10  # warm-up rounds at most; it stops earlier once timings are stable
     engines: tuple[str, ...] = ("torch",)  # add "onnx" for ONNX Runtime inference of our export
     channels_last: bool | None = None  # None: as training does, channels-last for CNN-family models only
     compile: bool = False
@@ -58,38 +72,18 @@ class SpeedSettings:
     train: bool = True  # False: inference only (quicker comparisons of engines and memory formats)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleave(closures: dict[str, Callable[[], object]], *, repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per call of every closure, timed round-robin (A B C A B C ...) after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for fn in closures.values():
-            fn()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in closures}
-    for _ in range(repeats):
-        for name, fn in closures.items():
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def _matmul_closure(device: torch.device, n: int = MATMUL_SIZE) -> Callable[[], Tensor]:
+def _matmul_closure(device: torch.device, dtype: torch.dtype = torch.float32, n: int = MATMUL_SIZE) -> Callable[[], Tensor]:
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=generator).to(device) for _ in range(2))
+    a, b = (torch.randn(n, n, generator=generator).to(device, dtype) for _ in range(2))
     return lambda: torch.matmul(a, b)
 
 
-def matmul_rate(device: torch.device | str = "cpu", *, repeats: int = 5, n: int = MATMUL_SIZE) -> float:
-    """FLOP/s of an n x n fp32 matmul (median of ``repeats``): the machine's dense-compute yardstick."""
+def matmul_rate(device: torch.device | str = "cpu", *, dtype: torch.dtype = torch.float32, rounds: int = 5,
+                n: int = MATMUL_SIZE) -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` (median): the machine's dense-compute yardstick."""
     device = torch.device(device)
-    times = interleave({"matmul": _matmul_closure(device, n)}, repeats=repeats, warmup=1, device=device)["matmul"]
-    return 2 * n**3 / statistics.median(times)
+    timing = time_interleaved({"matmul": _matmul_closure(device, dtype, n)}, rounds=rounds, device=device)["matmul"]
+    return 2 * n**3 / timing.median
 
 
 def _loss(output, target: Tensor, aux_weight: float) -> Tensor:
@@ -110,36 +104,36 @@ def _optimizer(model: nn.Module, family: str) -> torch.optim.Optimizer:
     return build_optimizer(model, resolve_train_config(TrainConfig(), family), family)
 
 
-def train_step_fn(model: nn.Module, family: str) -> Callable[[Tensor, Tensor], None]:
-    """One optimisation step on (images, labels): forward, loss (with the auxiliary head's at the
-    model's ``aux_weight``; peers use their own ``training_loss``), backward, optimizer step."""
+def train_step_fn(model: nn.Module, family: str, precision: Precision | None = None) -> Callable[[Tensor, Tensor], None]:
+    """One optimisation step on (images, labels): forward under ``precision``'s autocast (None: fp32),
+    loss (with the auxiliary head's at the model's ``aux_weight``; peers use their own
+    ``training_loss``), backward (through a GradScaler for fp16, as training does), optimizer step."""
     optimizer = _optimizer(model, family)
     aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
     own_loss = getattr(model, "training_loss", None)
+    precision = precision or Precision(None, next(model.parameters()).device.type)
+    scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.needs_scaler)
 
     def step(x: Tensor, target: Tensor) -> None:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = own_loss(x, target) if own_loss else _loss(model(x), target, aux_weight)
-        loss.backward()
-        optimizer.step()
+        if own_loss:
+            with precision.autocast():
+                loss = own_loss(x, target)
+        else:
+            with precision.autocast():
+                output = model(x)
+            loss = _loss(output, target, aux_weight)  # outside autocast, as the engine computes it
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return step
 
 
-def _train_closure(model: nn.Module, x: Tensor, target: Tensor, family: str) -> Callable[[], None]:
-    step = train_step_fn(model, family)
+def _train_closure(model: nn.Module, x: Tensor, target: Tensor, family: str, precision: Precision) -> Callable[[], None]:
+    step = train_step_fn(model, family, precision)
     return lambda: step(x, target)
-
-
-def _infer_closure(model: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], None]:
-    def infer() -> None:
-        if isinstance(model, nn.Module):
-            model.eval()
-        with torch.inference_mode():
-            model(x)
-
-    return infer
 
 
 def _count_flops(fn: Callable[[], object]) -> int:
@@ -208,6 +202,7 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
     # optimizer and, unless the settings force one, the memory format.
     family = getattr(ours, "family", ARCHITECTURES[arch].family)
     channels_last = settings.channels_last if settings.channels_last is not None else family == "cnn"
+    precision = resolve_precision(settings.amp, device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(settings.batch, settings.in_channels, *settings.size, generator=generator)
     target = torch.randint(0, settings.num_classes, (settings.batch, *settings.size), generator=generator)
@@ -216,7 +211,7 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
         x = x.contiguous(memory_format=torch.channels_last)
 
     result: dict = {"arch": arch, "family": family, "options": options, "channels_last": channels_last,
-                    "impls": {}, "notes": []}
+                    "precision": precision.name, "impls": {}, "notes": []}
     if channels_last and settings.channels_last is None:
         result["notes"].append("channels-last memory format (the default for CNN-family models)")
     contenders: dict[str, nn.Module] = {"segbench": ours}
@@ -240,31 +235,34 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
             closures["onnx.infer"] = onnx_infer
     for name, model in contenders.items():
         model = _prepare(model, channels_last, device)
-        entry = result["impls"][name] = {"params": count_parameters(model)}
+        entry = result["impls"][name] = {"params": count_parameters(model), "precision": precision.name}
         progress(f"{arch}: counting FLOPs ({name})")
         kinds = ("train", "infer") if settings.train else ("infer",)
         if settings.train:
             entry["train_flops"] = _train_flops(model, x, target)
-            closures[f"{name}.train"] = _train_closure(model, x, target, family)
-        entry["infer_flops"] = _count_flops(_infer_closure(model, x))
-        closures[f"{name}.infer"] = _infer_closure(model, x)
+            closures[f"{name}.train"] = _train_closure(model, x, target, family, precision)
+        entry["infer_flops"] = _count_flops(inference_fn(model, x))
+        closures[f"{name}.infer"] = inference_fn(model, x, precision)
         if settings.compile:
             _compile_in_place(model)
             for kind in kinds:
                 start = time.perf_counter()
                 closures[f"{name}.{kind}"]()
-                _sync(device)
+                synchronize(device)
                 entry[f"compile_{kind}_s"] = time.perf_counter() - start
     if "onnx.infer" in closures:
         segbench_entry = result["impls"]["segbench"]
-        result["impls"]["onnx"] = {"params": segbench_entry["params"], "infer_flops": segbench_entry["infer_flops"], **onnx_meta}
+        result["impls"]["onnx"] = {"params": segbench_entry["params"], "infer_flops": segbench_entry["infer_flops"],
+                                   "precision": "fp32", **onnx_meta}
     if "peer" in result["impls"]:
         ours_params, peer_params = result["impls"]["segbench"]["params"], result["impls"]["peer"]["params"]
         if abs(ours_params - peer_params) > 0.01 * ours_params:
             result["notes"].append(f"parameter counts differ: segbench {ours_params:,} vs peer {peer_params:,}")
-    closures["matmul"] = _matmul_closure(device)
-    progress(f"{arch}: timing {len(closures)} contenders x {settings.repeats} rounds")
-    times = interleave(closures, repeats=settings.repeats, warmup=settings.warmup, device=device)
+    # The ceiling in each precision a contender computes in (ONNX Runtime runs fp32).
+    for name in sorted({entry["precision"] for entry in result["impls"].values()}):
+        closures[f"matmul.{name}"] = _matmul_closure(device, _DTYPES[name])
+    progress(f"{arch}: timing {len(closures)} contenders x {settings.rounds} rounds")
+    times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
 
     if settings.breakdown and settings.train:
         from segbench.bench.op_profile import profile_step
@@ -275,18 +273,24 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
     return result
 
 
-def _summarise(result: dict, times: dict[str, list[float]]) -> None:
-    """Medians, FLOP/s, share of the matmul rate and the segbench/peer ratios, into ``result``."""
-    result["matmul_flops_per_s"] = 2 * MATMUL_SIZE**3 / statistics.median(times.pop("matmul"))
-    for key, values in times.items():
+def _summarise(result: dict, times: dict[str, Timing]) -> None:
+    """Medians with their quartiles, FLOP/s, share of the matmul rate in the contender's precision and
+    the segbench/peer ratios, into ``result``."""
+    rates = {key.split(".")[1]: 2 * MATMUL_SIZE**3 / times.pop(key).median for key in list(times) if key.startswith("matmul.")}
+    result["matmul_flops_per_s"] = rates.get(result["precision"], next(iter(rates.values())))
+    result["matmul_flops_per_s_by_precision"] = rates
+    for key, timing in times.items():
         name, kind = key.split(".")
         entry = result["impls"][name]
-        entry[f"{kind}_s"] = statistics.median(values)
-        entry[f"{kind}_times"] = values
+        entry[f"{kind}_s"] = timing.median
+        entry[f"{kind}_q1_s"], entry[f"{kind}_q3_s"] = timing.quartiles
+        entry[f"{kind}_noisy"] = timing.noisy
+        entry[f"{kind}_times"] = list(timing.times)
+        entry[f"{kind}_warmup"] = timing.warmup
         flops = entry.get(f"{kind}_flops")
         if flops:
             entry[f"{kind}_flops_per_s"] = flops / entry[f"{kind}_s"]
-            entry[f"{kind}_matmul_fraction"] = entry[f"{kind}_flops_per_s"] / result["matmul_flops_per_s"]
+            entry[f"{kind}_matmul_fraction"] = entry[f"{kind}_flops_per_s"] / rates[entry["precision"]]
     if "peer" in result["impls"]:
         ours, peer = result["impls"]["segbench"], result["impls"]["peer"]
         result["ratio"] = {kind: ours[f"{kind}_s"] / peer[f"{kind}_s"] for kind in ("train", "infer") if f"{kind}_s" in ours}
@@ -304,23 +308,39 @@ def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[
         torch.manual_seed(0)
         results["archs"][arch] = benchmark_arch(arch, settings, progress=progress)
     rates = [r["matmul_flops_per_s"] for r in results["archs"].values()]
-    results["matmul_flops_per_s"] = statistics.median(rates) if rates else matmul_rate(device)
+    precision = resolve_precision(settings.amp, device)
+    results["precision"] = precision.name
+    results["matmul_flops_per_s"] = (statistics.median(rates) if rates
+                                     else matmul_rate(device, dtype=precision.dtype or torch.float32))
     return results
 
 
-def format_ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+def format_ms(seconds: float | None, q1: float | None = None, q3: float | None = None, noisy: bool = False) -> str:
+    """``12.3 ±2%``: the median in ms, ± half its interquartile range as a share of it; ``noisy`` marked."""
+    if seconds is None:
+        return "-"
+    text = f"{seconds * 1e3:.1f}"
+    if q1 is not None and q3 is not None and seconds > 0:
+        text += f" ±{(q3 - q1) / 2 / seconds:.0%}"
+    return text + (" noisy" if noisy else "")
+
+
+def format_time(entry: dict, kind: str) -> str:
+    """An implementation's ``train`` or ``infer`` time cell (see :func:`format_ms`)."""
+    return format_ms(entry.get(f"{kind}_s"), entry.get(f"{kind}_q1_s"), entry.get(f"{kind}_q3_s"),
+                     bool(entry.get(f"{kind}_noisy")))
 
 
 def format_rate(flops_per_s: float | None, fraction: float | None) -> str:
+    """``250.1 (71%)``; a share above 100% carries a ``*`` that the notes explain (``OVER_100_NOTE``)."""
     if flops_per_s is None:
         return "-"
-    return f"{flops_per_s / 1e9:.1f} ({fraction:.0%})"
+    return f"{flops_per_s / 1e9:.1f} ({fraction:.0%}{'*' if fraction > 1 else ''})"
 
 
 def format_table(results: dict) -> str:
     """One row per architecture and implementation; ratio = segbench time / peer time (< 1: we are faster)."""
-    header = ["arch", "impl", "params(M)", "train ms", "infer ms", "train GFLOP/s (% matmul)",
+    header = ["arch", "impl", "precision", "params(M)", "train ms", "infer ms", "train GFLOP/s (% matmul)",
               "infer GFLOP/s (% matmul)", "ratio train", "ratio infer"]
     rows = [header]
     notes = []
@@ -331,9 +351,10 @@ def format_table(results: dict) -> str:
             rows.append([
                 arch,
                 label,
+                entry.get("precision", "fp32"),
                 f"{entry['params'] / 1e6:.2f}",
-                format_ms(entry.get("train_s")),
-                format_ms(entry.get("infer_s")),
+                format_time(entry, "train"),
+                format_time(entry, "infer"),
                 format_rate(entry.get("train_flops_per_s"), entry.get("train_matmul_fraction")),
                 format_rate(entry.get("infer_flops_per_s"), entry.get("infer_matmul_fraction")),
                 f"{ratio['train']:.2f}" if name == "segbench" and "train" in ratio else "-",
@@ -349,11 +370,17 @@ def format_table(results: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    rate = results.get("matmul_flops_per_s")
-    if rate:
-        lines.append(f"\nfp32 matmul {MATMUL_SIZE}x{MATMUL_SIZE} (same rounds, median): {rate / 1e9:.1f} GFLOP/s")
-    lines.append("ratio = segbench time / peer time (below 1: segbench is faster). % matmul = FLOP/s (convolutions "
-                 "and matmuls, 2 per multiply-add) over that matmul rate; taps in zero padding count as FLOPs, so "
-                 "large atrous rates can exceed 100% where a kernel skips them.")
+    by_precision: dict[str, list[float]] = {}
+    for result in results["archs"].values():
+        for name, rate in result.get("matmul_flops_per_s_by_precision", {}).items():
+            by_precision.setdefault(name, []).append(rate)
+    lines.append("")
+    for name, rates in sorted(by_precision.items()):
+        lines.append(f"{name} matmul {MATMUL_SIZE}x{MATMUL_SIZE} (same rounds, median): "
+                     f"{statistics.median(rates) / 1e9:.1f} GFLOP/s")
+    lines.append("times: median ms ± half the interquartile range as a share of it; 'noisy': still above "
+                 f"{NOISY_ABOVE:.0%} after re-measuring. ratio = segbench time / peer time (below 1: segbench is "
+                 "faster). % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "
+                 "in the contender's precision; * marks a share above 100% (" + OVER_100_NOTE + ").")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)

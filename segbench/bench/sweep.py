@@ -81,10 +81,9 @@ def config_hash(cfg: Config, measure: dict) -> str:
 def _measure_settings(cfg: Config, profile: Profile) -> dict:
     return {
         "input_size": list(input_size(cfg, profile)),
-        "latency_runs": profile.latency_runs,
-        "warmup_runs": profile.warmup_runs,
+        "timing_rounds": profile.timing_rounds,
+        "timing_max_warmup": profile.timing_max_warmup,
         "throughput_batch": profile.throughput_batch,
-        "throughput_runs": profile.throughput_runs,
     }
 
 

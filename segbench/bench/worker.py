@@ -81,9 +81,9 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     from segbench.bench.measure import machine_info, measure_inference, peak_memory
     from segbench.config import config_from_dict
     from segbench.data import load_data
-    from segbench.engine.device import resolve_device
+    from segbench.engine.device import resolve_device, resolve_precision
     from segbench.engine.train import train
-    from segbench.registry import build_model
+    from segbench.registry import ARCHITECTURES, build_model
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_FILE).read_text())
@@ -105,10 +105,13 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         m = spec["measure"]
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
+        # Timed as the run trains: its precision and memory format (as training resolves them).
+        family = getattr(model, "family", ARCHITECTURES[cfg.model.arch].family)
+        channels_last = family == "cnn" if cfg.train.channels_last == "auto" else bool(cfg.train.channels_last)
         result["measure"] = measure_inference(
             model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
-            warmup=m["warmup_runs"], runs=m["latency_runs"], throughput_batch=m["throughput_batch"],
-            throughput_runs=m["throughput_runs"],
+            precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
+            rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"], throughput_batch=m["throughput_batch"],
         )
         del model
         gc.collect()

@@ -42,8 +42,13 @@ def _split_archs(values: tuple[str, ...]) -> list[str]:
 @click.option("--size", nargs=2, type=int, default=None, help="Input H W [default: the profile's, else 512 512].")
 @click.option("--batch", type=int, default=2, show_default=True, help="Images per step (>= 2 for BatchNorm in training).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed rounds; figures are medians.")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed rounds first.")
+@click.option("--precision", "amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast as train.amp: auto is what training picks on this device (bf16 on CPUs with native "
+              "bf16 and on GPUs that have it, fp16 on older GPUs, else fp32); off: fp32.")
+@click.option("--rounds", type=int, default=5, show_default=True,
+              help="Timed rounds; figures are medians with their interquartile range.")
+@click.option("--max-warmup", type=int, default=10, show_default=True,
+              help="Untimed rounds at most before timing; warm-up ends earlier once consecutive timings agree.")
 @click.option("--engine", "engines", multiple=True, type=click.Choice(["torch", "onnx"]), default=("torch",),
               show_default=True, help="Add 'onnx' to time ONNX Runtime inference of our export too.")
 @click.option("--train/--no-train", default=True, show_default=True,
@@ -65,12 +70,13 @@ def _split_archs(values: tuple[str, ...]) -> list[str]:
               help="Dataset for --pipeline: a built-in name or a directory.")
 @click.option("--breakdown", is_flag=True, help="Also profile a segbench training step per architecture: time by operator kind.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write every figure to this JSON file.")
-def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compile, channels_last, peers, threads, num_classes, sets,
+def speed(archs, size, batch, device, amp, rounds, max_warmup, engines, train, use_compile, channels_last, peers, threads, num_classes, sets,
           pipeline, data_source, breakdown, profile, out) -> None:
     """Time a training step and inference of each architecture, interleaved with its peer and a matmul.
 
     Prints per architecture the median times, the ratio segbench/peer (below 1: segbench is faster),
-    and the achieved GFLOP/s with its share of this machine's fp32 matmul rate measured in the same run.
+    and the achieved GFLOP/s with its share of this machine's matmul rate, in the precision the model
+    ran in, measured in the same run.
     """
     import torch
 
@@ -78,6 +84,10 @@ def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compi
 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available here", param_hint="--device")
+    if rounds < 1:
+        raise click.BadParameter("at least one timed round is needed", param_hint="--rounds")
+    if max_warmup < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--max-warmup")
     if batch < 2:
         raise click.BadParameter("training with BatchNorm needs at least 2 images per batch", param_hint="--batch")
     options: dict[str, dict] = {}
@@ -91,7 +101,7 @@ def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compi
         options.setdefault(arch, {}).update(values)
     size = tuple(size or (512, 512))
     settings = SpeedSettings(
-        size=size, batch=batch, device=device, repeats=repeats, warmup=warmup,
+        size=size, batch=batch, device=device, amp=amp, rounds=rounds, max_warmup=max_warmup,
         engines=tuple(dict.fromkeys(("torch", *engines))), channels_last=channels_last, compile=use_compile,
         peers=peers, num_classes=num_classes, options=options, threads=threads,
         breakdown=breakdown, train=train,
@@ -99,8 +109,14 @@ def speed(archs, size, batch, device, repeats, warmup, engines, train, use_compi
     names = _split_archs(archs)
     if threads:
         torch.set_num_threads(threads)
+    from segbench.engine.device import resolve_precision
+
+    try:
+        precision = resolve_precision(amp, torch.device(device))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--precision") from None
     click.echo(f"segbench speed: {len(names)} architecture(s), batch {batch} x {size[0]}x{size[1]}, {device}, "
-               f"{torch.get_num_threads()} threads, medians of {repeats} interleaved rounds")
+               f"{precision.name}, {torch.get_num_threads()} threads, medians of {rounds} interleaved rounds")
     def progress(message: str) -> None:
         click.echo(f"  {message}", err=True)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.bench.measure import machine_info, measure_inference, peak_memory, time_forward
+from segbench.bench.measure import inference_fn, machine_info, measure_inference, peak_memory
+from segbench.engine.device import Precision
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="CPU peak memory reads /proc/self/status (Linux)")
@@ -19,23 +20,26 @@ def test_peak_memory_sees_a_temporary_allocation():
     assert memory.megabytes >= 60, memory
 
 
-def test_time_forward_counts_runs():
-    model = nn.Conv2d(1, 2, 3)
-    calls = []
-    model.register_forward_hook(lambda *args: calls.append(1))
-    times = time_forward(model, torch.zeros(1, 1, 8, 8), warmup=3, runs=7)
-    assert len(times) == 7 and len(calls) == 10 and all(t > 0 for t in times)
+def test_inference_fn_runs_in_eval_mode_without_grad_and_under_the_precision():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout(0.5)).train()
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append((module.training, out.requires_grad, out.dtype)))
+    inference_fn(model, torch.ones(1, 1, 8, 8))()
+    inference_fn(model, torch.ones(1, 1, 8, 8), Precision(torch.bfloat16, "cpu"))()
+    assert seen == [(False, False, torch.float32), (False, False, torch.bfloat16)]
 
 
 def test_measure_inference_known_model():
     # One 3x3 conv, 1 -> 4 channels, no bias, padding 1: 9 * 1 * 4 multiply-adds per output pixel.
     model = nn.Conv2d(1, 4, 3, padding=1, bias=False)
-    result = measure_inference(model, in_channels=1, size=(16, 20), runs=20, warmup=2, throughput_runs=2)
+    result = measure_inference(model, in_channels=1, size=(16, 20), rounds=6, max_warmup=3, channels_last=True)
     assert result["params"] == 36
     assert result["gflops"] * 1e9 == 2 * 36 * 16 * 20
-    assert result["latency_runs"] == 20 and result["latency_ms"] > 0
-    assert result["latency_p90_ms"] >= result["latency_ms"]
-    assert result["throughput_batch"] == 8 and result["throughput_ips"] > 0
+    assert result["timing"]["latency"]["rounds"] == 6 and result["timing"]["batch"]["rounds"] == 6
+    assert 0 < result["latency_q1_ms"] <= result["latency_ms"] <= result["latency_q3_ms"]
+    assert result["throughput_batch"] == 8
+    assert result["throughput_ips"] == pytest.approx(8e3 / result["batch_infer_ms"])
+    assert result["precision"] == "fp32" and result["channels_last"] is True
     assert result["infer_peak_mb"] is not None and result["memory_method"]
 
 

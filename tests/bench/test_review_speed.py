@@ -15,10 +15,11 @@ DATA = {"name": "brain-mri", "num_classes": 4, "in_channels": 1}
 
 def _figures(arch: str, *, peer: bool) -> dict:
     result = {
-        "arch": arch, "notes": [], "matmul_flops_per_s": 200e9,
-        "impls": {"segbench": {"train_s": 0.5, "infer_s": 0.125, "train_flops_per_s": 100e9,
-                               "train_matmul_fraction": 0.5, "infer_flops_per_s": 150e9,
-                               "infer_matmul_fraction": 0.75}},
+        "arch": arch, "notes": [], "matmul_flops_per_s": 200e9, "precision": "bf16",
+        "impls": {"segbench": {"precision": "bf16", "train_s": 0.5, "train_q1_s": 0.49, "train_q3_s": 0.51,
+                               "infer_s": 0.125, "infer_q1_s": 0.12, "infer_q3_s": 0.13, "infer_noisy": True,
+                               "train_flops_per_s": 100e9, "train_matmul_fraction": 0.5,
+                               "infer_flops_per_s": 250e9, "infer_matmul_fraction": 1.25}},
     }
     if peer:
         result.update(peer_name="transformers Peer", ratio={"train": 0.8, "infer": 1.25})
@@ -31,10 +32,25 @@ def test_speed_rows_format_known_figures():
     pipeline = {"segformer": {"train_time_s": 20.0, "data_time_s": 1.0, "val_time_s": 4.0, "val_metrics_time_s": 0.1}}
     rows = speed_rows(speed, pipeline)
     assert all(len(row) == len(SPEED_HEADER) for row in rows)
-    assert rows[0] == ["segformer", "transformers Peer", "500.0", "125.0", "100.0 (50%)", "150.0 (75%)", "0.80", "1.25",
-                       "5.0%", "2.5%"]
-    assert rows[1][1] == "none installable" and rows[1][6:] == ["–", "–", "–", "–"]  # no peer, no run timings
-    assert rows[2][2] == "failed: RuntimeError: out of memory"
+    # Precision, median ± half the IQR, noisy marked, a share above 100% starred.
+    assert rows[0] == ["segformer", "transformers Peer", "bf16", "500.0 ±2%", "125.0 ±4% noisy", "100.0 (50%)",
+                       "250.0 (125%*)", "0.80", "1.25", "5.0%", "2.5%"]
+    assert rows[1][1] == "none installable" and rows[1][7:] == ["–", "–", "–", "–"]  # no peer, no run timings
+    assert rows[2][3] == "failed: RuntimeError: out of memory"
+
+
+def test_table_and_section_agreement_is_judged_by_overlapping_quartiles():
+    speed = {"settings": {"batch": 8}, "archs": {"unet": _figures("unet", peer=False),
+                                                 "segformer": _figures("segformer", peer=False)}}
+    row = {"throughput_batch": 8, "measure_precision": "bf16"}
+    rows = {"unet": {**row, "batch_infer_q1_ms": 128.0, "batch_infer_ms": 131.0, "batch_infer_q3_ms": 135.0},
+            "segformer": {**row, "batch_infer_q1_ms": 140.0, "batch_infer_ms": 150.0, "batch_infer_q3_ms": 160.0}}
+    notes = review_speed.agreement_notes(speed, rows)
+    assert "for 1 of 2 architectures" in notes[0]
+    assert "segformer (table 150.0 ms, IQR 140.0-160.0; here 125.0 ms, IQR 120.0-130.0)" in notes[1]
+    # Another batch or precision is another configuration: not compared.
+    rows["segformer"]["measure_precision"] = "fp32"
+    assert review_speed.agreement_notes(speed, rows) == [notes[0].replace("1 of 2", "1 of 1")]
 
 
 def test_settings_follow_the_review(tmp_path):
@@ -46,6 +62,7 @@ def test_settings_follow_the_review(tmp_path):
     assert (settings.num_classes, settings.in_channels, settings.device) == (4, 1, "cpu")
     assert settings.options["unet"] == get_profile("quick").arch_options["unet"]
     assert settings.channels_last is None  # by family, as training
+    assert settings.amp == "auto" and settings.rounds == get_profile("quick").speed_rounds  # the runs' precision
 
 
 def test_measured_once_failures_kept_and_reused_while_settings_match(tmp_path, monkeypatch):

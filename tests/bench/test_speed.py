@@ -10,17 +10,29 @@ from click.testing import CliRunner
 from torch import nn
 
 import segbench
-from segbench.bench.speed import _count_flops, _loss, _train_flops, interleave
+from segbench.bench.speed import _count_flops, _loss, _train_flops, format_table, train_step_fn
+from segbench.engine.device import Precision
 from tests.test_export import small_model
 
 
-def test_interleave_runs_contenders_round_robin_after_warmup():
-    calls = []
-    closures = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
-    times = interleave(closures, repeats=3, warmup=2, device=torch.device("cpu"))
-    assert calls == list("ABC") * 5
-    assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
-    assert all(t >= 0 for v in times.values() for t in v)
+def test_training_step_runs_under_the_precision_and_updates_the_weights():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1))
+    dtypes = []
+    model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    before = model[0].weight.detach().clone()
+    step = train_step_fn(model, "cnn", Precision(torch.bfloat16, "cpu"))
+    step(torch.randn(2, 1, 8, 8), torch.randint(0, 3, (2, 8, 8)))
+    assert dtypes == [torch.bfloat16] and model[0].weight.dtype == torch.float32
+    assert not torch.equal(model[0].weight, before)
+
+
+def test_a_share_above_100_percent_is_starred_and_explained():
+    entry = {"params": 1e6, "precision": "fp32", "infer_s": 0.01, "infer_flops_per_s": 3e11, "infer_matmul_fraction": 1.5}
+    results = {"archs": {"deeplabv1": {"impls": {"segbench": entry}, "notes": [],
+                                        "matmul_flops_per_s_by_precision": {"fp32": 2e11}}}}
+    table = format_table(results)
+    assert "300.0 (150%*)" in table and "* marks a share above 100%" in table and "zero padding" in table
+    assert "fp32 matmul 2048x2048 (same rounds, median): 200.0 GFLOP/s" in table
 
 
 def test_flop_counts_are_two_per_multiply_add_and_training_adds_the_backward():
@@ -80,25 +92,31 @@ def test_speed_command_prints_ratio_and_flop_rate_columns(tmp_path):
     if not archs:
         pytest.skip("neither unet nor segformer is registered yet")
     out = tmp_path / "speed.json"
-    args = ["speed", "--archs", ",".join(archs), "--size", "64", "64", "--batch", "2", "--repeats", "1",
-            "--warmup", "0", "--threads", "1", "--engine", "onnx", "--out", str(out),
+    # bf16 whatever the CPU (emulated where it is not native: slower, still correct), ONNX Runtime in fp32.
+    args = ["speed", "--archs", ",".join(archs), "--size", "64", "64", "--batch", "2", "--rounds", "1",
+            "--max-warmup", "0", "--precision", "bf16", "--threads", "1", "--engine", "onnx", "--out", str(out),
             "--set", "unet.base_width=8", "--set", "segformer.embed_dims=[16,32,64,128]",
             "--set", "segformer.depths=[1,1,1,1]", "--set", "segformer.num_heads=[1,2,4,8]",
             "--set", "segformer.decoder_dim=32"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if line.startswith("arch"))
-    for column in ("train ms", "infer ms", "train GFLOP/s (% matmul)", "infer GFLOP/s (% matmul)", "ratio train", "ratio infer"):
+    for column in ("precision", "train ms", "infer ms", "train GFLOP/s (% matmul)", "infer GFLOP/s (% matmul)",
+                   "ratio train", "ratio infer"):
         assert column in header
-    assert "fp32 matmul 2048x2048" in result.output
+    # Each contender's share is of a matmul in its own precision.
+    assert "bf16 matmul 2048x2048" in result.output and "fp32 matmul 2048x2048" in result.output
     figures = json.loads(out.read_text())
-    assert figures["matmul_flops_per_s"] > 0
+    assert figures["matmul_flops_per_s"] > 0 and figures["precision"] == "bf16"
     for arch in archs:
+        rates = figures["archs"][arch]["matmul_flops_per_s_by_precision"]
         ours = figures["archs"][arch]["impls"]["segbench"]
-        assert ours["train_flops"] > ours["infer_flops"] > 0
-        assert 0 < ours["train_matmul_fraction"] and 0 < ours["infer_matmul_fraction"]
+        assert ours["precision"] == "bf16" and ours["train_flops"] > ours["infer_flops"] > 0
+        assert ours["infer_matmul_fraction"] == pytest.approx(ours["infer_flops_per_s"] / rates["bf16"])
+        assert 0 < ours["train_matmul_fraction"] and ours["infer_q1_s"] <= ours["infer_s"] <= ours["infer_q3_s"]
         onnx = figures["archs"][arch]["impls"]["onnx"]  # ONNX Runtime times our export's inference
         assert onnx["infer_s"] > 0 and onnx["infer_flops"] == ours["infer_flops"] and "train_s" not in onnx
+        assert onnx["infer_matmul_fraction"] == pytest.approx(onnx["infer_flops_per_s"] / rates["fp32"])
     if "segformer" in archs:
         segformer = figures["archs"]["segformer"]
         # The transformers peer is configured from our slim model: same parameter count.
