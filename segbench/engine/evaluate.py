@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from segbench.config import ConfigError, EvalConfig, apply_overrides, config_from_dict, config_to_dict
 from segbench.engine.checkpoint import DataInfo, load_run_model
-from segbench.engine.device import Precision, resolve_device, resolve_precision
+from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.inference import InferenceSettings, predict_logits
 from segbench.engine.metrics import SegmentationMetrics
 
@@ -151,7 +151,7 @@ def evaluate_run(
     if split not in data.splits:
         raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")
     device = resolve_device("auto")  # where the run was trained may not be here
-    precision = resolve_precision(cfg.train.amp, device)
+    precision = inference_precision(cfg.train.amp, device)  # the run may have trained elsewhere
     model.to(device)
     metrics = evaluate(
         model, data.splits[split], info, cfg.eval, device, precision, num_workers=cfg.train.num_workers, progress=progress, desc=split
