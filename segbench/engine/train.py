@@ -64,7 +64,7 @@ from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
 from segbench.registry import ARCHITECTURES, build_model
 
-__all__ = ["train", "TrainingDiverged", "ConfigMismatch"]
+__all__ = ["train", "TrainingDiverged", "ConfigMismatch", "has_idle_aux_head"]
 
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json")
 
@@ -171,6 +171,30 @@ def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: st
     return model if model is not None else build(None)
 
 
+def has_idle_aux_head(model: nn.Module, aux_weight: float) -> bool:
+    """Whether the model has an auxiliary head whose output the loss leaves out (DDP must be told: it
+    then searches for unused parameters every step, which costs time, so only then). DeepLab v3/v3+
+    declare ``aux_head = None`` when built without one: that is no head."""
+    return getattr(model, "aux_head", None) is not None and aux_weight == 0.0
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, saved: dict, saved_precision: str | None, precision: str) -> str | None:
+    """Restore the loss scaler; a warning (not an exception) when the run changes precision on resume.
+
+    ``amp=auto`` resolves per machine: a bf16 run (no scaler) resumed on a GPU without native bf16
+    continues in fp16, whose scaler then starts from its initial scale."""
+    if scaler.is_enabled() and not saved:
+        scaler_note = "; loss scaling starts afresh"
+    else:
+        scaler.load_state_dict(saved)  # a disabled scaler ignores a saved state
+        scaler_note = ""
+    if saved_precision is None or saved_precision == precision:
+        return None
+    return (f"the run trained in {saved_precision} and continues in {precision} on this device{scaler_note}; "
+            f"the rest of the run will not match an uninterrupted one exactly (resume on a device with native "
+            f"{saved_precision} to keep it)")
+
+
 def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device, memory_format, info) -> float:
     images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
     masks = batch["mask"].to(device, non_blocking=True)
@@ -274,7 +298,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     resumed_from = None
     last_path = run_dir / "last.pt"
     if resume and last_path.is_file():
-        checkpoint = load_checkpoint(last_path, map_location=device)
+        checkpoint = load_checkpoint(last_path)  # on the CPU: its RNG states must stay there
         differences = _config_differences(checkpoint["config"], config_to_dict(cfg))
         if differences:
             raise ConfigMismatch(
@@ -283,12 +307,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        notice = _load_scaler(scaler, checkpoint["scaler"], checkpoint.get("precision"), precision.name)
+        if notice:
+            say(f"warning: {notice}")
         rng = checkpoint["rng"]
         if len(rng) != info.world_size:
             say(f"warning: the run was saved by {len(rng)} processes and resumes with {info.world_size}; "
                 "the rest of the run will not match an uninterrupted one exactly")
-        restore_rng_state(rng[info.rank % len(rng)])
+        notice = restore_rng_state(rng[info.rank % len(rng)])
+        if notice:
+            say(f"warning: {notice}")
         state = {key: checkpoint.get(key, state[key]) for key in state}  # .get: timings came later
         resumed_from = state["iteration"]
         log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
@@ -308,9 +336,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
     train_model = model
     if info.enabled:
-        unused = hasattr(model, "aux_head") and aux_weight == 0.0  # DDP must be told of an idle aux head
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_idle_aux_head(model, aux_weight),
         )
     log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
               family=family, device=str(device), precision=precision.name, world_size=info.world_size,
@@ -321,8 +349,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if info.is_main:
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "config": config_to_dict(cfg), "data_info": data_info.to_dict(),
-                 "rng": rng, "log_offset": log.offset(), **state},
+                 "scaler": scaler.state_dict(), "precision": precision.name, "config": config_to_dict(cfg),
+                 "data_info": data_info.to_dict(), "rng": rng, "log_offset": log.offset(), **state},
                 last_path,
             )
 
@@ -414,7 +442,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
         }
         if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
             result["test"] = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
                                       memory_format=memory_format, num_workers=t.num_workers, progress=progress,
                                       desc="test")
