@@ -59,12 +59,13 @@ from segbench.engine.checkpoint import (
 from segbench.engine.device import resolve_device, resolve_precision
 from segbench.engine.distributed import DistInfo, derive_seed, epoch_batches, init_distributed, mean_across_ranks
 from segbench.engine.evaluate import evaluate, json_safe, write_json
+from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
 from segbench.registry import ARCHITECTURES, build_model
 
-__all__ = ["train", "TrainingDiverged", "ConfigMismatch", "has_idle_aux_head"]
+__all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json")
 
@@ -169,30 +170,6 @@ def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: st
     if outcome[0] is not None:
         raise RuntimeError(f"rank 0 could not load model.pretrained={pretrained!r}: {outcome[0]}")
     return model if model is not None else build(None)
-
-
-def has_idle_aux_head(model: nn.Module, aux_weight: float) -> bool:
-    """Whether the model has an auxiliary head whose output the loss leaves out (DDP must be told: it
-    then searches for unused parameters every step, which costs time, so only then). DeepLab v3/v3+
-    declare ``aux_head = None`` when built without one: that is no head."""
-    return getattr(model, "aux_head", None) is not None and aux_weight == 0.0
-
-
-def _load_scaler(scaler: torch.amp.GradScaler, saved: dict, saved_precision: str | None, precision: str) -> str | None:
-    """Restore the loss scaler; a warning (not an exception) when the run changes precision on resume.
-
-    ``amp=auto`` resolves per machine: a bf16 run (no scaler) resumed on a GPU without native bf16
-    continues in fp16, whose scaler then starts from its initial scale."""
-    if scaler.is_enabled() and not saved:
-        scaler_note = "; loss scaling starts afresh"
-    else:
-        scaler.load_state_dict(saved)  # a disabled scaler ignores a saved state
-        scaler_note = ""
-    if saved_precision is None or saved_precision == precision:
-        return None
-    return (f"the run trained in {saved_precision} and continues in {precision} on this device{scaler_note}; "
-            f"the rest of the run will not match an uninterrupted one exactly (resume on a device with native "
-            f"{saved_precision} to keep it)")
 
 
 def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device, memory_format, info) -> float:
@@ -307,7 +284,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        notice = _load_scaler(scaler, checkpoint["scaler"], checkpoint.get("precision"), precision.name)
+        notice = load_scaler(scaler, checkpoint["scaler"], checkpoint.get("precision"), precision.name)
         if notice:
             say(f"warning: {notice}")
         rng = checkpoint["rng"]
@@ -343,6 +320,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
               family=family, device=str(device), precision=precision.name, world_size=info.world_size,
               channels_last=channels_last, num_params=num_params, time=time.time())
+
+    def out_of_memory(stage: str) -> str:
+        return out_of_memory_advice(stage, t.batch_size, info.world_size, cfg.data.augment.crop_size, cfg.data.resize,
+                                    cfg.eval.batch_size, device)
 
     def save_last() -> None:
         rng = _gather_rng(info)  # every rank takes part; rank 0 writes
@@ -392,8 +373,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
             iteration = state["iteration"]
             lr = set_learning_rate(optimizer, iteration, t)
-            loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
-                               memory_format, info)
+            try:
+                loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
+                                   memory_format, info)
+            except torch.OutOfMemoryError as err:
+                bar.close()
+                raise OutOfMemory(out_of_memory("training")) from err
             if not math.isfinite(loss):
                 log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
                 bar.close()
@@ -417,7 +402,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
                 state["log_window"] = [0.0, 0]
             validating = iteration % t.val_interval == 0 or iteration == t.iterations
             if validating and info.is_main:
-                validate(iteration)
+                try:
+                    validate(iteration)
+                except torch.OutOfMemoryError as err:
+                    bar.close()
+                    raise OutOfMemory(out_of_memory("validation")) from err
             if validating or iteration % t.checkpoint_interval == 0:
                 save_last()
             tick = time.perf_counter()

@@ -11,7 +11,7 @@ from segbench.config import load_config
 from segbench.engine import evaluate_run, train
 from segbench.engine.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, restore_rng_state
 from segbench.engine.checkpoint import save_checkpoint
-from segbench.engine.train import _load_scaler, has_idle_aux_head
+from segbench.engine.hardware import has_idle_aux_head, load_scaler as _load_scaler
 
 TINY = ["model.arch=tiny", "train.iterations=12", "train.batch_size=4", "train.val_interval=4",
         "train.checkpoint_interval=3", "train.log_interval=2", "train.device=cpu", 'train.amp="off"']  # YAML reads a bare off as false
@@ -98,3 +98,30 @@ def test_eval_of_a_gpu_fp16_run_on_a_cpu(tiny_env, tmp_path, monkeypatch):
         assert {k: again[k] for k in ("aAcc", "mIoU", "dice_fg_per_case")} == {
             k: reference[k] for k in ("aAcc", "mIoU", "dice_fg_per_case")}  # evaluated in fp32, as the amp=off run
     assert best["format"] == CHECKPOINT_FORMAT
+
+
+@pytest.mark.parametrize("stage", ["training", "validation"])
+def test_out_of_memory_names_the_remedies_in_one_line(tiny_env, tmp_path, monkeypatch, stage):
+    from click.testing import CliRunner
+
+    import importlib
+
+    from segbench.cli import main
+
+    train_module = importlib.import_module("segbench.engine.train")  # the package attribute is the function
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB")
+
+    monkeypatch.setattr(train_module, "_train_step" if stage == "training" else "evaluate", no_memory)
+    result = CliRunner().invoke(main, ["train", "--arch", "tiny", "--out", str(tmp_path), "--quiet", "--set",
+                                       "train.device=cpu", "--set", "train.batch_size=4", "--set",
+                                       "data.augment.crop_size=[12,12]"], catch_exceptions=False)
+    assert result.exit_code == 1
+    message = result.output.strip()
+    assert message.startswith("Error: out of memory on cpu") and "\n" not in message
+    if stage == "training":
+        assert "train.batch_size=4 (4 per process), crop 12x12" in message
+        assert "data.augment.crop_size" in message and "no gradient accumulation" in message
+    else:
+        assert "eval.batch_size (now 8)" in message and "eval.mode=slide" in message
