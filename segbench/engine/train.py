@@ -6,7 +6,8 @@ every ``val_interval`` iterations and keeping the best checkpoint. A run killed 
 started again with the same command resumes from ``last.pt`` and ends with the same weights and
 metrics as a run never interrupted: the batch order is a function of (seed, epoch), the
 augmentation of (data seed, epoch, item), the learning rate of the iteration, and every RNG state
-is saved. Under ``torchrun`` it trains data-parallel (rank 0 alone validates and writes).
+is saved. Under ``torchrun`` it trains data-parallel: every process validates its share of the
+cases, rank 0 alone writes.
 
 Files in ``run_dir``: ``config.yaml`` (resolved configuration), ``data_info.json`` (classes,
 channels, normalisation: what ``segbench predict`` needs), ``log.jsonl`` (one JSON object per
@@ -57,7 +58,14 @@ from segbench.engine.checkpoint import (
     save_checkpoint,
 )
 from segbench.engine.device import resolve_device, resolve_precision
-from segbench.engine.distributed import DistInfo, derive_seed, epoch_batches, init_distributed, mean_across_ranks
+from segbench.engine.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    derive_seed,
+    epoch_batches,
+    init_distributed,
+    mean_across_ranks,
+)
 from segbench.engine.evaluate import evaluate, json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, out_of_memory_advice
 from segbench.engine.losses import build_loss
@@ -336,15 +344,20 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             )
 
     def validate(iteration: int) -> None:
+        # Every process evaluates its share of the cases with rank 0's weights: DDP keeps parameters equal,
+        # but BatchNorm running statistics stay per process on CPU (no SyncBatchNorm there).
+        broadcast_from_main(model.buffers(), info)
         timings: dict[str, float] = {}
         metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
-                           num_workers=t.num_workers, progress=progress, desc="val", timings=timings)
+                           num_workers=t.num_workers, progress=progress and info.is_main, desc="val",
+                           timings=timings, dist_info=info)
         state["val_time_s"] += timings["eval_s"]
         state["val_metrics_time_s"] += timings["metrics_s"]
         improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
         state["last_val"] = {"iteration": iteration, "metrics": metrics}
         if improved:
             state["best"] = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
+        if improved and info.is_main:
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
                  "data_info": data_info.to_dict(), "iteration": iteration, "metrics": metrics},
@@ -401,7 +414,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 state["log_window"] = [0.0, 0]
             validating = iteration % t.val_interval == 0 or iteration == t.iterations
-            if validating and info.is_main:
+            if validating:
                 try:
                     validate(iteration)
                 except torch.OutOfMemoryError as err:
@@ -415,9 +428,17 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     bar.close()
 
     # ---- final figures ------------------------------------------------------------------------
+    best = state["best"]
+    test_metrics = None
+    if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
+        if info.is_main:
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
+        test_metrics = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
+                                memory_format=memory_format, num_workers=t.num_workers,
+                                progress=progress and info.is_main, desc="test", dist_info=info)
     result = {}
     if info.is_main:
-        best = state["best"]
         result = {
             "arch": cfg.model.arch, "family": family, "data": data.name, "iterations": t.iterations,
             "world_size": info.world_size, "device": str(device), "precision": precision.name,
@@ -430,11 +451,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             "val_time_s": state["val_time_s"], "val_metrics_time_s": state["val_metrics_time_s"],
             "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
         }
-        if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-            result["test"] = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
-                                      memory_format=memory_format, num_workers=t.num_workers, progress=progress,
-                                      desc="test")
+        if test_metrics is not None:
+            result["test"] = test_metrics
         write_json(result, run_dir / "metrics.json")
         log.write(event="end", iteration=state["iteration"], best_value=best["value"],
                   best_iteration=best["iteration"], train_time_s=state["train_time_s"])
