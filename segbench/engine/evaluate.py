@@ -26,6 +26,7 @@ from segbench.engine.checkpoint import DataInfo, load_run_model
 from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
 from segbench.engine.device import Precision, inference_precision, resolve_device
+from segbench.engine.hardware import loader_workers
 from segbench.engine.inference import InferenceSettings, predict_logits
 from segbench.engine.metrics import SegmentationMetrics
 
@@ -197,7 +198,7 @@ def evaluate_run(
     precision = inference_precision(cfg.train.amp, device)  # the run may have trained elsewhere
     model.to(device)
     metrics = evaluate(
-        model, data.splits[split], info, cfg.eval, device, precision, num_workers=cfg.train.num_workers, progress=progress, desc=split
+        model, data.splits[split], info, cfg.eval, device, precision, num_workers=loader_workers(cfg.train.num_workers, device), progress=progress, desc=split
     )
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
     write_json(result, run_dir / f"eval_{split}.json")

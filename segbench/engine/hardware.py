@@ -2,15 +2,18 @@
 
 - DDP's unused-parameter search, only for a model whose auxiliary head is left out of the loss;
 - the loss scaler on resume, when ``amp=auto`` resolves to another precision on another machine;
-- what to do when a run runs out of GPU memory.
+- what to do when a run runs out of GPU memory;
+- how many DataLoader workers feed the device.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
-__all__ = ["OutOfMemory", "has_idle_aux_head", "load_scaler", "out_of_memory_advice"]
+__all__ = ["OutOfMemory", "has_idle_aux_head", "load_scaler", "out_of_memory_advice", "loader_workers"]
 
 
 class OutOfMemory(RuntimeError):
@@ -58,3 +61,14 @@ def out_of_memory_advice(stage: str, batch_size: int, world_size: int, crop_size
                 "last checkpoint, but a smaller batch is a different run (--no-resume or another --out)")
     return (f"out of memory on {where} while evaluating: lower eval.batch_size (now {eval_batch_size}) or "
             "evaluate large images with eval.mode=slide and a smaller eval.window")
+
+
+def loader_workers(setting: int | str, device: torch.device, local_processes: int = 1) -> int:
+    """DataLoader workers for ``train.num_workers``: a number as given; "auto" none on CPU (the model
+    computes on the same cores, and the CPU results stay those of the tested single-process loader),
+    min(8, cores / processes on this node) on CUDA."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, local_processes)))

@@ -67,7 +67,7 @@ from segbench.engine.distributed import (
     mean_across_ranks,
 )
 from segbench.engine.evaluate import evaluate, json_safe, write_json
-from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, out_of_memory_advice
+from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
@@ -113,9 +113,15 @@ def _data_info(data) -> DataInfo:
     )
 
 
+# Settings a run's results do not depend on: they may change between a run and its resumption.
+RESULT_NEUTRAL_KEYS = ("train.num_workers",)
+
+
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     keys = []
     for key in sorted(set(saved) | set(current)):
+        if f"{prefix}{key}" in RESULT_NEUTRAL_KEYS:
+            continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict) and key != "options":
             keys += _config_differences(a, b, f"{prefix}{key}.")
@@ -214,7 +220,13 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     deterministic ones (slower), which this call enables for its own duration only.
     """
     if not cfg.train.deterministic:
-        return _train(cfg, Path(run_dir), resume, progress)
+        # cuDNN tries its algorithms for each new input shape and keeps the fastest (fixed crops: once).
+        saved_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return _train(cfg, Path(run_dir), resume, progress)
+        finally:
+            torch.backends.cudnn.benchmark = saved_benchmark
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -262,6 +274,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
+    workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     channels_last = family == "cnn" if t.channels_last == "auto" else t.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":
@@ -349,7 +362,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         broadcast_from_main(model.buffers(), info)
         timings: dict[str, float] = {}
         metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
-                           num_workers=t.num_workers, progress=progress and info.is_main, desc="val",
+                           num_workers=workers, progress=progress and info.is_main, desc="val",
                            timings=timings, dist_info=info)
         state["val_time_s"] += timings["eval_s"]
         state["val_metrics_time_s"] += timings["metrics_s"]
@@ -380,8 +393,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             continue
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(state["epoch"])
-        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=t.num_workers,
-                            pin_memory=device.type == "cuda", generator=torch.Generator())
+        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=workers,
+                            pin_memory=device.type == "cuda", generator=torch.Generator(),
+                            prefetch_factor=4 if workers else None)
         for batch in loader:
             state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
             iteration = state["iteration"]
@@ -435,7 +449,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
         test_metrics = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
-                                memory_format=memory_format, num_workers=t.num_workers,
+                                memory_format=memory_format, num_workers=workers,
                                 progress=progress and info.is_main, desc="test", dist_info=info)
     result = {}
     if info.is_main:

@@ -125,3 +125,25 @@ def test_out_of_memory_names_the_remedies_in_one_line(tiny_env, tmp_path, monkey
         assert "data.augment.crop_size" in message and "no gradient accumulation" in message
     else:
         assert "eval.batch_size (now 8)" in message and "eval.mode=slide" in message
+
+
+def test_loader_workers_by_device(monkeypatch):
+    import os
+
+    from segbench.engine.hardware import loader_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert loader_workers("auto", torch.device("cpu")) == 0  # CPU runs keep the tested single-process loader
+    assert loader_workers("auto", torch.device("cuda:0")) == 8
+    assert loader_workers("auto", torch.device("cuda:0"), local_processes=8) == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert loader_workers("auto", torch.device("cuda:0"), local_processes=4) == 1
+    assert loader_workers(3, torch.device("cpu")) == 3
+
+
+def test_worker_count_may_change_when_a_run_resumes(tiny_env, tmp_path):
+    cfg = load_config(None, TINY + ["train.iterations=6"])
+    assert cfg.train.num_workers == "auto"
+    first = train(cfg, tmp_path, progress=False)
+    again = train(load_config(None, TINY + ["train.iterations=6", "train.num_workers=2"]), tmp_path, progress=False)
+    assert again == first  # resumed (finished) instead of refused as another configuration
