@@ -114,7 +114,9 @@ class TrainConfig:
     num_workers: int | Literal["auto"] = "auto"
     # Seeds weight initialisation, the order of training images, and dropout.
     seed: int = 0
-    # Deterministic CUDA kernels, so a resumed GPU run matches exactly (slower; CPU runs always do).
+    # Deterministic CUDA kernels where PyTorch has them (slower). Not all do (bilinear upsampling and
+    # adaptive pooling backward, MaxUnpool2d, 2D NLL loss): a resumed GPU run still differs in the last
+    # bits (README, GPUs). CPU runs are always exact.
     deterministic: bool = False
 
 

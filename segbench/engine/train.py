@@ -215,9 +215,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     False starts over, deleting the folder's previous run files.
     Raises ``TrainingDiverged`` on a NaN/inf loss, ``ConfigMismatch`` when resuming a different run.
 
-    CPU runs are bit-for-bit reproducible. On CUDA some kernels (e.g. the backward of bilinear
-    upsampling) add in a nondeterministic order unless ``train.deterministic`` asks for
-    deterministic ones (slower), which this call enables for its own duration only.
+    CPU runs are bit-for-bit reproducible. On CUDA some kernels add in a nondeterministic order;
+    ``train.deterministic`` asks for deterministic ones where PyTorch has them (slower; for this call's
+    duration only), but the backward of bilinear upsampling and adaptive pooling, ``MaxUnpool2d`` and
+    the 2D NLL loss have none, so a CUDA run is reproducible only statistically. Otherwise cuDNN may pick
+    its fastest algorithms (``cudnn.benchmark``), also for this call only.
     """
     if not cfg.train.deterministic:
         # cuDNN tries its algorithms for each new input shape and keeps the fastest (fixed crops: once).
