@@ -1,8 +1,14 @@
 """Which device and which mixed precision a run uses.
 
 Mixed precision pays only where the hardware computes low precision natively: on CUDA, bf16 where
-supported (Ampere and later; no loss scaling needed) else fp16 with a ``GradScaler``; on CPU, bf16
-only with AVX512-BF16 or AMX (elsewhere PyTorch emulates bf16, which is slower than fp32).
+the GPU has it natively (compute capability 8.0 and later: Ampere, Hopper, ...; no loss scaling
+needed) else fp16 with a ``GradScaler`` (T4, V100: ``torch.cuda.is_bf16_supported()`` says True
+there too, counting emulation, which is slower than fp16); on CPU, bf16 only with AVX512-BF16 or
+AMX (elsewhere PyTorch emulates bf16, which is slower than fp32).
+
+Training resolves ``train.amp`` with ``resolve_precision``; evaluation and prediction, which may run
+on another machine than training did, use ``inference_precision``: the run's choice where this
+device computes it natively, else the nearest precision it does.
 """
 
 from __future__ import annotations
@@ -13,7 +19,14 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["Precision", "resolve_device", "resolve_precision", "cpu_has_native_bf16"]
+__all__ = [
+    "Precision",
+    "resolve_device",
+    "resolve_precision",
+    "inference_precision",
+    "cpu_has_native_bf16",
+    "cuda_has_native_bf16",
+]
 
 
 @lru_cache(maxsize=4)
@@ -28,6 +41,11 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         pass
     return False
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True on GPUs with bf16 tensor cores: compute capability 8.0 or later (emulation not counted)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -69,15 +87,36 @@ class Precision:
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """The autocast precision for ``amp`` ("auto", "off", "bf16", "fp16") on ``device``."""
+    """The autocast precision for ``amp`` ("auto", "off", "bf16", "fp16") on ``device``.
+
+    An explicit ``bf16`` is honoured on any GPU (emulated, and slow, before compute capability 8.0);
+    ``auto`` takes bf16 only where it is native.
+    """
     if amp == "off":
         return Precision(None, device.type)
     if device.type == "cuda":
         if amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            amp = "bf16" if cuda_has_native_bf16(device) else "fp16"
         return Precision(torch.bfloat16 if amp == "bf16" else torch.float16, "cuda")
     if amp == "fp16":
         raise ValueError("train.amp=fp16 needs CUDA; on CPU use bf16 (native only with AVX512-BF16/AMX) or off")
     if amp == "auto":
         return Precision(torch.bfloat16 if cpu_has_native_bf16() else None, "cpu")
     return Precision(torch.bfloat16, "cpu")
+
+
+def inference_precision(amp: str, device: torch.device) -> Precision:
+    """The precision to evaluate or predict with, for a run trained with ``train.amp=amp``, on ``device``.
+
+    A run trained in fp32 is evaluated in fp32. A mixed-precision run keeps its low precision where
+    ``device`` computes it natively and otherwise takes what the device does natively: a GPU without
+    native bf16 uses fp16; a CPU uses bf16 with AVX512-BF16/AMX, else fp32 (fp16 autocast does not
+    exist on CPU, and emulated bf16 there is about 20x slower than fp32).
+    """
+    if amp == "off":
+        return Precision(None, device.type)
+    if device.type == "cuda":
+        if amp == "fp16" or not cuda_has_native_bf16(device):
+            return Precision(torch.float16, "cuda")
+        return Precision(torch.bfloat16, "cuda")
+    return Precision(torch.bfloat16 if cpu_has_native_bf16() else None, "cpu")

@@ -9,13 +9,23 @@ of processes, and a resumed run redraws exactly the batches it would have seen.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "epoch_batches", "mean_across_ranks", "derive_seed"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "process_group_timeout",
+    "epoch_batches",
+    "mean_across_ranks",
+    "derive_seed",
+    "broadcast_from_main",
+]
 
 
 @dataclass(frozen=True)
@@ -33,10 +43,27 @@ class DistInfo:
         return self.world_size > 1
 
 
+def process_group_timeout() -> timedelta:
+    """How long a collective waits for the other processes: ``SEGBENCH_DIST_TIMEOUT_MIN`` minutes, 60 by default.
+
+    NCCL's default (10 minutes) is too short for what rank 0 does alone while the others wait: the
+    first download of pretrained weights, a checkpoint written to a slow disk. Evaluation is shared
+    between the processes (``evaluate``), so it keeps them all busy instead.
+    """
+    raw = os.environ.get("SEGBENCH_DIST_TIMEOUT_MIN", "60")
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = -1.0
+    if minutes <= 0:
+        raise ValueError(f"SEGBENCH_DIST_TIMEOUT_MIN={raw!r} must be a positive number of minutes, e.g. 60")
+    return timedelta(minutes=minutes)
+
+
 def init_distributed(device_name: str) -> DistInfo:
     """Join the process group ``torchrun`` describes in the environment (a no-op when run alone).
 
-    NCCL for CUDA runs, Gloo for CPU runs.
+    NCCL for CUDA runs, Gloo for CPU runs; collectives time out after ``process_group_timeout()``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -46,7 +73,7 @@ def init_distributed(device_name: str) -> DistInfo:
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=process_group_timeout())
     return DistInfo(rank, world_size, local_rank)
 
 
@@ -77,3 +104,10 @@ def mean_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / info.world_size
+
+
+def broadcast_from_main(tensors: Iterable[torch.Tensor], info: DistInfo) -> None:
+    """Copy rank 0's values of ``tensors`` (e.g. a model's buffers) into every process's, in place."""
+    if info.enabled:
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)

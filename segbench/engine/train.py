@@ -6,7 +6,8 @@ every ``val_interval`` iterations and keeping the best checkpoint. A run killed 
 started again with the same command resumes from ``last.pt`` and ends with the same weights and
 metrics as a run never interrupted: the batch order is a function of (seed, epoch), the
 augmentation of (data seed, epoch, item), the learning rate of the iteration, and every RNG state
-is saved. Under ``torchrun`` it trains data-parallel (rank 0 alone validates and writes).
+is saved. Under ``torchrun`` it trains data-parallel: every process validates its share of the
+cases, rank 0 alone writes.
 
 Files in ``run_dir``: ``config.yaml`` (resolved configuration), ``data_info.json`` (classes,
 channels, normalisation: what ``segbench predict`` needs), ``log.jsonl`` (one JSON object per
@@ -57,14 +58,22 @@ from segbench.engine.checkpoint import (
     save_checkpoint,
 )
 from segbench.engine.device import resolve_device, resolve_precision
-from segbench.engine.distributed import DistInfo, derive_seed, epoch_batches, init_distributed, mean_across_ranks
+from segbench.engine.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    derive_seed,
+    epoch_batches,
+    init_distributed,
+    mean_across_ranks,
+)
 from segbench.engine.evaluate import evaluate, json_safe, write_json
+from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
 from segbench.registry import ARCHITECTURES, build_model
 
-__all__ = ["train", "TrainingDiverged", "ConfigMismatch"]
+__all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json")
 
@@ -104,9 +113,15 @@ def _data_info(data) -> DataInfo:
     )
 
 
+# Settings a run's results do not depend on: they may change between a run and its resumption.
+RESULT_NEUTRAL_KEYS = ("train.num_workers",)
+
+
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     keys = []
     for key in sorted(set(saved) | set(current)):
+        if f"{prefix}{key}" in RESULT_NEUTRAL_KEYS:
+            continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict) and key != "options":
             keys += _config_differences(a, b, f"{prefix}{key}.")
@@ -200,12 +215,20 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     False starts over, deleting the folder's previous run files.
     Raises ``TrainingDiverged`` on a NaN/inf loss, ``ConfigMismatch`` when resuming a different run.
 
-    CPU runs are bit-for-bit reproducible. On CUDA some kernels (e.g. the backward of bilinear
-    upsampling) add in a nondeterministic order unless ``train.deterministic`` asks for
-    deterministic ones (slower), which this call enables for its own duration only.
+    CPU runs are bit-for-bit reproducible. On CUDA some kernels add in a nondeterministic order;
+    ``train.deterministic`` asks for deterministic ones where PyTorch has them (slower; for this call's
+    duration only), but the backward of bilinear upsampling and adaptive pooling, ``MaxUnpool2d`` and
+    the 2D NLL loss have none, so a CUDA run is reproducible only statistically. Otherwise cuDNN may pick
+    its fastest algorithms (``cudnn.benchmark``), also for this call only.
     """
     if not cfg.train.deterministic:
-        return _train(cfg, Path(run_dir), resume, progress)
+        # cuDNN tries its algorithms for each new input shape and keeps the fastest (fixed crops: once).
+        saved_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return _train(cfg, Path(run_dir), resume, progress)
+        finally:
+            torch.backends.cudnn.benchmark = saved_benchmark
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
@@ -253,6 +276,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
+    workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     channels_last = family == "cnn" if t.channels_last == "auto" else t.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":
@@ -274,7 +298,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     resumed_from = None
     last_path = run_dir / "last.pt"
     if resume and last_path.is_file():
-        checkpoint = load_checkpoint(last_path, map_location=device)
+        checkpoint = load_checkpoint(last_path)  # on the CPU: its RNG states must stay there
         differences = _config_differences(checkpoint["config"], config_to_dict(cfg))
         if differences:
             raise ConfigMismatch(
@@ -283,12 +307,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        notice = load_scaler(scaler, checkpoint["scaler"], checkpoint.get("precision"), precision.name)
+        if notice:
+            say(f"warning: {notice}")
         rng = checkpoint["rng"]
         if len(rng) != info.world_size:
             say(f"warning: the run was saved by {len(rng)} processes and resumes with {info.world_size}; "
                 "the rest of the run will not match an uninterrupted one exactly")
-        restore_rng_state(rng[info.rank % len(rng)])
+        notice = restore_rng_state(rng[info.rank % len(rng)])
+        if notice:
+            say(f"warning: {notice}")
         state = {key: checkpoint.get(key, state[key]) for key in state}  # .get: timings came later
         resumed_from = state["iteration"]
         log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
@@ -308,34 +336,43 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
     train_model = model
     if info.enabled:
-        unused = hasattr(model, "aux_head") and aux_weight == 0.0  # DDP must be told of an idle aux head
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_idle_aux_head(model, aux_weight),
         )
     log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
               family=family, device=str(device), precision=precision.name, world_size=info.world_size,
               channels_last=channels_last, num_params=num_params, time=time.time())
+
+    def out_of_memory(stage: str) -> str:
+        return out_of_memory_advice(stage, t.batch_size, info.world_size, cfg.data.augment.crop_size, cfg.data.resize,
+                                    cfg.eval.batch_size, device)
 
     def save_last() -> None:
         rng = _gather_rng(info)  # every rank takes part; rank 0 writes
         if info.is_main:
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "config": config_to_dict(cfg), "data_info": data_info.to_dict(),
-                 "rng": rng, "log_offset": log.offset(), **state},
+                 "scaler": scaler.state_dict(), "precision": precision.name, "config": config_to_dict(cfg),
+                 "data_info": data_info.to_dict(), "rng": rng, "log_offset": log.offset(), **state},
                 last_path,
             )
 
     def validate(iteration: int) -> None:
+        # Every process evaluates its share of the cases with rank 0's weights: DDP keeps parameters equal,
+        # but BatchNorm running statistics stay per process on CPU (no SyncBatchNorm there).
+        broadcast_from_main(model.buffers(), info)
         timings: dict[str, float] = {}
         metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
-                           num_workers=t.num_workers, progress=progress, desc="val", timings=timings)
+                           num_workers=workers, progress=progress and info.is_main, desc="val",
+                           timings=timings, dist_info=info)
         state["val_time_s"] += timings["eval_s"]
         state["val_metrics_time_s"] += timings["metrics_s"]
         improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
         state["last_val"] = {"iteration": iteration, "metrics": metrics}
         if improved:
             state["best"] = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
+        if improved and info.is_main:
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
                  "data_info": data_info.to_dict(), "iteration": iteration, "metrics": metrics},
@@ -358,14 +395,19 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             continue
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(state["epoch"])
-        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=t.num_workers,
-                            pin_memory=device.type == "cuda", generator=torch.Generator())
+        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=workers,
+                            pin_memory=device.type == "cuda", generator=torch.Generator(),
+                            prefetch_factor=4 if workers else None)
         for batch in loader:
             state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
             iteration = state["iteration"]
             lr = set_learning_rate(optimizer, iteration, t)
-            loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
-                               memory_format, info)
+            try:
+                loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
+                                   memory_format, info)
+            except torch.OutOfMemoryError as err:
+                bar.close()
+                raise OutOfMemory(out_of_memory("training")) from err
             if not math.isfinite(loss):
                 log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
                 bar.close()
@@ -388,8 +430,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 state["log_window"] = [0.0, 0]
             validating = iteration % t.val_interval == 0 or iteration == t.iterations
-            if validating and info.is_main:
-                validate(iteration)
+            if validating:
+                try:
+                    validate(iteration)
+                except torch.OutOfMemoryError as err:
+                    bar.close()
+                    raise OutOfMemory(out_of_memory("validation")) from err
             if validating or iteration % t.checkpoint_interval == 0:
                 save_last()
             tick = time.perf_counter()
@@ -398,9 +444,17 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     bar.close()
 
     # ---- final figures ------------------------------------------------------------------------
+    best = state["best"]
+    test_metrics = None
+    if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
+        if info.is_main:
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
+        test_metrics = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
+                                memory_format=memory_format, num_workers=workers,
+                                progress=progress and info.is_main, desc="test", dist_info=info)
     result = {}
     if info.is_main:
-        best = state["best"]
         result = {
             "arch": cfg.model.arch, "family": family, "data": data.name, "iterations": t.iterations,
             "world_size": info.world_size, "device": str(device), "precision": precision.name,
@@ -413,11 +467,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             "val_time_s": state["val_time_s"], "val_metrics_time_s": state["val_metrics_time_s"],
             "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
         }
-        if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
-            result["test"] = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
-                                      memory_format=memory_format, num_workers=t.num_workers, progress=progress,
-                                      desc="test")
+        if test_metrics is not None:
+            result["test"] = test_metrics
         write_json(result, run_dir / "metrics.json")
         log.write(event="end", iteration=state["iteration"], best_value=best["value"],
                   best_iteration=best["iteration"], train_time_s=state["train_time_s"])
