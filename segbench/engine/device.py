@@ -14,6 +14,7 @@ device computes it natively, else the nearest precision it does.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,6 +22,8 @@ import torch
 
 __all__ = [
     "Precision",
+    "cuda_math",
+    "math_settings",
     "resolve_device",
     "resolve_precision",
     "inference_precision",
@@ -120,3 +123,42 @@ def inference_precision(amp: str, device: torch.device) -> Precision:
             return Precision(torch.float16, "cuda")
         return Precision(torch.bfloat16, "cuda")
     return Precision(torch.bfloat16 if cpu_has_native_bf16() else None, "cpu")
+
+
+@contextlib.contextmanager
+def cuda_math(*, deterministic: bool = False, tf32: bool = True):
+    """CUDA's math settings for the body, restored afterwards (no effect on the CPU).
+
+    - TF32 for matmuls *and* convolutions. PyTorch's default enables it for cuDNN convolutions only, so
+      a CNN's fp32 work would run in TF32 and a transformer's matmuls in full fp32: neither comparable
+      with each other nor with a matmul ceiling. Under bf16/fp16 autocast it only touches fp32 ops.
+    - ``deterministic``: deterministic kernels where PyTorch has them (with the cuBLAS workspace setting
+      they need), cuDNN's autotuner off. Otherwise cuDNN tries its algorithms for each new input shape
+      and keeps the fastest (``cudnn.benchmark``; fixed crops: once).
+    """
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    else:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[4], saved[5]
+
+
+def math_settings(device: torch.device | str) -> dict | None:
+    """What a figure taken on ``device`` ran under: TF32 for matmuls and convolutions, cuDNN's autotuner
+    and deterministic algorithms (None on the CPU, where these do not apply)."""
+    if torch.device(device).type != "cuda":
+        return None
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_conv": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "deterministic": torch.are_deterministic_algorithms_enabled()}

@@ -9,16 +9,19 @@ of processes, and a resumed run redraws exactly the batches it would have seen.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 __all__ = [
     "DistInfo",
+    "RunBatchSampler",
+    "EpochKeyed",
     "init_distributed",
     "process_group_timeout",
     "epoch_batches",
@@ -95,6 +98,44 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, info: 
     order = torch.randperm(num_items, generator=generator).tolist()
     batches = [order[start : start + batch_size] for start in range(0, num_items - batch_size + 1, batch_size)]
     return [batch[info.rank :: info.world_size] for batch in batches]
+
+
+class RunBatchSampler:
+    """Every batch of the rest of the run, epoch after epoch (``epoch_batches`` of each), from batch
+    ``start_batch`` of ``start_epoch`` on, endlessly, as ``(epoch, index)`` keys for :class:`EpochKeyed`:
+    one DataLoader, and so one set of workers, serves the whole run instead of one per epoch."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, info: DistInfo, *, start_epoch: int = 0,
+                 start_batch: int = 0):
+        self.num_items, self.batch_size, self.seed, self.info = num_items, batch_size, seed, info
+        self.start_epoch, self.start_batch = start_epoch, start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, start = self.start_epoch, self.start_batch
+        while True:
+            for batch in epoch_batches(self.num_items, self.batch_size, self.seed, epoch, self.info)[start:]:
+                yield [(epoch, i) for i in batch]
+            epoch, start = epoch + 1, 0
+
+
+class EpochKeyed(Dataset):
+    """``dataset`` asked for by ``(epoch, index)``: its ``set_epoch`` (when it has one: augmentation and
+    selection drawn per epoch) is called whenever the epoch changes, in whichever process holds this
+    copy. A loader's workers copy the dataset once, so they could not be told of a new epoch otherwise."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.epoch = epoch
+        return self.dataset[index]
 
 
 def mean_across_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -57,20 +57,21 @@ from segbench.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from segbench.engine.device import resolve_device, resolve_precision
+from segbench.engine.device import cuda_math, math_settings, resolve_device, resolve_precision
 from segbench.engine.distributed import (
     DistInfo,
     broadcast_from_main,
     derive_seed,
     epoch_batches,
     init_distributed,
-    mean_across_ranks,
+    EpochKeyed,
+    RunBatchSampler,
 )
 from segbench.engine.evaluate import evaluate, json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.metrics import SCALAR_METRICS, is_better
-from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
+from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.registry import ARCHITECTURES, build_model
 
 __all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
@@ -195,9 +196,6 @@ def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precisio
     loss = criterion(logits, masks)
     if aux is not None and aux_weight:
         loss = loss + aux_weight * criterion(aux, masks)
-    loss_value = mean_across_ranks(loss.detach(), info).item()
-    if not math.isfinite(loss_value):
-        return loss_value  # the caller stops before this step touches the weights
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.train.grad_clip is not None:
@@ -205,7 +203,52 @@ def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precisio
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss_value
+    return loss.detach()  # read by the loss window at its checks, not here: no device sync per step
+
+
+class _LossWindow:
+    """The training loss between checks, kept on the device so that a step never waits for the GPU.
+
+    Reading a loss (``.item()``) synchronises with the device every step, and the CPU can then never
+    queue the next step's kernels while the GPU computes. The window instead sums losses on the device
+    (in float64, so the sums equal Python's float sums of the same values and a resumed run logs what
+    an uninterrupted one does) and notes the first non-finite one. :meth:`check` reads it at the points
+    where a value is needed: log intervals, before every validation and checkpoint. A checkpoint is
+    therefore only ever written after the steps before it were checked finite.
+    """
+
+    def __init__(self, device: torch.device, total: float = 0.0, count: int = 0):
+        self.device = device
+        self.total = torch.tensor(float(total), dtype=torch.float64, device=device)
+        self.count = count
+        self.bad_iteration = torch.tensor(-1, device=device)
+        self.bad_value = torch.tensor(0.0, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, iteration: int) -> None:
+        loss = loss.to(torch.float64)
+        newly_bad = ~torch.isfinite(loss) & (self.bad_iteration < 0)
+        self.bad_iteration = torch.where(newly_bad, iteration, self.bad_iteration)
+        self.bad_value = torch.where(newly_bad, loss, self.bad_value)
+        self.total = self.total + loss
+        self.count += 1
+
+    def check(self, info: DistInfo) -> tuple[float, int | None, float]:
+        """(mean loss over every process, first non-finite iteration on any process or None, its loss)."""
+        figures = torch.stack([self.total, self.bad_iteration.to(torch.float64), self.bad_value])
+        if info.enabled:
+            gathered = [torch.empty_like(figures) for _ in range(info.world_size)]
+            torch.distributed.all_gather(gathered, figures)
+        else:
+            gathered = [figures]
+        values = [g.tolist() for g in gathered]
+        bad = [(int(it), value) for _, it, value in values if it >= 0]
+        mean = sum(total for total, _, _ in values) / (len(values) * max(self.count, 1))
+        first = min(bad) if bad else (None, math.nan)
+        return mean, first[0], first[1]
+
+    def state(self) -> list:
+        """As saved in a checkpoint (after a check, so finite)."""
+        return [float(self.total.item()), self.count]
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
@@ -221,24 +264,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     the 2D NLL loss have none, so a CUDA run is reproducible only statistically. Otherwise cuDNN may pick
     its fastest algorithms (``cudnn.benchmark``), also for this call only.
     """
-    if not cfg.train.deterministic:
-        # cuDNN tries its algorithms for each new input shape and keeps the fastest (fixed crops: once).
-        saved_benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            return _train(cfg, Path(run_dir), resume, progress)
-        finally:
-            torch.backends.cudnn.benchmark = saved_benchmark
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
+    with cuda_math(deterministic=cfg.train.deterministic):
         return _train(cfg, Path(run_dir), resume, progress)
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
@@ -388,59 +415,65 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
                disable=not (progress and info.is_main), dynamic_ncols=True)
     model.train()
     tick = time.perf_counter()
-    while state["iteration"] < t.iterations:
-        batches = epoch_batches(len(train_set), t.batch_size, t.seed, state["epoch"], info)
-        if state["batch_in_epoch"] >= len(batches):
+    batches_per_epoch = len(epoch_batches(len(train_set), t.batch_size, t.seed, 0, info))
+    if state["batch_in_epoch"] >= batches_per_epoch:  # saved at the end of an epoch
+        state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+    # One loader for the rest of the run: its workers start once, not once per epoch.
+    sampler = RunBatchSampler(len(train_set), t.batch_size, t.seed, info, start_epoch=state["epoch"],
+                              start_batch=state["batch_in_epoch"])
+    loader = DataLoader(EpochKeyed(train_set), batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator(), prefetch_factor=4 if workers else None)
+    window = _LossWindow(device, *state["log_window"])
+    batches = iter(loader) if state["iteration"] < t.iterations else iter(())
+    for batch in batches:
+        if state["batch_in_epoch"] >= batches_per_epoch:
             state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
-            continue
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(state["epoch"])
-        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=workers,
-                            pin_memory=device.type == "cuda", generator=torch.Generator(),
-                            prefetch_factor=4 if workers else None)
-        for batch in loader:
-            state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
-            iteration = state["iteration"]
-            lr = set_learning_rate(optimizer, iteration, t)
-            try:
-                loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
-                                   memory_format, info)
-            except torch.OutOfMemoryError as err:
-                bar.close()
-                raise OutOfMemory(out_of_memory("training")) from err
-            if not math.isfinite(loss):
-                log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
+        state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
+        iteration = state["iteration"]
+        lr = set_learning_rate(optimizer, iteration, t)
+        try:
+            window.add(_train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg,
+                                   device, memory_format, info), iteration)
+        except torch.OutOfMemoryError as err:
+            bar.close()
+            raise OutOfMemory(out_of_memory("training")) from err
+        state["iteration"] = iteration = iteration + 1
+        state["batch_in_epoch"] += 1
+        state["images_seen"] += t.batch_size
+        logging = iteration % t.log_interval == 0 or iteration == t.iterations
+        validating = iteration % t.val_interval == 0 or iteration == t.iterations
+        saving = validating or iteration % t.checkpoint_interval == 0
+        if logging or saving:  # the only points where the device is waited for
+            mean_loss, bad_iteration, bad_loss = window.check(info)
+            if bad_iteration is not None:
+                bad_lr = t.lr * lr_factor(bad_iteration, t)
+                log.write(event="diverged", iteration=bad_iteration, loss=bad_loss, lr=bad_lr)
                 bar.close()
                 raise TrainingDiverged(
-                    f"the loss became {loss} at iteration {iteration} (lr {lr:.3g}); training stopped. {run_dir} "
-                    "keeps the last good checkpoint. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off."
+                    f"the loss became {bad_loss} at iteration {bad_iteration} (lr {bad_lr:.3g}); training stopped. "
+                    f"{run_dir} keeps the last good checkpoint. Try a lower train.lr, train.grad_clip=1.0, or "
+                    "train.amp=off."
                 )
-            state["iteration"] = iteration = iteration + 1
-            state["batch_in_epoch"] += 1
-            state["images_seen"] += t.batch_size
-            now = time.perf_counter()
-            state["train_time_s"] += now - tick
-            state["log_window"] = [state["log_window"][0] + loss, state["log_window"][1] + 1]
-            bar.update(1)
-            if iteration % t.log_interval == 0 or iteration == t.iterations:
-                mean_loss = state["log_window"][0] / state["log_window"][1]
-                speed = state["images_seen"] / max(state["train_time_s"], 1e-9)
-                log.write(event="train", iteration=iteration, epoch=state["epoch"], loss=mean_loss, lr=lr,
-                          images_per_s=speed, train_time_s=state["train_time_s"])
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                state["log_window"] = [0.0, 0]
-            validating = iteration % t.val_interval == 0 or iteration == t.iterations
-            if validating:
-                try:
-                    validate(iteration)
-                except torch.OutOfMemoryError as err:
-                    bar.close()
-                    raise OutOfMemory(out_of_memory("validation")) from err
-            if validating or iteration % t.checkpoint_interval == 0:
-                save_last()
-            tick = time.perf_counter()
-            if iteration >= t.iterations:
-                break
+        state["train_time_s"] += time.perf_counter() - tick
+        bar.update(1)
+        if logging:
+            speed = state["images_seen"] / max(state["train_time_s"], 1e-9)
+            log.write(event="train", iteration=iteration, epoch=state["epoch"], loss=mean_loss, lr=lr,
+                      images_per_s=speed, train_time_s=state["train_time_s"])
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            window = _LossWindow(device)
+        if validating:
+            try:
+                validate(iteration)
+            except torch.OutOfMemoryError as err:
+                bar.close()
+                raise OutOfMemory(out_of_memory("validation")) from err
+        if saving:
+            state["log_window"] = window.state()
+            save_last()
+        tick = time.perf_counter()
+        if iteration >= t.iterations:
+            break
     bar.close()
 
     # ---- final figures ------------------------------------------------------------------------
@@ -458,7 +491,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         result = {
             "arch": cfg.model.arch, "family": family, "data": data.name, "iterations": t.iterations,
             "world_size": info.world_size, "device": str(device), "precision": precision.name,
-            "channels_last": channels_last, "num_params": num_params,
+            "math": math_settings(device), "channels_last": channels_last, "num_params": num_params,
             "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],
             "val": best["metrics"], "last_val": state["last_val"]["metrics"],
             "train_time_s": state["train_time_s"],

@@ -108,3 +108,31 @@ def test_process_group_timeout(monkeypatch):
     monkeypatch.setenv("SEGBENCH_DIST_TIMEOUT_MIN", "ten")
     with pytest.raises(ValueError, match="SEGBENCH_DIST_TIMEOUT_MIN='ten' must be a positive number"):
         process_group_timeout()
+
+
+def test_run_batch_sampler_continues_epoch_after_epoch_from_where_the_run_stopped():
+    from segbench.engine.distributed import RunBatchSampler
+
+    info = DistInfo()
+    expected = [[(epoch, i) for i in batch] for epoch in (1, 2, 3) for batch in epoch_batches(10, 4, 3, epoch, info)]
+    sampler = iter(RunBatchSampler(10, 4, 3, info, start_epoch=1, start_batch=1))
+    assert [next(sampler) for _ in range(5)] == expected[1:6]  # endless: the caller stops it
+
+
+def test_epoch_keyed_sets_the_epoch_of_the_copy_that_serves_the_item():
+    from segbench.engine.distributed import EpochKeyed
+
+    class Recorder:
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return (self.epoch, index)
+
+    keyed = EpochKeyed(Recorder())
+    assert len(keyed) == 3 and keyed[(0, 2)] == (0, 2) and keyed[(1, 0)] == (1, 0) and keyed[(1, 1)] == (1, 1)
