@@ -176,6 +176,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(" / ".join(errors))
     if origin is Literal:
+        word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+        if word in args:
+            return word  # YAML 1.1 reads a bare off/on as a boolean: train.amp=off means "off"
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
