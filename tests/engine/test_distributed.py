@@ -33,7 +33,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_cpu_processes_train_identical_weights(tmp_path):
+def _train_two_ranks(tmp_path):
+    """Run the DDP worker as 2 Gloo processes into tmp_path/run; what each rank saved."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
            "OMP_NUM_THREADS": "1"}
     procs = [
@@ -45,6 +46,11 @@ def test_two_cpu_processes_train_identical_weights(tmp_path):
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    return rank0, rank1
+
+
+def test_two_cpu_processes_train_identical_weights(tmp_path):
+    rank0, rank1 = _train_two_ranks(tmp_path)
     for name, value in rank0["params"].items():
         assert torch.equal(value, rank1["params"][name]), name
     assert rank0["metrics"] == rank1["metrics"] and rank0["metrics"]["world_size"] == 2
@@ -64,17 +70,7 @@ def test_two_cpu_processes_share_evaluation_and_match_one_process(tmp_path, tiny
     from segbench.engine.device import resolve_precision
     from segbench.engine.evaluate import evaluate, json_safe
 
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
-           "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "run"), str(tmp_path)],
-                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-        for r in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    rank0, rank1 = _train_two_ranks(tmp_path)
     metrics = rank0["metrics"]
     assert metrics == rank1["metrics"]
     for name, value in rank0["buffers"].items():  # BatchNorm statistics: rank 0's, broadcast before evaluating
