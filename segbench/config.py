@@ -109,10 +109,14 @@ class TrainConfig:
     # Metric that selects the best checkpoint (a key of the validation metrics; hd95* is minimised).
     best_metric: str = "mDice_fg"
     # DataLoader worker processes (augmentation is seeded per item, so results do not depend on it).
-    num_workers: int = 0
+    # "auto": none on CPU (the workers would take the cores the model computes on), on CUDA
+    # min(8, CPU cores / processes on this node) so the GPU does not wait for data.
+    num_workers: int | Literal["auto"] = "auto"
     # Seeds weight initialisation, the order of training images, and dropout.
     seed: int = 0
-    # Deterministic CUDA kernels, so a resumed GPU run matches exactly (slower; CPU runs always do).
+    # Deterministic CUDA kernels where PyTorch has them (slower). Not all do (bilinear upsampling and
+    # adaptive pooling backward, MaxUnpool2d, 2D NLL loss): a resumed GPU run still differs in the last
+    # bits (README, GPUs). CPU runs are always exact.
     deterministic: bool = False
 
 
@@ -172,6 +176,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(" / ".join(errors))
     if origin is Literal:
+        word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+        if word in args:
+            return word  # YAML 1.1 reads a bare off/on as a boolean: train.amp=off means "off"
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -125,7 +125,19 @@ def _trace(model: nn.Module, example: Tensor, path: Path, shape_mode: str) -> No
         )
 
 
-def _session(path: Path | str, threads: int | None = None):
+def onnx_providers(device: str = "cpu", available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers for ``device``: CUDA first where ``onnxruntime-gpu`` offers it
+    and a CUDA device is asked for, the CPU otherwise (and as CUDA's fallback)."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session(path: Path | str, threads: int | None = None, device: str = "cpu"):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -134,7 +146,7 @@ def _session(path: Path | str, threads: int | None = None):
     # ORT's idle threads otherwise spin for a while after each run, taking the cores from whatever torch
     # does next (measured: a training step timed right after an ORT run took 15-35% longer).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
 
 
 def _mismatch(model: nn.Module, session, shape: tuple[int, ...], device: torch.device) -> str | None:
@@ -256,9 +268,11 @@ def _write_metadata(path: Path, info: ExportInfo) -> None:
 class OnnxModel:
     """An ONNX Runtime session that is called like the PyTorch model in eval mode."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None):
+    def __init__(self, path: str | Path, *, threads: int | None = None, device: str = "cpu"):
         self.path = Path(path)
-        self.session = _session(self.path, threads)
+        self.session = _session(self.path, threads, device)
+        # Which provider runs the graph: the first of the session's (CUDA where it was asked for and offered).
+        self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ValueError(f"{self.path} was not written by segbench.export (no {METADATA_KEY!r} metadata)")
@@ -286,8 +300,10 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, {self.info.shape_mode}, traced at {self.info.input_size})"
 
 
-def load_onnx_model(run_dir_or_path: str | Path, *, threads: int | None = None) -> OnnxModel:
-    """Open ``RUN_DIR/model.onnx`` (or a given ``.onnx`` file) with ONNX Runtime on the CPU."""
+def load_onnx_model(run_dir_or_path: str | Path, *, threads: int | None = None, device: str = "cpu") -> OnnxModel:
+    """Open ``RUN_DIR/model.onnx`` (or a given ``.onnx`` file) with ONNX Runtime: on the CPU, or with
+    the CUDA execution provider for ``device="cuda"`` when onnxruntime-gpu is installed
+    (``OnnxModel.provider`` says which runs)."""
     path = Path(run_dir_or_path)
     if path.is_dir():
         path = path / "model.onnx"
@@ -295,4 +311,4 @@ def load_onnx_model(run_dir_or_path: str | Path, *, threads: int | None = None) 
         raise FileNotFoundError(
             f"no ONNX model at {path}; write one with `segbench export {path.parent} --format onnx`"
         )
-    return OnnxModel(path, threads=threads)
+    return OnnxModel(path, threads=threads, device=device)

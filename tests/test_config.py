@@ -76,3 +76,9 @@ def test_configs_are_frozen():
     cfg = load_config()
     with pytest.raises(AttributeError):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_a_bare_off_is_the_word_where_the_key_takes_words():
+    # YAML 1.1 reads `off` as False; train.amp's choices are words, train.deterministic's a boolean.
+    cfg = load_config(None, ["train.amp=off", "train.deterministic=off"])
+    assert cfg.train.amp == "off" and cfg.train.deterministic is False

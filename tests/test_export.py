@@ -110,3 +110,13 @@ def test_export_command_explains_a_folder_without_a_checkpoint(tmp_path):
 
     result = CliRunner().invoke(main, ["export", str(tmp_path)])
     assert result.exit_code != 0 and "best.pt" in result.output
+
+
+def test_onnx_runtime_uses_cuda_only_when_asked_and_offered():
+    from segbench.export import onnx_providers
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers("cuda", both) == both
+    assert onnx_providers("cuda:1", both) == both
+    assert onnx_providers("cpu", both) == ["CPUExecutionProvider"]
+    assert onnx_providers("cuda", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]

@@ -70,6 +70,10 @@ class Profile:
     preview_images: int = 4
     # Extra configuration overrides (``key=value``) applied to every run, shown in the report.
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    # GPU memory one training process needs for the heaviest architectures (the dilated ResNet-101
+    # heads), so a run can be placed before it starts. An estimate, scaled from MMSegmentation's model
+    # zoo (PSPNet R101-D8, 4 images of 512x512 per GPU in fp32: about 12 GB); not measured on a GPU here.
+    expected_gpu_memory: str = "n/a (CPU profile)"
 
     def settings(self) -> dict[str, Any]:
         """The protocol as printed in the report (the per-architecture table is printed separately)."""
@@ -85,6 +89,7 @@ class Profile:
                        f"(at most {self.timing_max_warmup})",
             "throughput": f"batch {self.throughput_batch}, median of {self.timing_rounds} passes, timed with the latency",
             "profile_overrides": list(self.overrides) or "none",
+            "expected_gpu_memory": self.expected_gpu_memory,
         }
 
 
@@ -121,6 +126,8 @@ STANDARD = Profile(
     name="standard",
     description="The papers' canonical backbones at a moderate 256x256 resolution and a 20k-iteration "
     "schedule: one GPU, hours.",
+    expected_gpu_memory="about 4 GB in bf16/fp16, 7 GB in fp32 (ResNet-101 at output stride 8, 256x256, batch 8; "
+    "estimated): a 16 GB GPU",
     input_size=(256, 256),
     resize_inputs=True,
     iterations=20_000,
@@ -146,6 +153,9 @@ PAPER = Profile(
     name="paper",
     description="The papers' backbones and output strides, 512x512 crops, batch 16, 80k iterations "
     "(MMSegmentation's long schedule): GPUs, many hours per architecture.",
+    expected_gpu_memory="about 30 GB in bf16/fp16, 50 GB in fp32, on one GPU (ResNet-101 at output stride 8, "
+    "512x512 crops, batch 16; estimated): a 40/80 GB GPU, or torchrun over 2-4 GPUs (they split the batch), "
+    "else a lower train.batch_size",
     input_size=(512, 512),
     resize_inputs=False,
     iterations=80_000,

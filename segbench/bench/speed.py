@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from segbench.bench.measure import inference_fn
 from segbench.bench.peers import build_peer
 from segbench.bench.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
-from segbench.engine.device import Precision, resolve_precision
+from segbench.engine.device import Precision, cuda_math, math_settings, resolve_precision
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
            "format_rate", "OVER_100_NOTE"]
@@ -182,16 +182,28 @@ def _onnx_contender(model: nn.Module, settings: SpeedSettings, x: Tensor) -> tup
         except RuntimeError as err:
             return None, {"note": str(err)}
         export_s = time.perf_counter() - start
-        onnx_model = load_onnx_model(Path(tmp) / "model.onnx")  # the session keeps the graph in memory
+        # The session keeps the graph in memory.
+        onnx_model = load_onnx_model(Path(tmp) / "model.onnx", threads=settings.threads, device=settings.device)
     x_cpu = x.detach().to("cpu", memory_format=torch.contiguous_format)
-    meta = {"export_s": export_s, "shape_mode": info.shape_mode, "note": info.note}
+    meta = {"export_s": export_s, "shape_mode": info.shape_mode, "note": info.note, "provider": onnx_model.provider}
     if settings.device != "cpu":
-        meta["note"] = ("ONNX Runtime runs on the CPU (onnxruntime CPU build). " + info.note).strip()
+        where = ("with the CUDA execution provider (input and output pass through host memory)"
+                 if onnx_model.provider == "CUDAExecutionProvider"
+                 else "on the CPU (install onnxruntime-gpu for its CUDA execution provider)")
+        meta["note"] = f"ONNX Runtime runs {where}. {info.note}".strip()
     return (lambda: onnx_model(x_cpu)), meta
 
 
 def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Time one architecture (ours, its peer, ONNX Runtime) interleaved with the matmul yardstick."""
+    """Time one architecture (ours, its peer, ONNX Runtime) interleaved with the matmul yardstick,
+    under the math settings training uses on CUDA (TF32 for matmuls and convolutions alike)."""
+    with cuda_math():
+        result = _benchmark_arch(arch, settings, progress)
+        result["math"] = math_settings(settings.device)
+    return result
+
+
+def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None]) -> dict:
     from segbench.bench.measure import count_parameters
     from segbench.registry import ARCHITECTURES, build_model
 
@@ -268,7 +280,7 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
         from segbench.bench.op_profile import profile_step
 
         progress(f"{arch}: profiling a training step")
-        result["breakdown"] = profile_step(closures["segbench.train"], warmup=0)
+        result["breakdown"] = profile_step(closures["segbench.train"], warmup=0, device=settings.device)
     _summarise(result, times)
     return result
 
@@ -308,6 +320,8 @@ def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[
         torch.manual_seed(0)
         results["archs"][arch] = benchmark_arch(arch, settings, progress=progress)
     rates = [r["matmul_flops_per_s"] for r in results["archs"].values()]
+    with cuda_math():  # the settings every benchmark_arch ran under (None on the CPU)
+        results["math"] = math_settings(device)
     precision = resolve_precision(settings.amp, device)
     results["precision"] = precision.name
     results["matmul_flops_per_s"] = (statistics.median(rates) if rates
@@ -378,6 +392,10 @@ def format_table(results: dict) -> str:
     for name, rates in sorted(by_precision.items()):
         lines.append(f"{name} matmul {MATMUL_SIZE}x{MATMUL_SIZE} (same rounds, median): "
                      f"{statistics.median(rates) / 1e9:.1f} GFLOP/s")
+    if results.get("math"):
+        math = results["math"]
+        lines.append(f"CUDA: TF32 matmul {'on' if math['tf32_matmul'] else 'off'}, TF32 convolutions "
+                     f"{'on' if math['tf32_conv'] else 'off'}, cuDNN autotuner {'on' if math['cudnn_benchmark'] else 'off'}")
     lines.append("times: median ms ± half the interquartile range as a share of it; 'noisy': still above "
                  f"{NOISY_ABOVE:.0%} after re-measuring. ratio = segbench time / peer time (below 1: segbench is "
                  "faster). % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "

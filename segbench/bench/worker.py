@@ -81,7 +81,7 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     from segbench.bench.measure import machine_info, measure_inference, peak_memory
     from segbench.config import config_from_dict
     from segbench.data import load_data
-    from segbench.engine.device import resolve_device, resolve_precision
+    from segbench.engine.device import cuda_math, math_settings, resolve_device, resolve_precision
     from segbench.engine.train import train
     from segbench.registry import ARCHITECTURES, build_model
 
@@ -108,11 +108,13 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         # Timed as the run trains: its precision and memory format (as training resolves them).
         family = getattr(model, "family", ARCHITECTURES[cfg.model.arch].family)
         channels_last = family == "cnn" if cfg.train.channels_last == "auto" else bool(cfg.train.channels_last)
-        result["measure"] = measure_inference(
-            model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
-            precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
-            rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"], throughput_batch=m["throughput_batch"],
-        )
+        with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
+            result["measure"] = measure_inference(
+                model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
+                precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
+                rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"], throughput_batch=m["throughput_batch"],
+            )
+            result["measure"]["math"] = math_settings(device)
         del model
         gc.collect()
         if device.type == "cuda":

@@ -25,7 +25,7 @@ def _user_errors():
     """
     from segbench.config import ConfigError
     from segbench.data import DataError
-    from segbench.engine import ConfigMismatch, TrainingDiverged
+    from segbench.engine import ConfigMismatch, OutOfMemory, TrainingDiverged
     from segbench.engine.predict import PredictError
 
     if os.environ.get("SEGBENCH_DEBUG"):
@@ -33,7 +33,8 @@ def _user_errors():
         return
     try:
         yield
-    except (ConfigError, DataError, ConfigMismatch, TrainingDiverged, PredictError, FileNotFoundError) as err:
+    except (ConfigError, DataError, ConfigMismatch, TrainingDiverged, OutOfMemory, PredictError,
+            FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     except KeyError as err:  # the registries: KeyError("unknown architecture ... Valid names: ...")
         raise click.ClickException(str(err.args[0]) if err.args else repr(err)) from None

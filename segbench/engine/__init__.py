@@ -10,6 +10,7 @@
 
 from segbench.engine.checkpoint import DataInfo, load_run_model
 from segbench.engine.evaluate import evaluate, evaluate_run
+from segbench.engine.hardware import OutOfMemory
 from segbench.engine.train import ConfigMismatch, TrainingDiverged, train
 
-__all__ = ["train", "evaluate", "evaluate_run", "load_run_model", "DataInfo", "TrainingDiverged", "ConfigMismatch"]
+__all__ = ["train", "evaluate", "evaluate_run", "load_run_model", "DataInfo", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]

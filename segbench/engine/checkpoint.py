@@ -70,6 +70,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``, its tensors on the CPU.
+
+    Keep ``map_location`` at "cpu" to resume: a checkpoint holds RNG states that must stay on the
+    CPU (numpy's is read back with ``.numpy()``); ``load_state_dict`` moves weights and optimizer
+    state onto the model's device by itself.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -96,16 +102,28 @@ def capture_rng_state() -> dict[str, Any]:
     }
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> str | None:
+    """Set every RNG from ``capture_rng_state``'s output; returns a warning when it cannot set them all.
+
+    Tensors may come on any device (they are copied to the CPU first). CUDA states are restored for
+    the GPUs visible now: fewer GPUs than saved, or none, restore what there is and say so.
+    """
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    saved_cuda = list(state["cuda"])
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(saved_cuda[:visible]):
+        torch.cuda.set_rng_state(cuda_state.cpu(), device=index)
     np_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+        ("MT19937", np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
     )
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+    if len(saved_cuda) > visible:
+        return (f"the checkpoint holds the RNG states of {len(saved_cuda)} GPU(s) and {visible} are visible; "
+                f"{'only the first ' + str(visible) + ' were' if visible else 'none was'} restored, so random draws on the GPU "
+                "(e.g. dropout) will not match an uninterrupted run (CUDA_VISIBLE_DEVICES sets which GPUs a run sees)")
+    return None
 
 
 def load_run_model(

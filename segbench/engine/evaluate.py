@@ -1,5 +1,9 @@
 """Evaluate a model on a split: inference as ``EvalConfig`` says, then every metric of ``metrics.py``.
 
+Under ``torchrun`` the processes share the split case by case (case k goes to process k mod N, so a
+volume's slices stay together) and merge their confusion matrices and per-case rows, in the split's
+order, into the same figures one process computes alone.
+
 ``evaluate_run(run_dir, split)`` does it for a finished run's best checkpoint and writes
 ``eval_<split>.json`` next to it.
 """
@@ -13,12 +17,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from segbench.config import ConfigError, EvalConfig, apply_overrides, config_from_dict, config_to_dict
 from segbench.engine.checkpoint import DataInfo, load_run_model
-from segbench.engine.device import Precision, resolve_device, resolve_precision
+from segbench.data.dataset import SliceDataset
+from segbench.engine.distributed import DistInfo
+from segbench.engine.device import Precision, inference_precision, resolve_device
+from segbench.engine.hardware import loader_workers
 from segbench.engine.inference import InferenceSettings, predict_logits
 from segbench.engine.metrics import SegmentationMetrics
 
@@ -51,6 +59,30 @@ def _same_size_runs(items: list[dict]) -> list[list[dict]]:
     return runs
 
 
+def case_ordinals(dataset: Dataset) -> list[int]:
+    """For each item, the position of its case among the split's cases (in order of first appearance).
+
+    segbench's own datasets know their items' cases; another dataset is read once to learn them."""
+    if isinstance(dataset, SliceDataset):
+        keys = [case for case, _ in dataset.items]
+    else:
+        keys = [str(dataset[i]["case"]) for i in range(len(dataset))]
+    ordinal: dict = {}
+    return [ordinal.setdefault(key, len(ordinal)) for key in keys]
+
+
+def _merge_shards(metrics: SegmentationMetrics, mine: list[int], info: DistInfo) -> None:
+    """Fold every process's confusion matrix and per-case rows into ``metrics``, rows in case order."""
+    metrics.finish()
+    shards = [None] * info.world_size
+    dist.all_gather_object(shards, (mine, metrics.cm, metrics.case_dice, metrics.case_hd95))
+    metrics.cm = sum(shard[1] for shard in shards)
+    rows = sorted((case, dice, hd) for ordinals, _, dices, hds in shards
+                  for case, dice, hd in zip(ordinals, dices, hds or [None] * len(dices)))
+    metrics.case_dice = [dice for _, dice, _ in rows]
+    metrics.case_hd95 = [hd for _, _, hd in rows] if metrics.compute_hd95 else []
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -65,8 +97,12 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     timings: dict[str, float] | None = None,
+    dist_info: DistInfo | None = None,
 ) -> dict:
     """Every metric of ``SegmentationMetrics.compute`` for ``model`` on ``dataset`` (in dataset order).
+
+    ``dist_info`` (data-parallel runs): every process calls this with the same model and gets the same
+    figures, each having evaluated its share of the cases.
 
     ``timings``, when given, gains the pass's seconds: ``eval_s`` (all of it) and ``metrics_s`` (in
     ``SegmentationMetrics``: update and compute), so a caller can tell what the metrics add.
@@ -75,6 +111,12 @@ def evaluate(
     precision = precision or Precision(None, device.type)
     settings = inference_settings(cfg)
     metrics = SegmentationMetrics(info.num_classes, info.ignore_index, info.class_names, cfg.background, cfg.hd95)
+    sharded = dist_info is not None and dist_info.enabled
+    if sharded:
+        ordinals = case_ordinals(dataset)
+        items = [i for i, case in enumerate(ordinals) if case % dist_info.world_size == dist_info.rank]
+        mine = sorted({ordinals[i] for i in items})
+        dataset = Subset(dataset, items)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -102,6 +144,8 @@ def evaluate(
             metrics_s += time.perf_counter() - tick
     model.train(was_training)
     tick = time.perf_counter()
+    if sharded:
+        _merge_shards(metrics, mine, dist_info)
     values = metrics.compute()
     if timings is not None:
         end = time.perf_counter()
@@ -151,10 +195,10 @@ def evaluate_run(
     if split not in data.splits:
         raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")
     device = resolve_device("auto")  # where the run was trained may not be here
-    precision = resolve_precision(cfg.train.amp, device)
+    precision = inference_precision(cfg.train.amp, device)  # the run may have trained elsewhere
     model.to(device)
     metrics = evaluate(
-        model, data.splits[split], info, cfg.eval, device, precision, num_workers=cfg.train.num_workers, progress=progress, desc=split
+        model, data.splits[split], info, cfg.eval, device, precision, num_workers=loader_workers(cfg.train.num_workers, device), progress=progress, desc=split
     )
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
     write_json(result, run_dir / f"eval_{split}.json")

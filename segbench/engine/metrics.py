@@ -161,6 +161,11 @@ class SegmentationMetrics:
                 self._case = case
             self._slices.append((indices[k], pred[k].numpy(), target[k].numpy()))
 
+    def finish(self) -> None:
+        """Score the case in progress: ``cm``, ``case_dice`` and ``case_hd95`` then hold every case seen, in
+        arrival order (what a process contributes when the cases of a split are shared between processes)."""
+        self._finish_case()
+
     def _finish_case(self) -> None:
         if not self._slices:
             return

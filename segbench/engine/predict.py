@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from segbench.config import Config, config_from_dict, load_config
 from segbench.engine.checkpoint import DataInfo, load_checkpoint, load_run_model
-from segbench.engine.device import resolve_device, resolve_precision
+from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.evaluate import inference_settings
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import predict_logits
@@ -100,7 +100,7 @@ class _Runner:
             model, self.cfg, self.info = load_run_model(run_dir, which)
             self.device = resolve_device("auto")
             self.model = model.to(self.device)
-            self.precision = resolve_precision(self.cfg.train.amp, self.device)
+            self.precision = inference_precision(self.cfg.train.amp, self.device)
         elif engine == "onnx":
             from segbench.export import load_onnx_model  # optional dependency: onnxruntime
 
@@ -109,7 +109,7 @@ class _Runner:
             except FileNotFoundError as err:
                 raise PredictError(str(err)) from None
             self.cfg, self.info = _run_metadata(run_dir)
-            self.device, self.precision = torch.device("cpu"), resolve_precision("off", torch.device("cpu"))
+            self.device, self.precision = torch.device("cpu"), Precision(None, "cpu")
         else:
             raise PredictError(f"unknown engine {engine!r}; valid: torch, onnx")
         self.settings = inference_settings(self.cfg.eval)

@@ -6,7 +6,8 @@ every ``val_interval`` iterations and keeping the best checkpoint. A run killed 
 started again with the same command resumes from ``last.pt`` and ends with the same weights and
 metrics as a run never interrupted: the batch order is a function of (seed, epoch), the
 augmentation of (data seed, epoch, item), the learning rate of the iteration, and every RNG state
-is saved. Under ``torchrun`` it trains data-parallel (rank 0 alone validates and writes).
+is saved. Under ``torchrun`` it trains data-parallel: every process validates its share of the
+cases, rank 0 alone writes.
 
 Files in ``run_dir``: ``config.yaml`` (resolved configuration), ``data_info.json`` (classes,
 channels, normalisation: what ``segbench predict`` needs), ``log.jsonl`` (one JSON object per
@@ -56,15 +57,24 @@ from segbench.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from segbench.engine.device import resolve_device, resolve_precision
-from segbench.engine.distributed import DistInfo, derive_seed, epoch_batches, init_distributed, mean_across_ranks
+from segbench.engine.device import cuda_math, math_settings, resolve_device, resolve_precision
+from segbench.engine.distributed import (
+    DistInfo,
+    broadcast_from_main,
+    derive_seed,
+    epoch_batches,
+    init_distributed,
+    EpochKeyed,
+    RunBatchSampler,
+)
 from segbench.engine.evaluate import evaluate, json_safe, write_json
+from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.metrics import SCALAR_METRICS, is_better
-from segbench.engine.optim import build_optimizer, resolve_train_config, set_learning_rate
+from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.registry import ARCHITECTURES, build_model
 
-__all__ = ["train", "TrainingDiverged", "ConfigMismatch"]
+__all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json")
 
@@ -104,9 +114,15 @@ def _data_info(data) -> DataInfo:
     )
 
 
+# Settings a run's results do not depend on: they may change between a run and its resumption.
+RESULT_NEUTRAL_KEYS = ("train.num_workers",)
+
+
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     keys = []
     for key in sorted(set(saved) | set(current)):
+        if f"{prefix}{key}" in RESULT_NEUTRAL_KEYS:
+            continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict) and key != "options":
             keys += _config_differences(a, b, f"{prefix}{key}.")
@@ -180,9 +196,6 @@ def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precisio
     loss = criterion(logits, masks)
     if aux is not None and aux_weight:
         loss = loss + aux_weight * criterion(aux, masks)
-    loss_value = mean_across_ranks(loss.detach(), info).item()
-    if not math.isfinite(loss_value):
-        return loss_value  # the caller stops before this step touches the weights
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.train.grad_clip is not None:
@@ -190,7 +203,52 @@ def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precisio
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss_value
+    return loss.detach()  # read by the loss window at its checks, not here: no device sync per step
+
+
+class _LossWindow:
+    """The training loss between checks, kept on the device so that a step never waits for the GPU.
+
+    Reading a loss (``.item()``) synchronises with the device every step, and the CPU can then never
+    queue the next step's kernels while the GPU computes. The window instead sums losses on the device
+    (in float64, so the sums equal Python's float sums of the same values and a resumed run logs what
+    an uninterrupted one does) and notes the first non-finite one. :meth:`check` reads it at the points
+    where a value is needed: log intervals, before every validation and checkpoint. A checkpoint is
+    therefore only ever written after the steps before it were checked finite.
+    """
+
+    def __init__(self, device: torch.device, total: float = 0.0, count: int = 0):
+        self.device = device
+        self.total = torch.tensor(float(total), dtype=torch.float64, device=device)
+        self.count = count
+        self.bad_iteration = torch.tensor(-1, device=device)
+        self.bad_value = torch.tensor(0.0, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, iteration: int) -> None:
+        loss = loss.to(torch.float64)
+        newly_bad = ~torch.isfinite(loss) & (self.bad_iteration < 0)
+        self.bad_iteration = torch.where(newly_bad, iteration, self.bad_iteration)
+        self.bad_value = torch.where(newly_bad, loss, self.bad_value)
+        self.total = self.total + loss
+        self.count += 1
+
+    def check(self, info: DistInfo) -> tuple[float, int | None, float]:
+        """(mean loss over every process, first non-finite iteration on any process or None, its loss)."""
+        figures = torch.stack([self.total, self.bad_iteration.to(torch.float64), self.bad_value])
+        if info.enabled:
+            gathered = [torch.empty_like(figures) for _ in range(info.world_size)]
+            torch.distributed.all_gather(gathered, figures)
+        else:
+            gathered = [figures]
+        values = [g.tolist() for g in gathered]
+        bad = [(int(it), value) for _, it, value in values if it >= 0]
+        mean = sum(total for total, _, _ in values) / (len(values) * max(self.count, 1))
+        first = min(bad) if bad else (None, math.nan)
+        return mean, first[0], first[1]
+
+    def state(self) -> list:
+        """As saved in a checkpoint (after a check, so finite)."""
+        return [float(self.total.item()), self.count]
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
@@ -200,22 +258,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     False starts over, deleting the folder's previous run files.
     Raises ``TrainingDiverged`` on a NaN/inf loss, ``ConfigMismatch`` when resuming a different run.
 
-    CPU runs are bit-for-bit reproducible. On CUDA some kernels (e.g. the backward of bilinear
-    upsampling) add in a nondeterministic order unless ``train.deterministic`` asks for
-    deterministic ones (slower), which this call enables for its own duration only.
+    CPU runs are bit-for-bit reproducible. On CUDA some kernels add in a nondeterministic order;
+    ``train.deterministic`` asks for deterministic ones where PyTorch has them (slower; for this call's
+    duration only), but the backward of bilinear upsampling and adaptive pooling, ``MaxUnpool2d`` and
+    the 2D NLL loss have none, so a CUDA run is reproducible only statistically. Otherwise cuDNN may pick
+    its fastest algorithms (``cudnn.benchmark``), also for this call only.
     """
-    if not cfg.train.deterministic:
+    with cuda_math(deterministic=cfg.train.deterministic):
         return _train(cfg, Path(run_dir), resume, progress)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        return _train(cfg, Path(run_dir), resume, progress)
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
@@ -253,6 +303,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
+    workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     channels_last = family == "cnn" if t.channels_last == "auto" else t.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":
@@ -274,7 +325,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     resumed_from = None
     last_path = run_dir / "last.pt"
     if resume and last_path.is_file():
-        checkpoint = load_checkpoint(last_path, map_location=device)
+        checkpoint = load_checkpoint(last_path)  # on the CPU: its RNG states must stay there
         differences = _config_differences(checkpoint["config"], config_to_dict(cfg))
         if differences:
             raise ConfigMismatch(
@@ -283,12 +334,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        notice = load_scaler(scaler, checkpoint["scaler"], checkpoint.get("precision"), precision.name)
+        if notice:
+            say(f"warning: {notice}")
         rng = checkpoint["rng"]
         if len(rng) != info.world_size:
             say(f"warning: the run was saved by {len(rng)} processes and resumes with {info.world_size}; "
                 "the rest of the run will not match an uninterrupted one exactly")
-        restore_rng_state(rng[info.rank % len(rng)])
+        notice = restore_rng_state(rng[info.rank % len(rng)])
+        if notice:
+            say(f"warning: {notice}")
         state = {key: checkpoint.get(key, state[key]) for key in state}  # .get: timings came later
         resumed_from = state["iteration"]
         log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
@@ -308,34 +363,43 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
     train_model = model
     if info.enabled:
-        unused = hasattr(model, "aux_head") and aux_weight == 0.0  # DDP must be told of an idle aux head
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_idle_aux_head(model, aux_weight),
         )
     log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
               family=family, device=str(device), precision=precision.name, world_size=info.world_size,
               channels_last=channels_last, num_params=num_params, time=time.time())
+
+    def out_of_memory(stage: str) -> str:
+        return out_of_memory_advice(stage, t.batch_size, info.world_size, cfg.data.augment.crop_size, cfg.data.resize,
+                                    cfg.eval.batch_size, device)
 
     def save_last() -> None:
         rng = _gather_rng(info)  # every rank takes part; rank 0 writes
         if info.is_main:
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "config": config_to_dict(cfg), "data_info": data_info.to_dict(),
-                 "rng": rng, "log_offset": log.offset(), **state},
+                 "scaler": scaler.state_dict(), "precision": precision.name, "config": config_to_dict(cfg),
+                 "data_info": data_info.to_dict(), "rng": rng, "log_offset": log.offset(), **state},
                 last_path,
             )
 
     def validate(iteration: int) -> None:
+        # Every process evaluates its share of the cases with rank 0's weights: DDP keeps parameters equal,
+        # but BatchNorm running statistics stay per process on CPU (no SyncBatchNorm there).
+        broadcast_from_main(model.buffers(), info)
         timings: dict[str, float] = {}
         metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
-                           num_workers=t.num_workers, progress=progress, desc="val", timings=timings)
+                           num_workers=workers, progress=progress and info.is_main, desc="val",
+                           timings=timings, dist_info=info)
         state["val_time_s"] += timings["eval_s"]
         state["val_metrics_time_s"] += timings["metrics_s"]
         improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
         state["last_val"] = {"iteration": iteration, "metrics": metrics}
         if improved:
             state["best"] = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
+        if improved and info.is_main:
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
                  "data_info": data_info.to_dict(), "iteration": iteration, "metrics": metrics},
@@ -351,60 +415,83 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
                disable=not (progress and info.is_main), dynamic_ncols=True)
     model.train()
     tick = time.perf_counter()
-    while state["iteration"] < t.iterations:
-        batches = epoch_batches(len(train_set), t.batch_size, t.seed, state["epoch"], info)
-        if state["batch_in_epoch"] >= len(batches):
+    batches_per_epoch = len(epoch_batches(len(train_set), t.batch_size, t.seed, 0, info))
+    if state["batch_in_epoch"] >= batches_per_epoch:  # saved at the end of an epoch
+        state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+    # One loader for the rest of the run: its workers start once, not once per epoch.
+    sampler = RunBatchSampler(len(train_set), t.batch_size, t.seed, info, start_epoch=state["epoch"],
+                              start_batch=state["batch_in_epoch"])
+    loader = DataLoader(EpochKeyed(train_set), batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator(), prefetch_factor=4 if workers else None)
+    window = _LossWindow(device, *state["log_window"])
+    batches = iter(loader) if state["iteration"] < t.iterations else iter(())
+    for batch in batches:
+        if state["batch_in_epoch"] >= batches_per_epoch:
             state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
-            continue
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(state["epoch"])
-        loader = DataLoader(train_set, batch_sampler=batches[state["batch_in_epoch"]:], num_workers=t.num_workers,
-                            pin_memory=device.type == "cuda", generator=torch.Generator())
-        for batch in loader:
-            state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
-            iteration = state["iteration"]
-            lr = set_learning_rate(optimizer, iteration, t)
-            loss = _train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device,
-                               memory_format, info)
-            if not math.isfinite(loss):
-                log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
+        state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
+        iteration = state["iteration"]
+        lr = set_learning_rate(optimizer, iteration, t)
+        try:
+            window.add(_train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg,
+                                   device, memory_format, info), iteration)
+        except torch.OutOfMemoryError as err:
+            bar.close()
+            raise OutOfMemory(out_of_memory("training")) from err
+        state["iteration"] = iteration = iteration + 1
+        state["batch_in_epoch"] += 1
+        state["images_seen"] += t.batch_size
+        logging = iteration % t.log_interval == 0 or iteration == t.iterations
+        validating = iteration % t.val_interval == 0 or iteration == t.iterations
+        saving = validating or iteration % t.checkpoint_interval == 0
+        if logging or saving:  # the only points where the device is waited for
+            mean_loss, bad_iteration, bad_loss = window.check(info)
+            if bad_iteration is not None:
+                bad_lr = t.lr * lr_factor(bad_iteration, t)
+                log.write(event="diverged", iteration=bad_iteration, loss=bad_loss, lr=bad_lr)
                 bar.close()
                 raise TrainingDiverged(
-                    f"the loss became {loss} at iteration {iteration} (lr {lr:.3g}); training stopped. {run_dir} "
-                    "keeps the last good checkpoint. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off."
+                    f"the loss became {bad_loss} at iteration {bad_iteration} (lr {bad_lr:.3g}); training stopped. "
+                    f"{run_dir} keeps the last good checkpoint. Try a lower train.lr, train.grad_clip=1.0, or "
+                    "train.amp=off."
                 )
-            state["iteration"] = iteration = iteration + 1
-            state["batch_in_epoch"] += 1
-            state["images_seen"] += t.batch_size
-            now = time.perf_counter()
-            state["train_time_s"] += now - tick
-            state["log_window"] = [state["log_window"][0] + loss, state["log_window"][1] + 1]
-            bar.update(1)
-            if iteration % t.log_interval == 0 or iteration == t.iterations:
-                mean_loss = state["log_window"][0] / state["log_window"][1]
-                speed = state["images_seen"] / max(state["train_time_s"], 1e-9)
-                log.write(event="train", iteration=iteration, epoch=state["epoch"], loss=mean_loss, lr=lr,
-                          images_per_s=speed, train_time_s=state["train_time_s"])
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                state["log_window"] = [0.0, 0]
-            validating = iteration % t.val_interval == 0 or iteration == t.iterations
-            if validating and info.is_main:
+        state["train_time_s"] += time.perf_counter() - tick
+        bar.update(1)
+        if logging:
+            speed = state["images_seen"] / max(state["train_time_s"], 1e-9)
+            log.write(event="train", iteration=iteration, epoch=state["epoch"], loss=mean_loss, lr=lr,
+                      images_per_s=speed, train_time_s=state["train_time_s"])
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            window = _LossWindow(device)
+        if validating:
+            try:
                 validate(iteration)
-            if validating or iteration % t.checkpoint_interval == 0:
-                save_last()
-            tick = time.perf_counter()
-            if iteration >= t.iterations:
-                break
+            except torch.OutOfMemoryError as err:
+                bar.close()
+                raise OutOfMemory(out_of_memory("validation")) from err
+        if saving:
+            state["log_window"] = window.state()
+            save_last()
+        tick = time.perf_counter()
+        if iteration >= t.iterations:
+            break
     bar.close()
 
     # ---- final figures ------------------------------------------------------------------------
+    best = state["best"]
+    test_metrics = None
+    if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
+        if info.is_main:
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
+        test_metrics = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
+                                memory_format=memory_format, num_workers=workers,
+                                progress=progress and info.is_main, desc="test", dist_info=info)
     result = {}
     if info.is_main:
-        best = state["best"]
         result = {
             "arch": cfg.model.arch, "family": family, "data": data.name, "iterations": t.iterations,
             "world_size": info.world_size, "device": str(device), "precision": precision.name,
-            "channels_last": channels_last, "num_params": num_params,
+            "math": math_settings(device), "channels_last": channels_last, "num_params": num_params,
             "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],
             "val": best["metrics"], "last_val": state["last_val"]["metrics"],
             "train_time_s": state["train_time_s"],
@@ -413,11 +500,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             "val_time_s": state["val_time_s"], "val_metrics_time_s": state["val_metrics_time_s"],
             "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
         }
-        if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
-            result["test"] = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
-                                      memory_format=memory_format, num_workers=t.num_workers, progress=progress,
-                                      desc="test")
+        if test_metrics is not None:
+            result["test"] = test_metrics
         write_json(result, run_dir / "metrics.json")
         log.write(event="end", iteration=state["iteration"], best_value=best["value"],
                   best_iteration=best["iteration"], train_time_s=state["train_time_s"])

@@ -148,3 +148,14 @@ def test_pipeline_overhead_splits_batches_into_loading_compute_and_metrics():
     assert train["overhead"] == pytest.approx(train["data_s"] / (train["data_s"] + train["compute_s"]))
     assert val["images"] == 4 and min(val["data_s"], val["compute_s"], val["metrics_s"]) > 0
     assert 0 < val["metrics_share"] < val["overhead"] < 1
+
+
+def test_breakdown_bins_cpu_self_time_into_categories():
+    from segbench.bench.op_profile import profile_step
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    x = torch.randn(2, 1, 16, 16)
+    result = profile_step(lambda: model(x).sum().backward(), warmup=1, device="cpu")
+    assert result["clock"] == "cpu" and result["total_ms"] > 0
+    assert sum(result["categories"].values()) == pytest.approx(1.0)
+    assert {"convolution", "batchnorm"} <= set(result["categories"])

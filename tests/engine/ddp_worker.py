@@ -23,7 +23,7 @@ from segbench.registry import ARCHITECTURES, list_models  # noqa: E402
 train_module = importlib.import_module("segbench.engine.train")
 list_models()
 ARCHITECTURES["tiny"] = tiny.TINY_ENTRY
-train_module.load_data = lambda cfg: tiny.tiny_data(train=16)
+train_module.load_data = lambda cfg: tiny.tiny_data(train=16, val=9, test=4)  # 3 val cases: 2 + 1 per rank
 built = []
 real_build = train_module.build_model
 train_module.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
@@ -33,6 +33,7 @@ cfg = load_config(None, ["model.arch=tiny", "train.iterations=6", "train.batch_s
                          "train.device=cpu", "train.log_interval=1"])
 metrics = train_module.train(cfg, run_dir, progress=False)
 rank = int(os.environ["RANK"])
-torch.save({"params": {n: p.detach() for n, p in built[0].named_parameters()}, "metrics": metrics},
+torch.save({"params": {n: p.detach() for n, p in built[0].named_parameters()}, "metrics": metrics,
+            "buffers": {n: b.detach() for n, b in built[0].named_buffers()}},
            out_dir / f"rank{rank}.pt")
 torch.distributed.destroy_process_group()

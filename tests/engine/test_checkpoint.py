@@ -54,3 +54,43 @@ def test_precision_choices_on_cpu():
     assert resolve_device("cpu") == cpu
     with pytest.raises(ValueError, match="unsupported device|unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_cuda_auto_takes_bf16_only_where_native(monkeypatch, capability, expected):
+    # T4 (7.5) and V100 (7.0) emulate bf16 (is_bf16_supported() says True): fp16 + GradScaler there.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cuda = torch.device("cuda:0")
+    chosen = resolve_precision("auto", cuda)
+    assert chosen.name == expected and chosen.needs_scaler == (expected == "fp16")
+    assert resolve_precision("bf16", cuda).name == "bf16"  # asked for explicitly: honoured
+    assert resolve_precision("fp16", cuda).name == "fp16" and resolve_precision("off", cuda).name == "fp32"
+
+
+@pytest.mark.parametrize("capability", [(7, 0), (8, 6)])
+def test_inference_precision_follows_the_device_it_runs_on(monkeypatch, capability):
+    from segbench.engine.device import inference_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
+    native = capability >= (8, 0)
+    assert inference_precision("bf16", cuda).name == ("bf16" if native else "fp16")
+    assert inference_precision("auto", cuda).name == ("bf16" if native else "fp16")
+    assert inference_precision("fp16", cuda).name == "fp16"
+    assert inference_precision("off", cuda).name == "fp32"
+    cpu_low = "bf16" if cpu_has_native_bf16() else "fp32"
+    for amp in ("fp16", "bf16", "auto"):  # a GPU run's fp16 cannot raise, nor its bf16 be emulated, on a CPU
+        assert inference_precision(amp, cpu).name == cpu_low
+    assert inference_precision("off", cpu).name == "fp32"
+
+
+def test_inference_precision_on_a_cpu_without_native_bf16(monkeypatch):
+    import segbench.engine.device as device_module
+    from segbench.engine.device import inference_precision
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    assert inference_precision("bf16", torch.device("cpu")).name == "fp32"
+    assert inference_precision("fp16", torch.device("cpu")).name == "fp32"
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    assert inference_precision("fp16", torch.device("cpu")).name == "bf16"

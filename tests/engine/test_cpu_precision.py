@@ -27,3 +27,19 @@ def test_auto_follows_native_bf16(monkeypatch, native, expected):
     # The explicit choices do not depend on the CPU.
     assert resolve_precision("off", cpu).name == "fp32"
     assert resolve_precision("bf16", cpu).name == "bf16"
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_math_sets_tf32_for_matmuls_and_convolutions_alike_and_restores(deterministic):
+    from segbench.engine.device import cuda_math, math_settings
+
+    before = math_settings("cuda")
+    assert math_settings("cpu") is None  # nothing of this applies to the CPU
+    with cuda_math(deterministic=deterministic):
+        inside = math_settings("cuda")
+        assert inside["tf32_matmul"] is inside["tf32_conv"] is True
+        assert inside["deterministic"] is deterministic and inside["cudnn_benchmark"] is not deterministic
+        with cuda_math(tf32=False):
+            assert not math_settings("cuda")["tf32_matmul"] and not math_settings("cuda")["tf32_conv"]
+        assert math_settings("cuda") == inside
+    assert math_settings("cuda") == before

@@ -55,3 +55,40 @@ def test_gradients_flow_and_bad_arguments():
         build_loss("focal", 2)
     with pytest.raises(ValueError, match="class_weights has 2 entries for 3 classes"):
         build_loss("ce", 3, class_weights=[1.0, 2.0])
+
+
+def _dice_with_int64_one_hot(logits, target, num_classes, ignore_index=255, smooth=1e-5):
+    # The formula as first written (F.one_hot, int64), for comparison.
+    probs = logits.float().softmax(1)
+    valid = target != ignore_index
+    one_hot = F.one_hot(torch.where(valid, target, 0), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    mask = valid.unsqueeze(1).to(probs.dtype)
+    probs, one_hot = probs * mask, one_hot * mask
+    dice = (2 * (probs * one_hot).sum((0, 2, 3)) + smooth) / (probs.sum((0, 2, 3)) + one_hot.sum((0, 2, 3)) + smooth)
+    return 1 - dice[1:].mean()
+
+
+@pytest.mark.parametrize("logits_dtype", [torch.float32, torch.bfloat16])
+def test_dice_one_hot_is_built_in_the_probabilities_dtype(logits_dtype):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.int64_sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.int64:
+                    self.int64_sizes.append(t.numel())
+            return out
+
+    classes = 150
+    logits = torch.randn(2, classes, 8, 8).to(logits_dtype)
+    target = torch.randint(0, classes, (2, 8, 8))
+    target[0, :2] = 255
+    with Record() as record:
+        value = build_loss("dice", classes, 255)(logits, target)
+    assert max(record.int64_sizes) < logits.numel(), record.int64_sizes  # no int64 tensor of (N, C, H, W)
+    assert torch.equal(value, _dice_with_int64_one_hot(logits, target, classes))  # same figure, bit for bit
