@@ -6,10 +6,12 @@ Every number says how it was obtained, because each has a trap:
 - FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (``segbench.flops``, shared with
   ``segbench models``) on one eval-mode forward pass at batch 1 and the profile's input size. It counts matrix multiplications and convolutions (2 FLOPs per multiply-add,
   so twice the "MACs" some papers call FLOPs) and ignores element-wise work (BN, activations, resizing).
-- Latency (batch 1) and throughput (batch ``throughput_batch``) are timed by the one harness,
-  :mod:`segbench.bench.timing` (interleaved, warm-up until stable, median with its interquartile
-  range, re-measured and then marked when noisy), in eval mode under ``torch.inference_mode``, at
-  the precision and in the memory format the run trains in (the Speed section times the same way).
+- Latency (batch 1) is timed by the one harness, :mod:`segbench.bench.timing` (warm-up until
+  stable, median with its interquartile range, re-measured and then marked when noisy), in eval mode
+  under ``torch.inference_mode``, at the precision and in the memory format the run trains in.
+  Throughput is not measured here: it is the Speed section's batch inference time
+  (:mod:`segbench.bench.review_speed`), so the table and the section show one measurement, not two
+  that a shared machine's drift between them would make disagree.
 - Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache).
   On CPU the growth of the process's peak resident set (``VmHWM`` in ``/proc/self/status``, reset by
   writing 5 to ``/proc/self/clear_refs``) over its resident set just before the measured code. That
@@ -144,12 +146,10 @@ def measure_inference(
     channels_last: bool = False,
     rounds: int = 20,
     max_warmup: int = 10,
-    throughput_batch: int = 8,
 ) -> dict:
-    """Parameters, FLOPs, batch-1 latency, batch-``throughput_batch`` throughput and the inference
-    peak memory of ``model`` at input ``size``, under ``precision`` (None: fp32) and in channels-last
-    when asked. Run it on a freshly built model in a fresh process for the memory figure to mean what
-    it says (see the module docstring)."""
+    """Parameters, FLOPs, batch-1 latency and the inference peak memory of ``model`` at input ``size``,
+    under ``precision`` (None: fp32) and in channels-last when asked. Run it on a freshly built model
+    in a fresh process for the memory figure to mean what it says (see the module docstring)."""
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
@@ -159,12 +159,8 @@ def measure_inference(
         inference_fn(model, single, precision)()
     with torch.inference_mode():
         flops = count_flops(model, (1, in_channels, *size))
-    batch = _sample(throughput_batch, in_channels, size, device, memory_format)
-    timings = time_interleaved(
-        {"latency": inference_fn(model, single, precision), "batch": inference_fn(model, batch, precision)},
-        rounds=rounds, max_warmup=max_warmup, device=device,
-    )
-    latency, batch_time = timings["latency"].summary(1e3), timings["batch"].summary(1e3)
+    latency = time_interleaved({"latency": inference_fn(model, single, precision)}, rounds=rounds,
+                               max_warmup=max_warmup, device=device)["latency"].summary(1e3)
     return {
         "params": count_parameters(model),
         "gflops": flops / 1e9,
@@ -172,14 +168,7 @@ def measure_inference(
         "latency_q1_ms": latency["q1"],
         "latency_q3_ms": latency["q3"],
         "latency_noisy": latency["noisy"],
-        "throughput_ips": throughput_batch * 1e3 / batch_time["median"],
-        "throughput_batch": throughput_batch,
-        # The batch's inference time itself, comparable with the Speed section's inference figure.
-        "batch_infer_ms": batch_time["median"],
-        "batch_infer_q1_ms": batch_time["q1"],
-        "batch_infer_q3_ms": batch_time["q3"],
-        "throughput_noisy": batch_time["noisy"],
-        "timing": {"latency": latency, "batch": batch_time},
+        "timing": {"latency": latency},
         "precision": precision.name if precision is not None else "fp32",
         "channels_last": channels_last,
         "infer_peak_mb": memory.megabytes,

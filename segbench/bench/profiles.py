@@ -59,12 +59,12 @@ class Profile:
     seeds: int
     # Model options per architecture: the only per-architecture differences in the protocol.
     arch_options: dict[str, dict[str, Any]]
-    # Inference measurement (segbench.bench.timing): timed rounds of a batch-1 and a throughput-batch
-    # pass, interleaved, after a warm-up of at most timing_max_warmup rounds that waits for stable times.
+    # Latency (segbench.bench.timing): timed rounds of a batch-1 pass after a warm-up of at most
+    # timing_max_warmup rounds that waits for stable times.
     timing_rounds: int = 20
     timing_max_warmup: int = 10
-    throughput_batch: int = 8
-    # The Speed section's timed rounds (training step and inference, interleaved with peer and matmul).
+    # The Speed section's timed rounds (training step and inference at the training batch, interleaved
+    # with the peer and a matmul); the table's throughput is its inference figure.
     speed_rounds: int = 7
     # Validation images shown per architecture in the report's prediction grid.
     preview_images: int = 4
@@ -87,7 +87,8 @@ class Profile:
             "seeds": self.seeds,
             "latency": f"median (and IQR) of {self.timing_rounds} batch-1 passes after a warm-up until stable "
                        f"(at most {self.timing_max_warmup})",
-            "throughput": f"batch {self.throughput_batch}, median of {self.timing_rounds} passes, timed with the latency",
+            "throughput": f"the Speed section's inference at the training batch ({self.batch_size}), median of "
+                          f"{self.speed_rounds} rounds",
             "profile_overrides": list(self.overrides) or "none",
             "expected_gpu_memory": self.expected_gpu_memory,
         }

@@ -63,7 +63,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
            spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy"),
     Column("throughput_ips", "Throughput", "higher", 1, "img/s",
-           "images/s of a batch-8 forward pass in eval mode, median [from the batch time's quartiles]",
+           "images/s of inference at the training batch: the Speed section's measurement [from its quartiles]",
            spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy"),
     Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
     Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),

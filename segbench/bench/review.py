@@ -16,7 +16,7 @@ from segbench.bench import plots
 from segbench.bench.findings import findings, overall_findings
 from segbench.bench.profiles import Profile
 from segbench.bench.report import ReportInputs, table_columns, write_html, write_markdown
-from segbench.bench.review_speed import speed_section
+from segbench.bench.review_speed import read_review_speed, speed_section, throughput_figures
 from segbench.bench.results import COLUMNS, aggregate, class_key, write_results
 from segbench.bench.rows import result_row
 from segbench.bench.sweep import PlannedRun, input_size
@@ -100,13 +100,13 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
         "FLOPs: torch.utils.flop_counter.FlopCounterMode, one eval-mode forward pass at batch 1 and "
         f"{profile.input_size[0]}x{profile.input_size[1]}; matrix multiplications and convolutions only, "
         "2 FLOPs per multiply-add (twice the 'MACs' some papers call FLOPs).",
-        f"Latency and throughput: batch-1 and batch-{profile.throughput_batch} forward passes timed interleaved, "
-        f"{profile.timing_rounds} rounds after a warm-up that waits for consecutive timings to agree within "
-        f"{STABLE_WITHIN:.0%} (at most {profile.timing_max_warmup} rounds); the median, with the interquartile "
-        f"range in results.csv; a figure whose range exceeds {NOISY_ABOVE:.0%} of its median is measured again, "
-        "then marked noisy. Eval mode, torch.inference_mode, at the precision and memory format the run "
-        f"trained in ({precisions}), on the untrained model in the run's own process. The Speed section's "
-        "inference times come from the same harness.",
+        f"Latency: batch-1 forward passes, {profile.timing_rounds} timed rounds after a warm-up that waits for "
+        f"consecutive timings to agree within {STABLE_WITHIN:.0%} (at most {profile.timing_max_warmup} rounds); the "
+        f"median [interquartile range]; a figure whose range exceeds {NOISY_ABOVE:.0%} of its median is measured "
+        "again, then marked noisy. Eval mode, torch.inference_mode, at the precision and memory format the run "
+        f"trained in ({precisions}), on the untrained model in the run's own process. Throughput: the Speed "
+        "section's inference time at the training batch, the same harness (one measurement, shown in both "
+        "places); empty with --no-speed.",
         "Inference memory: " + ("; ".join(methods) or "not measured") + ", for one batch-1 forward pass "
         "(weights already resident). Training memory: the same method around the whole training call "
         "(model, optimiser state, activations, data); for a run resumed after an "
@@ -125,6 +125,10 @@ def write_review(
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     rows = [result_row(run) for run in plan]
+    throughput = throughput_figures(read_review_speed(out))  # the Speed section's inference, one measurement
+    for run, row in zip(plan, rows):
+        if row["status"] == "ok":
+            row.update(throughput.get(run.arch, {}))
     write_results(rows, report_dir)
 
     ok_runs = _first_ok(plan, rows)

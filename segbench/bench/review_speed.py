@@ -28,7 +28,7 @@ from segbench.bench.timing import NOISY_ABOVE
 from segbench.bench.sweep import PlannedRun, input_size
 
 __all__ = ["SPEED_FILE", "SPEED_HEADER", "review_speed_settings", "measure_review_speed", "read_review_speed",
-           "speed_rows", "speed_section", "agreement_notes", "data_facts"]
+           "speed_rows", "speed_section", "throughput_figures", "drift_note", "data_facts"]
 
 SPEED_FILE = "speed.json"
 
@@ -187,37 +187,36 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
         "augmentation, collation). Metrics: share of its validation time spent in the metric computation. "
         "Both measured in the training run above, not here.",
     ]
-    notes += agreement_notes(speed, pipeline)
+    notes += [note for note in [drift_note(speed)] if note]
     for arch, result in speed["archs"].items():
         notes += [f"{arch}: {note}" for note in result.get("notes", [])]
     return {"intro": intro, "header": SPEED_HEADER, "rows": speed_rows(speed, pipeline), "notes": notes}
 
 
-def agreement_notes(speed: dict, rows: dict[str, dict]) -> list[str]:
-    """Whether the comparison table's batch inference time (the training run's own process) and this
-    section's agree within their interquartile ranges, per architecture measured in both at the same batch."""
-    settings = speed["settings"]
-    agree, disagree = [], []
-    for arch, result in speed["archs"].items():
-        row = rows.get(arch, {})
-        ours = result.get("impls", {}).get("segbench", {})
-        table = [row.get(k) for k in ("batch_infer_q1_ms", "batch_infer_ms", "batch_infer_q3_ms")]
-        here = [ours.get(k) for k in ("infer_q1_s", "infer_s", "infer_q3_s")]
-        if (row.get("throughput_batch") != settings["batch"] or None in table or None in here
-                or row.get("measure_precision") != ours.get("precision")):
+def throughput_figures(speed: dict | None) -> dict[str, dict]:
+    """Per architecture, the table's throughput columns from this section's inference measurement (one
+    measurement for both): images/s at the section's batch, from the median and the quartiles."""
+    figures: dict[str, dict] = {}
+    batch = ((speed or {}).get("settings") or {}).get("batch")
+    for arch, result in ((speed or {}).get("archs") or {}).items():
+        ours = (result.get("impls") or {}).get("segbench") or {}
+        if not batch or not ours.get("infer_s"):
             continue
-        here = [t * 1e3 for t in here]
-        if table[0] <= here[2] and here[0] <= table[2]:  # the two interquartile ranges overlap
-            agree.append(arch)
-        else:
-            disagree.append(f"{arch} (table {table[1]:.1f} ms, IQR {table[0]:.1f}-{table[2]:.1f}; here "
-                            f"{here[1]:.1f} ms, IQR {here[0]:.1f}-{here[2]:.1f})")
-    notes = []
-    if agree:
-        notes.append(f"The comparison table's batch-{settings['batch']} inference time (timed in each training run's "
-                     f"process by the same harness) agrees with this section's within their interquartile ranges "
-                     f"for {len(agree)} of {len(agree) + len(disagree)} architectures.")
-    if disagree:
-        notes.append("Outside each other's interquartile range, so the machine's load or state differed between "
-                     "the two measurements: " + "; ".join(disagree) + ".")
-    return notes
+        figures[arch] = {"throughput_ips": batch / ours["infer_s"], "throughput_batch": batch,
+                         "throughput_noisy": bool(ours.get("infer_noisy")), "throughput_precision": ours.get("precision")}
+        if ours.get("infer_q1_s") and ours.get("infer_q3_s"):
+            figures[arch].update(throughput_lo_ips=batch / ours["infer_q3_s"], throughput_hi_ips=batch / ours["infer_q1_s"])
+    return figures
+
+
+def drift_note(speed: dict) -> str | None:
+    """How much the machine's speed moved during the section, read off the matmul timed with each
+    architecture: what an absolute time carries beyond its own interquartile range."""
+    rates = [r["matmul_flops_per_s"] for r in speed["archs"].values() if r.get("matmul_flops_per_s")]
+    if len(rates) < 2:
+        return None
+    low, high, middle = min(rates), max(rates), statistics.median(rates)
+    return (f"Drift: the matmul timed with each architecture ran at {low / 1e9:.0f}-{high / 1e9:.0f} GFLOP/s "
+            f"({(high - low) / middle:.0%} of its median) over the section: the machine's speed moved by about that "
+            "much between architectures, more than within one (the interquartile ranges above). Absolute times carry "
+            "that uncertainty; segbench/peer ratios and % matmul, measured side by side in the same rounds, do not.")

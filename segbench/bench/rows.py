@@ -71,14 +71,9 @@ def result_row(run: PlannedRun) -> dict:
     if measure:
         row["params"] = measure["params"]
         row["params_m"] = measure["params"] / 1e6
-        for key in ("gflops", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_noisy", "throughput_ips",
-                    "throughput_batch", "batch_infer_ms", "batch_infer_q1_ms", "batch_infer_q3_ms",
-                    "throughput_noisy", "infer_peak_mb", "memory_method"):
+        for key in ("gflops", "latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_noisy", "infer_peak_mb",
+                    "memory_method"):
             row[key] = measure.get(key)
-        if measure.get("batch_infer_q1_ms") and measure.get("batch_infer_q3_ms"):
-            images = measure["throughput_batch"] * 1e3
-            row["throughput_lo_ips"] = images / measure["batch_infer_q3_ms"]
-            row["throughput_hi_ips"] = images / measure["batch_infer_q1_ms"]
         row["timing_rounds"] = (measure.get("timing") or {}).get("latency", {}).get("rounds")
         row["measure_precision"] = measure.get("precision")
     if "train_peak_mb" in result:

@@ -83,7 +83,6 @@ def _measure_settings(cfg: Config, profile: Profile) -> dict:
         "input_size": list(input_size(cfg, profile)),
         "timing_rounds": profile.timing_rounds,
         "timing_max_warmup": profile.timing_max_warmup,
-        "throughput_batch": profile.throughput_batch,
     }
 
 

@@ -7,7 +7,7 @@ process wrote, or the exit status when it wrote nothing.
 Reads ``RUN_DIR/sweep_run.json`` (written by :mod:`segbench.bench.sweep`) and, in order:
 
 1. loads the data (cached after the first run) and builds a fresh model from the run's config;
-2. measures it untrained (parameters, FLOPs, latency, throughput, inference peak memory);
+2. measures it untrained (parameters, FLOPs, batch-1 latency, inference peak memory);
 3. trains it with ``segbench.engine.train`` (resuming when the folder holds a partial run), measuring
    the training peak memory; the engine writes ``metrics.json`` with the validation (and test) figures;
 4. predicts the same few validation images with the best checkpoint (``preview.npz``) for the
@@ -112,7 +112,7 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
             result["measure"] = measure_inference(
                 model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
                 precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
-                rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"], throughput_batch=m["throughput_batch"],
+                rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
             )
             result["measure"]["math"] = math_settings(device)
         del model

@@ -39,18 +39,23 @@ def test_speed_rows_format_known_figures():
     assert rows[2][3] == "failed: RuntimeError: out of memory"
 
 
-def test_table_and_section_agreement_is_judged_by_overlapping_quartiles():
+def test_table_throughput_is_the_sections_inference_measurement():
     speed = {"settings": {"batch": 8}, "archs": {"unet": _figures("unet", peer=False),
-                                                 "segformer": _figures("segformer", peer=False)}}
-    row = {"throughput_batch": 8, "measure_precision": "bf16"}
-    rows = {"unet": {**row, "batch_infer_q1_ms": 128.0, "batch_infer_ms": 131.0, "batch_infer_q3_ms": 135.0},
-            "segformer": {**row, "batch_infer_q1_ms": 140.0, "batch_infer_ms": 150.0, "batch_infer_q3_ms": 160.0}}
-    notes = review_speed.agreement_notes(speed, rows)
-    assert "for 1 of 2 architectures" in notes[0]
-    assert "segformer (table 150.0 ms, IQR 140.0-160.0; here 125.0 ms, IQR 120.0-130.0)" in notes[1]
-    # Another batch or precision is another configuration: not compared.
-    rows["segformer"]["measure_precision"] = "fp32"
-    assert review_speed.agreement_notes(speed, rows) == [notes[0].replace("1 of 2", "1 of 1")]
+                                                 "pspnet": {"arch": "pspnet", "error": "RuntimeError: out of memory"}}}
+    figures = review_speed.throughput_figures(speed)
+    assert list(figures) == ["unet"]  # a failed measurement gives no throughput
+    unet = figures["unet"]
+    assert unet["throughput_ips"] == pytest.approx(8 / 0.125) and unet["throughput_batch"] == 8
+    # images/s from the time's quartiles: the slow quartile gives the low rate
+    assert (unet["throughput_lo_ips"], unet["throughput_hi_ips"]) == pytest.approx((8 / 0.13, 8 / 0.12))
+    assert unet["throughput_noisy"] is True and unet["throughput_precision"] == "bf16"
+
+
+def test_drift_is_read_off_the_matmul_timed_with_each_architecture():
+    speed = {"archs": {"a": {"matmul_flops_per_s": 300e9}, "b": {"matmul_flops_per_s": 400e9},
+                       "c": {"matmul_flops_per_s": 350e9}}}
+    assert "300-400 GFLOP/s (29% of its median)" in review_speed.drift_note(speed)
+    assert review_speed.drift_note({"archs": {"a": {"matmul_flops_per_s": 1e9}}}) is None
 
 
 def test_settings_follow_the_review(tmp_path):
