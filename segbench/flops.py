@@ -11,11 +11,21 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "count_flops"]
+from typing import Callable
+
+__all__ = ["count_parameters", "count_flops", "count_flops_of"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops_of(fn: Callable[[], object]) -> int:
+    """FLOPs of whatever ``fn`` computes (matmuls and convolutions, forward and backward alike)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, backward: bool = False) -> int:
@@ -23,8 +33,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, backward: boo
     (N, C, H, W), with the model in its current train/eval mode."""
     device = next(model.parameters()).device
     x = torch.randn(input_shape, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter:
+
+    def run() -> None:
         out = model(x)
         if backward:
             logits = out["out"] if isinstance(out, dict) else out
@@ -32,7 +42,5 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], *, backward: boo
             if isinstance(out, dict) and "aux" in out:
                 loss = loss + out["aux"].float().mean()
             loss.backward()
-    if not backward:
-        # Under no-grad the count is the same; keep the graph from holding memory.
-        del out
-    return int(counter.get_total_flops())
+
+    return count_flops_of(run)

@@ -15,16 +15,12 @@ import time
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 if TYPE_CHECKING:
     from segbench.bench.speed import SpeedSettings
 
 __all__ = ["pipeline_overhead", "format_pipeline"]
-
-
-def _as_list(items: list) -> list:
-    return items
 
 
 def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "brain-mri", max_batches: int = 20) -> dict:
@@ -33,14 +29,14 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     Training uses random crops of ``settings.size`` (the engine's augmentation); at most
     ``max_batches`` batches of each split are timed, after one untimed batch.
     """
-    from segbench.bench.speed import train_step_fn
+    from segbench.bench.speed import train_step
     from segbench.bench.timing import synchronize
     from segbench.engine.device import resolve_precision
     from segbench.config import EvalConfig
     from segbench.data import AugmentConfig, DataConfig, load_data
-    from segbench.engine.evaluate import inference_settings
+    from segbench.engine.checkpoint import DataInfo
+    from segbench.engine.evaluate import evaluate
     from segbench.engine.inference import predict_logits
-    from segbench.engine.metrics import SegmentationMetrics
     from segbench.registry import ARCHITECTURES, build_model
 
     device = torch.device(settings.device)
@@ -51,7 +47,7 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     result = {"arch": arch, "source": source, "batch": settings.batch, "size": list(settings.size)}
 
     precision = resolve_precision(settings.amp, device)
-    step = train_step_fn(model, getattr(model, "family", ARCHITECTURES[arch].family), precision)  # as benchmark_arch
+    step = train_step(model, getattr(model, "family", ARCHITECTURES[arch].family), settings, precision)
     loader = DataLoader(data.splits["train"], batch_size=settings.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     parts = {"data_s": 0.0, "compute_s": 0.0}
@@ -72,36 +68,18 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
             parts["compute_s"] += time.perf_counter() - loaded
     result["train"] = {"batches": max(index - 1, 0), **parts, "overhead": parts["data_s"] / sum(parts.values())}
 
+    # Validation through the engine's one evaluation loop, on the first max_batches batches of val.
     eval_cfg = EvalConfig(batch_size=settings.batch)
-    metrics = SegmentationMetrics(data.num_classes, data.ignore_index, data.class_names, eval_cfg.background, eval_cfg.hd95)
-    val_loader = DataLoader(data.splits["val"], batch_size=settings.batch, shuffle=False, collate_fn=_as_list)
-    parts = {"data_s": 0.0, "compute_s": 0.0, "metrics_s": 0.0}
-    model.eval()
-    images_seen = 0
-    with torch.inference_mode():
-        predict_logits(model, data.splits["val"][0]["image"][None].to(device))  # warm-up, untimed
-        items_iter = iter(val_loader)
-        for _ in range(max_batches):
-            tick = time.perf_counter()
-            items = next(items_iter, None)
-            if items is None:
-                break
-            images = torch.stack([item["image"] for item in items]).to(device).contiguous(memory_format=memory_format)
-            synchronize(device)
-            loaded = time.perf_counter()
-            with precision.autocast():
-                logits = predict_logits(model, images, inference_settings(eval_cfg))
-            synchronize(device)
-            computed = time.perf_counter()
-            metrics.update(logits.argmax(1).cpu(), torch.stack([item["mask"] for item in items]),
-                           [str(item["case"]) for item in items], [int(item["index"]) for item in items])
-            parts["data_s"] += loaded - tick
-            parts["compute_s"] += computed - loaded
-            parts["metrics_s"] += time.perf_counter() - computed
-            images_seen += len(items)
-        tick = time.perf_counter()
-        metrics.compute()
-        parts["metrics_s"] += time.perf_counter() - tick
+    val = data.splits["val"]
+    subset = Subset(val, range(min(len(val), max_batches * settings.batch)))
+    with precision.autocast(), torch.inference_mode():
+        predict_logits(model, val[0]["image"][None].to(device))  # warm-up, untimed
+    timings: dict[str, float] = {}
+    evaluate(model, subset, DataInfo.of(data), eval_cfg, device, precision, memory_format=memory_format,
+             timings=timings)
+    parts = {"data_s": timings["data_s"], "metrics_s": timings["metrics_s"],
+             "compute_s": timings["eval_s"] - timings["data_s"] - timings["metrics_s"]}
+    images_seen = len(subset)
     total = sum(parts.values())
     result["val"] = {"images": images_seen, **parts, "overhead": (parts["data_s"] + parts["metrics_s"]) / total,
                      "metrics_share": parts["metrics_s"] / total}

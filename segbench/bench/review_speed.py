@@ -46,7 +46,8 @@ def review_speed_settings(plan: list[PlannedRun], profile: Profile, data: dict) 
         size=input_size(cfg, profile),
         batch=max(2, cfg.train.batch_size),
         device=resolve_device(cfg.train.device).type,
-        amp=cfg.train.amp,  # timed in the precision the runs trained in
+        amp=cfg.train.amp,  # timed in the precision the runs trained in, with their loss
+        loss=cfg.train.loss,
         rounds=profile.speed_rounds,
         max_warmup=profile.timing_max_warmup,
         num_classes=int(data["num_classes"]),

@@ -11,8 +11,9 @@ How the figures are taken, and why:
   The review table's latency and throughput come from the same harness.
 - **Precision** is the run's: ``amp`` resolves as training resolves ``train.amp`` (auto: bf16 on
   GPUs and CPUs that compute it natively, else fp32/fp16), and the model runs under that autocast.
-- A training step is forward + loss + backward + optimizer step (segbench's optimizer for the
-  architecture's family: SGD for CNNs, AdamW for transformers; the peer gets the same). Inference is
+- A training step is the engine's (:class:`segbench.engine.step.TrainStep`): forward + the run's
+  loss + backward + optimizer step (segbench's optimizer for the architecture's family: SGD for CNNs,
+  AdamW for transformers; the peer gets the same optimizer and computes its library's own loss). Inference is
   an eval-mode forward under ``torch.inference_mode`` returning logits at input resolution.
 - FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, 2 per
   multiply-add; the training step counts forward + backward). FLOP/s = FLOPs / median time, and the
@@ -33,14 +34,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from segbench.bench.measure import inference_fn
 from segbench.bench.peers import build_peer
 from segbench.bench.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_precision
+from segbench.engine.step import TrainStep
+from segbench.flops import count_flops_of
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
            "format_rate", "OVER_100_NOTE"]
@@ -58,6 +59,7 @@ class SpeedSettings:
     batch: int = 2  # >= 2: BatchNorm in training mode needs more than one value per channel
     device: str = "cpu"
     amp: str = "auto"  # as train.amp: auto (the training's choice on this device), off, bf16, fp16
+    loss: str = "ce"  # the training step's loss, as train.loss (the review passes its runs')
     rounds: int = 5  # timed rounds; figures are medians (with their IQR)
     max_warmup: int = 10  # warm-up rounds at most; it stops earlier once timings are stable
     engines: tuple[str, ...] = ("torch",)  # add "onnx" for ONNX Runtime inference of our export
@@ -86,75 +88,25 @@ def matmul_rate(device: torch.device | str = "cpu", *, dtype: torch.dtype = torc
     return 2 * n**3 / timing.median
 
 
-def _loss(output, target: Tensor, aux_weight: float) -> Tensor:
-    """The engine's default loss: cross-entropy, plus the auxiliary head's times ``aux_weight``."""
-    if isinstance(output, dict):
-        loss = F.cross_entropy(output["out"], target, ignore_index=255)
-        if output.get("aux") is not None and aux_weight:
-            loss = loss + aux_weight * F.cross_entropy(output["aux"], target, ignore_index=255)
-        return loss
-    return F.cross_entropy(output, target, ignore_index=255)
-
-
-def _optimizer(model: nn.Module, family: str) -> torch.optim.Optimizer:
-    """The engine's optimizer with the family's defaults (its parameter groups included)."""
+def train_step(model: nn.Module, family: str, settings: SpeedSettings, precision: Precision,
+               *, own_loss: bool = False) -> TrainStep:
+    """The engine's training step for ``model``: its family's optimizer (with its parameter groups), the
+    run's loss (``settings.loss``) with the auxiliary head's at the model's ``aux_weight``; a peer
+    (``own_loss``) computes its library's own loss instead."""
     from segbench.config import TrainConfig
+    from segbench.engine.losses import build_loss
     from segbench.engine.optim import build_optimizer, resolve_train_config
 
-    return build_optimizer(model, resolve_train_config(TrainConfig(), family), family)
+    optimizer = build_optimizer(model, resolve_train_config(TrainConfig(), family), family)
+    criterion = None if own_loss else build_loss(settings.loss, settings.num_classes).to(next(model.parameters()).device)
+    return TrainStep(model, optimizer, criterion, precision=precision,
+                     aux_weight=float(getattr(model, "aux_weight", 0.0) or 0.0))
 
 
-def train_step_fn(model: nn.Module, family: str, precision: Precision | None = None) -> Callable[[Tensor, Tensor], None]:
-    """One optimisation step on (images, labels): forward under ``precision``'s autocast (None: fp32),
-    loss (with the auxiliary head's at the model's ``aux_weight``; peers use their own
-    ``training_loss``), backward (through a GradScaler for fp16, as training does), optimizer step."""
-    optimizer = _optimizer(model, family)
-    aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
-    own_loss = getattr(model, "training_loss", None)
-    precision = precision or Precision(None, next(model.parameters()).device.type)
-    scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.needs_scaler)
-
-    def step(x: Tensor, target: Tensor) -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        if own_loss:
-            with precision.autocast():
-                loss = own_loss(x, target)
-        else:
-            with precision.autocast():
-                output = model(x)
-            loss = _loss(output, target, aux_weight)  # outside autocast, as the engine computes it
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return step
-
-
-def _train_closure(model: nn.Module, x: Tensor, target: Tensor, family: str, precision: Precision) -> Callable[[], None]:
-    step = train_step_fn(model, family, precision)
-    return lambda: step(x, target)
-
-
-def _count_flops(fn: Callable[[], object]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def _train_flops(model: nn.Module, x: Tensor, target: Tensor) -> int:
+def _train_flops(step: TrainStep, x: Tensor, target: Tensor) -> int:
     """Forward + backward FLOPs of one step (the optimizer's element-wise update is not counted)."""
-    aux_weight = float(getattr(model, "aux_weight", 0.0) or 0.0)
-    own_loss = getattr(model, "training_loss", None)
-
-    def forward_backward() -> None:
-        model.train()
-        loss = own_loss(x, target) if own_loss else _loss(model(x), target, aux_weight)
-        loss.backward()
-
-    flops = _count_flops(forward_backward)
-    model.zero_grad(set_to_none=True)
+    flops = count_flops_of(lambda: step.loss(x, target).backward())
+    step.model.zero_grad(set_to_none=True)
     return flops
 
 
@@ -251,9 +203,10 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
         progress(f"{arch}: counting FLOPs ({name})")
         kinds = ("train", "infer") if settings.train else ("infer",)
         if settings.train:
-            entry["train_flops"] = _train_flops(model, x, target)
-            closures[f"{name}.train"] = _train_closure(model, x, target, family, precision)
-        entry["infer_flops"] = _count_flops(inference_fn(model, x))
+            step = train_step(model, family, settings, precision, own_loss=name == "peer")
+            entry["train_flops"] = _train_flops(step, x, target)
+            closures[f"{name}.train"] = lambda step=step: step(x, target)
+        entry["infer_flops"] = count_flops_of(inference_fn(model, x))
         closures[f"{name}.infer"] = inference_fn(model, x, precision)
         if settings.compile:
             _compile_in_place(model)

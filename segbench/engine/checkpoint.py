@@ -12,6 +12,8 @@ is atomic), so a run killed mid-write still has its previous checkpoint intact.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -56,6 +58,24 @@ class DataInfo:
     @classmethod
     def from_dict(cls, values: dict) -> "DataInfo":
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def of(cls, data) -> "DataInfo":
+        """The facts of a loaded dataset (``segbench.data.SegmentationData`` or alike)."""
+        normalization = getattr(data, "normalization", None)
+        if normalization is not None and dataclasses.is_dataclass(normalization):
+            normalization = json.loads(json.dumps(dataclasses.asdict(normalization), default=float))
+        palette = getattr(data, "palette", None)
+        return cls(
+            name=data.name,
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            class_names=list(data.class_names),
+            ignore_index=data.ignore_index,
+            volumetric=bool(getattr(data, "volumetric", False)),
+            normalization=normalization,
+            palette=[list(map(int, c)) for c in palette] if palette else None,
+        )
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

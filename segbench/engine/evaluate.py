@@ -104,8 +104,9 @@ def evaluate(
     ``dist_info`` (data-parallel runs): every process calls this with the same model and gets the same
     figures, each having evaluated its share of the cases.
 
-    ``timings``, when given, gains the pass's seconds: ``eval_s`` (all of it) and ``metrics_s`` (in
-    ``SegmentationMetrics``: update and compute), so a caller can tell what the metrics add.
+    ``timings``, when given, gains the pass's seconds: ``eval_s`` (all of it), ``data_s`` (waiting for
+    the loader) and ``metrics_s`` (in ``SegmentationMetrics``: update and compute), so a caller can tell
+    what the input pipeline and the metrics add to the inference.
     """
     device = torch.device(device)
     precision = precision or Precision(None, device.type)
@@ -127,21 +128,23 @@ def evaluate(
     )
     was_training = model.training
     model.eval()
-    start = time.perf_counter()
-    metrics_s = 0.0
+    start = tick = time.perf_counter()
+    metrics_s = data_s = 0.0
     for items in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        data_s += time.perf_counter() - tick
         for run in _same_size_runs(items):
             images = torch.stack([item["image"] for item in run]).to(device).contiguous(memory_format=memory_format)
             with precision.autocast():
                 labels = predict_logits(model, images, settings).argmax(1).cpu()  # .cpu() waits for the device
-            tick = time.perf_counter()
+            metrics_start = time.perf_counter()
             metrics.update(
                 labels,
                 torch.stack([item["mask"] for item in run]),
                 [str(item["case"]) for item in run],
                 [int(item["index"]) for item in run],
             )
-            metrics_s += time.perf_counter() - tick
+            metrics_s += time.perf_counter() - metrics_start
+        tick = time.perf_counter()
     model.train(was_training)
     tick = time.perf_counter()
     if sharded:
@@ -151,6 +154,7 @@ def evaluate(
         end = time.perf_counter()
         timings["eval_s"] = timings.get("eval_s", 0.0) + end - start
         timings["metrics_s"] = timings.get("metrics_s", 0.0) + metrics_s + end - tick
+        timings["data_s"] = timings.get("data_s", 0.0) + data_s
     return values
 
 

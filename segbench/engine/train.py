@@ -70,6 +70,7 @@ from segbench.engine.distributed import (
 from segbench.engine.evaluate import evaluate, json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
+from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.registry import ARCHITECTURES, build_model
@@ -95,23 +96,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _data_info(data) -> DataInfo:
-    normalization = getattr(data, "normalization", None)
-    if normalization is not None and dataclasses.is_dataclass(normalization):
-        normalization = json.loads(json.dumps(dataclasses.asdict(normalization), default=float))
-    palette = getattr(data, "palette", None)
-    return DataInfo(
-        name=data.name,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        class_names=list(data.class_names),
-        ignore_index=data.ignore_index,
-        volumetric=bool(getattr(data, "volumetric", False)),
-        normalization=normalization,
-        palette=[list(map(int, c)) for c in palette] if palette else None,
-    )
 
 
 # Settings a run's results do not depend on: they may change between a run and its resumption.
@@ -185,25 +169,6 @@ def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: st
     if outcome[0] is not None:
         raise RuntimeError(f"rank 0 could not load model.pretrained={pretrained!r}: {outcome[0]}")
     return model if model is not None else build(None)
-
-
-def _train_step(model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg, device, memory_format, info) -> float:
-    images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    masks = batch["mask"].to(device, non_blocking=True)
-    with precision.autocast():
-        out = model(images)
-    logits, aux = (out["out"], out.get("aux")) if isinstance(out, dict) else (out, None)
-    loss = criterion(logits, masks)
-    if aux is not None and aux_weight:
-        loss = loss + aux_weight * criterion(aux, masks)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.train.grad_clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()  # read by the loss window at its checks, not here: no device sync per step
 
 
 class _LossWindow:
@@ -286,7 +251,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if split not in data.splits or len(data.splits[split]) == 0:
             raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
     train_set, val_set = data.splits["train"], data.splits["val"]
-    data_info = _data_info(data)
+    data_info = DataInfo.of(data)
 
     # ---- model, optimiser, loss ---------------------------------------------------------------
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
@@ -312,7 +277,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         say("data-parallel on CPU: BatchNorm statistics stay per process (PyTorch's SyncBatchNorm needs CUDA)")
     model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model, t, family)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
+    scaler = grad_scaler(precision)
     criterion = build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device)
     aux_weight = float(getattr(model, "aux_weight", 0.0)) if t.aux_loss else 0.0
     num_params = sum(p.numel() for p in model.parameters())
@@ -367,6 +332,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=has_idle_aux_head(model, aux_weight),
         )
+    step = TrainStep(train_model, optimizer, criterion, precision=precision, aux_weight=aux_weight,
+                     grad_clip=t.grad_clip, memory_format=memory_format, scaler=scaler)
     log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
               family=family, device=str(device), precision=precision.name, world_size=info.world_size,
               channels_last=channels_last, num_params=num_params, time=time.time())
@@ -432,8 +399,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         iteration = state["iteration"]
         lr = set_learning_rate(optimizer, iteration, t)
         try:
-            window.add(_train_step(train_model, batch, criterion, aux_weight, optimizer, scaler, precision, cfg,
-                                   device, memory_format, info), iteration)
+            window.add(step(batch["image"], batch["mask"]), iteration)
         except torch.OutOfMemoryError as err:
             bar.close()
             raise OutOfMemory(out_of_memory("training")) from err

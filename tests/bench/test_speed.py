@@ -10,8 +10,11 @@ from click.testing import CliRunner
 from torch import nn
 
 import segbench
-from segbench.bench.speed import _count_flops, _loss, _train_flops, format_table, train_step_fn
+from segbench.bench.speed import SpeedSettings, _train_flops, format_table, train_step
 from segbench.engine.device import Precision
+from segbench.engine.losses import build_loss
+from segbench.engine.step import TrainStep
+from segbench.flops import count_flops_of
 from tests.test_export import small_model
 
 
@@ -20,7 +23,8 @@ def test_training_step_runs_under_the_precision_and_updates_the_weights():
     dtypes = []
     model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     before = model[0].weight.detach().clone()
-    step = train_step_fn(model, "cnn", Precision(torch.bfloat16, "cpu"))
+    step = train_step(model, "cnn", SpeedSettings(num_classes=3, loss="ce+dice"), Precision(torch.bfloat16, "cpu"))
+    assert isinstance(step.optimizer, torch.optim.SGD) and type(step.criterion).__name__ == "CEDiceLoss"
     step(torch.randn(2, 1, 8, 8), torch.randint(0, 3, (2, 8, 8)))
     assert dtypes == [torch.bfloat16] and model[0].weight.dtype == torch.float32
     assert not torch.equal(model[0].weight, before)
@@ -39,9 +43,10 @@ def test_flop_counts_are_two_per_multiply_add_and_training_adds_the_backward():
     m, k, n = 16, 32, 8
     model = nn.Linear(k, n, bias=False)
     x, target = torch.randn(m, k), torch.randint(0, n, (m,))
-    assert _count_flops(lambda: model(x)) == 2 * m * k * n
+    assert count_flops_of(lambda: model(x)) == 2 * m * k * n
     # The input needs no gradient, so the backward computes only the weight gradient: one more matmul.
-    assert _train_flops(model, x, target) == 2 * (2 * m * k * n)
+    step = train_step(model, "cnn", SpeedSettings(num_classes=n), Precision(None, "cpu"))
+    assert _train_flops(step, x, target) == 2 * (2 * m * k * n)
 
 
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "pspnet", "segformer"])
@@ -68,7 +73,9 @@ def test_channels_last_gives_the_same_logits_and_gradients(arch):
     for module, images in ((model, x), (twin, x.contiguous(memory_format=torch.channels_last))):
         module.train()
         torch.manual_seed(1)  # the same stochastic-depth draws
-        loss = _loss(module(images), target, getattr(module, "aux_weight", 0.0))
+        step = TrainStep(module, None, build_loss("ce", 3), precision=Precision(None, "cpu"),
+                         aux_weight=getattr(module, "aux_weight", 0.0))
+        loss = step.loss(images, target)
         loss.backward()
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], rel=1e-9)

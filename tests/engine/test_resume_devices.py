@@ -113,7 +113,10 @@ def test_out_of_memory_names_the_remedies_in_one_line(tiny_env, tmp_path, monkey
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB")
 
-    monkeypatch.setattr(train_module, "_train_step" if stage == "training" else "evaluate", no_memory)
+    if stage == "training":
+        monkeypatch.setattr(train_module.TrainStep, "__call__", no_memory)
+    else:
+        monkeypatch.setattr(train_module, "evaluate", no_memory)
     result = CliRunner().invoke(main, ["train", "--arch", "tiny", "--out", str(tmp_path), "--quiet", "--set",
                                        "train.device=cpu", "--set", "train.batch_size=4", "--set",
                                        "data.augment.crop_size=[12,12]"], catch_exceptions=False)
