@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from segbench.config import Config, config_from_dict
+from segbench.weights import CheckpointError, load_torch_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "DataInfo",
     "save_checkpoint",
     "load_checkpoint",
@@ -62,11 +64,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full or read-only disk, or a kill: leave no half-written .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -79,9 +85,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a segbench checkpoint (format {state.get('format')!r})")
+    state = load_torch_file(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a segbench checkpoint (format {found!r}); give a run folder written by "
+                              "`segbench train`, or load other toolkits' weights with model.pretrained")
     return state
 
 

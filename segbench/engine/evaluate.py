@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from segbench.config import ConfigError, EvalConfig, apply_overrides, config_from_dict, config_to_dict
+from segbench.engine import run_folder
 from segbench.engine.checkpoint import DataInfo, load_run_model
 from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
@@ -202,4 +203,5 @@ def evaluate_run(
     )
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
     write_json(result, run_dir / f"eval_{split}.json")
+    run_folder.record(run_dir, f"eval_{split}.json")  # the run's file: starting over may delete it
     return result
