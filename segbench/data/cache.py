@@ -32,7 +32,7 @@ from segbench.data.layouts import Source
 
 __all__ = ["CACHE_VERSION", "cache_root", "cache_key", "CacheStore", "open_or_build"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: label-consistency and non-finite checks (caches built without them are rechecked)
 _PROGRESS_MIN_CASES = 20
 
 
@@ -68,6 +68,7 @@ def cache_key(source: Source, cfg: DataConfig, bake_volume_norm: bool, salt: obj
             "resize": cfg.resize,
             "slice_axis": cfg.slice_axis if source.volumetric else None,
             "bake_volume_norm": bake_volume_norm,
+            "replace_nonfinite": cfg.replace_nonfinite,
         },
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]

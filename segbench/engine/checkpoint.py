@@ -150,7 +150,9 @@ def load_run_model(
     if not path.is_file():
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run folder at {run_dir}")
-        raise FileNotFoundError(f"{run_dir} has no {which}.pt; has training run and validated at least once?")
+        hint = " (no validation gave a defined best metric; use --which last)" if (run_dir / "last.pt").is_file() else \
+            "; has training run and validated at least once?"
+        raise FileNotFoundError(f"{run_dir} has no {which}.pt{hint}")
     state = load_checkpoint(path, map_location)
     cfg = config_from_dict(state["config"])
     info = DataInfo.from_dict(state["data_info"])
