@@ -91,6 +91,7 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
             extra = ([f"model.arch={arch}"] if arch else []) + ([f"data.source={data_source}"] if data_source else [])
             cfg = config_from_dict(apply_overrides(values, extra + list(overrides)))
         cfg = _resolved_data_path(cfg)
+        _check_option_types(cfg.model.arch, cfg.model.options)
         try:
             metrics = train_run(cfg, out_dir, resume=resume, progress=not quiet)
         except KeyboardInterrupt:
@@ -110,6 +111,24 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
     if not (out_dir / "best.pt").is_file():
         click.echo(f"warning: no best.pt: no validation gave a defined {metrics['best_metric']} (does the val split "
                    "hold foreground?); `segbench eval/predict --which last` use the final weights", err=True)
+
+
+def _check_option_types(arch: str, options: dict) -> None:
+    """A text value for a numeric model option fails deep inside a layer constructor; name the key instead."""
+    from segbench.config import ConfigError
+    from segbench.registry import model_options
+
+    try:
+        defaults = model_options(arch)
+    except KeyError:
+        return  # build_model names the valid architectures
+    for name, value in options.items():
+        default = defaults.get(name)
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ConfigError(f"model.options.{name}: expected a number (default {default!r}), got {value!r}")
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"model.options.{name}: expected true or false, got {value!r}")
 
 
 def _resolved_data_path(cfg):

@@ -94,7 +94,11 @@ class CacheStore:
     def _array(self, name: str) -> np.ndarray:
         array = self._arrays.get(name)
         if array is None:
-            array = self._arrays[name] = np.load(self.folder / name, mmap_mode="r")
+            try:
+                array = self._arrays[name] = np.load(self.folder / name, mmap_mode="r")
+            except (OSError, ValueError) as err:  # truncated or overwritten by something else
+                raise DataError(f"cache file {self.folder / name} is damaged ({' '.join(str(err).split())}); delete "
+                                f"{self.folder} and it is rebuilt from the data") from None
             while len(self._arrays) > self.MAX_OPEN:
                 self._arrays.popitem(last=False)
         else:
@@ -212,7 +216,10 @@ def open_or_build(source: Source, cfg: DataConfig, reader, bake_volume_norm: boo
     safe_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in source.name) or "data"
     final = root / f"{safe_name}-{key}"
     if (final / "meta.json").is_file():
-        return CacheStore(final)
+        try:
+            return CacheStore(final)
+        except (OSError, ValueError):  # a damaged meta.json: the folder is ours to rebuild
+            shutil.rmtree(final, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".building-{safe_name}-{key}-", dir=root))
     try:

@@ -16,7 +16,17 @@ from segbench.data.readers import BrainReader, ImageReader2D, VolumeReader
 from segbench.data.report import DataReport, SplitStats
 from segbench.data.splits import SplitPlan, plan_splits
 
-__all__ = ["load", "resolve_source"]
+__all__ = ["load", "resolve_source", "check_batchable"]
+
+
+def check_batchable(data: SegmentationData, batch_size: int, crop_size: tuple[int, int] | None) -> None:
+    """Images of different sizes cannot be stacked into one batch; say so before training, not in collate."""
+    (h0, w0), (h1, w1) = data.report.image_sizes
+    if batch_size > 1 and crop_size is None and (h0, w0) != (h1, w1):
+        raise DataError(
+            f"{data.name}: images range from {h0}x{w0} to {h1}x{w1} (HxW) and train.batch_size={batch_size} stacks "
+            "several per step; set data.resize=[H,W] or data.augment.crop_size=[H,W], or train.batch_size=1"
+        )
 
 
 def _is_builtin(cfg: DataConfig) -> bool:

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from segbench.config import Config, config_to_dict, to_yaml
 from segbench.data import load_data
+from segbench.data.pipeline import check_batchable
 from segbench.engine import run_folder
 from segbench.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -306,6 +307,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if split not in data.splits or len(data.splits[split]) == 0:
             raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
     train_set, val_set = data.splits["train"], data.splits["val"]
+    if getattr(data, "report", None) is not None:
+        check_batchable(data, max(1, cfg.train.batch_size // info.world_size), cfg.data.augment.crop_size)
     data_info = _data_info(data)
 
     # ---- model, optimiser, loss ---------------------------------------------------------------

@@ -76,7 +76,7 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
         else:
             reason = "it is not a torch checkpoint (garbage or another format)"
         raise CheckpointError(f"{path} cannot be read as a checkpoint: {reason}; use the original file") from None
-    except OSError:  # missing, unreadable: the message names the file already
+    except (FileNotFoundError, PermissionError, IsADirectoryError):  # these name the file already
         raise
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails on damaged bytes in many ways
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
