@@ -16,7 +16,21 @@ from segbench.data.readers import BrainReader, ImageReader2D, VolumeReader
 from segbench.data.report import DataReport, SplitStats
 from segbench.data.splits import SplitPlan, plan_splits
 
-__all__ = ["load", "resolve_source", "check_batchable"]
+__all__ = ["load", "resolve_source", "check_batchable", "split_record"]
+
+
+def split_record(data: SegmentationData) -> dict | None:
+    """Case ids per split, the classes and the content hash (the cache key: files, sizes, times, options).
+
+    A run records it; ``segbench eval`` compares it with the data as it is now. None for datasets
+    that are not segbench's own (they carry no cache)."""
+    splits, key = {}, None
+    for name, dataset in data.splits.items():
+        if not isinstance(dataset, SliceDataset):
+            return None
+        splits[name] = sorted({dataset.cases[case] for case, _ in getattr(dataset, "full", dataset.items)})
+        key = dataset.store.meta.get("key")
+    return {"content_hash": key, "num_classes": data.num_classes, "class_names": list(data.class_names), "splits": splits}
 
 
 def check_batchable(data: SegmentationData, batch_size: int, crop_size: tuple[int, int] | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -195,6 +196,10 @@ def evaluate_run(
     data = load_data(cfg.data)
     if split not in data.splits:
         raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")
+    from segbench.data.pipeline import split_record
+
+    for warning in run_folder.compare_split_record(run_dir, split_record(data), split):
+        print(warning, file=sys.stderr)
     device = resolve_device("auto")  # where the run was trained may not be here
     precision = inference_precision(cfg.train.amp, device)  # the run may have trained elsewhere
     model.to(device)

@@ -23,6 +23,8 @@ __all__ = [
     "claim",
     "record",
     "open_for_training",
+    "write_split_record",
+    "compare_split_record",
 ]
 
 MARKER = "segbench_run.json"
@@ -137,3 +139,43 @@ def open_for_training(run_dir: str | Path, *, resume: bool, is_main: bool = True
         if not resuming:
             _delete_own_files(run_dir, _read_marker(run_dir) or {"files": []})
     return resuming
+
+
+def write_split_record(run_dir: str | Path, record: dict | None) -> None:
+    """Save which cases each split held, and the data's content hash, for ``compare_split_record``."""
+    if record is not None:
+        path = Path(run_dir) / SPLIT_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def compare_split_record(run_dir: str | Path, record: dict | None, split: str) -> list[str]:
+    """Compare the data now with what the run trained on; returns warnings, raises on what falsifies ``split``.
+
+    Refused: other classes (a class added since training would silently be left out), or a ``split``
+    holding cases other than those recorded (e.g. training images moved into val). Warned: the same
+    cases with changed content (files rewritten or touched)."""
+    from segbench.data import DataError
+
+    path = Path(run_dir) / SPLIT_FILE
+    if record is None or not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    if saved.get("class_names") != record["class_names"]:
+        raise DataError(f"the data's classes changed since {run_dir} was trained: {saved.get('class_names')} -> "
+                        f"{record['class_names']}; train again on the new classes")
+    before, now = set(saved["splits"].get(split, [])), set(record["splits"].get(split, []))
+    if before != now:
+        trained = set(saved["splits"].get("train", []))
+        leaked = sorted(now & trained) if split != "train" else []
+        added, removed = sorted(now - before), sorted(before - now)
+        parts = [f"{len(added)} case(s) added (e.g. {', '.join(added[:3])})" if added else "",
+                 f"{len(removed)} removed (e.g. {', '.join(removed[:3])})" if removed else "",
+                 f"{len(leaked)} of them were training cases" if leaked else ""]
+        raise DataError(f"the {split} split changed since {run_dir} was trained ({SPLIT_FILE}): "
+                        + "; ".join(p for p in parts if p) + ". Evaluate on the data it was trained with, or train again")
+    if saved.get("content_hash") != record["content_hash"]:
+        return [f"warning: the data's files changed since {run_dir} was trained (same cases, other content hash); "
+                "the figures are for the data as it is now"]
+    return []

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from segbench.config import Config, config_to_dict, to_yaml
 from segbench.data import load_data
-from segbench.data.pipeline import check_batchable
+from segbench.data.pipeline import check_batchable, split_record
 from segbench.engine import run_folder
 from segbench.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -378,6 +378,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     if info.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
+        if resumed_from is None:  # the split the run trains on; eval compares the data with it
+            run_folder.write_split_record(run_dir, split_record(data))
     train_model = model
     if info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
