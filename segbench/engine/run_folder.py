@@ -53,7 +53,7 @@ def _read_marker(run_dir: Path) -> dict | None:
 def _write_marker(run_dir: Path, files: list[str]) -> None:
     tmp = run_dir / f".{MARKER}.tmp"
     tmp.write_text(json.dumps({"segbench_run": 1, "files": sorted(set(files))}, indent=1) + "\n")
-    os.replace(tmp, run_dir / MARKER)
+    os.rename(tmp, run_dir / MARKER)  # atomic on POSIX, as os.replace
 
 
 def _legacy_run(run_dir: Path) -> bool:
@@ -147,7 +147,7 @@ def write_split_record(run_dir: str | Path, record: dict | None) -> None:
         path = Path(run_dir) / SPLIT_FILE
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, path)
+        os.rename(tmp, path)
 
 
 def compare_split_record(run_dir: str | Path, record: dict | None, split: str) -> list[str]:
