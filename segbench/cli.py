@@ -31,6 +31,14 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context):
+        # Every subcommand, including those that catch nothing themselves (export, convert, ...),
+        # reports a user's error in one line; segbench.commands.errors says which errors those are.
+        from segbench.commands.errors import user_errors
+
+        with user_errors():
+            return super().invoke(ctx)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="segbench")

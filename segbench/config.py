@@ -119,6 +119,13 @@ class TrainConfig:
     # bits (README, GPUs). CPU runs are always exact.
     deterministic: bool = False
 
+    def __post_init__(self) -> None:
+        # Zero or negative counts used to fail deep in the loop (a division by zero, an empty run).
+        for name in ("iterations", "batch_size", "val_interval", "log_interval", "checkpoint_interval"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"{name}={value} must be a positive integer")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -140,6 +147,10 @@ class EvalConfig:
     background: int | None = 0
     # After training, evaluate the best checkpoint on the test split too, when the data has one.
     test_at_end: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be a positive integer")
 
 
 @dataclass(frozen=True)
@@ -341,9 +352,12 @@ def read_preset(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"no configuration file at {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); "
+                          "save it as UTF-8") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, eval)")
     return values

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from segbench.bench.profiles import REVIEW_ARCHS, Profile
-from segbench.bench.worker import RESULT_FILE, SPEC_FILE
+from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE, SPEC_FILE
+from segbench.engine import run_folder
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
 from segbench.pretrained import (
@@ -207,7 +208,8 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
 
 
 def _write_spec(run: PlannedRun, profile: Profile) -> None:
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+    # The sweep's own records are the run's files too: starting the run over may delete them.
+    run_folder.claim(run.run_dir, files=(SPEC_FILE, RESULT_FILE, PREVIEW_FILE))
     spec = {
         "hash": run.config_hash,
         "config": config_to_dict(run.config),

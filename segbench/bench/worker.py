@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    return run_worker(args.run_dir, progress=not args.no_progress)
+    try:
+        return run_worker(args.run_dir, progress=not args.no_progress)
+    except KeyboardInterrupt:  # Ctrl-C reaches the sweep too, which says how to continue: no traceback here
+        return 130
 
 
 if __name__ == "__main__":

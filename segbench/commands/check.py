@@ -23,6 +23,8 @@ from segbench.data.config import FORMATS, NORMALIZATIONS
 @click.option("--test-fraction", type=float, default=0.0, show_default=True, help="Share of cases held out for testing.")
 @click.option("--slice-axis", type=click.IntRange(0, 2), default=2, show_default=True, help="Volumes: axis cut into 2D slices (RAS+).")
 @click.option("--normalize", type=click.Choice(NORMALIZATIONS), default="auto", show_default=True, help="Image normalisation.")
+@click.option("--replace-nonfinite", type=float, default=None, metavar="VALUE",
+              help="Replace NaN/inf image values by VALUE (default: they are an error).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where decoded slices are cached.")
 def check(
     data: str,
@@ -36,6 +38,7 @@ def check(
     test_fraction: float,
     slice_axis: int,
     normalize: str,
+    replace_nonfinite: float | None,
     cache_dir: str | None,
 ) -> None:
     """Check the dataset DATA (a directory, or the built-in 'brain-mri') and print its report."""
@@ -55,6 +58,7 @@ def check(
             normalize=normalize,
             strict=strict,
             cache_dir=cache_dir,
+            replace_nonfinite=replace_nonfinite,
         )
         loaded = load_data(cfg)
     except DataError as exc:

@@ -35,6 +35,21 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
         click.echo("note: no finished run matches these settings yet; the report lists them as not run", err=True)
 
 
+def _check_data(plan) -> None:
+    """Check each dataset of the plan once, before any run: bad data is one error, not one per architecture."""
+    from segbench.commands.errors import user_errors
+    from segbench.data import load_data
+
+    checked = set()
+    for run in plan:
+        key = repr(run.config.data)
+        if key in checked:
+            continue
+        checked.add(key)
+        with user_errors():  # a DataError: one line, exit status 1
+            load_data(run.config.data)
+
+
 def _measure_speed(plan, profile, out: str) -> None:
     """The report's speed figures (reused from OUT/speed.json where the settings match)."""
     from segbench.bench.review_speed import data_facts, measure_review_speed
@@ -107,6 +122,7 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
                f"data {data}, out {out}", err=True)
     started = time.perf_counter()
     if not report_only:
+        _check_data(plan)
         try:
             counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True))
         except KeyboardInterrupt:
@@ -120,3 +136,7 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
     html = write_review(plan, chosen, out, command, overrides)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))
+    if not report_only and counts["failed"]:
+        # The report is written with the failures in it; scripts still need to know.
+        raise click.ClickException(f"{counts['failed']} of {len(plan)} run(s) failed (their errors are in the report "
+                                   f"and in {out}/<run>/bench.json)")

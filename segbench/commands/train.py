@@ -7,8 +7,7 @@ exit with status 1; only bugs show a traceback.
 from __future__ import annotations
 
 import math
-import os
-from contextlib import contextmanager
+import sys
 from pathlib import Path
 
 import click
@@ -16,34 +15,11 @@ import click
 __all__ = ["train", "evaluate", "predict", "format_metrics"]
 
 
-@contextmanager
 def _user_errors():
-    """Turn the errors a user can cause into a one-line ``Error: ...`` instead of a traceback.
+    """One line for a user's error (``segbench.commands.errors``); kept for callers of this module."""
+    from segbench.commands.errors import user_errors
 
-    ValueError is how segbench reports a bad option value (a split that does not exist, an
-    output_stride a model cannot take, ...); SEGBENCH_DEBUG=1 shows the traceback anyway.
-    """
-    from segbench.config import ConfigError
-    from segbench.data import DataError
-    from segbench.engine import ConfigMismatch, OutOfMemory, TrainingDiverged
-    from segbench.engine.predict import PredictError
-
-    if os.environ.get("SEGBENCH_DEBUG"):
-        yield
-        return
-    try:
-        yield
-    except (ConfigError, DataError, ConfigMismatch, TrainingDiverged, OutOfMemory, PredictError,
-            FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from None
-    except KeyError as err:  # the registries: KeyError("unknown architecture ... Valid names: ...")
-        raise click.ClickException(str(err.args[0]) if err.args else repr(err)) from None
-    except TypeError as err:
-        if str(err).startswith("unknown option"):  # build_model's check of model.options
-            raise click.ClickException(str(err)) from None
-        raise
-    except ValueError as err:
-        raise click.ClickException(f"{err} (SEGBENCH_DEBUG=1 shows where)") from None
+    return user_errors()
 
 
 def _fmt(value) -> str:
@@ -80,20 +56,28 @@ def format_metrics(metrics: dict) -> str:
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.lr=0.01 --set model.options.base_width=16.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue the run in --out from its last checkpoint, or start it over.")
+@click.option("--overwrite", is_flag=True,
+              help="Start the run in --out over, deleting only the files a segbench run wrote there "
+              "(listed in its segbench_run.json). Without it an existing run resumes.")
+@click.option("--resume/--no-resume", default=True, hidden=True,
+              help="--no-resume: the same as --overwrite (kept for old scripts).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config, arch, data_source, out, overrides, resume, quiet) -> None:
+def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -> None:
     """Train a model; CONFIG is an optional preset YAML (see configs/).
 
+    --out must be a new or empty folder, or a segbench run: that run resumes (or starts over with
+    --overwrite). A folder holding other files is refused; segbench deletes only what it wrote.
     Without CONFIG, --arch, --data or --set, an existing run in --out resumes with its saved config.
     """
     from segbench.config import apply_overrides, config_from_dict, load_config, read_preset
     from segbench.engine import train as train_run
+    from segbench.engine.run_folder import is_run_folder
 
     out_dir = Path(out)
+    resume = resume and not overwrite
     with _user_errors():
-        if not (config or arch or data_source or overrides) and resume and (out_dir / "config.yaml").is_file():
+        if not (config or arch or data_source or overrides) and resume and (out_dir / "config.yaml").is_file() \
+                and is_run_folder(out_dir):
             cfg = load_config(out_dir / "config.yaml")
             click.echo(f"resuming with {out_dir / 'config.yaml'}", err=True)
         else:
@@ -106,7 +90,12 @@ def train(config, arch, data_source, out, overrides, resume, quiet) -> None:
                 values["model"] = {k: v for k, v in preset_model.items() if k != "options"}
             extra = ([f"model.arch={arch}"] if arch else []) + ([f"data.source={data_source}"] if data_source else [])
             cfg = config_from_dict(apply_overrides(values, extra + list(overrides)))
-        metrics = train_run(cfg, out_dir, resume=resume, progress=not quiet)
+        cfg = _resolved_data_path(cfg)
+        _check_option_types(cfg.model.arch, cfg.model.options)
+        try:
+            metrics = train_run(cfg, out_dir, resume=resume, progress=not quiet)
+        except KeyboardInterrupt:
+            _interrupted(out_dir)
     click.echo(f"\n{metrics['arch']} on {metrics['data']}: best {metrics['best_metric']} "
                f"{_fmt(metrics['best_value'])} at iteration {metrics['best_iteration']} of {metrics['iterations']}; "
                f"{metrics['train_time_s']:.0f} s training, {metrics['train_images_per_s']:.1f} images/s "
@@ -117,7 +106,53 @@ def train(config, arch, data_source, out, overrides, resume, quiet) -> None:
         click.echo(f"no validation gave a defined {metrics['best_metric']}; see log.jsonl")
     if "test" in metrics:
         click.echo("test (best checkpoint):\n" + format_metrics(metrics["test"]))
-    click.echo(f"run folder: {out_dir} (metrics.json, log.jsonl, best.pt, last.pt, config.yaml)")
+    written = [name for name in ("metrics.json", "log.jsonl", "best.pt", "last.pt", "config.yaml") if (out_dir / name).is_file()]
+    click.echo(f"run folder: {out_dir} ({', '.join(written)})")
+    if not (out_dir / "best.pt").is_file():
+        click.echo(f"warning: no best.pt: no validation gave a defined {metrics['best_metric']} (does the val split "
+                   "hold foreground?); `segbench eval/predict --which last` use the final weights", err=True)
+
+
+def _check_option_types(arch: str, options: dict) -> None:
+    """A text value for a numeric model option fails deep inside a layer constructor; name the key instead."""
+    from segbench.config import ConfigError
+    from segbench.registry import model_options
+
+    try:
+        defaults = model_options(arch)
+    except KeyError:
+        return  # build_model names the valid architectures
+    for name, value in options.items():
+        default = defaults.get(name)
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ConfigError(f"model.options.{name}: expected a number (default {default!r}), got {value!r}")
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"model.options.{name}: expected true or false, got {value!r}")
+
+
+def _resolved_data_path(cfg):
+    """The config with a data folder stored as an absolute path, so `segbench eval` works from anywhere."""
+    import dataclasses
+
+    source = Path(cfg.data.source).expanduser()
+    if not source.is_dir():
+        return cfg  # a built-in dataset name
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=str(source.resolve())))
+
+
+def _interrupted(out_dir: Path) -> None:
+    """Ctrl-C: say what survived and how to continue, instead of click's bare "Aborted!"."""
+    from segbench.engine.checkpoint import load_checkpoint
+
+    try:
+        iteration = load_checkpoint(out_dir / "last.pt").get("iteration")
+        kept = f"{out_dir / 'last.pt'} holds iteration {iteration}"
+    except (OSError, ValueError):
+        kept = "no checkpoint was written yet"
+    click.echo(f"\ninterrupted: {kept}; run the same command again to resume (add --overwrite to start over)",
+               err=True)
+    sys.exit(130)
 
 
 @click.command()

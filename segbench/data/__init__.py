@@ -32,9 +32,11 @@ statistics (8-bit RGB) or the train split's mean/std (anything else); see ``Data
 
 Checks run by ``load_data`` and ``segbench check``: missing masks, unreadable/truncated files,
 image/mask size mismatches, label values outside ``[0, num_classes)`` and not ``ignore_index``,
-RGB masks without a palette, empty splits -> DataError; 0/255 binary masks -> mapped to 0/1 with a
-notice (DataError with ``strict``). Decoded slices are cached as memory-mapped ``.npy`` files keyed by
-a content hash (``segbench.data.cache``), so only the first load decodes anything.
+mask values that fit no reading (ids 0..K-1 with most ids missing, e.g. 0/255 plus stray values),
+NaN/inf image values (unless ``replace_nonfinite``), a train split without foreground, empty splits ->
+DataError; 0/255 binary masks -> mapped to 0/1, RGB masks without a palette -> palette inferred from
+their colours, a val split without foreground -> a notice each (the first two DataError with ``strict``).
+Decoded slices are cached as memory-mapped ``.npy`` files keyed by a content hash (``segbench.data.cache``), so only the first load decodes anything.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from segbench.data.layouts import Source
 
 __all__ = ["CACHE_VERSION", "cache_root", "cache_key", "CacheStore", "open_or_build"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: label-consistency and non-finite checks (caches built without them are rechecked)
 _PROGRESS_MIN_CASES = 20
 
 
@@ -68,6 +68,7 @@ def cache_key(source: Source, cfg: DataConfig, bake_volume_norm: bool, salt: obj
             "resize": cfg.resize,
             "slice_axis": cfg.slice_axis if source.volumetric else None,
             "bake_volume_norm": bake_volume_norm,
+            "replace_nonfinite": cfg.replace_nonfinite,
         },
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -93,7 +94,11 @@ class CacheStore:
     def _array(self, name: str) -> np.ndarray:
         array = self._arrays.get(name)
         if array is None:
-            array = self._arrays[name] = np.load(self.folder / name, mmap_mode="r")
+            try:
+                array = self._arrays[name] = np.load(self.folder / name, mmap_mode="r")
+            except (OSError, ValueError) as err:  # truncated or overwritten by something else
+                raise DataError(f"cache file {self.folder / name} is damaged ({' '.join(str(err).split())}); delete "
+                                f"{self.folder} and it is rebuilt from the data") from None
             while len(self._arrays) > self.MAX_OPEN:
                 self._arrays.popitem(last=False)
         else:
@@ -211,7 +216,10 @@ def open_or_build(source: Source, cfg: DataConfig, reader, bake_volume_norm: boo
     safe_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in source.name) or "data"
     final = root / f"{safe_name}-{key}"
     if (final / "meta.json").is_file():
-        return CacheStore(final)
+        try:
+            return CacheStore(final)
+        except (OSError, ValueError):  # a damaged meta.json: the folder is ours to rebuild
+            shutil.rmtree(final, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".building-{safe_name}-{key}-", dir=root))
     try:

@@ -90,6 +90,7 @@ class DataConfig:
     image_suffix: str = ""  # stripped from image stems before pairing (e.g. "_leftImg8bit")
     mask_suffix: str = ""  # stripped from mask stems before pairing (e.g. "_gtFine_labelTrainIds")
     cache_dir: str | None = None  # None: $SEGBENCH_HOME/cache, else ~/.cache/segbench/cache
+    replace_nonfinite: float | None = None  # None: a NaN/inf image value is an error; else the value put in its place
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ def unpack_colour(code: int) -> tuple[int, int, int]:
 class MaskSummary:
     mask: Path  # the file, for error messages
     values: np.ndarray  # unique stored values (packed colours when ``colour``)
+    counts: np.ndarray | None = None  # pixels per value, for error messages
     colour: bool = False
     palette: list[tuple[int, int, int]] | None = None  # of a P-mode PNG
 
@@ -72,6 +73,44 @@ def _files_with(summaries: list[MaskSummary], bad: set[int], describe) -> str:
     shown = "; ".join(f"{path}: {', '.join(describe(v) for v in values[:8])}" for path, values in hits[:5])
     more = f" (and {len(hits) - 5} more files)" if len(hits) > 5 else ""
     return shown + more
+
+
+def _value_counts(summaries: list[MaskSummary], values: list[int]) -> str:
+    """"128: 8 px in 1 file (masks/a.png)" per value: which files a stray value comes from, and how much."""
+    parts = []
+    for value in values[:6]:
+        pixels, files = 0, []
+        for s in summaries:
+            hit = np.nonzero(s.values == value)[0]
+            if hit.size:
+                pixels += int(s.counts[hit[0]]) if s.counts is not None else 0
+                files.append(s.mask)
+        shown = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        parts.append(f"{value}: {pixels} px in {len(files)} file(s) ({shown})")
+    return "; ".join(parts) + (f"; and {len(values) - 6} more values" if len(values) > 6 else "")
+
+
+def _check_consistent_ids(summaries: list[MaskSummary], union: np.ndarray, classes: list[int], ignore: int) -> None:
+    """Refuse grey masks whose values fit no reading: not ids 0..K-1 (a few gaps allowed), not binary 0/255.
+
+    0/255 masks with a few stray pixels of 128 used to become 129 classes with 255 ignored: the
+    foreground vanished silently. Fewer than half of the inferred ids occurring is such a case."""
+    count = max(classes) + 1
+    if count <= 2 or 2 * len(classes) >= count:
+        return
+    stored = [int(v) for v in union]
+    high = next((h for h in _BINARY_HIGH if {0, h} <= set(stored)), None)
+    if high is not None:
+        offending = [v for v in stored if v not in (0, high)]
+        reading = f"they look binary (0/{high}) but other values occur"
+    else:
+        offending = [v for v in stored if v not in (0, ignore)]
+        reading = f"they would be {count} class ids of which only {len(classes)} occur"
+    raise DataError(
+        f"mask values {', '.join(map(str, stored[:10]))}{' ...' if len(stored) > 10 else ''} fit no consistent reading "
+        f"(class ids 0..K-1, binary 0/255, or a palette): {reading}: {_value_counts(summaries, offending)}. "
+        "Fix those masks, or give data.num_classes (and data.ignore_index) if the values are meant"
+    )
 
 
 def _colour_mapping(summaries, cfg: DataConfig, union: np.ndarray, notices: list[str]) -> tuple[dict, list]:
@@ -146,6 +185,8 @@ def plan_labels(
     if not classes:
         raise DataError(f"no mask holds a class label: every value is ignore_index {ignore} ({len(summaries)} masks)")
     inferred = num_classes is None
+    if inferred and not colour and not binary:
+        _check_consistent_ids(summaries, union, classes, ignore)
     num_classes = num_classes if num_classes is not None else max(classes) + 1
     bad_raw = {raw for raw, v in mapping.items() if v != ignore and not 0 <= v < num_classes}
     if bad_raw:

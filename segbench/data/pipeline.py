@@ -16,7 +16,31 @@ from segbench.data.readers import BrainReader, ImageReader2D, VolumeReader
 from segbench.data.report import DataReport, SplitStats
 from segbench.data.splits import SplitPlan, plan_splits
 
-__all__ = ["load", "resolve_source"]
+__all__ = ["load", "resolve_source", "check_batchable", "split_record"]
+
+
+def split_record(data: SegmentationData) -> dict | None:
+    """Case ids per split, the classes and the content hash (the cache key: files, sizes, times, options).
+
+    A run records it; ``segbench eval`` compares it with the data as it is now. None for datasets
+    that are not segbench's own (they carry no cache)."""
+    splits, key = {}, None
+    for name, dataset in data.splits.items():
+        if not isinstance(dataset, SliceDataset):
+            return None
+        splits[name] = sorted({dataset.cases[case] for case, _ in getattr(dataset, "full", dataset.items)})
+        key = dataset.store.meta.get("key")
+    return {"content_hash": key, "num_classes": data.num_classes, "class_names": list(data.class_names), "splits": splits}
+
+
+def check_batchable(data: SegmentationData, batch_size: int, crop_size: tuple[int, int] | None) -> None:
+    """Images of different sizes cannot be stacked into one batch; say so before training, not in collate."""
+    (h0, w0), (h1, w1) = data.report.image_sizes
+    if batch_size > 1 and crop_size is None and (h0, w0) != (h1, w1):
+        raise DataError(
+            f"{data.name}: images range from {h0}x{w0} to {h1}x{w1} (HxW) and train.batch_size={batch_size} stacks "
+            "several per step; set data.resize=[H,W] or data.augment.crop_size=[H,W], or train.batch_size=1"
+        )
 
 
 def _is_builtin(cfg: DataConfig) -> bool:
@@ -105,6 +129,30 @@ def _split_stats(store: CacheStore, ranges: list[tuple[int, int, int]], num_clas
     return SplitStats(len({case for case, _, _ in ranges}), slices, counts.tolist(), ignored)
 
 
+def _check_foreground(stats: dict[str, SplitStats], splits: SplitPlan, meta: dict) -> list[str]:
+    """Data that cannot train is an error here, not at the first validation.
+
+    Class 0 is background. A train split without any foreground pixel teaches nothing (and used to
+    fail at the first validation with a reshape error); a val split without one makes every
+    foreground metric undefined, so no checkpoint could ever be the best one."""
+    if meta["num_classes"] < 2:
+        return []
+    warnings = []
+    for name in ("train", "val"):
+        if name not in stats or sum(stats[name].class_pixels[1:]) > 0:
+            continue
+        masks = [meta["cases"][case]["mask"] for case, _, _ in splits.ranges[name]]
+        shown = ", ".join(dict.fromkeys(masks[:3])) + (f" and {len(set(masks)) - 3} more" if len(set(masks)) > 3 else "")
+        if name == "train":
+            raise DataError(f"the train split holds no foreground pixel: every mask ({shown}) is all background "
+                            "(class 0); nothing can be learned. Check that the masks hold the labels")
+        warnings.append(f"warning: the val split holds no foreground pixel ({stats[name].cases} case(s): {shown}): "
+                        "foreground metrics are undefined, so no checkpoint is ever the best and no best.pt is written "
+                        "(eval/predict then need --which last). Put cases with foreground in val (data.split_file, "
+                        "data.seed or data.val_fraction)")
+    return warnings
+
+
 def load(cfg: DataConfig) -> SegmentationData:
     """Implementation of ``segbench.data.load_data``."""
     source, reader, salt = resolve_source(cfg)
@@ -127,7 +175,8 @@ def load(cfg: DataConfig) -> SegmentationData:
             datasets[name] = TrainSliceDataset(store, items, normalization, cfg.augment, meta["ignore_index"], cfg.seed, empty, keep)
         else:
             datasets[name] = SliceDataset(store, items, normalization)
-    notices = list(meta["notices"]) + splits.notices
+    split_stats = {name: _split_stats(store, ranges, meta["num_classes"]) for name, ranges in splits.ranges.items()}
+    notices = list(meta["notices"]) + splits.notices + _check_foreground(split_stats, splits, meta)
     sizes = [tuple(c["size"]) for c in cases]
     report = DataReport(
         name=meta["name"],
@@ -139,7 +188,7 @@ def load(cfg: DataConfig) -> SegmentationData:
         ignore_index=meta["ignore_index"],
         image_sizes=(min(sizes), max(sizes)),
         normalization=normalization.describe(),
-        splits={name: _split_stats(store, ranges, meta["num_classes"]) for name, ranges in splits.ranges.items()},
+        splits=split_stats,
         notices=notices,
         train_slices_per_epoch=len(datasets["train"]),
     )

@@ -16,7 +16,26 @@ from segbench.data.config import DataConfig, DataError
 from segbench.data.labels import MaskSummary, pack_colours
 from segbench.data.layouts import CaseFiles
 
-__all__ = ["Probe", "ImageReader2D", "VolumeReader", "BrainReader"]
+__all__ = ["Probe", "ImageReader2D", "VolumeReader", "BrainReader", "finite"]
+
+
+def finite(array: np.ndarray, path, cfg: DataConfig) -> np.ndarray:
+    """``array`` when every value is finite; else the values replaced by ``cfg.replace_nonfinite``, or DataError.
+
+    One NaN voxel turns a volume's percentiles, and then every normalised voxel, into NaN; training
+    would then stop with a NaN loss that names no file."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    bad = ~np.isfinite(array)
+    count = int(bad.sum())
+    if count == 0:
+        return array
+    if cfg.replace_nonfinite is None:
+        raise DataError(
+            f"image {path} holds {count} non-finite value(s) (NaN/inf) of {array.size}; fix the file, or set "
+            "data.replace_nonfinite=VALUE (segbench check --replace-nonfinite VALUE) to replace them"
+        )
+    return np.where(bad, np.float32(cfg.replace_nonfinite), array).astype(array.dtype, copy=False)
 
 
 @dataclass
@@ -38,7 +57,7 @@ class ImageReader2D:
         array, palette = imageio.read_mask(case.mask)
         colour = array.ndim == 3
         codes = pack_colours(array) if colour else array
-        return codes[None], MaskSummary(case.mask, np.unique(codes), colour, palette)
+        return codes[None], MaskSummary(case.mask, *np.unique(codes, return_counts=True), colour, palette)
 
     def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
         size = tuple(mask_shape[-2:])
@@ -54,7 +73,7 @@ class ImageReader2D:
         return Probe(channels, np.result_type(*dtypes).name)
 
     def image(self, case: CaseFiles, channels: int, dtype: str) -> np.ndarray:
-        image = np.concatenate([imageio.read_image(p) for p in case.images], axis=0)
+        image = np.concatenate([finite(imageio.read_image(p), p, self.cfg) for p in case.images], axis=0)
         if image.shape[0] == 1 and channels == 3:
             image = np.repeat(image, 3, axis=0)  # grey among RGB images
         return image.astype(dtype, copy=False)[None]
@@ -86,7 +105,7 @@ class VolumeReader:
             labels = labels.astype(np.int32)
         self._affines[case.case] = affine
         slices = volumes.labels_to_slices(volumes.to_canonical(labels, affine), self.cfg.slice_axis)
-        return slices, MaskSummary(case.mask, np.unique(slices))
+        return slices, MaskSummary(case.mask, *np.unique(slices, return_counts=True))
 
     def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
         label_affine = self._affines[case.case]
@@ -108,7 +127,7 @@ class VolumeReader:
         parts = []
         for path in case.images:
             array, affine, _ = volumes.read_volume(path)
-            array = volumes.to_canonical(array, affine).astype(np.float32, copy=False)
+            array = finite(volumes.to_canonical(array, affine).astype(np.float32, copy=False), path, self.cfg)
             if self.normalize_volumes:
                 array = volumes.normalize_volume(array)
             parts.append(array[..., None] if array.ndim == 3 else array)
@@ -120,7 +139,7 @@ class BrainReader(VolumeReader):
 
     def mask(self, case: CaseFiles) -> tuple[np.ndarray, MaskSummary]:
         slices = volumes.labels_to_slices(brain.brain_volume()[1], self.cfg.slice_axis)
-        return slices, MaskSummary(case.mask, np.unique(slices))
+        return slices, MaskSummary(case.mask, *np.unique(slices, return_counts=True))
 
     def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
         return Probe(1, "float32")

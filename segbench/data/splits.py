@@ -10,6 +10,7 @@ different splits, so no two neighbouring slices end up on both sides.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,15 +59,23 @@ def _held_out_counts(n: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[s
     return {s: max(1, round(fractions[s] * n)) for s in wanted if fractions[s] > 0}
 
 
-def _carve(indices: list[int], cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[int]]:
-    """Seeded split of ``indices`` into train plus the ``wanted`` held-out splits."""
+def _case_rank(case: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{case}".encode()).hexdigest()
+
+
+def _carve(indices: list[int], cases: list[str], cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[int]]:
+    """Seeded split of ``indices`` into train plus the ``wanted`` held-out splits.
+
+    Cases are ordered by a hash of (seed, case id), not by a shuffled position: adding a case leaves
+    every other case's place in the order, so at most the case at a split's boundary changes side
+    (a shuffle reassigned them all). ``segbench eval`` compares the split a run recorded."""
     counts = _held_out_counts(len(indices), cfg, wanted)
     if len(indices) - sum(counts.values()) < 1:
         raise DataError(
             f"{len(indices)} case(s) are too few to hold out {', '.join(f'{v} for {k}' for k, v in counts.items())} "
             "and keep one for training; add data, lower val_fraction/test_fraction or give a split_file"
         )
-    order = [indices[i] for i in np.random.default_rng(cfg.seed).permutation(len(indices))]
+    order = sorted(indices, key=lambda i: _case_rank(cases[i], cfg.seed))
     out, start = {}, 0
     for split, count in counts.items():
         out[split] = sorted(order[start : start + count])
@@ -163,7 +172,7 @@ def plan_splits(
                 ranges[split] = [(train[0], a, b) for a, b in spans]
             notices.append(f"one training volume: split by slab along the slice axis with {cfg.slab_gap} slice(s) dropped between splits")
         else:
-            assigned.update(_carve(train, cfg, wanted))
+            assigned.update(_carve(train, cases, cfg, wanted))
     for split, members in assigned.items():
         ranges[split] = [(i, 0, slices[i]) for i in members]
     order = [s for s in ("train", "val", "test") if s in ranges]

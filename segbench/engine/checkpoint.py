@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from segbench.config import Config, config_from_dict
+from segbench.weights import CheckpointError, load_torch_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "DataInfo",
     "save_checkpoint",
     "load_checkpoint",
@@ -82,11 +84,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full or read-only disk, or a kill: leave no half-written .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -99,9 +105,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a segbench checkpoint (format {state.get('format')!r})")
+    state = load_torch_file(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a segbench checkpoint (format {found!r}); give a run folder written by "
+                              "`segbench train`, or load other toolkits' weights with model.pretrained")
     return state
 
 
@@ -162,7 +170,9 @@ def load_run_model(
     if not path.is_file():
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run folder at {run_dir}")
-        raise FileNotFoundError(f"{run_dir} has no {which}.pt; has training run and validated at least once?")
+        hint = " (no validation gave a defined best metric; use --which last)" if (run_dir / "last.pt").is_file() else \
+            "; has training run and validated at least once?"
+        raise FileNotFoundError(f"{run_dir} has no {which}.pt{hint}")
     state = load_checkpoint(path, map_location)
     cfg = config_from_dict(state["config"])
     info = DataInfo.from_dict(state["data_info"])

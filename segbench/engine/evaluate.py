@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from segbench.config import ConfigError, EvalConfig, apply_overrides, config_from_dict, config_to_dict
+from segbench.engine import run_folder
 from segbench.engine.checkpoint import DataInfo, load_run_model
 from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
@@ -198,6 +200,10 @@ def evaluate_run(
     data = load_data(cfg.data)
     if split not in data.splits:
         raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")
+    from segbench.data.pipeline import split_record
+
+    for warning in run_folder.compare_split_record(run_dir, split_record(data), split):
+        print(warning, file=sys.stderr)
     device = resolve_device("auto")  # where the run was trained may not be here
     precision = inference_precision(cfg.train.amp, device)  # the run may have trained elsewhere
     model.to(device)
@@ -206,4 +212,5 @@ def evaluate_run(
     )
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
     write_json(result, run_dir / f"eval_{split}.json")
+    run_folder.record(run_dir, f"eval_{split}.json")  # the run's file: starting over may delete it
     return result

@@ -49,6 +49,8 @@ from tqdm import tqdm
 
 from segbench.config import Config, config_to_dict, to_yaml
 from segbench.data import load_data
+from segbench.data.pipeline import check_batchable, split_record
+from segbench.engine import run_folder
 from segbench.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     DataInfo,
@@ -77,7 +79,7 @@ from segbench.registry import ARCHITECTURES, build_model
 
 __all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json")
+RUN_FILES = run_folder.RUN_FILES  # kept importable from here; the names live in run_folder
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,12 +104,18 @@ def _seed_everything(seed: int) -> None:
 RESULT_NEUTRAL_KEYS = ("train.num_workers",)
 
 
+def _same_folder(a, b) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     keys = []
     for key in sorted(set(saved) | set(current)):
         if f"{prefix}{key}" in RESULT_NEUTRAL_KEYS:
             continue
         a, b = saved.get(key), current.get(key)
+        if f"{prefix}{key}" == "data.source" and _same_folder(a, b):
+            continue  # older runs stored the data folder as given, newer ones resolved
         if isinstance(a, dict) and isinstance(b, dict) and key != "options":
             keys += _config_differences(a, b, f"{prefix}{key}.")
         elif a != b:
@@ -220,7 +228,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     """Train ``cfg.model`` on ``cfg.data`` into ``run_dir``; returns the contents of ``metrics.json``.
 
     ``resume``: continue from ``run_dir/last.pt`` when it exists (the configuration must match);
-    False starts over, deleting the folder's previous run files.
+    False starts over, deleting only the files the folder's marker says a run wrote
+    (``segbench.engine.run_folder``). A non-empty folder that holds no segbench run is refused
+    (``RunFolderError``) before anything is read or written.
     Raises ``TrainingDiverged`` on a NaN/inf loss, ``ConfigMismatch`` when resuming a different run.
 
     CPU runs are bit-for-bit reproducible. On CUDA some kernels add in a nondeterministic order;
@@ -229,8 +239,16 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     the 2D NLL loss have none, so a CUDA run is reproducible only statistically. Otherwise cuDNN may pick
     its fastest algorithms (``cudnn.benchmark``), also for this call only.
     """
-    with cuda_math(deterministic=cfg.train.deterministic):
-        return _train(cfg, Path(run_dir), resume, progress)
+    run_dir = Path(run_dir)
+    try:
+        with cuda_math(deterministic=cfg.train.deterministic):
+            return _train(cfg, run_dir, resume, progress)
+    except TrainingDiverged as err:
+        if (run_dir / "last.pt").is_file():
+            raise
+        # The loop's message promises a last good checkpoint; before the first one there is none.
+        raise TrainingDiverged(str(err).replace(f"{run_dir} keeps the last good checkpoint",
+                                                "no checkpoint was written before it")) from None
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
@@ -243,6 +261,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if info.is_main and progress:
             tqdm.write(message, file=sys.stderr)
 
+    # Before anything is read: a folder that is not a segbench run is refused, never cleared.
+    resuming = run_folder.open_for_training(run_dir, resume=resume, is_main=info.is_main)
+
     # ---- data -------------------------------------------------------------------------------
     data = load_data(cfg.data)
     for notice in data.notices:
@@ -251,12 +272,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if split not in data.splits or len(data.splits[split]) == 0:
             raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
     train_set, val_set = data.splits["train"], data.splits["val"]
+    if getattr(data, "report", None) is not None:
+        check_batchable(data, max(1, cfg.train.batch_size // info.world_size), cfg.data.augment.crop_size)
     data_info = DataInfo.of(data)
 
     # ---- model, optimiser, loss ---------------------------------------------------------------
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
     pretrained = cfg.model.pretrained
-    if pretrained and resume and (run_dir / "last.pt").is_file():
+    if pretrained and resuming:
         say(f"pretrained weights {pretrained}: not loaded, the run resumes from last.pt (its trained weights)")
         pretrained = None
     model = _build_model(cfg, data.num_classes, data.in_channels, pretrained, info)
@@ -289,7 +312,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
              "best": {"value": None, "iteration": None, "metrics": None}, "last_val": None, "log_window": [0.0, 0]}
     resumed_from = None
     last_path = run_dir / "last.pt"
-    if resume and last_path.is_file():
+    if resuming:
         checkpoint = load_checkpoint(last_path)  # on the CPU: its RNG states must stay there
         differences = _config_differences(checkpoint["config"], config_to_dict(cfg))
         if differences:
@@ -315,17 +338,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if resumed_from >= t.iterations and (run_dir / "metrics.json").is_file():
             return json.loads((run_dir / "metrics.json").read_text())
         say(f"resuming {run_dir} at iteration {resumed_from}")
-    else:
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-            for stale in run_dir.glob("eval_*.json"):
-                stale.unlink()
+    else:  # open_for_training cleared the folder's previous run files
         torch.manual_seed(derive_seed(t.seed, 1, info.rank))  # dropout differs between ranks
     if info.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
+        if resumed_from is None:  # the split the run trains on; eval compares the data with it
+            run_folder.write_split_record(run_dir, split_record(data))
     train_model = model
     if info.enabled:
         train_model = nn.parallel.DistributedDataParallel(

@@ -1,0 +1,88 @@
+"""One line for every error a user can cause, for every command; tracebacks only for bugs.
+
+``user_errors()`` wraps each subcommand (``segbench.cli``): bad data, configs, checkpoints, run
+folders, missing weights, a full or read-only disk become ``Error: <one line>`` and exit status 1.
+Anything else is a bug and keeps its traceback. ``SEGBENCH_DEBUG=1`` shows every traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import click
+
+__all__ = ["user_errors", "one_line", "debugging"]
+
+# A disk that is full or may not be written: the user's environment, not a bug.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+def debugging() -> bool:
+    return bool(os.environ.get("SEGBENCH_DEBUG"))
+
+
+def one_line(text: str) -> str:
+    """Collapse a message onto one line (some library messages carry newlines)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from segbench.config import ConfigError
+    from segbench.data import DataError
+    from segbench.engine.hardware import OutOfMemory
+    from segbench.engine.predict import PredictError
+    from segbench.engine.run_folder import RunFolderError
+    from segbench.engine.train import ConfigMismatch, TrainingDiverged
+    from segbench.weights import CheckpointError
+
+    types: list[type[BaseException]] = [ConfigError, DataError, RunFolderError, ConfigMismatch, TrainingDiverged,
+                                        OutOfMemory, PredictError, CheckpointError, FileNotFoundError]
+    try:
+        from segbench.pretrained.imagenet import WeightsUnavailableError
+
+        types.append(WeightsUnavailableError)
+    except ImportError:  # pragma: no cover - optional module layout
+        pass
+    return tuple(types)
+
+
+def _message(err: BaseException) -> str | None:
+    """The one-line message for a user error, or None for a bug."""
+    if isinstance(err, _user_error_types()):
+        return one_line(err)
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        where = err.filename or "the output folder"
+        return (f"cannot write {where}: {err.strerror or err}; free disk space or choose a writable folder "
+                "(--out), then run the same command again")
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+    if isinstance(err, KeyError):  # the registries: KeyError("unknown architecture ... Valid names: ...")
+        return one_line(err.args[0]) if err.args else repr(err)
+    if isinstance(err, TypeError) and str(err).startswith("unknown option"):  # build_model's check
+        return one_line(err)
+    if isinstance(err, ValueError):  # segbench's way of saying an option value is wrong
+        return f"{one_line(err)} (SEGBENCH_DEBUG=1 shows where)"
+    return None
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into ``click.ClickException`` (one line, exit status 1)."""
+    if debugging():
+        yield
+        return
+    try:
+        yield
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as err:  # noqa: BLE001 - re-raised below unless it is a user error
+        message = _message(err)
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
