@@ -27,12 +27,11 @@ from segbench.config import Config, config_from_dict, load_config
 from segbench.engine.checkpoint import DataInfo, load_checkpoint, load_run_model
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.evaluate import inference_settings
+from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import predict_logits
 
-__all__ = ["IMAGE_SUFFIXES", "PredictError", "collect_inputs", "default_palette", "predict_files"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+__all__ = ["PredictError", "collect_inputs", "default_palette", "predict_files"]
 
 
 class PredictError(ValueError):
@@ -48,10 +47,10 @@ def collect_inputs(inputs: str | Path) -> list[tuple[Path, Path]]:
         files, root = sorted(p for p in inputs.rglob("*") if p.is_file()), inputs
     else:
         raise PredictError(f"no file or folder at {inputs}")
-    usable = [p for p in files if is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES]
+    usable = [p for p in files if is_nifti(p) or p.suffix.lower() in IMAGE_EXTENSIONS]
     if not usable:
         raise PredictError(
-            f"no images or volumes at {inputs}; readable: {', '.join(IMAGE_SUFFIXES)}, .nii, .nii.gz"
+            f"no images or volumes at {inputs}; readable: {', '.join(IMAGE_EXTENSIONS)}, .nii, .nii.gz"
         )
     return [(p, p.relative_to(root)) for p in usable]
 
