@@ -38,7 +38,8 @@ PY
 GPUS="$("$VENV_PY" -c 'import torch; print(torch.cuda.device_count())')"
 
 # A short review of two architectures: 60 iterations at 96x96, validation and checkpoints every 20.
-REVIEW=(run brain-mri --archs unet,deeplabv3plus --iterations 60 --out "$OUT/review" --no-speed --no-progress
+ARCHS="unet,deeplabv3plus"
+REVIEW=(run brain-mri --archs "$ARCHS" --iterations 60 --out "$OUT/review" --no-speed --no-progress
         --set train.device=cuda --set train.val_interval=20 --set train.checkpoint_interval=20 --set train.log_interval=10)
 
 step "segbench run: its training worker killed after the first checkpoint, then the same command again"
