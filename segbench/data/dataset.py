@@ -36,6 +36,9 @@ class Normalization:
     kind: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # The stored dtype of the training images ("uint8", "uint16", "float32" for volumes): what the
+    # mean/std are in units of, so predict can refuse inputs of another depth. None: not recorded.
+    image_dtype: str | None = None
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(C, H, W) as stored -> float32 network input."""
@@ -56,7 +59,7 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Normalization":
-        return cls(values["kind"], tuple(values["mean"]), tuple(values["std"]))
+        return cls(values["kind"], tuple(values["mean"]), tuple(values["std"]), values.get("image_dtype"))
 
 
 def item_generator(seed: int, epoch: int, index: int, stream: int = 0) -> torch.Generator:

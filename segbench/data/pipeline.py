@@ -96,19 +96,19 @@ def _channel_stats(store: CacheStore, ranges: list[tuple[int, int, int]]) -> tup
 
 def _normalization(cfg: DataConfig, store: CacheStore, splits: SplitPlan, baked: bool) -> Normalization:
     meta = store.meta
-    channels = meta["in_channels"]
+    channels, dtype = meta["in_channels"], meta["image_dtype"]
     identity = (0.0,) * channels, (1.0,) * channels
     if meta["volumetric"] and baked:
-        return Normalization("volume", *identity)
+        return Normalization("volume", *identity, dtype)
     if cfg.normalize == "none":
-        return Normalization("none", *identity)
-    eight_bit_rgb = channels == 3 and meta["image_dtype"] == "uint8"
+        return Normalization("none", *identity, dtype)
+    eight_bit_rgb = channels == 3 and dtype == "uint8"
     if cfg.normalize == "imagenet" or (cfg.normalize == "auto" and eight_bit_rgb):
         if not eight_bit_rgb:
-            raise DataError(f"normalize='imagenet' needs 8-bit RGB images; these have {channels} channel(s) of {meta['image_dtype']}")
-        return Normalization("imagenet", tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD))
+            raise DataError(f"normalize='imagenet' needs 8-bit RGB images; these have {channels} channel(s) of {dtype}")
+        return Normalization("imagenet", tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD), dtype)
     mean, std = _channel_stats(store, splits.ranges["train"])
-    return Normalization("dataset", tuple(mean.tolist()), tuple(std.tolist()))
+    return Normalization("dataset", tuple(mean.tolist()), tuple(std.tolist()), dtype)
 
 
 def _split_stats(store: CacheStore, ranges: list[tuple[int, int, int]], num_classes: int) -> SplitStats:

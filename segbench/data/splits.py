@@ -59,29 +59,44 @@ def _held_out_counts(n: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[s
     return {s: max(1, round(fractions[s] * n)) for s in wanted if fractions[s] > 0}
 
 
-def _case_rank(case: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{case}".encode()).hexdigest()
+def _case_position(case: str, seed: int) -> float:
+    """Where a case falls in [0, 1): a hash of (seed, case id), the same whatever else is in the data."""
+    return int(hashlib.sha256(f"{seed}:{case}".encode()).hexdigest()[:15], 16) / 16**15
 
 
 def _carve(indices: list[int], cases: list[str], cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[int]]:
     """Seeded split of ``indices`` into train plus the ``wanted`` held-out splits.
 
-    Cases are ordered by a hash of (seed, case id), not by a shuffled position: adding a case leaves
-    every other case's place in the order, so at most the case at a split's boundary changes side
-    (a shuffle reassigned them all). ``segbench eval`` compares the split a run recorded."""
-    counts = _held_out_counts(len(indices), cfg, wanted)
-    if len(indices) - sum(counts.values()) < 1:
+    Each case's side follows from its own position, a hash of (seed, case id) in [0, 1): val below
+    ``val_fraction``, test in the next ``test_fraction``, train above. Adding or removing cases never
+    moves another case to the other side (a shuffle, or cutting a sorted order at a count, does), so a
+    training image never turns up in a later run's validation set; split sizes follow the fractions on
+    average rather than exactly. Where a held-out split would be empty (few cases), it takes the training
+    case nearest its band, which more data may hand back to training. ``segbench eval`` compares the
+    split a run recorded."""
+    bands, start = {}, 0.0
+    for split in ("val", "test"):
+        fraction = {"val": cfg.val_fraction, "test": cfg.test_fraction}[split]
+        if split in wanted and fraction > 0:
+            bands[split] = (start, start + fraction)
+            start += fraction
+    position = {i: _case_position(cases[i], cfg.seed) for i in indices}
+    out: dict[str, list[int]] = {split: [] for split in bands}
+    out["train"] = []
+    for i in indices:
+        side = next((split for split, (low, high) in bands.items() if low <= position[i] < high), "train")
+        out[side].append(i)
+    for split, (low, high) in bands.items():
+        if not out[split] and len(out["train"]) > 1:
+            nearest = min(out["train"], key=lambda i: position[i] - high if position[i] >= high else 2 + low - position[i])
+            out["train"].remove(nearest)
+            out[split].append(nearest)
+    if not out["train"] or any(not out[split] for split in bands):
         raise DataError(
-            f"{len(indices)} case(s) are too few to hold out {', '.join(f'{v} for {k}' for k, v in counts.items())} "
-            "and keep one for training; add data, lower val_fraction/test_fraction or give a split_file"
+            f"{len(indices)} case(s) are too few to hold out {' and '.join(bands)} and keep one for training; "
+            "add data, lower val_fraction/test_fraction or give a split_file"
         )
-    order = sorted(indices, key=lambda i: _case_rank(cases[i], cfg.seed))
-    out, start = {}, 0
-    for split, count in counts.items():
-        out[split] = sorted(order[start : start + count])
-        start += count
-    out["train"] = sorted(order[start:])
-    return out
+    return {split: sorted(members) for split, members in out.items()}
 
 
 def _slabs(slices: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:

@@ -163,9 +163,12 @@ def _predict_image(runner: _Runner, path: Path, out_base: Path, palette: list) -
     from segbench.data.imageio import read_image
 
     stored = np.array(_channels(read_image(path), runner.info, path))  # writable: torch warns on read-only views
-    if (runner.info.normalization or {}).get("kind") == "imagenet" and stored.dtype != np.uint8:
-        raise PredictError(f"{path} holds {stored.dtype} pixels; the model was trained on 8-bit RGB images "
-                           "(ImageNet normalisation) and would see them out of range: convert it to 8 bits")
+    normalization = runner.info.normalization or {}
+    trained = normalization.get("image_dtype") or ("uint8" if normalization.get("kind") == "imagenet" else None)
+    if trained in ("uint8", "uint16") and normalization.get("kind") != "none" and stored.dtype != np.dtype(trained):
+        bits = {"uint8": "8", "uint16": "16"}[trained]
+        raise PredictError(f"{path} holds {stored.dtype} pixels; the model was trained on {bits}-bit images and "
+                           f"normalises them in those units, so it would see these out of range: convert it to {bits} bits")
     size = runner.cfg.data.resize
     network_input = resize_images(stored[None], size)[0] if size else stored
     labels = runner.labels(runner.normalize(network_input)[None], stored.shape[-2:])[0]
@@ -179,9 +182,10 @@ def _predict_volume(runner: _Runner, path: Path, out_base: Path, palette: list) 
     from segbench.data import volumes
     from segbench.data.geometry import resize_images
 
-    if (runner.info.normalization or {}).get("kind") == "imagenet":
-        raise PredictError(f"{path} is a NIfTI volume; the model was trained on 8-bit RGB images (ImageNet "
-                           "normalisation): give it images like those it was trained on")
+    normalization = runner.info.normalization or {}
+    if normalization.get("kind") == "imagenet" or normalization.get("image_dtype") in ("uint8", "uint16"):
+        raise PredictError(f"{path} is a NIfTI volume; the model was trained on {normalization.get('image_dtype', 'uint8')} "
+                           "2D images and normalises in their units: give it images like those it was trained on")
     array, affine, header = volumes.read_volume(path)
     canonical = volumes.to_canonical(array, affine)
     slices = np.array(volumes.volume_to_slices(canonical, runner.cfg.data.slice_axis), dtype=np.float32)

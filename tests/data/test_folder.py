@@ -11,6 +11,7 @@ from PIL import Image
 
 from segbench.data import AugmentConfig, DataConfig, DataError, load_data
 from segbench.data.dataset import pad_collate
+from segbench.data.splits import _case_position
 
 NO_AUGMENT = AugmentConfig(enabled=False)
 
@@ -21,9 +22,12 @@ def test_grey_pngs_seeded_split(tmp_path, helpers):
     assert data.format == "folder" and data.in_channels == 1 and data.num_classes == 2
     assert data.class_names == ["background", "class_1"]
     train, val = data.splits["train"], data.splits["val"]
-    assert (len(train), len(val)) == (7, 3) and "test" not in data.splits
+    assert len(train) + len(val) == 10 and len(val) >= 1 and "test" not in data.splits
     cases = {train[i]["case"] for i in range(len(train))} | {val[i]["case"] for i in range(len(val))}
     assert cases == {f"img{k}" for k in range(10)}
+    # Each case's side is its own hash's: (seed, case id) below val_fraction is val.
+    by_hash = {f"img{k}" for k in range(10) if _case_position(f"img{k}", 0) < 0.3}
+    assert {val[i]["case"] for i in range(len(val))} == (by_hash or {val[0]["case"]})
     item = val[0]
     assert item["image"].shape == (1, 12, 16) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (12, 16) and item["mask"].dtype == torch.long and item["index"] == 0
@@ -36,9 +40,9 @@ def test_grey_pngs_seeded_split(tmp_path, helpers):
     assert abs(pixels.mean().item()) < 1e-4 and abs(pixels.std().item() - 1) < 1e-2
     # Same seed, same split; another seed, another split.
     again = load_data(DataConfig(source=str(root), val_fraction=0.3))
-    assert [again.splits["val"][i]["case"] for i in range(3)] == [val[i]["case"] for i in range(3)]
-    other = load_data(DataConfig(source=str(root), val_fraction=0.3, seed=1))
-    assert {other.splits["val"][i]["case"] for i in range(3)} != {val[i]["case"] for i in range(3)}
+    assert [again.splits["val"][i]["case"] for i in range(len(val))] == [val[i]["case"] for i in range(len(val))]
+    other = load_data(DataConfig(source=str(root), val_fraction=0.3, seed=1)).splits["val"]
+    assert {other[i]["case"] for i in range(len(other))} != {val[i]["case"] for i in range(len(val))}
 
 
 def test_rgb_jpeg_images_use_imagenet_statistics(tmp_path, helpers):
