@@ -131,3 +131,12 @@ def test_debug_keeps_the_traceback(tiny_env, tmp_path):
     result = _invoke("train", "--out", tmp_path / "run", *TINY, "--set", "train.iterations=0",
                      env={"SEGBENCH_DEBUG": "1"})
     assert result.exit_code == 1 and result.exception is not None and not isinstance(result.exception, SystemExit)
+
+
+def test_offline_imagenet_weights_name_the_file_and_where_to_put_it(tiny_env, tmp_path):
+    env = {"SEGBENCH_OFFLINE": "1", "SEGBENCH_HOME": str(tmp_path / "home")}
+    args = [a if a != "tiny" else "deeplabv3plus" for a in TINY]
+    line = _one_line(_invoke("train", "--out", tmp_path / "run", *args, "--set", "model.options.encoder=resnet18",
+                             "--set", "model.pretrained=imagenet", env=env), "resnet18")
+    assert str(tmp_path / "home" / "weights") in line  # the exact path to put the file at
+    assert not (tmp_path / "run" / "last.pt").exists()
