@@ -48,9 +48,9 @@ __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "forma
 
 MATMUL_SIZE = 2048
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OVER_100_NOTE = ("above 100%: the counted FLOPs include multiplications by zero padding (atrous rates large "
-                 "against the feature map) or the convolution kernels outrun the 2048x2048 matmul, so the share "
-                 "is an upper bound on useful work")
+OVER_100_NOTE = ("the counted FLOPs include multiplications by zero padding (atrous rates large against the "
+                 "feature map) or the convolution kernels outrun the 2048x2048 matmul, so the share is an upper "
+                 "bound on useful work")
 
 
 @dataclass(frozen=True)

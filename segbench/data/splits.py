@@ -71,9 +71,9 @@ def _carve(indices: list[int], cases: list[str], cfg: DataConfig, wanted: tuple[
     ``val_fraction``, test in the next ``test_fraction``, train above. Adding or removing cases never
     moves another case to the other side (a shuffle, or cutting a sorted order at a count, does), so a
     training image never turns up in a later run's validation set; split sizes follow the fractions on
-    average rather than exactly. Where a held-out split would be empty (few cases), it takes the training
-    case nearest its band, which more data may hand back to training. ``segbench eval`` compares the
-    split a run recorded."""
+    average rather than exactly. With few cases, a held-out split that would be empty takes the training
+    case nearest its band, and an empty train split the highest-placed held-out case; more data may undo
+    those two exceptions. ``segbench eval`` compares the split a run recorded."""
     bands, start = {}, 0.0
     for split in ("val", "test"):
         fraction = {"val": cfg.val_fraction, "test": cfg.test_fraction}[split]
@@ -86,6 +86,12 @@ def _carve(indices: list[int], cases: list[str], cfg: DataConfig, wanted: tuple[
     for i in indices:
         side = next((split for split, (low, high) in bands.items() if low <= position[i] < high), "train")
         out[side].append(i)
+    if not out["train"]:  # every case fell into a held-out band: the highest-placed one trains
+        donor = max((split for split in bands if len(out[split]) > 1), key=lambda s: len(out[s]), default=None)
+        if donor is not None:
+            highest = max(out[donor], key=lambda i: position[i])
+            out[donor].remove(highest)
+            out["train"].append(highest)
     for split, (low, high) in bands.items():
         if not out[split] and len(out["train"]) > 1:
             nearest = min(out["train"], key=lambda i: position[i] - high if position[i] >= high else 2 + low - position[i])

@@ -44,3 +44,28 @@ def test_exit_status_is_nonzero_when_runs_failed_and_the_report_is_written(tmp_p
     assert "Error: 2 of 2 run(s) failed" in result.output
     assert (out / "report" / "index.html").is_file()
     assert "boom" in (out / "report" / "index.html").read_text()
+
+
+def test_ctrl_c_stops_the_sweep_with_one_message_and_no_traceback(tmp_path):
+    # Issue 15, item 8: as a terminal's Ctrl-C does, SIGINT goes to the whole process group (driver and worker).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, out = _data(tmp_path / "data", stray=False), tmp_path / "out"
+    env = {**os.environ, "SEGBENCH_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "segbench", "run", str(data), "--archs", "unet", "--iterations", "100000",
+               "--out", str(out), "--no-speed", "--no-progress"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("unet-*/log.jsonl")) and time.monotonic() < deadline:  # the worker is training
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stdout + stderr
+    assert "interrupted: run the same command again to continue where it stopped" in stderr

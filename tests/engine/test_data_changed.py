@@ -95,8 +95,9 @@ def test_seeded_split_sizes_follow_the_fractions():
 
 
 def test_few_cases_still_get_a_validation_case():
-    cfg = DataConfig(val_fraction=0.2, seed=0)
-    for n in range(2, 8):
-        names = [f"x{k}" for k in range(n)]
-        plan = plan_splits(names, [None] * n, [1] * n, cfg, volumetric=False)
-        assert len(plan.ranges["val"]) >= 1 and len(plan.ranges["train"]) >= 1
+    for seed in range(20):  # with 3 cases some seeds put all of them below a 0.34 band
+        cfg = DataConfig(val_fraction=0.34, seed=seed)
+        for n in range(2, 8):
+            names = [f"x{k}" for k in range(n)]
+            plan = plan_splits(names, [None] * n, [1] * n, cfg, volumetric=False)
+            assert len(plan.ranges["val"]) >= 1 and len(plan.ranges["train"]) >= 1, (seed, n)
