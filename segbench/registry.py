@@ -166,6 +166,12 @@ def build_encoder(name: str, **options: Any) -> nn.Module:
     return encoder
 
 
+def model_family(model: nn.Module, arch: str) -> str:
+    """The optimiser recipe a built model follows: the instance's own ``family`` where it refines its
+    architecture's (UPerNet on a ResNet follows the CNN papers), else the registry's."""
+    return getattr(model, "family", ARCHITECTURES[arch].family)
+
+
 def list_models() -> list[str]:
     _ensure_loaded()
     return list(ARCHITECTURES)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from segbench.bench.measure import inference_fn
 from segbench.bench.peers import build_peer
 from segbench.bench.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
-from segbench.engine.device import Precision, cuda_math, math_settings, resolve_precision
+from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
 from segbench.engine.step import TrainStep
 from segbench.flops import count_flops_of
 
@@ -47,7 +47,6 @@ __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "forma
            "format_rate", "OVER_100_NOTE"]
 
 MATMUL_SIZE = 2048
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OVER_100_NOTE = ("the counted FLOPs include multiplications by zero padding (atrous rates large against the "
                  "feature map) or the convolution kernels outrun the 2048x2048 matmul, so the share is an upper "
                  "bound on useful work")
@@ -157,15 +156,15 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
 
 def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None]) -> dict:
     from segbench.bench.measure import count_parameters
-    from segbench.registry import ARCHITECTURES, build_model
+    from segbench.registry import build_model, model_family
 
     device = torch.device(settings.device)
     options = dict(settings.options.get(arch, {}))
     ours = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels, **options)
     # As in training: the instance's family (UPerNet on a ResNet follows the CNN recipe) sets the
     # optimizer and, unless the settings force one, the memory format.
-    family = getattr(ours, "family", ARCHITECTURES[arch].family)
-    channels_last = settings.channels_last if settings.channels_last is not None else family == "cnn"
+    family = model_family(ours, arch)
+    channels_last = resolve_channels_last(settings.channels_last, family)
     precision = resolve_precision(settings.amp, device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(settings.batch, settings.in_channels, *settings.size, generator=generator)
@@ -224,8 +223,9 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
         if abs(ours_params - peer_params) > 0.01 * ours_params:
             result["notes"].append(f"parameter counts differ: segbench {ours_params:,} vs peer {peer_params:,}")
     # The ceiling in each precision a contender computes in (ONNX Runtime runs fp32).
-    for name in sorted({entry["precision"] for entry in result["impls"].values()}):
-        closures[f"matmul.{name}"] = _matmul_closure(device, _DTYPES[name])
+    ceilings = {precision.name: precision.compute_dtype} | ({"fp32": torch.float32} if "onnx" in result["impls"] else {})
+    for name, dtype in ceilings.items():
+        closures[f"matmul.{name}"] = _matmul_closure(device, dtype)
     progress(f"{arch}: timing {len(closures)} contenders x {settings.rounds} rounds")
     times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
 
@@ -278,7 +278,7 @@ def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[
     precision = resolve_precision(settings.amp, device)
     results["precision"] = precision.name
     results["matmul_flops_per_s"] = (statistics.median(rates) if rates
-                                     else matmul_rate(device, dtype=precision.dtype or torch.float32))
+                                     else matmul_rate(device, dtype=precision.compute_dtype))
     return results
 
 

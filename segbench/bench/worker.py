@@ -81,9 +81,15 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     from segbench.bench.measure import machine_info, measure_inference, peak_memory
     from segbench.config import config_from_dict
     from segbench.data import load_data
-    from segbench.engine.device import cuda_math, math_settings, resolve_device, resolve_precision
+    from segbench.engine.device import (
+        cuda_math,
+        math_settings,
+        resolve_channels_last,
+        resolve_device,
+        resolve_precision,
+    )
     from segbench.engine.train import train
-    from segbench.registry import ARCHITECTURES, build_model
+    from segbench.registry import build_model, model_family
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_FILE).read_text())
@@ -106,8 +112,7 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
         # Timed as the run trains: its precision and memory format (as training resolves them).
-        family = getattr(model, "family", ARCHITECTURES[cfg.model.arch].family)
-        channels_last = family == "cnn" if cfg.train.channels_last == "auto" else bool(cfg.train.channels_last)
+        channels_last = resolve_channels_last(cfg.train.channels_last, model_family(model, cfg.model.arch))
         with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
             result["measure"] = measure_inference(
                 model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,

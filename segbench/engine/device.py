@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "Precision",
+    "resolve_channels_last",
     "cuda_math",
     "math_settings",
     "resolve_device",
@@ -77,6 +78,11 @@ class Precision:
     @property
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype matmuls and convolutions compute in under this precision."""
+        return self.dtype or torch.float32
 
     @property
     def needs_scaler(self) -> bool:
@@ -162,3 +168,9 @@ def math_settings(device: torch.device | str) -> dict | None:
     return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_conv": torch.backends.cudnn.allow_tf32,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+def resolve_channels_last(setting: bool | str | None, family: str) -> bool:
+    """``train.channels_last`` for a model of ``family``: "auto" (or None) is channels-last for CNNs,
+    whose convolutions run faster in it, and not for transformers, whose tokens are (N, L, C) anyway."""
+    return family == "cnn" if setting in ("auto", None) else bool(setting)

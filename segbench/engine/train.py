@@ -59,7 +59,7 @@ from segbench.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from segbench.engine.device import cuda_math, math_settings, resolve_device, resolve_precision
+from segbench.engine.device import cuda_math, math_settings, resolve_channels_last, resolve_device, resolve_precision
 from segbench.engine.distributed import (
     DistInfo,
     broadcast_from_main,
@@ -75,11 +75,9 @@ from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
-from segbench.registry import ARCHITECTURES, build_model
+from segbench.registry import build_model, model_family
 
 __all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
-
-RUN_FILES = run_folder.RUN_FILES  # kept importable from here; the names live in run_folder
 
 
 class TrainingDiverged(RuntimeError):
@@ -240,15 +238,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     its fastest algorithms (``cudnn.benchmark``), also for this call only.
     """
     run_dir = Path(run_dir)
-    try:
-        with cuda_math(deterministic=cfg.train.deterministic):
-            return _train(cfg, run_dir, resume, progress)
-    except TrainingDiverged as err:
-        if (run_dir / "last.pt").is_file():
-            raise
-        # The loop's message promises a last good checkpoint; before the first one there is none.
-        raise TrainingDiverged(str(err).replace(f"{run_dir} keeps the last good checkpoint",
-                                                "no checkpoint was written before it")) from None
+    with cuda_math(deterministic=cfg.train.deterministic):
+        return _train(cfg, run_dir, resume, progress)
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
@@ -286,13 +277,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     if getattr(model, "pretrained_report", None) is not None:
         say(str(model.pretrained_report))
     # An instance may refine its registry family (UPerNet on a ResNet follows the CNN recipe).
-    family = getattr(model, "family", ARCHITECTURES[cfg.model.arch].family)
+    family = model_family(model, cfg.model.arch)
     cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, family))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
     workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    channels_last = family == "cnn" if t.channels_last == "auto" else t.channels_last
+    channels_last = resolve_channels_last(t.channels_last, family)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -434,10 +425,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
                 bad_lr = t.lr * lr_factor(bad_iteration, t)
                 log.write(event="diverged", iteration=bad_iteration, loss=bad_loss, lr=bad_lr)
                 bar.close()
+                kept = (f"{run_dir} keeps the last good checkpoint" if last_path.is_file()
+                        else "no checkpoint was written before it")
                 raise TrainingDiverged(
                     f"the loss became {bad_loss} at iteration {bad_iteration} (lr {bad_lr:.3g}); training stopped. "
-                    f"{run_dir} keeps the last good checkpoint. Try a lower train.lr, train.grad_clip=1.0, or "
-                    "train.amp=off."
+                    f"{kept}. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off."
                 )
         state["train_time_s"] += time.perf_counter() - tick
         bar.update(1)

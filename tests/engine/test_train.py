@@ -117,19 +117,31 @@ def test_resume_with_other_config_is_refused(tiny_env, tmp_path):
         train(tiny_config("train.iterations=4", "train.lr=0.02"), tmp_path, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_env, tmp_path, monkeypatch):
+def _install_nan_from_epoch(tiny_env, monkeypatch, epoch: int) -> None:
+    """Tiny data whose training images are all NaN from ``epoch`` on (2 batches per epoch)."""
     data = tiny_env.TinySegmentation
     factory = lambda: tiny_env.SegmentationData(
         name="tiny", num_classes=3, in_channels=1, class_names=["bg", "a", "b"], ignore_index=255,
-        splits={"train": data(10, seed=1, augment=True, nan_from_epoch=2), "val": data(4, seed=2)},
+        splits={"train": data(10, seed=1, augment=True, nan_from_epoch=epoch), "val": data(4, seed=2)},
         notices=[], report=None)
     tiny_env.install(monkeypatch, factory)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_env, tmp_path, monkeypatch):
+    _install_nan_from_epoch(tiny_env, monkeypatch, 2)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 4 .*last good checkpoint"):
         train(tiny_config(), tmp_path, progress=False)  # 2 batches per epoch: epoch 2 starts at iteration 4
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in final_state(tmp_path).values() if v.is_floating_point())
     assert log_events(tmp_path)[-1]["event"] == "diverged"
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_nan_loss_before_any_checkpoint_does_not_claim_one(tiny_env, tmp_path, monkeypatch):
+    _install_nan_from_epoch(tiny_env, monkeypatch, 0)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 0 .*no checkpoint was written before it"):
+        train(tiny_config(), tmp_path, progress=False)
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_transformer_family_defaults_and_head_lr(tiny_env, tmp_path):
