@@ -1,6 +1,21 @@
-"""segbench: faithful semantic-segmentation architectures, trained and reviewed under one protocol."""
+"""segbench: faithful semantic-segmentation architectures, trained and reviewed under one protocol.
 
-from segbench.registry import build_encoder, build_model, list_encoders, list_models, model_options
+Packages, and the one direction they import in (``tests/test_import_rules.py`` enforces it):
+
+- ``models`` (architectures, encoders, registry) imports only torch;
+- ``checkpoints`` (reading, converting and loading weights) may import ``models``;
+- ``data`` (layouts, checks, cache, splits, datasets) imports neither;  ``config`` may import ``data``;
+- ``engine`` (training, evaluation, inference) may import ``models``, ``checkpoints``, ``data``, ``config``;
+- ``export`` (ONNX) may import the engine's neighbours below it (``models``, ``config``, ``data``);
+- ``bench.measure`` (the timing harness, FLOPs, speed, peers) may import ``engine`` and ``export``;
+  ``bench.protocol`` (profiles, sweep, workers, typed run records) may import ``bench.measure``;
+  ``bench.report`` (columns, tables, statistics, plots, HTML/Markdown) imports no torch and reads only
+  the typed records of ``bench.protocol.record``; ``bench.review`` assembles the report from them;
+- ``commands`` (the CLI) may import anything, and nothing imports ``commands``. No package cycles.
+"""
+
+from segbench.checkpoints import build_model
+from segbench.models import build_encoder, list_encoders, list_models, model_options
 
 __version__ = "0.1.0"
 __all__ = ["build_model", "build_encoder", "list_models", "list_encoders", "model_options", "__version__"]

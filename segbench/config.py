@@ -50,7 +50,7 @@ class ModelConfig:
     # Keyword options of the architecture's builder, e.g. {encoder: resnet50, output_stride: 8}.
     options: dict[str, Any] = field(default_factory=dict)
     # Starting weights: None, 'imagenet', or a checkpoint path in any supported format (segbench,
-    # torchvision, timm, HF, NVlabs, Microsoft, MMSeg); see segbench.pretrained.
+    # torchvision, timm, HF, NVlabs, Microsoft, MMSeg); see segbench.checkpoints.load.
     pretrained: str | None = None
 
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import segbench
-from segbench.export import _pooling_matrix, export_onnx, load_onnx_model
+from segbench.export.onnx import _pooling_matrix, export_onnx, load_onnx_model
 from tests.numerics import assert_same_function
 from tests.small_configs import small_options
 
@@ -113,7 +113,7 @@ def test_export_command_explains_a_folder_without_a_checkpoint(tmp_path):
 
 
 def test_onnx_runtime_uses_cuda_only_when_asked_and_offered():
-    from segbench.export import onnx_providers
+    from segbench.export.onnx import onnx_providers
 
     both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert onnx_providers("cuda", both) == both

@@ -1,4 +1,4 @@
-from segbench.bench.profiles import get_profile
+from segbench.bench.protocol.profiles import get_profile
 
 
 def test_gpu_profiles_say_what_gpu_memory_they_expect():

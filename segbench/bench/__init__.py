@@ -1,14 +1,8 @@
-"""Benchmarks: the review sweep behind ``segbench run`` and the speed benchmark behind ``segbench speed``.
+"""Benchmarks: the review behind ``segbench run`` and the speed benchmark behind ``segbench speed``.
 
-The review (``segbench run``), in the order the data flows:
-
-- ``profiles``: the protocols (``quick``, ``standard``, ``paper``) and their per-architecture options;
-- ``sweep``: resolves and hashes every (architecture, seed) configuration, runs each in a worker
-  process, resumes and skips finished runs; ``worker``: one run (measure, train, preview);
-- ``measure``: parameters, FLOPs, latency, throughput, peak memory, the machine;
-- ``results``: the flat results rows, aggregation over seeds, the Pareto front, CSV/JSON;
-- ``findings``: sentences computed from the numbers; ``plots``: the figures;
-- ``review`` and ``report``: assemble and render ``OUT/report/`` (HTML, Markdown).
-
-The speed benchmark (``segbench speed``) lives in ``speed`` and its helpers.
+- ``measure``: every measured number besides accuracy, each with one producer (timing harness, FLOPs,
+  latency, memory, speed against peers and the machine's matmul rate);
+- ``protocol``: the profiles, the sweep of runs and its workers, and the typed records runs leave;
+- ``report``: columns, tables, findings, plots, HTML and Markdown, from those records (no torch);
+- ``review``: assembles ``OUT/report/`` from a sweep's run folders.
 """

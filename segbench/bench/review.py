@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.bench import plots
-from segbench.bench.findings import findings, overall_findings
-from segbench.bench.profiles import Profile
-from segbench.bench.report import ReportInputs, table_columns, write_html, write_markdown
-from segbench.bench.review_speed import read_review_speed, speed_section, throughput_figures
-from segbench.bench.results import COLUMNS, aggregate, class_key, write_results
-from segbench.bench.rows import result_row
-from segbench.bench.sweep import PlannedRun, input_size
-from segbench.bench.timing import NOISY_ABOVE, STABLE_WITHIN
-from segbench.bench.worker import PREVIEW_FILE, RESULT_FILE
-from segbench.registry import ARCHITECTURES
+from segbench.bench.report import plots
+from segbench.bench.report.findings import findings, overall_findings
+from segbench.bench.protocol.profiles import Profile
+from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
+from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
+from segbench.bench.report.results import COLUMNS, aggregate, class_key, write_results
+from segbench.bench.protocol.rows import result_row
+from segbench.bench.protocol.sweep import PlannedRun, input_size
+from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
+from segbench.bench.protocol.worker import PREVIEW_FILE, RESULT_FILE
+from segbench.models.registry import ARCHITECTURES
 
 __all__ = ["write_review", "ACCURACY_KEY"]
 

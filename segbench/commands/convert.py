@@ -8,7 +8,9 @@ import click
 import torch
 import yaml
 
-from segbench.weights import SOURCES, convert_with_report, read_checkpoint
+from segbench.checkpoints.convert import SOURCES, convert_with_report
+
+from segbench.checkpoints.io import read_checkpoint
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:

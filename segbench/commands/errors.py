@@ -36,12 +36,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from segbench.engine.predict import PredictError
     from segbench.engine.run_folder import RunFolderError
     from segbench.engine.train import ConfigMismatch, TrainingDiverged
-    from segbench.weights import CheckpointError
+    from segbench.checkpoints.io import CheckpointError
 
     types: list[type[BaseException]] = [ConfigError, DataError, RunFolderError, ConfigMismatch, TrainingDiverged,
                                         OutOfMemory, PredictError, CheckpointError, FileNotFoundError]
     try:
-        from segbench.pretrained.imagenet import WeightsUnavailableError
+        from segbench.checkpoints.imagenet import WeightsUnavailableError
 
         types.append(WeightsUnavailableError)
     except ImportError:  # pragma: no cover - optional module layout

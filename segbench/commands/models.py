@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import torch
 
-from segbench.flops import count_flops, count_parameters
-from segbench.registry import ARCHITECTURES, build_model, list_models, model_options
+from segbench.bench.measure.flops import count_flops, count_parameters
+from segbench.models.registry import ARCHITECTURES, build_model, list_models, model_options
 
 
 def describe(name: str, num_classes: int, size: tuple[int, int], in_channels: int = 3) -> dict:

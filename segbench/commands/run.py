@@ -10,7 +10,7 @@ import time
 
 import click
 
-from segbench.bench.profiles import PROFILES
+from segbench.bench.protocol.profiles import PROFILES
 
 __all__ = ["run"]
 
@@ -52,7 +52,7 @@ def _check_data(plan) -> None:
 
 def _measure_speed(plan, profile, out: str) -> None:
     """The report's speed figures (reused from OUT/speed.json where the settings match)."""
-    from segbench.bench.review_speed import data_facts, measure_review_speed
+    from segbench.bench.protocol.review_speed import data_facts, measure_review_speed
 
     data = data_facts(plan)
     if data is None:
@@ -97,9 +97,9 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
     Interrupt it at any time: the same command continues where it stopped and never repeats a
     finished run.
     """
-    from segbench.bench.profiles import get_profile
+    from segbench.bench.protocol.profiles import get_profile
     from segbench.bench.review import write_review
-    from segbench.bench.sweep import imagenet_starts, plan_sweep, run_sweep
+    from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
     from segbench.config import ConfigError
 
     chosen = get_profile(profile)

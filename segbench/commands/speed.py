@@ -24,7 +24,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, dict]:
 
 
 def _split_archs(values: tuple[str, ...]) -> list[str]:
-    from segbench.registry import list_models
+    from segbench.models.registry import list_models
 
     valid = list_models()
     archs = [a for v in values for a in v.split(",") if a] or valid
@@ -80,7 +80,7 @@ def speed(archs, size, batch, device, amp, rounds, max_warmup, engines, train, u
     """
     import torch
 
-    from segbench.bench.speed import SpeedSettings, format_table, run_speed
+    from segbench.bench.measure.speed import SpeedSettings, format_table, run_speed
 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available here", param_hint="--device")
@@ -92,7 +92,7 @@ def speed(archs, size, batch, device, amp, rounds, max_warmup, engines, train, u
         raise click.BadParameter("training with BatchNorm needs at least 2 images per batch", param_hint="--batch")
     options: dict[str, dict] = {}
     if profile:
-        from segbench.bench.profiles import get_profile
+        from segbench.bench.protocol.profiles import get_profile
 
         chosen = get_profile(profile)
         options = {arch: dict(values) for arch, values in chosen.arch_options.items()}
@@ -122,7 +122,7 @@ def speed(archs, size, batch, device, amp, rounds, max_warmup, engines, train, u
 
     results = run_speed(names, settings, progress=progress)
     if pipeline:
-        from segbench.bench.pipeline import pipeline_overhead
+        from segbench.bench.measure.input_pipeline import pipeline_overhead
 
         for arch, result in results["archs"].items():
             progress(f"{arch}: input pipeline and metrics on {data_source}")
@@ -130,12 +130,12 @@ def speed(archs, size, batch, device, amp, rounds, max_warmup, engines, train, u
             result["pipeline"] = pipeline_overhead(own, arch=arch, source=data_source)
     click.echo(format_table(results))
     if breakdown:
-        from segbench.bench.op_profile import format_breakdown
+        from segbench.bench.measure.op_profile import format_breakdown
 
         for arch, result in results["archs"].items():
             click.echo(format_breakdown(arch, result["breakdown"]))
     if pipeline:
-        from segbench.bench.pipeline import format_pipeline
+        from segbench.bench.measure.input_pipeline import format_pipeline
 
         for result in results["archs"].values():
             click.echo(format_pipeline(result["pipeline"]))
@@ -166,7 +166,7 @@ def _inference_size(cfg) -> tuple[int, int] | None:
 def export(run_dir: Path, fmt: str, size, which: str, shape: str) -> None:
     """Export a trained run's model to RUN_DIR/model.onnx, checked against PyTorch with ONNX Runtime."""
     from segbench.engine.checkpoint import load_run_model
-    from segbench.export import export_onnx
+    from segbench.export.onnx import export_onnx
 
     try:
         model, cfg, info = load_run_model(run_dir, which=which)

@@ -116,7 +116,7 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
 def _check_option_types(arch: str, options: dict) -> None:
     """A text value for a numeric model option fails deep inside a layer constructor; name the key instead."""
     from segbench.config import ConfigError
-    from segbench.registry import model_options
+    from segbench.models.registry import model_options
 
     try:
         defaults = model_options(arch)

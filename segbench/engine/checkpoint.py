@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from segbench.config import Config, config_from_dict
-from segbench.weights import CheckpointError, load_torch_file
+from segbench.checkpoints.io import CheckpointError, load_torch_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -161,7 +161,7 @@ def load_run_model(
 
     ``which`` is "best" (best validation, ``best.pt``) or "last" (``last.pt``).
     """
-    from segbench.registry import build_model
+    from segbench.models.registry import build_model
 
     run_dir = Path(run_dir)
     if which not in ("best", "last"):

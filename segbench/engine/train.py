@@ -75,7 +75,8 @@ from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
-from segbench.registry import build_model, model_family
+from segbench.checkpoints import build_model
+from segbench.models.registry import model_family
 
 __all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
@@ -151,7 +152,7 @@ def _gather_rng(info: DistInfo) -> list[dict]:
 
 
 def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: str | None, info: DistInfo) -> nn.Module:
-    """The model, with ``pretrained`` weights (``segbench.pretrained.load_pretrained``: "imagenet" or a file).
+    """The model, with ``pretrained`` weights (``segbench.checkpoints.load.load_pretrained``: "imagenet" or a file).
 
     Under torchrun rank 0 alone loads them (one download, one cache write); the other ranks build the
     same initialisation, and DistributedDataParallel copies rank 0's parameters and buffers to every rank

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.bench.measure import inference_fn, machine_info, measure_inference, peak_memory
+from segbench.bench.measure.cost import inference_fn, machine_info, measure_inference, peak_memory
 from segbench.engine.device import Precision
 
 

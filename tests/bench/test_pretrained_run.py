@@ -8,16 +8,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import segbench.pretrained as pretrained_module
-from segbench.bench import sweep as sweep_module
-from segbench.bench.profiles import PROFILES, REVIEW_ARCHS, get_profile
-from segbench.bench.results import aggregate
+import segbench.checkpoints.load as pretrained_module
+from segbench.bench.protocol import sweep as sweep_module
+from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
+from segbench.bench.report.results import aggregate
 from segbench.bench.review import write_review
-from segbench.bench.rows import result_row
-from segbench.bench.sweep import imagenet_starts, plan_sweep, run_sweep
+from segbench.bench.protocol.rows import result_row
+from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
 from segbench.commands.run import run
-from segbench.pretrained import imagenet_weights_fit
-from segbench.registry import ENCODERS, build_encoder, build_model
+from segbench.checkpoints.load import imagenet_weights_fit
+from segbench.checkpoints import build_model
+from segbench.models.registry import ENCODERS, build_encoder
 
 QUICK_IMAGENET = ["pspnet", "deeplabv2", "deeplabv3", "deeplabv3plus", "segformer"]  # ResNet-18 and MiT-B0
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from segbench.bench.profiles import PROFILES, REVIEW_ARCHS, get_profile
-from segbench.bench.rows import backbone_label
-from segbench.registry import build_model, list_models
+from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
+from segbench.bench.protocol.rows import backbone_label
+from segbench.models.registry import build_model, list_models
 
 
 def _params(arch: str, options: dict) -> int:

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from segbench.bench.findings import findings, overall_findings
-from segbench.bench.results import aggregate, class_key, pareto_front, read_results_csv, write_results
+from segbench.bench.report.findings import findings, overall_findings
+from segbench.bench.report.results import aggregate, class_key, pareto_front, read_results_csv, write_results
 
 
 def test_pareto_front_known_points():

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from segbench.bench import review_speed
-from segbench.bench.profiles import get_profile
-from segbench.bench.review_speed import SPEED_HEADER, measure_review_speed, review_speed_settings, speed_rows
-from segbench.bench.sweep import plan_sweep
+from segbench.bench.protocol import review_speed
+from segbench.bench.protocol.profiles import get_profile
+from segbench.bench.protocol.review_speed import SPEED_HEADER, measure_review_speed, review_speed_settings, speed_rows
+from segbench.bench.protocol.sweep import plan_sweep
 
 DATA = {"name": "brain-mri", "num_classes": 4, "in_channels": 1}
 

@@ -21,12 +21,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from segbench.bench.profiles import get_profile
-from segbench.bench.report import JS_ERRORS, JS_MARKER
-from segbench.bench.results import COLUMNS, read_results_csv
+from segbench.bench.protocol.profiles import get_profile
+from segbench.bench.report.render import JS_ERRORS, JS_MARKER
+from segbench.bench.report.results import COLUMNS, read_results_csv
 from segbench.bench.review import write_review
-from segbench.bench.rows import result_row
-from segbench.bench.sweep import _write_spec, plan_sweep, run_sweep
+from segbench.bench.protocol.rows import result_row
+from segbench.bench.protocol.sweep import _write_spec, plan_sweep, run_sweep
 from segbench.commands.run import run
 
 ARCHS = ("unet", "segformer")
@@ -229,7 +229,7 @@ def test_killed_run_resumes_where_it_stopped(sweep, tmp_path):
                       overrides=["data.resize=[32,32]", "train.checkpoint_interval=5"])
     run_dir = plan[0].run_dir
     _write_spec(plan[0], profile)
-    worker = subprocess.Popen([sys.executable, "-m", "segbench.bench.worker", str(run_dir), "--no-progress"])
+    worker = subprocess.Popen([sys.executable, "-m", "segbench.bench.protocol.worker", str(run_dir), "--no-progress"])
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "last.pt").is_file() and worker.poll() is None and time.monotonic() < deadline:

@@ -4,7 +4,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-import segbench.bench.sweep as sweep
+import segbench.bench.protocol.sweep as sweep
 from segbench.commands.run import run
 
 

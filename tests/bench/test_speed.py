@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from torch import nn
 
 import segbench
-from segbench.bench.speed import SpeedSettings, _train_flops, format_table, train_step
+from segbench.bench.measure.speed import SpeedSettings, _train_flops, format_table, train_step
 from segbench.engine.device import Precision
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep
-from segbench.flops import count_flops_of
+from segbench.bench.measure.flops import count_flops_of
 from tests.test_export import small_model
 
 
@@ -143,8 +143,8 @@ def test_set_option_must_name_an_architecture():
 
 
 def test_pipeline_overhead_splits_batches_into_loading_compute_and_metrics():
-    from segbench.bench.pipeline import pipeline_overhead
-    from segbench.bench.speed import SpeedSettings
+    from segbench.bench.measure.input_pipeline import pipeline_overhead
+    from segbench.bench.measure.speed import SpeedSettings
 
     if "unet" not in segbench.list_models():
         pytest.skip("unet is not registered yet")
@@ -158,7 +158,7 @@ def test_pipeline_overhead_splits_batches_into_loading_compute_and_metrics():
 
 
 def test_breakdown_bins_cpu_self_time_into_categories():
-    from segbench.bench.op_profile import profile_step
+    from segbench.bench.measure.op_profile import profile_step
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
     x = torch.randn(2, 1, 16, 16)

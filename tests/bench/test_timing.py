@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from segbench.bench.timing import NOISY_ABOVE, Timing, time_interleaved
+from segbench.bench.measure.timing import NOISY_ABOVE, Timing, time_interleaved
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from segbench.data import SegmentationData
 from segbench.data.dataset import Normalization
-from segbench.registry import ModelEntry
+from segbench.models.registry import ModelEntry
 
 
 class SimulatedKill(BaseException):
@@ -113,7 +113,7 @@ def install(monkeypatch, data_factory=tiny_data) -> None:
     import importlib
 
     import segbench.data
-    from segbench.registry import ARCHITECTURES, list_models
+    from segbench.models.registry import ARCHITECTURES, list_models
 
     train_module = importlib.import_module("segbench.engine.train")  # the attribute is the function
 

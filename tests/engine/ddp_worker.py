@@ -18,7 +18,7 @@ spec.loader.exec_module(tiny)
 
 import segbench.data  # noqa: E402
 from segbench.config import load_config  # noqa: E402
-from segbench.registry import ARCHITECTURES, list_models  # noqa: E402
+from segbench.models.registry import ARCHITECTURES, list_models  # noqa: E402
 
 train_module = importlib.import_module("segbench.engine.train")
 list_models()

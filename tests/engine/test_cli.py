@@ -111,7 +111,7 @@ def test_predict_onnx_without_export_is_explained(run_dir, tiny_env, tmp_path):
 def test_predict_onnx_matches_torch(run_dir, tiny_env, tmp_path):
     pytest.importorskip("onnxruntime")
     from segbench.engine import load_run_model
-    from segbench.export import export_onnx
+    from segbench.export.onnx import export_onnx
 
     model, _, _ = load_run_model(run_dir)
     export_onnx(model, tmp_path / "run" / "model.onnx", input_size=(16, 16), in_channels=1)

@@ -20,7 +20,7 @@ import torch
 from segbench.config import load_config
 from segbench.engine import train
 from segbench.engine.checkpoint import load_checkpoint
-from segbench.registry import build_encoder
+from segbench.models.registry import build_encoder
 
 FCN_RESNET18 = [
     "model.arch=fcn",

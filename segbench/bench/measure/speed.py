@@ -1,0 +1,357 @@
+"""``segbench speed``: training-step and inference time of every architecture, against a peer
+implementation of the same architecture where one is installed, with achieved FLOP/s as a fraction
+of what this machine's matmul reaches, at the same precision, in the same run.
+
+How the figures are taken, and why:
+
+- Everything runs in one process and **interleaved** by the one timing harness
+  (:mod:`segbench.bench.measure.timing`): each round times every contender once (ours train, peer train,
+  ours infer, peer infer, ONNX infer, a 2048x2048 matmul), after a warm-up that waits for stable
+  timings; figures are medians with their interquartile range, re-measured and then marked when noisy.
+  The review table's latency and throughput come from the same harness.
+- **Precision** is the run's: ``amp`` resolves as training resolves ``train.amp`` (auto: bf16 on
+  GPUs and CPUs that compute it natively, else fp32/fp16), and the model runs under that autocast.
+- A training step is the engine's (:class:`segbench.engine.step.TrainStep`): forward + the run's
+  loss + backward + optimizer step (segbench's optimizer for the architecture's family: SGD for CNNs,
+  AdamW for transformers; the peer gets the same optimizer and computes its library's own loss). Inference is
+  an eval-mode forward under ``torch.inference_mode`` returning logits at input resolution.
+- FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, 2 per
+  multiply-add; the training step counts forward + backward). FLOP/s = FLOPs / median time, and the
+  "% matmul" column divides it by the median rate of a dense matmul **in the dtype the model computes
+  in** (bf16 under bf16 autocast), timed in the same rounds. A share above 100% is possible and
+  always flagged: counted FLOPs include multiplications by zero padding (large atrous rates on small
+  feature maps) and convolution kernels can beat the 2048x2048 matmul (Winograd, better blocking), so
+  such a share is an upper bound on useful work, not a measurement error.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from segbench.bench.measure.cost import inference_fn
+from segbench.bench.measure.peers import build_peer
+from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
+from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
+from segbench.engine.step import TrainStep
+from segbench.bench.measure.flops import count_flops_of
+
+__all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
+           "format_rate", "OVER_100_NOTE"]
+
+MATMUL_SIZE = 2048
+OVER_100_NOTE = ("the counted FLOPs include multiplications by zero padding (atrous rates large against the "
+                 "feature map) or the convolution kernels outrun the 2048x2048 matmul, so the share is an upper "
+                 "bound on useful work")
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    size: tuple[int, int] = (512, 512)
+    batch: int = 2  # >= 2: BatchNorm in training mode needs more than one value per channel
+    device: str = "cpu"
+    amp: str = "auto"  # as train.amp: auto (the training's choice on this device), off, bf16, fp16
+    loss: str = "ce"  # the training step's loss, as train.loss (the review passes its runs')
+    rounds: int = 5  # timed rounds; figures are medians (with their IQR)
+    max_warmup: int = 10  # warm-up rounds at most; it stops earlier once timings are stable
+    engines: tuple[str, ...] = ("torch",)  # add "onnx" for ONNX Runtime inference of our export
+    channels_last: bool | None = None  # None: as training does, channels-last for CNN-family models only
+    compile: bool = False
+    peers: bool = True
+    num_classes: int = 21
+    in_channels: int = 3
+    options: dict[str, dict] = field(default_factory=dict)  # arch -> builder options
+    threads: int | None = None  # torch and ONNX Runtime intra-op threads; None: torch's default
+    breakdown: bool = False  # also profile one segbench training step by operator category
+    train: bool = True  # False: inference only (quicker comparisons of engines and memory formats)
+
+
+def _matmul_closure(device: torch.device, dtype: torch.dtype = torch.float32, n: int = MATMUL_SIZE) -> Callable[[], Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=generator).to(device, dtype) for _ in range(2))
+    return lambda: torch.matmul(a, b)
+
+
+def matmul_rate(device: torch.device | str = "cpu", *, dtype: torch.dtype = torch.float32, rounds: int = 5,
+                n: int = MATMUL_SIZE) -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` (median): the machine's dense-compute yardstick."""
+    device = torch.device(device)
+    timing = time_interleaved({"matmul": _matmul_closure(device, dtype, n)}, rounds=rounds, device=device)["matmul"]
+    return 2 * n**3 / timing.median
+
+
+def train_step(model: nn.Module, family: str, settings: SpeedSettings, precision: Precision,
+               *, own_loss: bool = False) -> TrainStep:
+    """The engine's training step for ``model``: its family's optimizer (with its parameter groups), the
+    run's loss (``settings.loss``) with the auxiliary head's at the model's ``aux_weight``; a peer
+    (``own_loss``) computes its library's own loss instead."""
+    from segbench.config import TrainConfig
+    from segbench.engine.losses import build_loss
+    from segbench.engine.optim import build_optimizer, resolve_train_config
+
+    optimizer = build_optimizer(model, resolve_train_config(TrainConfig(), family), family)
+    criterion = None if own_loss else build_loss(settings.loss, settings.num_classes).to(next(model.parameters()).device)
+    return TrainStep(model, optimizer, criterion, precision=precision,
+                     aux_weight=float(getattr(model, "aux_weight", 0.0) or 0.0))
+
+
+def _train_flops(step: TrainStep, x: Tensor, target: Tensor) -> int:
+    """Forward + backward FLOPs of one step (the optimizer's element-wise update is not counted)."""
+    flops = count_flops_of(lambda: step.loss(x, target).backward())
+    step.model.zero_grad(set_to_none=True)
+    return flops
+
+
+def _prepare(model: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _compile_in_place(model: nn.Module) -> None:
+    """``torch.compile`` the module that does the work, in place (a peer wrapper's inner model, so its
+    own loss path is compiled too)."""
+    getattr(model, "hf", model).compile()
+
+
+def _onnx_contender(model: nn.Module, settings: SpeedSettings, x: Tensor) -> tuple[Callable | None, dict]:
+    """Export ``model`` (on the CPU, before any compile) and return ONNX Runtime inference on ``x``."""
+    from segbench.export.onnx import export_onnx, load_onnx_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        try:
+            info = export_onnx(model, Path(tmp) / "model.onnx", input_size=settings.size, in_channels=settings.in_channels)
+        except RuntimeError as err:
+            return None, {"note": str(err)}
+        export_s = time.perf_counter() - start
+        # The session keeps the graph in memory.
+        onnx_model = load_onnx_model(Path(tmp) / "model.onnx", threads=settings.threads, device=settings.device)
+    x_cpu = x.detach().to("cpu", memory_format=torch.contiguous_format)
+    meta = {"export_s": export_s, "shape_mode": info.shape_mode, "note": info.note, "provider": onnx_model.provider}
+    if settings.device != "cpu":
+        where = ("with the CUDA execution provider (input and output pass through host memory)"
+                 if onnx_model.provider == "CUDAExecutionProvider"
+                 else "on the CPU (install onnxruntime-gpu for its CUDA execution provider)")
+        meta["note"] = f"ONNX Runtime runs {where}. {info.note}".strip()
+    return (lambda: onnx_model(x_cpu)), meta
+
+
+def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Time one architecture (ours, its peer, ONNX Runtime) interleaved with the matmul yardstick,
+    under the math settings training uses on CUDA (TF32 for matmuls and convolutions alike)."""
+    with cuda_math():
+        result = _benchmark_arch(arch, settings, progress)
+        result["math"] = math_settings(settings.device)
+    return result
+
+
+def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None]) -> dict:
+    from segbench.bench.measure.cost import count_parameters
+    from segbench.models.registry import build_model, model_family
+
+    device = torch.device(settings.device)
+    options = dict(settings.options.get(arch, {}))
+    ours = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels, **options)
+    # As in training: the instance's family (UPerNet on a ResNet follows the CNN recipe) sets the
+    # optimizer and, unless the settings force one, the memory format.
+    family = model_family(ours, arch)
+    channels_last = resolve_channels_last(settings.channels_last, family)
+    precision = resolve_precision(settings.amp, device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(settings.batch, settings.in_channels, *settings.size, generator=generator)
+    target = torch.randint(0, settings.num_classes, (settings.batch, *settings.size), generator=generator)
+    x, target = x.to(device), target.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    result: dict = {"arch": arch, "family": family, "options": options, "channels_last": channels_last,
+                    "precision": precision.name, "impls": {}, "notes": []}
+    if channels_last and settings.channels_last is None:
+        result["notes"].append("channels-last memory format (the default for CNN-family models)")
+    contenders: dict[str, nn.Module] = {"segbench": ours}
+    if settings.peers:
+        peer, why = build_peer(arch, ours, num_classes=settings.num_classes, in_channels=settings.in_channels)
+        if peer is None:
+            result["notes"].append(why)
+        else:
+            contenders["peer"] = peer.model
+            result["peer_name"] = peer.name
+            if peer.note:
+                result["notes"].append(peer.note)
+
+    closures: dict[str, Callable[[], object]] = {}
+    if "onnx" in settings.engines:
+        progress(f"{arch}: exporting to ONNX")
+        onnx_infer, onnx_meta = _onnx_contender(ours, settings, x)
+        if onnx_infer is None:
+            result["notes"].append(f"ONNX: {onnx_meta['note']}")
+        else:
+            closures["onnx.infer"] = onnx_infer
+    for name, model in contenders.items():
+        model = _prepare(model, channels_last, device)
+        entry = result["impls"][name] = {"params": count_parameters(model), "precision": precision.name}
+        progress(f"{arch}: counting FLOPs ({name})")
+        kinds = ("train", "infer") if settings.train else ("infer",)
+        if settings.train:
+            step = train_step(model, family, settings, precision, own_loss=name == "peer")
+            entry["train_flops"] = _train_flops(step, x, target)
+            closures[f"{name}.train"] = lambda step=step: step(x, target)
+        entry["infer_flops"] = count_flops_of(inference_fn(model, x))
+        closures[f"{name}.infer"] = inference_fn(model, x, precision)
+        if settings.compile:
+            _compile_in_place(model)
+            for kind in kinds:
+                start = time.perf_counter()
+                closures[f"{name}.{kind}"]()
+                synchronize(device)
+                entry[f"compile_{kind}_s"] = time.perf_counter() - start
+    if "onnx.infer" in closures:
+        segbench_entry = result["impls"]["segbench"]
+        result["impls"]["onnx"] = {"params": segbench_entry["params"], "infer_flops": segbench_entry["infer_flops"],
+                                   "precision": "fp32", **onnx_meta}
+    if "peer" in result["impls"]:
+        ours_params, peer_params = result["impls"]["segbench"]["params"], result["impls"]["peer"]["params"]
+        if abs(ours_params - peer_params) > 0.01 * ours_params:
+            result["notes"].append(f"parameter counts differ: segbench {ours_params:,} vs peer {peer_params:,}")
+    # The ceiling in each precision a contender computes in (ONNX Runtime runs fp32).
+    ceilings = {precision.name: precision.compute_dtype} | ({"fp32": torch.float32} if "onnx" in result["impls"] else {})
+    for name, dtype in ceilings.items():
+        closures[f"matmul.{name}"] = _matmul_closure(device, dtype)
+    progress(f"{arch}: timing {len(closures)} contenders x {settings.rounds} rounds")
+    times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
+
+    if settings.breakdown and settings.train:
+        from segbench.bench.measure.op_profile import profile_step
+
+        progress(f"{arch}: profiling a training step")
+        result["breakdown"] = profile_step(closures["segbench.train"], warmup=0, device=settings.device)
+    _summarise(result, times)
+    return result
+
+
+def _summarise(result: dict, times: dict[str, Timing]) -> None:
+    """Medians with their quartiles, FLOP/s, share of the matmul rate in the contender's precision and
+    the segbench/peer ratios, into ``result``."""
+    rates = {key.split(".")[1]: 2 * MATMUL_SIZE**3 / times.pop(key).median for key in list(times) if key.startswith("matmul.")}
+    result["matmul_flops_per_s"] = rates.get(result["precision"], next(iter(rates.values())))
+    result["matmul_flops_per_s_by_precision"] = rates
+    for key, timing in times.items():
+        name, kind = key.split(".")
+        entry = result["impls"][name]
+        entry[f"{kind}_s"] = timing.median
+        entry[f"{kind}_q1_s"], entry[f"{kind}_q3_s"] = timing.quartiles
+        entry[f"{kind}_noisy"] = timing.noisy
+        entry[f"{kind}_times"] = list(timing.times)
+        entry[f"{kind}_warmup"] = timing.warmup
+        flops = entry.get(f"{kind}_flops")
+        if flops:
+            entry[f"{kind}_flops_per_s"] = flops / entry[f"{kind}_s"]
+            entry[f"{kind}_matmul_fraction"] = entry[f"{kind}_flops_per_s"] / rates[entry["precision"]]
+    if "peer" in result["impls"]:
+        ours, peer = result["impls"]["segbench"], result["impls"]["peer"]
+        result["ratio"] = {kind: ours[f"{kind}_s"] / peer[f"{kind}_s"] for kind in ("train", "infer") if f"{kind}_s" in ours}
+
+
+def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Benchmark ``archs`` one after the other; returns every figure (see ``format_table``)."""
+    from segbench.bench.measure.cost import machine_info
+
+    device = torch.device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    results = {"machine": machine_info(device), "settings": asdict(settings), "archs": {}}
+    for arch in archs:
+        torch.manual_seed(0)
+        results["archs"][arch] = benchmark_arch(arch, settings, progress=progress)
+    rates = [r["matmul_flops_per_s"] for r in results["archs"].values()]
+    with cuda_math():  # the settings every benchmark_arch ran under (None on the CPU)
+        results["math"] = math_settings(device)
+    precision = resolve_precision(settings.amp, device)
+    results["precision"] = precision.name
+    results["matmul_flops_per_s"] = (statistics.median(rates) if rates
+                                     else matmul_rate(device, dtype=precision.compute_dtype))
+    return results
+
+
+def format_ms(seconds: float | None, q1: float | None = None, q3: float | None = None, noisy: bool = False) -> str:
+    """``12.3 ±2%``: the median in ms, ± half its interquartile range as a share of it; ``noisy`` marked."""
+    if seconds is None:
+        return "-"
+    text = f"{seconds * 1e3:.1f}"
+    if q1 is not None and q3 is not None and seconds > 0:
+        text += f" ±{(q3 - q1) / 2 / seconds:.0%}"
+    return text + (" noisy" if noisy else "")
+
+
+def format_time(entry: dict, kind: str) -> str:
+    """An implementation's ``train`` or ``infer`` time cell (see :func:`format_ms`)."""
+    return format_ms(entry.get(f"{kind}_s"), entry.get(f"{kind}_q1_s"), entry.get(f"{kind}_q3_s"),
+                     bool(entry.get(f"{kind}_noisy")))
+
+
+def format_rate(flops_per_s: float | None, fraction: float | None) -> str:
+    """``250.1 (71%)``; a share above 100% carries a ``*`` that the notes explain (``OVER_100_NOTE``)."""
+    if flops_per_s is None:
+        return "-"
+    return f"{flops_per_s / 1e9:.1f} ({fraction:.0%}{'*' if fraction > 1 else ''})"
+
+
+def format_table(results: dict) -> str:
+    """One row per architecture and implementation; ratio = segbench time / peer time (< 1: we are faster)."""
+    header = ["arch", "impl", "precision", "params(M)", "train ms", "infer ms", "train GFLOP/s (% matmul)",
+              "infer GFLOP/s (% matmul)", "ratio train", "ratio infer"]
+    rows = [header]
+    notes = []
+    for arch, result in results["archs"].items():
+        ratio = result.get("ratio", {})
+        for name, entry in result["impls"].items():
+            label = result.get("peer_name", "peer") if name == "peer" else name
+            rows.append([
+                arch,
+                label,
+                entry.get("precision", "fp32"),
+                f"{entry['params'] / 1e6:.2f}",
+                format_time(entry, "train"),
+                format_time(entry, "infer"),
+                format_rate(entry.get("train_flops_per_s"), entry.get("train_matmul_fraction")),
+                format_rate(entry.get("infer_flops_per_s"), entry.get("infer_matmul_fraction")),
+                f"{ratio['train']:.2f}" if name == "segbench" and "train" in ratio else "-",
+                f"{ratio['infer']:.2f}" if name == "segbench" and "infer" in ratio else "-",
+            ])
+            compiled = [f"{entry[f'compile_{k}_s']:.1f} s ({k})" for k in ("train", "infer") if f"compile_{k}_s" in entry]
+            if compiled:
+                notes.append(f"{arch} {label}: torch.compile + first call took " + ", ".join(compiled))
+            if "export_s" in entry:
+                notes.append(f"{arch} onnx: exported in {entry['export_s']:.1f} s, {entry['shape_mode']} shapes"
+                             + (f" ({entry['note']})" if entry.get("note") else ""))
+        notes += [f"{arch}: {note}" for note in result["notes"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    by_precision: dict[str, list[float]] = {}
+    for result in results["archs"].values():
+        for name, rate in result.get("matmul_flops_per_s_by_precision", {}).items():
+            by_precision.setdefault(name, []).append(rate)
+    lines.append("")
+    for name, rates in sorted(by_precision.items()):
+        lines.append(f"{name} matmul {MATMUL_SIZE}x{MATMUL_SIZE} (same rounds, median): "
+                     f"{statistics.median(rates) / 1e9:.1f} GFLOP/s")
+    if results.get("math"):
+        math = results["math"]
+        lines.append(f"CUDA: TF32 matmul {'on' if math['tf32_matmul'] else 'off'}, TF32 convolutions "
+                     f"{'on' if math['tf32_conv'] else 'off'}, cuDNN autotuner {'on' if math['cudnn_benchmark'] else 'off'}")
+    lines.append("times: median ms ± half the interquartile range as a share of it; 'noisy': still above "
+                 f"{NOISY_ABOVE:.0%} after re-measuring. ratio = segbench time / peer time (below 1: segbench is "
+                 "faster). % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "
+                 "in the contender's precision; * marks a share above 100% (" + OVER_100_NOTE + ").")
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""Sweep profiles: one protocol (input size, iteration budget, batch, validation schedule) shared by
+every architecture, plus a small per-architecture table of model options (which backbone, how wide).
+
+Everything a profile sets is printed in the report. A profile is one flat table, never a chain of
+inherited presets: to see what ``quick`` trains, read ``QUICK`` below.
+
+- ``quick``: a laptop CPU. Slim backbones (ResNet-18, MiT-B0, a 2-2-2-2 Swin at half width, VGG16 and
+  U-Net at base width 16) on 96x96 inputs and 250 iterations with CE+Dice (the same loss for all; Dice keeps the thin
+  CSF class from drowning in background in so short a run), sized so all ten architectures train,
+  validate and get measured in about 12 minutes on 2 idle cores. Its numbers rank the *designs at
+  small scale*; they are not the papers' numbers.
+- ``standard``: the papers' canonical backbones (VGG-16, ResNet-101, MiT-B2, Swin-T, U-Net width 64)
+  at a moderate 256x256 resolution and a 20k-iteration schedule: one GPU, hours.
+- ``paper``: the papers' backbones and output strides at 512x512 crops (sliding-window evaluation on
+  larger images), batch 16, 80k iterations: a multi-hour GPU run per architecture.
+
+Every profile trains every architecture from scratch by default (the report says so next to the
+numbers); the papers all start from ImageNet weights, which ``--pretrained imagenet`` does wherever the
+encoder's published weights fit the profile's backbone (``standard`` and ``paper``: all but U-Net, which
+has no pretrained encoder; ``quick``: the ResNet-18 and MiT-B0 architectures only, its width-16 VGG and
+slim Swin have no published weights), and ``--pretrained both`` runs each of those both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Profile", "PROFILES", "REVIEW_ARCHS", "get_profile"]
+
+# The ten architectures of the review, in the order of the report (by year).
+REVIEW_ARCHS: tuple[str, ...] = (
+    "fcn8s",
+    "unet",
+    "segnet",
+    "deeplabv1",
+    "pspnet",
+    "deeplabv2",
+    "deeplabv3",
+    "deeplabv3plus",
+    "segformer",
+    "upernet",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    # Network input (H, W). With ``resize_inputs`` every image is resized to it (train, val and test
+    # alike); otherwise images keep their size, training uses random crops of it, and evaluation
+    # slides a window of it over larger images.
+    input_size: tuple[int, int]
+    resize_inputs: bool
+    iterations: int
+    batch_size: int
+    # Validations during training (the last one is at the final iteration).
+    validations: int
+    seeds: int
+    # Model options per architecture: the only per-architecture differences in the protocol.
+    arch_options: dict[str, dict[str, Any]]
+    # Latency (segbench.bench.measure.timing): timed rounds of a batch-1 pass after a warm-up of at most
+    # timing_max_warmup rounds that waits for stable times.
+    timing_rounds: int = 20
+    timing_max_warmup: int = 10
+    # The Speed section's timed rounds (training step and inference at the training batch, interleaved
+    # with the peer and a matmul); the table's throughput is its inference figure.
+    speed_rounds: int = 7
+    # Validation images shown per architecture in the report's prediction grid.
+    preview_images: int = 4
+    # Extra configuration overrides (``key=value``) applied to every run, shown in the report.
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+    # GPU memory one training process needs for the heaviest architectures (the dilated ResNet-101
+    # heads), so a run can be placed before it starts. An estimate, scaled from MMSegmentation's model
+    # zoo (PSPNet R101-D8, 4 images of 512x512 per GPU in fp32: about 12 GB); not measured on a GPU here.
+    expected_gpu_memory: str = "n/a (CPU profile)"
+
+    def settings(self) -> dict[str, Any]:
+        """The protocol as printed in the report (the per-architecture table is printed separately)."""
+        return {
+            "input_size": f"{self.input_size[0]}x{self.input_size[1]}",
+            "inputs": "every image resized to input_size" if self.resize_inputs
+            else "native size; random crops of input_size for training, sliding window for evaluation",
+            "iterations": self.iterations,
+            "batch_size": self.batch_size,
+            "validations": self.validations,
+            "seeds": self.seeds,
+            "latency": f"median (and IQR) of {self.timing_rounds} batch-1 passes after a warm-up until stable "
+                       f"(at most {self.timing_max_warmup})",
+            "throughput": f"the Speed section's inference at the training batch ({self.batch_size}), median of "
+                          f"{self.speed_rounds} rounds",
+            "profile_overrides": list(self.overrides) or "none",
+            "expected_gpu_memory": self.expected_gpu_memory,
+        }
+
+
+# Slim variants for a 2-core laptop. VGG16 and U-Net at a quarter of their width (stages 16..128/256
+# channels; FCN-8s keeps its 100-pixel conv1 padding, which makes it the slowest here); ResNet-18
+# (basic blocks, so DeepLab v3's multi-grid has two rates) under every dilated head at the papers'
+# output strides; MiT-B0; Swin at half width with two blocks per stage and a 128-channel UPerNet head.
+QUICK = Profile(
+    name="quick",
+    description="Laptop CPU: slim backbones, 96x96 inputs, 250 iterations, CE+Dice loss. Sized for about 16 "
+    "minutes for all ten on 2 idle cores; ranks the designs at small scale from scratch, not the papers' numbers.",
+    input_size=(96, 96),
+    resize_inputs=True,
+    iterations=250,
+    batch_size=8,
+    validations=4,
+    seeds=1,
+    arch_options={
+        "fcn8s": {"encoder": "vgg16", "base_width": 16},
+        "unet": {"base_width": 16},
+        "segnet": {"encoder": "vgg16_bn", "base_width": 16},
+        "deeplabv1": {"encoder": "vgg16", "base_width": 16},
+        "pspnet": {"encoder": "resnet18", "output_stride": 8},
+        "deeplabv2": {"encoder": "resnet18", "output_stride": 8},
+        "deeplabv3": {"encoder": "resnet18", "output_stride": 16, "multi_grid": [1, 2]},
+        "deeplabv3plus": {"encoder": "resnet18", "output_stride": 16, "multi_grid": [1, 2]},
+        "segformer": {"encoder": "mit_b0"},
+        "upernet": {"encoder": "swin_t", "embed_dim": 48, "depths": [2, 2, 2, 2], "channels": 128, "aux_channels": 64},
+    },
+    overrides=("train.loss=ce+dice",),
+)
+
+STANDARD = Profile(
+    name="standard",
+    description="The papers' canonical backbones at a moderate 256x256 resolution and a 20k-iteration "
+    "schedule: one GPU, hours.",
+    expected_gpu_memory="about 4 GB in bf16/fp16, 7 GB in fp32 (ResNet-101 at output stride 8, 256x256, batch 8; "
+    "estimated): a 16 GB GPU",
+    input_size=(256, 256),
+    resize_inputs=True,
+    iterations=20_000,
+    batch_size=8,
+    validations=10,
+    seeds=1,
+    arch_options={
+        "fcn8s": {"encoder": "vgg16"},
+        "unet": {"base_width": 64},
+        "segnet": {"encoder": "vgg16_bn"},
+        "deeplabv1": {"encoder": "vgg16"},
+        "pspnet": {"encoder": "resnet101", "output_stride": 8},
+        "deeplabv2": {"encoder": "resnet101", "output_stride": 8},
+        "deeplabv3": {"encoder": "resnet101", "output_stride": 16},
+        "deeplabv3plus": {"encoder": "resnet101", "output_stride": 16},
+        # MiT-B2's encoder (25M) is the size class of Swin-T's (28M) in the UPerNet row.
+        "segformer": {"encoder": "mit_b2"},
+        "upernet": {"encoder": "swin_t"},
+    },
+)
+
+PAPER = Profile(
+    name="paper",
+    description="The papers' backbones and output strides, 512x512 crops, batch 16, 80k iterations "
+    "(MMSegmentation's long schedule): GPUs, many hours per architecture.",
+    expected_gpu_memory="about 30 GB in bf16/fp16, 50 GB in fp32, on one GPU (ResNet-101 at output stride 8, "
+    "512x512 crops, batch 16; estimated): a 40/80 GB GPU, or torchrun over 2-4 GPUs (they split the batch), "
+    "else a lower train.batch_size",
+    input_size=(512, 512),
+    resize_inputs=False,
+    iterations=80_000,
+    batch_size=16,
+    validations=10,
+    seeds=1,
+    arch_options={
+        "fcn8s": {"encoder": "vgg16"},
+        "unet": {"base_width": 64},
+        "segnet": {"encoder": "vgg16_bn"},
+        # DeepLab v1/v2 post-process with a CRF (eval only; a local-window approximation, see crf.py).
+        "deeplabv1": {"encoder": "vgg16", "crf": True},
+        "pspnet": {"encoder": "resnet101", "output_stride": 8},
+        "deeplabv2": {"encoder": "resnet101", "output_stride": 8, "crf": True},
+        "deeplabv3": {"encoder": "resnet101", "output_stride": 8},
+        "deeplabv3plus": {"encoder": "resnet101", "output_stride": 16},
+        "segformer": {"encoder": "mit_b2"},
+        "upernet": {"encoder": "swin_t"},
+    },
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, STANDARD, PAPER)}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,330 @@
+"""The sweep behind ``segbench run``: every chosen architecture x seed under one protocol, resumable.
+
+Each run's configuration is resolved in full (profile + per-architecture options + user overrides)
+and hashed together with the measurement settings; the run lives in ``OUT/<arch>-s<seed>-<hash>``. Running the same command again skips
+finished runs, continues an interrupted one from its last checkpoint (the engine resumes), and retries
+failed ones; changing any setting changes the hash, so results of different settings never mix.
+
+Every run executes in a worker process (:mod:`segbench.bench.protocol.worker`): a crash or an out-of-memory kill
+is recorded in that architecture's row and the sweep goes on.
+
+Backbone starts (``segbench run --pretrained``): ``imagenet_starts`` decides per architecture whether its
+encoder's published ImageNet weights fit the profile's configuration (``imagenet_weights_fit`` of
+``segbench.checkpoints.load``); a run that starts from them is labelled ``<arch>+in1k`` (its folder, its row),
+so the same architecture from scratch and from ImageNet weights are two rows of the report. The sweep
+fetches each encoder's weights once, before the first run that needs them; when they cannot be had (no
+network, ``SEGBENCH_OFFLINE=1``) those runs fail at once with the reason in their rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
+from segbench.bench.protocol.worker import PREVIEW_FILE, RESULT_FILE, SPEC_FILE
+from segbench.engine import run_folder
+from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
+from segbench.data import BUILTIN_DATASETS
+from segbench.checkpoints.load import (
+    IMAGENET_WEIGHTS, HashMismatchError, WeightsUnavailableError, imagenet_state_dict, imagenet_weights_fit,
+)  # fmt: skip
+from segbench.models.registry import list_models, model_options
+
+__all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX"]
+
+IMAGENET_SUFFIX = "+in1k"  # the label of a run whose backbone starts from ImageNet-1k weights
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    arch: str
+    seed: int
+    config: Config
+    measure: dict  # how the worker measures the model (input size, timed runs); part of the hash
+    config_hash: str
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        """The run's name in the report and its folder: the architecture, ``+in1k`` when its backbone
+        starts from ImageNet weights (so both starts of one architecture are separate rows)."""
+        return self.arch + (IMAGENET_SUFFIX if self.config.model.pretrained == "imagenet" else "")
+
+    @property
+    def finished(self) -> bool:
+        """A previous invocation completed this exact run (same configuration hash)."""
+        path = self.run_dir / RESULT_FILE
+        if not path.is_file():
+            return False
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return result.get("status") == "ok" and result.get("hash") == self.config_hash
+
+
+def config_hash(cfg: Config, measure: dict) -> str:
+    """Ten hex digits of the SHA-256 of the resolved configuration and the measurement settings
+    (sorted-key JSON): any change to either gives a new run folder."""
+    text = json.dumps({"config": config_to_dict(cfg), "measure": measure}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _measure_settings(cfg: Config, profile: Profile) -> dict:
+    return {
+        "input_size": list(input_size(cfg, profile)),
+        "timing_rounds": profile.timing_rounds,
+        "timing_max_warmup": profile.timing_max_warmup,
+    }
+
+
+def _data_source(data: str) -> str:
+    """A built-in dataset's name, or a folder by absolute path (so the hash does not depend on the
+    working directory). Anything else is an error now rather than ten failed runs later."""
+    if data in BUILTIN_DATASETS:
+        return data
+    path = Path(data).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"no dataset folder at {data!r}; give a folder or a built-in dataset: {', '.join(BUILTIN_DATASETS)}")
+    return str(path.resolve())
+
+
+def _base_values(profile: Profile, data: str, iterations: int) -> dict:
+    size = list(profile.input_size)
+    values = {
+        "data": {"source": _data_source(data)},
+        "train": {
+            "iterations": iterations,
+            "batch_size": profile.batch_size,
+            "val_interval": max(1, iterations // max(1, profile.validations)),
+            "log_interval": max(1, iterations // 100),
+            "checkpoint_interval": max(1, min(500, iterations // 10)),
+            # The headline metric of the review: mean foreground Dice per image/case.
+            "best_metric": "dice_fg_per_case",
+        },
+    }
+    if profile.resize_inputs:
+        values["data"]["resize"] = size
+    else:
+        values["data"]["augment"] = {"crop_size": size}
+        values["eval"] = {"mode": "slide", "window": size}
+    return values
+
+
+def plan_sweep(
+    *,
+    data: str,
+    profile: Profile,
+    out: str | Path,
+    archs: list[str] | None = None,
+    seeds: int | None = None,
+    iterations: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    pretrained: dict[str, str | None | Sequence[str | None]] | None = None,
+) -> list[PlannedRun]:
+    """Resolve every (architecture, start, seed) configuration. Raises ``KeyError``/``ValueError`` (with
+    the valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
+
+    ``pretrained`` maps an architecture to its backbone start (``model.pretrained``: ``"imagenet"`` or a
+    checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
+    both); architectures it does not name train from scratch."""
+    registered = list_models()
+    archs = list(archs) if archs else list(REVIEW_ARCHS)
+    unknown = [a for a in archs if a not in registered]
+    if unknown:
+        raise KeyError(f"unknown architecture(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"an architecture is listed twice: {', '.join(archs)}")
+    seeds = profile.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    iterations = profile.iterations if iterations is None else iterations
+    if iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {iterations}")
+    out = Path(out)
+    base = _base_values(profile, data, iterations)
+    plan = []
+    for arch in archs:
+        options = dict(profile.arch_options.get(arch, {}))
+        valid = model_options(arch)
+        bad = [k for k in options if k not in valid]
+        if bad:
+            raise ValueError(f"profile {profile.name!r} gives {arch} unknown option(s) {bad}; valid: {', '.join(valid)}")
+        starts = (pretrained or {}).get(arch)
+        starts = list(starts) if isinstance(starts, (list, tuple)) else [starts]
+        for start in starts:
+            for seed in range(seeds):
+                values = json.loads(json.dumps(base))
+                values["model"] = {"arch": arch, "options": options}
+                if start is not None:
+                    values["model"]["pretrained"] = start
+                values["train"]["seed"] = seed
+                values = apply_overrides(values, [*profile.overrides, *overrides])
+                cfg = config_from_dict(values)
+                measure = _measure_settings(cfg, profile)
+                digest = config_hash(cfg, measure)
+                run = PlannedRun(arch, seed, cfg, measure, digest, out)
+                plan.append(dataclasses.replace(run, run_dir=out / f"{run.label}-s{seed}-{digest}"))
+    labels = [(run.label, run.seed) for run in plan]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two planned runs share a label and seed (starts: {pretrained}); give each architecture "
+                         "at most one start per label (from scratch, 'imagenet', a file)")  # fmt: skip
+    return plan
+
+
+def imagenet_starts(plan: list[PlannedRun], mode: str) -> tuple[dict[str, str | tuple[None, str]], list[str]]:
+    """The ``pretrained`` argument of ``plan_sweep`` for ``segbench run --pretrained MODE`` (``imagenet``
+    or ``both``), decided on ``plan`` (the same sweep planned from scratch, so the profile's options and
+    the command line's overrides are resolved), and one line per architecture that trains from scratch
+    only, saying why. An architecture whose encoder's published ImageNet weights fit its configuration
+    starts from them (``imagenet``) or is planned twice, from scratch and from them (``both``)."""
+    if mode not in ("imagenet", "both"):
+        raise ValueError(f"--pretrained must be 'none', 'imagenet' or 'both', got {mode!r}")
+    starts: dict[str, str | tuple[None, str]] = {}
+    notes = []
+    for arch, options in {run.arch: run.config.model.options for run in plan}.items():
+        fits, why = imagenet_weights_fit(arch, options)
+        if fits:
+            starts[arch] = "imagenet" if mode == "imagenet" else (None, "imagenet")
+        else:
+            notes.append(f"{arch}: from scratch ({why})")
+    return starts, notes
+
+
+def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
+    """The network input the run trains on (an override of ``data.resize`` or the crop wins over the
+    profile's), which is also the size FLOPs and latency are measured at."""
+    size = cfg.data.resize if profile.resize_inputs else cfg.data.augment.crop_size
+    return tuple(size or profile.input_size)
+
+
+def _write_spec(run: PlannedRun, profile: Profile) -> None:
+    # The sweep's own records are the run's files too: starting the run over may delete them.
+    run_folder.claim(run.run_dir, files=(SPEC_FILE, RESULT_FILE, PREVIEW_FILE))
+    spec = {
+        "hash": run.config_hash,
+        "config": config_to_dict(run.config),
+        "measure": run.measure,
+        "preview_images": profile.preview_images,
+    }
+    (run.run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec (Linux): SIGTERM when the sweep process dies, so a killed sweep
+    leaves no orphan writing into a run folder that the next invocation resumes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _execute(run: PlannedRun, progress: bool) -> dict:
+    """Run the worker; its ``bench.json``, or a failure record when it died without writing one."""
+    result_path = run.run_dir / RESULT_FILE
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "segbench.bench.protocol.worker", str(run.run_dir)]
+    if not progress:
+        command.append("--no-progress")
+    process = subprocess.Popen(command, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the worker too (same process group); let it stop, then stop the sweep.
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    if code < 0:
+        why = " (the system's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        error = f"worker killed by {_signal_name(-code)}{why}"
+    else:
+        error = f"worker exited with status {code} without writing {RESULT_FILE}"
+    return {"hash": run.config_hash, "status": "failed", "error": error}
+
+
+def _imagenet_encoder(run: PlannedRun) -> str | None:
+    """The encoder whose ImageNet weights ``run`` starts from, or None."""
+    if run.config.model.pretrained != "imagenet":
+        return None
+    return run.config.model.options.get("encoder", model_options(run.arch).get("encoder"))
+
+
+def _fetch_weights(encoder: str, say: Callable[[str], None]) -> str | None:
+    """Put ``encoder``'s ImageNet weights in the cache (downloading them at most once per sweep, so the
+    workers never touch the network); the reason they cannot be had, or None."""
+    if encoder not in IMAGENET_WEIGHTS:
+        return None  # not a name with weights: the run's own load says so, with the valid choices
+    say(f"ImageNet weights for {encoder}: from the cache, or downloading {IMAGENET_WEIGHTS[encoder].url}")
+    try:
+        imagenet_state_dict(encoder)
+    except (WeightsUnavailableError, HashMismatchError) as err:
+        return f"{type(err).__name__}: {err}"
+    except Exception as err:  # noqa: BLE001 - a damaged file or cache: that run's row, not the whole sweep
+        return f"{type(err).__name__} while reading the weights: {err}"
+    return None
+
+
+def run_sweep(
+    plan: list[PlannedRun], profile: Profile, *, progress: bool = True, say: Callable[[str], None] = print
+) -> dict[str, int]:
+    """Run every planned run not finished before; returns counts: ``skipped``, ``ran``, ``failed``."""
+    counts = {"skipped": 0, "ran": 0, "failed": 0}
+    weights_problem: dict[str, str | None] = {}  # per encoder: why its ImageNet weights cannot be had
+    for k, run in enumerate(plan, start=1):
+        label = f"[{k}/{len(plan)}] {run.label} seed {run.seed} ({run.run_dir.name})"
+        if run.finished:
+            counts["skipped"] += 1
+            say(f"{label}: finished earlier, reusing its results")
+            continue
+        resuming = (run.run_dir / "last.pt").is_file()  # holds trained weights: no ImageNet file needed
+        encoder = None if resuming else _imagenet_encoder(run)
+        if encoder is not None and encoder not in weights_problem:
+            weights_problem[encoder] = _fetch_weights(encoder, say)
+        started = time.perf_counter()
+        if encoder is not None and weights_problem[encoder] is not None:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / RESULT_FILE).unlink(missing_ok=True)  # the failure record is written below
+            result = {"hash": run.config_hash, "status": "failed",
+                      "error": f"no ImageNet weights for {encoder}, not trained: {weights_problem[encoder]}"}
+        else:
+            say(f"{label}: {'resuming' if resuming else 'starting'}")
+            _write_spec(run, profile)
+            result = _execute(run, progress)
+        elapsed = time.perf_counter() - started
+        counts["ran"] += 1
+        if result.get("status") == "ok":
+            value = ((result.get("metrics") or {}).get("val") or {}).get("dice_fg_per_case")
+            shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+            say(f"{label}: done in {elapsed:.0f} s, val Dice {shown}")
+        else:
+            counts["failed"] += 1
+            if not (run.run_dir / RESULT_FILE).is_file():  # the worker died before writing it
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                (run.run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+            say(f"{label}: FAILED after {elapsed:.0f} s: {result.get('error')}")
+    return counts
+
+
+# --- rows ----------------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""One (architecture, seed) run of a sweep, in its own process: ``python -m segbench.bench.protocol.worker RUN_DIR``.
+
+A fresh process per run is what makes the memory figures mean something (see ``measure.py``) and
+what lets the sweep survive a run that crashes or is killed for memory: the sweep reads what this
+process wrote, or the exit status when it wrote nothing.
+
+Reads ``RUN_DIR/sweep_run.json`` (written by :mod:`segbench.bench.protocol.sweep`) and, in order:
+
+1. loads the data (cached after the first run) and builds a fresh model from the run's config;
+2. measures it untrained (parameters, FLOPs, batch-1 latency, inference peak memory);
+3. trains it with ``segbench.engine.train`` (resuming when the folder holds a partial run), measuring
+   the training peak memory; the engine writes ``metrics.json`` with the validation (and test) figures;
+4. predicts the same few validation images with the best checkpoint (``preview.npz``) for the
+   report's prediction grid;
+5. writes ``bench.json``: ``status`` "ok", or "failed" with the error and traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["run_worker", "preview_indices", "SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE"]
+
+SPEC_FILE = "sweep_run.json"
+RESULT_FILE = "bench.json"
+PREVIEW_FILE = "preview.npz"
+
+
+def _write_json(values: dict, path: Path) -> None:
+    from segbench.engine.evaluate import write_json
+
+    write_json(values, path)
+
+
+def preview_indices(dataset, count: int, ignore_index: int) -> list[int]:
+    """``count`` validation items spread evenly over those that contain foreground (any class but 0),
+    or over all items when none does. Depends only on the data, so every architecture gets the same."""
+    with_foreground = []
+    for i in range(len(dataset)):
+        mask = dataset[i]["mask"]
+        if ((mask != 0) & (mask != ignore_index)).any():
+            with_foreground.append(i)
+    pool = with_foreground or list(range(len(dataset)))
+    if len(pool) <= count:
+        return pool
+    return sorted({pool[int(round(k))] for k in np.linspace(0, len(pool) - 1, count)})
+
+
+def _preview(run_dir: Path, data, count: int) -> None:
+    from segbench.engine.checkpoint import load_run_model
+    from segbench.engine.evaluate import inference_settings
+    from segbench.engine.inference import predict_logits
+
+    model, cfg, info = load_run_model(run_dir, "best")
+    dataset = data.splits["val"]
+    indices = preview_indices(dataset, count, info.ignore_index)
+    images, truths, preds = [], [], []
+    for i in indices:
+        item = dataset[i]
+        logits = predict_logits(model, item["image"][None], inference_settings(cfg.eval))
+        images.append(item["image"].numpy())
+        truths.append(item["mask"].numpy())
+        preds.append(logits.argmax(1)[0].numpy().astype(np.int16))
+    np.savez_compressed(
+        run_dir / PREVIEW_FILE, indices=np.array(indices), images=np.stack(images), truths=np.stack(truths),
+        predictions=np.stack(preds),
+    )
+
+
+def run_worker(run_dir: str | Path, progress: bool = True) -> int:
+    """Do one run as described in the module docstring; returns the process exit status."""
+    from segbench.bench.measure.cost import machine_info, measure_inference, peak_memory
+    from segbench.config import config_from_dict
+    from segbench.data import load_data
+    from segbench.engine.device import (
+        cuda_math,
+        math_settings,
+        resolve_channels_last,
+        resolve_device,
+        resolve_precision,
+    )
+    from segbench.engine.train import train
+    from segbench.models.registry import build_model, model_family
+
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / SPEC_FILE).read_text())
+    result: dict = {"hash": spec["hash"], "status": "failed"}
+    stage = "setup"
+    try:
+        cfg = config_from_dict(spec["config"])
+        device = resolve_device(cfg.train.device)
+        result["machine"] = machine_info(device)
+        stage = "loading data"
+        data = load_data(cfg.data)
+        result["data"] = {
+            "name": data.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
+            "class_names": list(data.class_names), "splits": {k: len(v) for k, v in data.splits.items()},
+            "volumetric": bool(data.volumetric), "notices": list(data.notices),
+        }
+
+        stage = "measuring"
+        m = spec["measure"]
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
+        # Timed as the run trains: its precision and memory format (as training resolves them).
+        channels_last = resolve_channels_last(cfg.train.channels_last, model_family(model, cfg.model.arch))
+        with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
+            result["measure"] = measure_inference(
+                model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
+                precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
+                rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
+            )
+            result["measure"]["math"] = math_settings(device)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+        stage = "training"
+        started = time.perf_counter()
+        with peak_memory(device) as memory:
+            metrics = train(cfg, run_dir, resume=True, progress=progress)
+        result["train_peak_mb"] = memory.megabytes
+        result["train_memory_method"] = memory.method
+        result["session_wall_s"] = time.perf_counter() - started
+        result["metrics"] = metrics
+
+        stage = "predicting preview images"
+        _preview(run_dir, data, int(spec.get("preview_images", 4)))
+        result["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001  (recorded in the results row; the sweep goes on)
+        kind = "out of memory" if isinstance(err, (MemoryError, torch.OutOfMemoryError)) else type(err).__name__
+        result["error"] = f"{kind} while {stage}: {err}"
+        result["traceback"] = traceback.format_exc()
+        print(f"segbench worker: {run_dir.name} failed while {stage}: {err}", file=sys.stderr)
+    _write_json(result, run_dir / RESULT_FILE)
+    return 0 if result["status"] == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        return run_worker(args.run_dir, progress=not args.no_progress)
+    except KeyboardInterrupt:  # Ctrl-C reaches the sweep too, which says how to continue: no traceback here
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The results table: one flat row per (architecture, seed), the columns the review compares, the
+per-architecture aggregate over seeds (mean and sample standard deviation), and the CSV/JSON files.
+
+Rows are flat dicts of str/int/float/None so that ``results.csv`` and ``results.json`` hold exactly
+the same values (the tests check it). Per-class scores are columns ``val_dice_<class>``,
+``val_iou_<class>`` (and ``test_...`` when the data has a test split).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = [
+    "Column",
+    "COLUMNS",
+    "column",
+    "class_key",
+    "aggregate",
+    "pareto_front",
+    "write_results",
+    "read_results_csv",
+    "format_value",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A number the review compares: its row key, header, unit, and which direction is better."""
+
+    key: str
+    label: str
+    better: str  # "higher", "lower", or "" (neither: not marked, no superlatives)
+    digits: int = 3
+    unit: str = ""
+    help: str = ""
+    # Timed figures: the row keys of the interquartile range shown next to the median, and of the flag
+    # that says the figure stayed noisy after re-measuring (segbench.bench.measure.timing).
+    spread: tuple[str, str] | None = None
+    noisy: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every numeric row key the column shows: its value and its spread."""
+        return (self.key, *(self.spread or ()))
+
+
+# The comparison table, in display order. Accuracy first, then cost.
+COLUMNS: tuple[Column, ...] = (
+    Column("val_dice", "Val Dice", "higher", 4, help="mean foreground Dice per image/case, validation split"),
+    Column("val_miou", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split"),
+    Column("val_hd95", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance, foreground classes"),
+    Column("test_dice", "Test Dice", "higher", 4, help="as Val Dice, on the test split"),
+    Column("test_miou", "Test mIoU", "higher", 4),
+    Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),
+    Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)"),
+    Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
+           spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy"),
+    Column("throughput_ips", "Throughput", "higher", 1, "img/s",
+           "images/s of inference at the training batch: the Speed section's measurement [from its quartiles]",
+           spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy"),
+    Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
+    Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
+    Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
+    Column("train_ips", "Train speed", "higher", 1, "img/s", "training images per second"),
+    Column("best_iter", "Best iter", "", 0, "", "iteration of the best validation score"),
+)
+_BY_KEY = {c.key: c for c in COLUMNS}
+
+
+def column(key: str) -> Column:
+    """The column for ``key``; per-class keys get a generated one."""
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    match = re.fullmatch(r"(val|test)_(dice|iou)_(.+)", key)
+    if match:
+        split, metric, name = match.groups()
+        label = {"dice": "Dice", "iou": "IoU"}[metric]
+        return Column(key, f"{split.capitalize()} {label} {name}", "higher", 4)
+    raise KeyError(f"no column {key!r}; known: {', '.join(_BY_KEY)}")
+
+
+def class_key(split: str, metric: str, class_name: str) -> str:
+    """``val_dice_tumour`` for ("val", "dice", "tumour"); non-identifier characters become ``_``."""
+    safe = re.sub(r"[^0-9A-Za-z]+", "_", str(class_name)).strip("_") or "class"
+    return f"{split}_{metric}_{safe}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
+    """One row per architecture (in first-seen order): ``<key>`` the mean over its successful seeds,
+    ``<key>_std`` the sample standard deviation (0 with one seed), ``seeds`` how many succeeded,
+    ``failed_seeds`` how many failed and ``error`` the first failure's message."""
+    keys = list(keys)
+    by_arch: dict[str, list[dict]] = {}
+    for row in rows:
+        by_arch.setdefault(row["arch"], []).append(row)
+    table = []
+    for arch, group in by_arch.items():
+        ok = [r for r in group if r.get("status") == "ok"]
+        failed = [r for r in group if r.get("status") != "ok"]
+        first = (ok or group)[0]
+        out = {k: v for k, v in first.items() if not _is_number(v) or k in ("seed",)}
+        out.pop("seed", None)
+        out.update(arch=arch, seeds=len(ok), failed_seeds=len(failed))
+        out["error"] = failed[0].get("error", "") if failed and not ok else ""
+        for key in keys:
+            values = [r[key] for r in ok if _is_number(r.get(key))]
+            out[key] = statistics.fmean(values) if values else None
+            out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        table.append(out)
+    return table
+
+
+def pareto_front(costs: list[float], scores: list[float]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal score with
+    one of them strict. Sorted by cost (then score), which is the order to draw the front in.
+    ``None``/NaN points are ignored."""
+    valid = [i for i in range(len(costs)) if _is_number(costs[i]) and _is_number(scores[i])]
+    front = []
+    for i in valid:
+        dominated = any(
+            costs[j] <= costs[i] and scores[j] >= scores[i] and (costs[j] < costs[i] or scores[j] > scores[i])
+            for j in valid
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (costs[i], -scores[i]))
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def _fieldnames(rows: list[dict]) -> list[str]:
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row if k not in names]
+    return names
+
+
+def write_results(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``results.json`` (same rows, same columns) into ``out_dir``. Missing
+values (None, NaN, inf, empty strings) are empty cells in the CSV and ``null`` in the JSON."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _fieldnames(rows)
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (dict, list, tuple)):
+                raise TypeError(f"results rows must be flat; {key!r} holds a {type(value).__name__}")
+    csv_path, json_path = out_dir / "results.csv", out_dir / "results.json"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else _csv_value(row.get(k))) for k in names})
+    with open(json_path, "w") as f:
+        json.dump([{k: _json_value(row.get(k)) for k in names} for row in rows], f, indent=1)
+    return csv_path, json_path
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""  # repr round-trips exactly; JSON has no inf
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    # Missing in both files: a CSV cannot tell an empty string from no value.
+    if (isinstance(value, float) and not math.isfinite(value)) or value == "":
+        return None
+    return value
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            number = kind(text)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            return number
+    if text in ("True", "False"):
+        return text == "True"
+    return text
+
+
+def read_results_csv(path: str | Path) -> list[dict]:
+    """Rows of a ``results.csv`` with numbers parsed back (empty cells are ``None``)."""
+    with open(path, newline="") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """A number for a table cell: fixed digits, thousands separators for big ones, '–' for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"

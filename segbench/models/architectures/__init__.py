@@ -1,0 +1,16 @@
+"""Segmentation architectures, one module per method; importing a module registers its builders.
+
+The import order is the order of ``segbench.list_models()`` and of the review's tables: by year.
+"""
+
+from segbench.models.architectures import (  # noqa: F401  (registration)
+    fcn,
+    fcn_resnet,
+    unet,
+    segnet,
+    deeplab_v1,
+    pspnet,
+    deeplab,
+    segformer,
+    upernet,
+)

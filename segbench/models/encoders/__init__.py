@@ -1,0 +1,14 @@
+"""Backbones. Every encoder honours one contract so any decoder can attach to any encoder:
+
+- ``forward(x) -> list[Tensor]``: stage outputs, shallow to deep;
+- ``out_channels: tuple[int, ...]`` and ``strides: tuple[int, ...]``, one entry per stage output,
+  equal to what ``forward`` really returns (the tests check this);
+- dilated variants take ``output_stride`` in {8, 16, 32}.
+
+Parameter names follow the publisher of the usual ImageNet weights (torchvision for VGG and ResNet),
+so their checkpoint files load with ``strict=True`` (``segbench.checkpoints.load``).
+"""
+
+from __future__ import annotations
+
+from segbench.models.encoders import mit, resnet, swin, vgg  # noqa: F401  (registration)
