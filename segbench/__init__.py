@@ -14,8 +14,20 @@ Packages, and the one direction they import in (``tests/test_import_rules.py`` e
 - ``commands`` (the CLI) may import anything, and nothing imports ``commands``. No package cycles.
 """
 
-from segbench.checkpoints import build_model
-from segbench.models import build_encoder, list_encoders, list_models, model_options
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["build_model", "build_encoder", "list_models", "list_encoders", "model_options", "__version__"]
+
+# Imported on first use, so the torch-free parts (the report, its records, the statistics) load without torch.
+_LAZY = {"build_model": "segbench.checkpoints", "build_encoder": "segbench.models", "list_models": "segbench.models",
+         "list_encoders": "segbench.models", "model_options": "segbench.models"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'segbench' has no attribute {name!r}")

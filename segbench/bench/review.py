@@ -17,23 +17,17 @@ from segbench.bench.report.findings import findings, overall_findings
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
 from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
-from segbench.bench.report.results import COLUMNS, aggregate, class_key, write_results
-from segbench.bench.protocol.rows import result_row
+from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
+from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
+from segbench.bench.report.results import aggregate, write_results
+from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
-from segbench.bench.protocol.worker import PREVIEW_FILE, RESULT_FILE
+
 from segbench.models.registry import ARCHITECTURES
 
 __all__ = ["write_review", "ACCURACY_KEY"]
 
-ACCURACY_KEY = "val_dice"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
@@ -124,7 +118,7 @@ def write_review(
     command line's ``--set`` values, printed with the profile's settings."""
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    rows = [result_row(run) for run in plan]
+    rows = [run_record(run).row() for run in plan]
     throughput = throughput_figures(read_review_speed(out))  # the Speed section's inference, one measurement
     for run, row in zip(plan, rows):
         if row["status"] == "ok":
@@ -134,8 +128,8 @@ def write_review(
     ok_runs = _first_ok(plan, rows)
     # Data and machine facts come from a successful run (any run if none succeeded).
     source = next(iter(ok_runs.values()), plan[0] if plan else None)
-    first = _read_json(source.run_dir / RESULT_FILE) if source else {}
-    data = first.get("data") or {}
+    first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
+    data = first.data
     class_names = list(data.get("class_names") or [])
     background = plan[0].config.eval.background if plan else 0
     fg_names = [n for i, n in enumerate(class_names) if i != background]
@@ -160,7 +154,7 @@ def write_review(
         figures["Predictions on the same validation images (best checkpoint)"] = grid
 
     seeds = len({r.seed for r in plan})
-    machine = dict(first.get("machine") or {})
+    machine = dict(first.machine)
     settings = profile.settings()
     if plan:  # what actually ran: the command line may have changed the profile's values
         cfg = plan[0].config

@@ -7,7 +7,6 @@ The layouts themselves are documented (and converted) in ``segbench.checkpoints.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from torch import Tensor
 

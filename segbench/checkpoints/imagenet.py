@@ -205,7 +205,7 @@ def imagenet_state_dict(encoder: str) -> tuple[dict[str, Tensor], dict[str, str]
         if payload.get("url") == entry.url and payload.get("expected_sha256") == (entry.sha256 or ""):
             return payload["state_dict"], {"url": payload["url"], "sha256": payload["sha256"]}
     path, digest = fetch(encoder)
-    state = encoder_keys(read_checkpoint(path), entry.source, ENCODERS[encoder].family)
+    state = encoder_keys(read_checkpoint(path), entry.source, ENCODERS[encoder].kind)
     # A view into a larger storage (a split or sliced tensor) is copied, or torch.save would write it whole.
     state = {k: v if v.untyped_storage().nbytes() == v.numel() * v.element_size() else v.clone()
              for k, v in state.items()}  # fmt: skip

@@ -50,6 +50,7 @@ from segbench.checkpoints.imagenet import (
     imagenet_state_dict, verification,
 )  # fmt: skip
 from segbench.checkpoints.io import read_checkpoint
+from segbench.models.encoders.swin import SwinTransformer
 from segbench.models.registry import ARCHITECTURES, ENCODERS, build_encoder, build_model, model_options
 
 __all__ = [
@@ -83,6 +84,16 @@ def keys_beyond_model(keys: Iterable[str], own: Iterable[str]) -> list[str]:
     return [k for k in keys if k not in own and re.sub(r"\d+", "#", k) in patterns]
 
 
+def _classification_to_encoder(encoder: nn.Module, state: StateDict) -> StateDict:
+    """A Swin ImageNet file (Microsoft's or timm's classification layout, or already the encoder's keys) in
+    the encoder's keys, output norms the classifier lacks started at identity; other encoders' as given."""
+    if not isinstance(encoder, SwinTransformer):
+        return state
+    from segbench.checkpoints.convert.swin import encoder_from_classification  # the converters import this module
+
+    return {k.removeprefix("encoder."): v for k, v in encoder_from_classification(state).items()}
+
+
 def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadReport:
     """Load backbone weights from a file or state dict into an encoder (or a model's ``.encoder``).
 
@@ -93,6 +104,7 @@ def load_backbone_weights(target: nn.Module, source: str | Path | dict) -> LoadR
     """
     encoder = getattr(target, "encoder", target)
     state = source if isinstance(source, dict) else read_checkpoint(source)
+    state = _classification_to_encoder(encoder, state)
     adapt = getattr(encoder, "adapt_state_dict", None)
     if adapt is not None:
         state = adapt(dict(state))
@@ -179,7 +191,7 @@ def _fit_first_conv(state: StateDict, key: str, own: Tensor) -> StateDict:
 
 
 def _encoder_label(model: nn.Module) -> str:
-    name = getattr(model.encoder, "registry_name", None)
+    name = model.encoder.registry_name
     return repr(name) if name else type(model.encoder).__name__
 
 
@@ -220,7 +232,8 @@ def _load_encoder(model: nn.Module, native: StateDict, report: PretrainedReport)
     """Load a backbone given in the encoder's own keys, through its ``adapt_state_dict``."""
     encoder = model.encoder
     adapt = getattr(encoder, "adapt_state_dict", None)
-    state = adapt(dict(native)) if adapt is not None else dict(native)
+    state = _classification_to_encoder(encoder, dict(native))
+    state = adapt(state) if adapt is not None else state
     own = encoder.state_dict()
     first = _first_conv(encoder)
     state = _fit_first_conv(state, first, own[first])
@@ -249,8 +262,8 @@ def _load_file(model: nn.Module, path: Path, options: dict[str, Any]) -> Pretrai
 
     state = read_checkpoint(path)
     layout = detect_format(state)
-    name = getattr(model.encoder, "registry_name", None)
-    family = ENCODERS[name].family if name in ENCODERS else None
+    name = model.encoder.registry_name
+    family = ENCODERS[name].kind if name in ENCODERS else None
     report = PretrainedReport(weights=str(path), layout=layout[0] if layout else "unrecognised")
     if layout is None:  # the last guess: the encoder's own keys, as load_backbone_weights reads them
         try:
@@ -268,7 +281,7 @@ def _load_file(model: nn.Module, path: Path, options: dict[str, Any]) -> Pretrai
                          f"{name!r} ({family}); build the model with a {file_family} encoder")
     if source == "segbench":
         return _load_whole(model, state, report)
-    arch = getattr(model, "arch_name", None)
+    arch = model.arch_name
     _load_modules()
     if report.scope == "model" and (source, arch) in CONVERTERS:
         if "encoder" not in options and name and "encoder" in model_options(arch):
@@ -293,15 +306,15 @@ def _load_file(model: nn.Module, path: Path, options: dict[str, Any]) -> Pretrai
 
 
 def _encoder_name(model: nn.Module, options: dict[str, Any]) -> str | None:
-    name = getattr(model.encoder, "registry_name", None) or options.get("encoder")
-    arch = getattr(model, "arch_name", None)
+    name = model.encoder.registry_name or options.get("encoder")
+    arch = model.arch_name
     if name is None and arch in ARCHITECTURES:
         name = model_options(arch).get("encoder")
     return name
 
 
 def _no_imagenet_weights(model: nn.Module, name: str | None) -> ValueError:
-    arch = getattr(model, "arch_name", type(model).__name__)
+    arch = (model.arch_name or type(model).__name__)
     archs = [f"{a} (encoder={model_options(a)['encoder']!r})" for a in ARCHITECTURES
              if model_options(a).get("encoder") in IMAGENET_WEIGHTS]  # fmt: skip
     what = f"encoder {name!r}" if name else f"its own encoder ({type(model.encoder).__name__})"
@@ -358,7 +371,7 @@ def imagenet_weights_fit(arch: str, options: dict[str, Any] | None = None) -> tu
     options = dict(options or {})
     with torch.device("meta"):
         model = build_model(arch, 2, **options)
-    name = getattr(model.encoder, "registry_name", None)
+    name = model.encoder.registry_name
     if name is None:
         return False, f"{arch} has its own encoder ({type(model.encoder).__name__}), with no published ImageNet weights"
     if name not in IMAGENET_WEIGHTS:

@@ -28,7 +28,7 @@ def describe(name: str, num_classes: int, size: tuple[int, int], in_channels: in
     return {
         "name": name,
         "year": entry.year,
-        "family": entry.family,
+        "recipe": entry.recipe,
         "encoder": encoder or "-",
         "params": params,
         "gflops": flops / 1e9,
@@ -72,11 +72,11 @@ def models(size: tuple[int, int], num_classes: int, detail: bool, markdown: bool
         return
     click.echo(f"Default configurations, {num_classes} classes, FLOPs of one forward pass at 1x3x{size[0]}x{size[1]} "
                "(torch.utils.flop_counter; a multiply-add = 2 FLOPs).")
-    header = f"{'name':<14} {'year':>4}  {'family':<11} {'encoder':<10} {'params (M)':>10} {'GFLOPs':>9}  paper"
+    header = f"{'name':<14} {'year':>4}  {'recipe':<11} {'encoder':<10} {'params (M)':>10} {'GFLOPs':>9}  paper"
     click.echo(header)
     click.echo("-" * len(header))
     for r in rows:
-        click.echo(f"{r['name']:<14} {r['year']:>4}  {r['family']:<11} {r['encoder']:<10} {r['params'] / 1e6:>10.2f} "
+        click.echo(f"{r['name']:<14} {r['year']:>4}  {r['recipe']:<11} {r['encoder']:<10} {r['params'] / 1e6:>10.2f} "
                    f"{r['gflops']:>9.1f}  {r['paper']}")
         if detail:
             entry = ARCHITECTURES[r["name"]]

@@ -10,8 +10,6 @@ order, into the same figures one process computes alone.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from tqdm import tqdm
 
 from segbench.config import ConfigError, EvalConfig, apply_overrides, config_from_dict, config_to_dict
 from segbench.engine import run_folder
+from segbench.jsonio import json_safe, write_json
 from segbench.engine.checkpoint import DataInfo, load_run_model
 from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
@@ -158,25 +157,6 @@ def evaluate(
         timings["metrics_s"] = timings.get("metrics_s", 0.0) + metrics_s + end - tick
         timings["data_s"] = timings.get("data_s", 0.0) + data_s
     return values
-
-
-def json_safe(value):
-    """NaN/inf -> None (strict JSON: ``null`` means undefined), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(values: dict, path: str | Path) -> None:
-    """Write strict JSON atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(values), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
 
 
 def evaluate_run(

@@ -101,7 +101,7 @@ class _Runner:
             self.model = model.to(self.device)
             self.precision = inference_precision(self.cfg.train.amp, self.device)
         elif engine == "onnx":
-            from segbench.export.onnx import load_onnx_model  # optional dependency: onnxruntime
+            from segbench.engine.onnx_runtime import load_onnx_model  # optional dependency: onnxruntime
 
             try:
                 self.model = load_onnx_model(run_dir)

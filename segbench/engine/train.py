@@ -76,7 +76,7 @@ from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.metrics import SCALAR_METRICS, is_better
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
-from segbench.models.registry import model_family
+from segbench.models.registry import model_recipe
 
 __all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
@@ -275,10 +275,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         say(f"pretrained weights {pretrained}: not loaded, the run resumes from last.pt (its trained weights)")
         pretrained = None
     model = _build_model(cfg, data.num_classes, data.in_channels, pretrained, info)
-    if getattr(model, "pretrained_report", None) is not None:
+    if model.pretrained_report is not None:
         say(str(model.pretrained_report))
     # An instance may refine its registry family (UPerNet on a ResNet follows the CNN recipe).
-    family = model_family(model, cfg.model.arch)
+    family = model_recipe(model, cfg.model.arch)
     cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, family))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:

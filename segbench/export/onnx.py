@@ -1,5 +1,4 @@
-"""ONNX export of any registered architecture, and an ONNX Runtime wrapper that behaves like the
-model in eval mode (float NCHW Tensor in, logits Tensor out).
+"""ONNX export of any registered architecture (running the file: ``segbench.engine.onnx_runtime``).
 
 Export uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), deprecated but
 working in torch 2.13. Since torch 2.9 the default is the ``torch.export``-based exporter, which needs
@@ -11,12 +10,10 @@ shape and says why in ``ExportInfo.note``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -24,39 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["OPSET", "ExportInfo", "OnnxModel", "export_onnx", "load_onnx_model"]
+from segbench.models.blocks import SegmentationModel
+from segbench.engine.onnx_runtime import (
+    DYNAMIC_BATCH, DYNAMIC_HW, INPUT_NAME, METADATA_KEY, OPSET, OUTPUT_NAME, STATIC, ExportInfo, OnnxModel,
+    load_onnx_model, onnx_providers, session as _session,
+)  # fmt: skip
 
-OPSET = 17
-METADATA_KEY = "segbench"
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
-# Shape modes, tried in this order when the caller leaves ``dynamic`` to us.
-DYNAMIC_HW, DYNAMIC_BATCH, STATIC = "dynamic", "static-hw", "static"
-
-
-@dataclass(frozen=True)
-class ExportInfo:
-    """What an ``.onnx`` file was traced at and which input shapes it accepts (stored in the file)."""
-
-    input_size: tuple[int, int]  # the H, W it was traced at
-    in_channels: int
-    num_classes: int
-    shape_mode: str  # "dynamic" (any N, H, W), "static-hw" (any N, traced H, W) or "static"
-    opset: int = OPSET
-    arch: str | None = None
-    note: str = ""
-
-    @property
-    def dynamic(self) -> bool:
-        return self.shape_mode == DYNAMIC_HW
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "ExportInfo":
-        data = json.loads(text)
-        data["input_size"] = tuple(data["input_size"])
-        return cls(**data)
+__all__ = ["OPSET", "ExportInfo", "OnnxModel", "export_onnx", "load_onnx_model", "onnx_providers"]
 
 
 def _pooling_matrix(in_size: int, out_size: int, like: Tensor) -> Tensor:
@@ -123,30 +94,6 @@ def _trace(model: nn.Module, example: Tensor, path: Path, shape_mode: str) -> No
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None,
             do_constant_folding=True,
         )
-
-
-def onnx_providers(device: str = "cpu", available: list[str] | None = None) -> list[str]:
-    """ONNX Runtime execution providers for ``device``: CUDA first where ``onnxruntime-gpu`` offers it
-    and a CUDA device is asked for, the CPU otherwise (and as CUDA's fallback)."""
-    if available is None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _session(path: Path | str, threads: int | None = None, device: str = "cpu"):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.log_severity_level = 3  # errors only: ORT warns about every folded initializer otherwise
-    # ORT's idle threads otherwise spin for a while after each run, taking the cores from whatever torch
-    # does next (measured: a training step timed right after an ORT run took 15-35% longer).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
 
 
 def _mismatch(model: nn.Module, session, shape: tuple[int, ...], device: torch.device) -> str | None:
@@ -251,7 +198,7 @@ def export_onnx(
         note = f"traced at {trace_size[0]}x{trace_size[1]} so the internal padding path is recorded ({note})"
     elif shape_mode != DYNAMIC_HW and dynamic is None:
         note = f"fell back to {shape_mode}: {note}"
-    info = ExportInfo(trace_size, in_channels, num_classes, shape_mode, OPSET, getattr(model, "arch_name", None), note)
+    info = ExportInfo(trace_size, in_channels, num_classes, shape_mode, OPSET, model.arch_name if isinstance(model, SegmentationModel) else None, note)
     _write_metadata(path, info)
     return info
 
@@ -265,50 +212,3 @@ def _write_metadata(path: Path, info: ExportInfo) -> None:
     onnx.save(proto, str(path))
 
 
-class OnnxModel:
-    """An ONNX Runtime session that is called like the PyTorch model in eval mode."""
-
-    def __init__(self, path: str | Path, *, threads: int | None = None, device: str = "cpu"):
-        self.path = Path(path)
-        self.session = _session(self.path, threads, device)
-        # Which provider runs the graph: the first of the session's (CUDA where it was asked for and offered).
-        self.provider = self.session.get_providers()[0]
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise ValueError(f"{self.path} was not written by segbench.export.onnx (no {METADATA_KEY!r} metadata)")
-        self.info = ExportInfo.from_json(meta[METADATA_KEY])
-
-    def __call__(self, x: Tensor) -> Tensor:
-        info = self.info
-        if x.ndim != 4 or x.shape[1] != info.in_channels:
-            raise ValueError(f"expected a float tensor (N, {info.in_channels}, H, W), got shape {tuple(x.shape)}")
-        if info.shape_mode != DYNAMIC_HW and tuple(x.shape[-2:]) != info.input_size:
-            h, w = info.input_size
-            raise ValueError(
-                f"{self.path.name} takes only {h}x{w} inputs ({info.shape_mode} export: {info.note}); "
-                f"got {x.shape[-2]}x{x.shape[-1]}. Resize the input or re-export with --size."
-            )
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        if info.shape_mode == STATIC:
-            outputs = [self.session.run(None, {INPUT_NAME: array[i : i + 1]})[0] for i in range(len(array))]
-            logits = torch.cat([torch.from_numpy(o) for o in outputs])
-        else:
-            logits = torch.from_numpy(self.session.run(None, {INPUT_NAME: array})[0])
-        return logits.to(x.device)
-
-    def __repr__(self) -> str:
-        return f"OnnxModel({str(self.path)!r}, {self.info.shape_mode}, traced at {self.info.input_size})"
-
-
-def load_onnx_model(run_dir_or_path: str | Path, *, threads: int | None = None, device: str = "cpu") -> OnnxModel:
-    """Open ``RUN_DIR/model.onnx`` (or a given ``.onnx`` file) with ONNX Runtime: on the CPU, or with
-    the CUDA execution provider for ``device="cuda"`` when onnxruntime-gpu is installed
-    (``OnnxModel.provider`` says which runs)."""
-    path = Path(run_dir_or_path)
-    if path.is_dir():
-        path = path / "model.onnx"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no ONNX model at {path}; write one with `segbench export {path.parent} --format onnx`"
-        )
-    return OnnxModel(path, threads=threads, device=device)

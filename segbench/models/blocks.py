@@ -80,6 +80,15 @@ def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
     return weight
 
 
+class Encoder(nn.Module):
+    """Base of the backbones: ``forward(x) -> list[Tensor]`` (stage outputs, shallow to deep) with
+    ``out_channels`` and ``strides`` one entry per output."""
+
+    out_channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    registry_name: str | None = None  # filled in by ``build_encoder``: which published weights fit it
+
+
 class SegmentationModel(nn.Module):
     """Optional base: models that set ``encoder`` and, when they use an auxiliary head in training,
     ``aux_weight`` (the paper's loss weight). ``forward`` returns logits at input resolution; in
@@ -87,6 +96,10 @@ class SegmentationModel(nn.Module):
 
     encoder: nn.Module
     aux_weight: float = 0.0
+    # Filled in by the registry's ``build_model`` (None on a model built directly from its class):
+    arch_name: str | None = None  # its registry name
+    recipe: str | None = None  # "cnn" or "transformer" optimiser recipe; a model may refine its entry's (UPerNet)
+    pretrained_report: object | None = None  # what ``segbench.checkpoints.load_pretrained`` loaded into it
 
     def _outputs(self, logits: Tensor, aux: Tensor | None) -> Tensor | dict[str, Tensor]:
         if self.training and aux is not None:

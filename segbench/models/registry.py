@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from segbench.models.blocks import SegmentationModel
+
 __all__ = [
     "ARCHITECTURES",
     "ENCODERS",
@@ -35,7 +37,7 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     paper: str  # e.g. "Long, Shelhamer, Darrell. Fully Convolutional Networks ... CVPR 2015"
     year: int
-    family: str  # "cnn" or "transformer": selects the optimizer defaults of the papers
+    recipe: str  # "cnn" or "transformer": the papers whose optimiser defaults it trains with (engine.optim)
     summary: str = ""  # one line: the main innovation
     # The review's text (README, docs, report): what each building block does well and badly.
     blocks: str = ""
@@ -47,7 +49,7 @@ class ModelEntry:
 class EncoderEntry:
     name: str
     builder: Callable[..., nn.Module]
-    family: str  # "vgg", "resnet", "mit", "swin"
+    kind: str  # "vgg", "resnet", "mit", "swin": which published weights and key layouts fit it
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,26 +62,26 @@ def register_model(
     *,
     paper: str,
     year: int,
-    family: str,
+    recipe: str,
     summary: str = "",
     blocks: str = "",
     strengths: str = "",
     weaknesses: str = "",
 ):
     """Decorator: register ``fn(*, num_classes, in_channels=3, **options) -> nn.Module``."""
-    if family not in ("cnn", "transformer"):
-        raise ValueError(f"family must be 'cnn' or 'transformer', got {family!r}")
+    if recipe not in ("cnn", "transformer"):
+        raise ValueError(f"recipe must be 'cnn' or 'transformer', got {recipe!r}")
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in ARCHITECTURES:
             raise ValueError(f"architecture {name!r} registered twice")
-        ARCHITECTURES[name] = ModelEntry(name, fn, paper, year, family, summary, blocks, strengths, weaknesses)
+        ARCHITECTURES[name] = ModelEntry(name, fn, paper, year, recipe, summary, blocks, strengths, weaknesses)
         return fn
 
     return decorator
 
 
-def register_encoder(name: str, *, family: str, **defaults: Any):
+def register_encoder(name: str, *, kind: str, **defaults: Any):
     """Decorator: register ``fn(*, in_channels=3, **options) -> Encoder``.
 
     ``defaults`` are bound when the same builder serves several names (``resnet18`` ...
@@ -89,7 +91,7 @@ def register_encoder(name: str, *, family: str, **defaults: Any):
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in ENCODERS:
             raise ValueError(f"encoder {name!r} registered twice")
-        ENCODERS[name] = EncoderEntry(name, fn, family, dict(defaults))
+        ENCODERS[name] = EncoderEntry(name, fn, kind, dict(defaults))
         return fn
 
     return decorator
@@ -145,7 +147,10 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **options: An
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     model = entry.builder(num_classes=num_classes, in_channels=in_channels, **options)
-    model.arch_name = name
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"architecture {name!r} built a {type(model).__name__}, not a segbench.models.blocks.SegmentationModel")
+    model.arch_name = name  # declared by SegmentationModel, as is ``recipe`` (set here unless the model refined it)
+    model.recipe = model.recipe or entry.recipe
     return model
 
 
@@ -154,14 +159,14 @@ def build_encoder(name: str, **options: Any) -> nn.Module:
     entry = _lookup(ENCODERS, name, "encoder")
     _check_options(entry.builder, options, f"encoder {name!r}", tuple(entry.defaults))
     encoder = entry.builder(**entry.defaults, **options)
-    encoder.registry_name = name  # which published weights fit it (segbench.checkpoints.load)
+    encoder.registry_name = name  # declared by Encoder: which published weights fit it (segbench.checkpoints)
     return encoder
 
 
-def model_family(model: nn.Module, arch: str) -> str:
-    """The optimiser recipe a built model follows: the instance's own ``family`` where it refines its
-    architecture's (UPerNet on a ResNet follows the CNN papers), else the registry's."""
-    return getattr(model, "family", ARCHITECTURES[arch].family)
+def model_recipe(model: nn.Module, arch: str) -> str:
+    """The optimiser recipe a built model follows: its own ``recipe`` where it refines its architecture's
+    (UPerNet on a ResNet follows the CNN papers; ``build_model`` fills in the registry's otherwise)."""
+    return model.recipe or ARCHITECTURES[arch].recipe
 
 
 def list_models() -> list[str]:

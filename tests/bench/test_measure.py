@@ -38,7 +38,7 @@ def test_measure_inference_known_model():
     assert result["timing"]["latency"]["rounds"] == 6
     assert 0 < result["latency_q1_ms"] <= result["latency_ms"] <= result["latency_q3_ms"]
     assert "throughput_ips" not in result  # one producer: the Speed section's inference measurement
-    assert result["precision"] == "fp32" and result["channels_last"] is True
+    assert result["measure_precision"] == "fp32" and result["channels_last"] is True
     assert result["infer_peak_mb"] is not None and result["memory_method"]
 
 

@@ -13,7 +13,8 @@ from segbench.bench.protocol import sweep as sweep_module
 from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
 from segbench.bench.report.results import aggregate
 from segbench.bench.review import write_review
-from segbench.bench.protocol.rows import result_row
+from segbench.bench.protocol.record import WorkerResult
+from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
 from segbench.commands.run import run
 from segbench.checkpoints.load import imagenet_weights_fit
@@ -46,7 +47,7 @@ def _published_stand_in(name: str) -> dict[str, torch.Tensor]:
     torchvision's files add (the ImageNet classifier, which VGG's fc6/fc7 are made from)."""
     with torch.device("meta"):
         state = dict(build_encoder(name).state_dict())
-    family = ENCODERS[name].family
+    family = ENCODERS[name].kind
     if family == "resnet":
         features = state["layer4.0.conv1.weight"].shape[0] * (4 if "layer4.0.conv3.weight" in state else 1)
         state.update({"fc.weight": torch.empty(1000, features, device="meta"), "fc.bias": torch.empty(1000, device="meta")})
@@ -112,12 +113,12 @@ def test_plans_label_imagenet_runs_and_both_plans_two_runs(tmp_path):
     assert scratch.config_hash != imagenet.config_hash and scratch.run_dir != imagenet.run_dir
     assert imagenet.run_dir.name == f"pspnet+in1k-s0-{imagenet.config_hash}"
 
-    rows = [result_row(r) for r in plan]
+    rows = [run_record(r).row() for r in plan]
     assert [r["arch"] for r in rows] == ["unet", "pspnet", "pspnet+in1k"]
     assert [r["pretrained"] for r in rows] == ["none (from scratch)"] * 2 + ["imagenet"]
     assert rows[2]["backbone"] == "resnet18 (output_stride=8), ImageNet weights"
     assert rows[1]["backbone"] == "resnet18 (output_stride=8)"
-    assert [r["arch"] for r in aggregate(rows, ["val_dice"])] == ["unet", "pspnet", "pspnet+in1k"]  # not merged
+    assert [r["arch"] for r in aggregate(rows, ["val_dice_fg_per_case"])] == ["unet", "pspnet", "pspnet+in1k"]  # not merged
 
     with pytest.raises(ValueError, match="share a label"):
         _plan("quick", tmp_path, archs=["pspnet"], pretrained={"pspnet": ("imagenet", "imagenet")})
@@ -137,7 +138,7 @@ def test_unavailable_weights_fail_those_runs_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))  # an empty cache
     monkeypatch.setenv("SEGBENCH_OFFLINE", "1")
     started = []
-    monkeypatch.setattr(sweep_module, "_execute", lambda run, progress: started.append(run.label) or {})
+    monkeypatch.setattr(sweep_module, "_execute", lambda run, progress: started.append(run.label) or WorkerResult(hash=run.config_hash))
     plan = _plan("quick", tmp_path / "out", archs=["pspnet", "deeplabv2"],
                  pretrained={"pspnet": "imagenet", "deeplabv2": "imagenet"})  # fmt: skip
     said = []
@@ -145,7 +146,7 @@ def test_unavailable_weights_fail_those_runs_at_once(tmp_path, monkeypatch):
     assert counts == {"skipped": 0, "ran": 2, "failed": 2} and started == []  # no worker started
     assert sum("from the cache, or downloading" in line for line in said) == 1  # resnet18 tried once
     for run in plan:
-        row = result_row(run)
+        row = run_record(run).row()
         assert row["status"] == "failed" and row["pretrained"] == "imagenet"
         assert row["error"].startswith("no ImageNet weights for resnet18, not trained: WeightsUnavailableError")
         assert "SEGBENCH_OFFLINE is set" in row["error"] and "resnet18-f37072fd.pth" in row["error"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
-from segbench.bench.protocol.rows import backbone_label
+from segbench.bench.protocol.runs import backbone_label
 from segbench.models.registry import build_model, list_models
 
 

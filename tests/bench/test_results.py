@@ -6,7 +6,8 @@ import math
 import pytest
 
 from segbench.bench.report.findings import findings, overall_findings
-from segbench.bench.report.results import aggregate, class_key, pareto_front, read_results_csv, write_results
+from segbench.bench.protocol.record import class_key
+from segbench.bench.report.results import aggregate, pareto_front, read_results_csv, write_results
 
 
 def test_pareto_front_known_points():
@@ -24,38 +25,38 @@ def test_pareto_front_ignores_missing_and_keeps_ties():
 
 def _rows():
     return [
-        {"arch": "a", "seed": 0, "status": "ok", "family": "cnn", "backbone": "r18", "val_dice": 0.80, "gflops": 2.0},
-        {"arch": "a", "seed": 1, "status": "ok", "family": "cnn", "backbone": "r18", "val_dice": 0.84, "gflops": 2.0},
-        {"arch": "b", "seed": 0, "status": "ok", "family": "cnn", "backbone": "vgg", "val_dice": 0.70, "gflops": 1.0},
-        {"arch": "b", "seed": 1, "status": "failed", "family": "cnn", "backbone": "vgg", "error": "OOM", "val_dice": None},
-        {"arch": "c", "seed": 0, "status": "failed", "family": "transformer", "backbone": "mit", "error": "boom"},
+        {"arch": "a", "seed": 0, "status": "ok", "recipe": "cnn", "backbone": "r18", "val_dice_fg_per_case": 0.80, "gflops": 2.0},
+        {"arch": "a", "seed": 1, "status": "ok", "recipe": "cnn", "backbone": "r18", "val_dice_fg_per_case": 0.84, "gflops": 2.0},
+        {"arch": "b", "seed": 0, "status": "ok", "recipe": "cnn", "backbone": "vgg", "val_dice_fg_per_case": 0.70, "gflops": 1.0},
+        {"arch": "b", "seed": 1, "status": "failed", "recipe": "cnn", "backbone": "vgg", "error": "OOM", "val_dice_fg_per_case": None},
+        {"arch": "c", "seed": 0, "status": "failed", "recipe": "transformer", "backbone": "mit", "error": "boom"},
     ]
 
 
 def test_aggregate_mean_std_and_failures():
-    table = {r["arch"]: r for r in aggregate(_rows(), ["val_dice", "gflops"])}
-    assert table["a"]["val_dice"] == pytest.approx(0.82)
-    assert table["a"]["val_dice_std"] == pytest.approx(math.sqrt(((0.02**2) * 2) / 1))
+    table = {r["arch"]: r for r in aggregate(_rows(), ["val_dice_fg_per_case", "gflops"])}
+    assert table["a"]["val_dice_fg_per_case"] == pytest.approx(0.82)
+    assert table["a"]["val_dice_fg_per_case_std"] == pytest.approx(math.sqrt(((0.02**2) * 2) / 1))
     assert table["a"]["seeds"] == 2 and table["a"]["failed_seeds"] == 0
-    assert table["b"]["val_dice"] == pytest.approx(0.70) and table["b"]["val_dice_std"] == 0.0
+    assert table["b"]["val_dice_fg_per_case"] == pytest.approx(0.70) and table["b"]["val_dice_fg_per_case_std"] == 0.0
     assert table["b"]["seeds"] == 1 and table["b"]["failed_seeds"] == 1 and table["b"]["error"] == ""
-    assert table["c"]["seeds"] == 0 and table["c"]["val_dice"] is None and table["c"]["error"] == "boom"
+    assert table["c"]["seeds"] == 0 and table["c"]["val_dice_fg_per_case"] is None and table["c"]["error"] == "boom"
     assert table["a"]["backbone"] == "r18"
 
 
 def test_csv_json_round_trip(tmp_path):
     rows = [
-        {"arch": "unet", "seed": 0, "val_dice": 0.123456789012345, "params": 1234, "hd95": float("inf"), "ok": True},
-        {"arch": "segnet", "seed": 0, "val_dice": None, "params": 99, "error": "x, \"quoted\"\nline"},
+        {"arch": "unet", "seed": 0, "val_dice_fg_per_case": 0.123456789012345, "params": 1234, "hd95": float("inf"), "ok": True},
+        {"arch": "segnet", "seed": 0, "val_dice_fg_per_case": None, "params": 99, "error": "x, \"quoted\"\nline"},
     ]
     csv_path, json_path = write_results(rows, tmp_path)
     from_csv = read_results_csv(csv_path)
     from_json = json.loads(json_path.read_text())
     assert from_csv == from_json
-    assert from_json[0]["val_dice"] == 0.123456789012345  # exact round trip
+    assert from_json[0]["val_dice_fg_per_case"] == 0.123456789012345  # exact round trip
     assert from_json[0]["hd95"] is None  # non-finite numbers are missing, in both files
     assert from_json[1]["error"] == "x, \"quoted\"\nline"
-    assert list(from_json[0]) == ["arch", "seed", "val_dice", "params", "hd95", "ok", "error"]
+    assert list(from_json[0]) == ["arch", "seed", "val_dice_fg_per_case", "params", "hd95", "ok", "error"]
 
 
 def test_write_results_rejects_nested_values(tmp_path):
@@ -71,10 +72,10 @@ def _table():
     # Three CNNs and a transformer with known numbers.
     base = {"seeds": 1, "failed_seeds": 0}
     return [
-        dict(base, arch="fcn8s", family="cnn", val_dice=0.70, gflops=10.0, latency_ms=20.0, params_m=130.0, infer_peak_mb=300.0),
-        dict(base, arch="unet", family="cnn", val_dice=0.85, gflops=4.0, latency_ms=8.0, params_m=2.0, infer_peak_mb=120.0),
-        dict(base, arch="segnet", family="cnn", val_dice=0.80, gflops=5.0, latency_ms=9.0, params_m=29.0, infer_peak_mb=60.0),
-        dict(base, arch="segformer", family="transformer", val_dice=0.83, gflops=1.0, latency_ms=12.0, params_m=3.7, infer_peak_mb=40.0),
+        dict(base, arch="fcn8s", recipe="cnn", val_dice_fg_per_case=0.70, gflops=10.0, latency_ms=20.0, params_m=130.0, infer_peak_mb=300.0),
+        dict(base, arch="unet", recipe="cnn", val_dice_fg_per_case=0.85, gflops=4.0, latency_ms=8.0, params_m=2.0, infer_peak_mb=120.0),
+        dict(base, arch="segnet", recipe="cnn", val_dice_fg_per_case=0.80, gflops=5.0, latency_ms=9.0, params_m=29.0, infer_peak_mb=60.0),
+        dict(base, arch="segformer", recipe="transformer", val_dice_fg_per_case=0.83, gflops=1.0, latency_ms=12.0, params_m=3.7, infer_peak_mb=40.0),
     ]
 
 
@@ -98,8 +99,8 @@ def test_findings_seed_noise_and_failures():
     table = _table()
     for r in table:
         r["seeds"] = 3
-        r["val_dice_std"] = 0.04
-    table.append({"arch": "pspnet", "family": "cnn", "seeds": 0, "val_dice": None, "error": "out of memory"})
+        r["val_dice_fg_per_case_std"] = 0.04
+    table.append({"arch": "pspnet", "recipe": "cnn", "seeds": 0, "val_dice_fg_per_case": None, "error": "out of memory"})
     notes = findings(table)
     assert "the gap is within the spread between seeds" in notes["segnet"][0]  # 0.05 <= hypot(.04, .04)
     assert "the gap exceeds the spread between seeds" in notes["fcn8s"][0]  # 0.15 > 0.057

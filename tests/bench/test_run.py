@@ -23,9 +23,10 @@ from PIL import Image
 
 from segbench.bench.protocol.profiles import get_profile
 from segbench.bench.report.render import JS_ERRORS, JS_MARKER
-from segbench.bench.report.results import COLUMNS, read_results_csv
+from segbench.bench.report.columns import COLUMNS
+from segbench.bench.report.results import read_results_csv
 from segbench.bench.review import write_review
-from segbench.bench.protocol.rows import result_row
+from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import _write_spec, plan_sweep, run_sweep
 from segbench.commands.run import run
 
@@ -102,7 +103,7 @@ def test_table_has_a_number_in_every_cell(sweep):
         for column in COLUMNS:
             assert isinstance(row[column.key], (int, float)), (row["arch"], column.key, row[column.key])
         assert row["input_size"] == "32x32" and row["iterations"] == 30
-        assert 0.0 <= row["val_dice"] <= 1.0 and row["params"] > 0
+        assert 0.0 <= row["val_dice_fg_per_case"] <= 1.0 and row["params"] > 0
         assert row["timing_rounds"] == get_profile("quick").timing_rounds
         assert row["latency_q1_ms"] <= row["latency_ms"] <= row["latency_q3_ms"]
         assert row["throughput_lo_ips"] <= row["throughput_ips"] <= row["throughput_hi_ips"]
@@ -212,7 +213,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     messages = []
     counts = run_sweep(plan, profile, progress=False, say=messages.append)
     assert counts == {"skipped": 0, "ran": 2, "failed": 2}
-    rows = [result_row(r) for r in plan]
+    rows = [run_record(r).row() for r in plan]
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert all("while loading data" in r["error"] for r in rows)
     assert sum("FAILED" in m for m in messages) == 2
@@ -244,7 +245,7 @@ def test_killed_run_resumes_where_it_stopped(sweep, tmp_path):
     assert "resuming" in messages[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 < metrics["resumed_from"] < 60 and metrics["iterations"] == 60
-    assert result_row(plan[0])["status"] == "ok"
+    assert run_record(plan[0]).row()["status"] == "ok"
 
 
 def _chromium_dom(page: Path, tmp_path: Path) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import segbench.bench.protocol.sweep as sweep
+from segbench.bench.protocol.record import WorkerResult
 from segbench.commands.run import run
 
 
@@ -36,8 +37,8 @@ def test_bad_data_fails_once_before_any_run(tmp_path, monkeypatch):
 def test_exit_status_is_nonzero_when_runs_failed_and_the_report_is_written(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
     data, out = _data(tmp_path / "data", stray=False), tmp_path / "out"
-    monkeypatch.setattr(sweep, "_execute", lambda planned, progress: {
-        "hash": planned.config_hash, "status": "failed", "error": "RuntimeError while training: boom"})
+    monkeypatch.setattr(sweep, "_execute", lambda planned, progress: WorkerResult(
+        hash=planned.config_hash, error="RuntimeError while training: boom"))
     result = CliRunner().invoke(run, [str(data), "--archs", "unet,segformer", "--out", str(out), "--no-speed",
                                       "--no-progress"])
     assert result.exit_code == 1, result.output

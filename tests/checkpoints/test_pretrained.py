@@ -302,8 +302,8 @@ def test_hugging_face_mit_file_loads_into_segformer(tmp_path, in_channels):
 
 def test_every_encoder_family_with_published_weights_has_a_well_formed_row():
     for name, entry in ENCODERS.items():
-        if entry.family in ("resnet", "vgg", "mit", "swin"):  # the families with published ImageNet weights
-            assert name in pretrained.IMAGENET_WEIGHTS, f"no ImageNet row for {name} ({entry.family})"
+        if entry.kind in ("resnet", "vgg", "mit", "swin"):  # the families with published ImageNet weights
+            assert name in pretrained.IMAGENET_WEIGHTS, f"no ImageNet row for {name} ({entry.kind})"
     rows = pretrained.IMAGENET_WEIGHTS.values()
     assert len({row.filename for row in rows}) == len(rows)
     for name, row in pretrained.IMAGENET_WEIGHTS.items():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from segbench.models.blocks import SegmentationModel
 from segbench.data import SegmentationData
 from segbench.data.dataset import Normalization
 from segbench.models.registry import ModelEntry
@@ -79,7 +80,7 @@ def tiny_data(train: int = 14, val: int = 6, test: int = 0, size: int = 16, **kw
                             normalization=Normalization("none", (0.0,), (1.0,)))
 
 
-class TinyNet(nn.Module):
+class TinyNet(SegmentationModel):
     """conv-BN-ReLU encoder, dropout, 1x1 classifier; optional auxiliary head (aux_weight 0.4)."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 3, width: int = 8, aux_head: bool = False):
@@ -104,8 +105,8 @@ def tiny_builder(*, num_classes: int, in_channels: int = 3, width: int = 8, aux_
     return TinyNet(num_classes=num_classes, in_channels=in_channels, width=width, aux_head=aux_head)
 
 
-TINY_ENTRY = ModelEntry("tiny", tiny_builder, paper="test", year=2024, family="cnn")
-TINY_TRANSFORMER_ENTRY = ModelEntry("tiny_tf", tiny_builder, paper="test", year=2024, family="transformer")
+TINY_ENTRY = ModelEntry("tiny", tiny_builder, paper="test", year=2024, recipe="cnn")
+TINY_TRANSFORMER_ENTRY = ModelEntry("tiny_tf", tiny_builder, paper="test", year=2024, recipe="transformer")
 
 
 def install(monkeypatch, data_factory=tiny_data) -> None:

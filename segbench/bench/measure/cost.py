@@ -162,14 +162,16 @@ def measure_inference(
     latency = time_interleaved({"latency": inference_fn(model, single, precision)}, rounds=rounds,
                                max_warmup=max_warmup, device=device)["latency"].summary(1e3)
     return {
-        "params": count_parameters(model),
+        "params": (params := count_parameters(model)),
+        "params_m": params / 1e6,
         "gflops": flops / 1e9,
         "latency_ms": latency["median"],
         "latency_q1_ms": latency["q1"],
         "latency_q3_ms": latency["q3"],
         "latency_noisy": latency["noisy"],
         "timing": {"latency": latency},
-        "precision": precision.name if precision is not None else "fp32",
+        "timing_rounds": latency.get("rounds"),
+        "measure_precision": precision.name if precision is not None else "fp32",
         "channels_last": channels_last,
         "infer_peak_mb": memory.megabytes,
         "memory_method": memory.method,

@@ -37,7 +37,7 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     from segbench.engine.checkpoint import DataInfo
     from segbench.engine.evaluate import evaluate
     from segbench.engine.inference import predict_logits
-    from segbench.models.registry import build_model, model_family
+    from segbench.models.registry import build_model, model_recipe
 
     device = torch.device(settings.device)
     data = load_data(DataConfig(source=source, augment=AugmentConfig(crop_size=settings.size)))
@@ -47,7 +47,7 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     result = {"arch": arch, "source": source, "batch": settings.batch, "size": list(settings.size)}
 
     precision = resolve_precision(settings.amp, device)
-    step = train_step(model, model_family(model, arch), settings, precision)
+    step = train_step(model, model_recipe(model, arch), settings, precision)
     loader = DataLoader(data.splits["train"], batch_size=settings.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     parts = {"data_s": 0.0, "compute_s": 0.0}

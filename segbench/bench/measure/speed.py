@@ -156,14 +156,14 @@ def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[st
 
 def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None]) -> dict:
     from segbench.bench.measure.cost import count_parameters
-    from segbench.models.registry import build_model, model_family
+    from segbench.models.registry import build_model, model_recipe
 
     device = torch.device(settings.device)
     options = dict(settings.options.get(arch, {}))
     ours = build_model(arch, num_classes=settings.num_classes, in_channels=settings.in_channels, **options)
     # As in training: the instance's family (UPerNet on a ResNet follows the CNN recipe) sets the
     # optimizer and, unless the settings force one, the memory format.
-    family = model_family(ours, arch)
+    family = model_recipe(ours, arch)
     channels_last = resolve_channels_last(settings.channels_last, family)
     precision = resolve_precision(settings.amp, device)
     generator = torch.Generator().manual_seed(0)

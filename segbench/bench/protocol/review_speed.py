@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from segbench.bench.protocol.profiles import Profile
+from segbench.bench.protocol.record import WorkerResult
 from segbench.bench.measure.speed import OVER_100_NOTE, SpeedSettings, benchmark_arch, format_rate, format_time
 from segbench.bench.measure.timing import NOISY_ABOVE
 from segbench.bench.protocol.sweep import PlannedRun, input_size
@@ -59,11 +60,9 @@ def review_speed_settings(plan: list[PlannedRun], profile: Profile, data: dict) 
 
 def data_facts(plan: list[PlannedRun]) -> dict | None:
     """The data's facts (``num_classes``, ``in_channels``, ...) as a finished run of ``plan`` recorded them."""
-    from segbench.bench.protocol.worker import RESULT_FILE
-
     for run in plan:
         if run.finished:
-            data = json.loads((run.run_dir / RESULT_FILE).read_text()).get("data") or {}
+            data = WorkerResult.read(run.run_dir).data
             if "num_classes" in data and "in_channels" in data:
                 return data
     return None
@@ -89,7 +88,7 @@ def measure_review_speed(
     """Measure (or reuse) every architecture of ``plan``; returns the figures, also in ``OUT/speed.json``.
     A failing architecture gets its error recorded and the others are still measured."""
     from segbench.bench.measure.cost import machine_info
-    from segbench.engine.evaluate import write_json
+    from segbench.jsonio import write_json
 
     archs, settings = review_speed_settings(plan, profile, data)
     path = Path(out) / SPEED_FILE

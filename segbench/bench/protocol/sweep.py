@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
-from segbench.bench.protocol.worker import PREVIEW_FILE, RESULT_FILE, SPEC_FILE
+from segbench.bench.protocol.record import RESULT_FILE, RUN_FILES, SPEC_FILE, WorkerResult
 from segbench.engine import run_folder
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
@@ -62,14 +62,8 @@ class PlannedRun:
     @property
     def finished(self) -> bool:
         """A previous invocation completed this exact run (same configuration hash)."""
-        path = self.run_dir / RESULT_FILE
-        if not path.is_file():
-            return False
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        return result.get("status") == "ok" and result.get("hash") == self.config_hash
+        result = WorkerResult.read(self.run_dir)
+        return result is not None and result.ok and result.hash == self.config_hash
 
 
 def config_hash(cfg: Config, measure: dict) -> str:
@@ -209,7 +203,7 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
 
 def _write_spec(run: PlannedRun, profile: Profile) -> None:
     # The sweep's own records are the run's files too: starting the run over may delete them.
-    run_folder.claim(run.run_dir, files=(SPEC_FILE, RESULT_FILE, PREVIEW_FILE))
+    run_folder.claim(run.run_dir, files=RUN_FILES)
     spec = {
         "hash": run.config_hash,
         "config": config_to_dict(run.config),
@@ -237,7 +231,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _execute(run: PlannedRun, progress: bool) -> dict:
+def _execute(run: PlannedRun, progress: bool) -> WorkerResult:
     """Run the worker; its ``bench.json``, or a failure record when it died without writing one."""
     result_path = run.run_dir / RESULT_FILE
     result_path.unlink(missing_ok=True)
@@ -254,14 +248,15 @@ def _execute(run: PlannedRun, progress: bool) -> dict:
         except subprocess.TimeoutExpired:
             process.kill()
         raise
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
+    result = WorkerResult.read(run.run_dir)
+    if result is not None:
+        return result
     if code < 0:
         why = " (the system's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
         error = f"worker killed by {_signal_name(-code)}{why}"
     else:
         error = f"worker exited with status {code} without writing {RESULT_FILE}"
-    return {"hash": run.config_hash, "status": "failed", "error": error}
+    return WorkerResult(hash=run.config_hash, error=error)
 
 
 def _imagenet_encoder(run: PlannedRun) -> str | None:
@@ -306,24 +301,24 @@ def run_sweep(
         if encoder is not None and weights_problem[encoder] is not None:
             run.run_dir.mkdir(parents=True, exist_ok=True)
             (run.run_dir / RESULT_FILE).unlink(missing_ok=True)  # the failure record is written below
-            result = {"hash": run.config_hash, "status": "failed",
-                      "error": f"no ImageNet weights for {encoder}, not trained: {weights_problem[encoder]}"}
+            result = WorkerResult(hash=run.config_hash,
+                                  error=f"no ImageNet weights for {encoder}, not trained: {weights_problem[encoder]}")
         else:
             say(f"{label}: {'resuming' if resuming else 'starting'}")
             _write_spec(run, profile)
             result = _execute(run, progress)
         elapsed = time.perf_counter() - started
         counts["ran"] += 1
-        if result.get("status") == "ok":
-            value = ((result.get("metrics") or {}).get("val") or {}).get("dice_fg_per_case")
+        if result.ok:
+            value = (result.metrics.get("val") or {}).get("dice_fg_per_case")
             shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
             say(f"{label}: done in {elapsed:.0f} s, val Dice {shown}")
         else:
             counts["failed"] += 1
             if not (run.run_dir / RESULT_FILE).is_file():  # the worker died before writing it
                 run.run_dir.mkdir(parents=True, exist_ok=True)
-                (run.run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
-            say(f"{label}: FAILED after {elapsed:.0f} s: {result.get('error')}")
+                result.write(run.run_dir)
+            say(f"{label}: FAILED after {elapsed:.0f} s: {result.error}")
     return counts
 
 

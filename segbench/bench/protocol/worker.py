@@ -28,17 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["run_worker", "preview_indices", "SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE"]
+from segbench.bench.protocol.record import PREVIEW_FILE, SPEC_FILE, WorkerResult
 
-SPEC_FILE = "sweep_run.json"
-RESULT_FILE = "bench.json"
-PREVIEW_FILE = "preview.npz"
-
-
-def _write_json(values: dict, path: Path) -> None:
-    from segbench.engine.evaluate import write_json
-
-    write_json(values, path)
+__all__ = ["run_worker", "preview_indices"]
 
 
 def preview_indices(dataset, count: int, ignore_index: int) -> list[int]:
@@ -89,19 +81,19 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         resolve_precision,
     )
     from segbench.engine.train import train
-    from segbench.models.registry import build_model, model_family
+    from segbench.models.registry import build_model, model_recipe
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_FILE).read_text())
-    result: dict = {"hash": spec["hash"], "status": "failed"}
+    result = WorkerResult(hash=spec["hash"])
     stage = "setup"
     try:
         cfg = config_from_dict(spec["config"])
         device = resolve_device(cfg.train.device)
-        result["machine"] = machine_info(device)
+        result.machine = machine_info(device)
         stage = "loading data"
         data = load_data(cfg.data)
-        result["data"] = {
+        result.data = {
             "name": data.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
             "class_names": list(data.class_names), "splits": {k: len(v) for k, v in data.splits.items()},
             "volumetric": bool(data.volumetric), "notices": list(data.notices),
@@ -112,14 +104,14 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
         # Timed as the run trains: its precision and memory format (as training resolves them).
-        channels_last = resolve_channels_last(cfg.train.channels_last, model_family(model, cfg.model.arch))
+        channels_last = resolve_channels_last(cfg.train.channels_last, model_recipe(model, cfg.model.arch))
         with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
-            result["measure"] = measure_inference(
+            result.measure = measure_inference(
                 model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
                 precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
                 rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
             )
-            result["measure"]["math"] = math_settings(device)
+            result.measure["math"] = math_settings(device)
         del model
         gc.collect()
         if device.type == "cuda":
@@ -129,23 +121,23 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         started = time.perf_counter()
         with peak_memory(device) as memory:
             metrics = train(cfg, run_dir, resume=True, progress=progress)
-        result["train_peak_mb"] = memory.megabytes
-        result["train_memory_method"] = memory.method
-        result["session_wall_s"] = time.perf_counter() - started
-        result["metrics"] = metrics
+        result.train_peak_mb = memory.megabytes
+        result.train_memory_method = memory.method
+        result.session_wall_s = time.perf_counter() - started
+        result.metrics = metrics
 
         stage = "predicting preview images"
         _preview(run_dir, data, int(spec.get("preview_images", 4)))
-        result["status"] = "ok"
+        result.status = "ok"
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001  (recorded in the results row; the sweep goes on)
         kind = "out of memory" if isinstance(err, (MemoryError, torch.OutOfMemoryError)) else type(err).__name__
-        result["error"] = f"{kind} while {stage}: {err}"
-        result["traceback"] = traceback.format_exc()
+        result.error = f"{kind} while {stage}: {err}"
+        result.traceback = traceback.format_exc()
         print(f"segbench worker: {run_dir.name} failed while {stage}: {err}", file=sys.stderr)
-    _write_json(result, run_dir / RESULT_FILE)
-    return 0 if result["status"] == "ok" else 1
+    result.write(run_dir)
+    return 0 if result.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

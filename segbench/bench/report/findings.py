@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from segbench.bench.report.results import COLUMNS, Column, format_value, pareto_front
+from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS, Column
+from segbench.bench.report.results import format_value, pareto_front
 
 __all__ = ["findings", "overall_findings", "FAMILY_NAMES"]
 
@@ -68,7 +69,7 @@ def _within_noise(a: dict, b: dict, key: str) -> bool | None:
     return abs(a[key] - b[key]) <= spread
 
 
-def findings(table: list[dict], accuracy_key: str = "val_dice") -> dict[str, list[str]]:
+def findings(table: list[dict], accuracy_key: str = ACCURACY_KEY) -> dict[str, list[str]]:
     """Per architecture, sentences about what this run measured (see the module docstring)."""
     acc = _COLUMN[accuracy_key] if accuracy_key in _COLUMN else Column(accuracy_key, accuracy_key, "higher", 4)
     rows = [r for r in table if _ok(r.get(accuracy_key))]
@@ -125,8 +126,8 @@ def findings(table: list[dict], accuracy_key: str = "val_dice") -> dict[str, lis
 
 def _superlatives(r: dict, rows: list[dict]) -> list[str]:
     notes = []
-    family = r.get("family")
-    peers = [o for o in rows if o.get("family") == family]
+    family = r.get("recipe")
+    peers = [o for o in rows if o.get("recipe") == family]
     for key, (best_words, worst_words) in _COST_WORDS.items():
         col = _COLUMN[key]
         if not _ok(r.get(key)) or len([o for o in rows if _ok(o.get(key))]) < 2:
@@ -141,7 +142,7 @@ def _superlatives(r: dict, rows: list[dict]) -> list[str]:
     return notes
 
 
-def overall_findings(table: list[dict], accuracy_key: str = "val_dice") -> list[str]:
+def overall_findings(table: list[dict], accuracy_key: str = ACCURACY_KEY) -> list[str]:
     """A few sentences about the whole comparison: best accuracy, the Pareto fronts, seeds."""
     acc = _COLUMN.get(accuracy_key, Column(accuracy_key, accuracy_key, "higher", 4))
     rows = [r for r in table if _ok(r.get(accuracy_key))]

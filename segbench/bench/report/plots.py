@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from segbench.bench.report.results import column, pareto_front  # noqa: E402
+from segbench.bench.report.columns import column  # noqa: E402
+from segbench.bench.report.results import pareto_front  # noqa: E402
 
 __all__ = ["pareto_scatter", "training_curves", "class_heatmap", "prediction_grid", "class_colours"]
 
@@ -49,7 +50,7 @@ def pareto_scatter(table: list[dict], cost_key: str, accuracy_key: str, path: st
     scores = [r[accuracy_key] for r in rows]
     front = pareto_front(costs, scores)
     for i, r in enumerate(rows):
-        marker = "s" if r.get("family") == "transformer" else "o"
+        marker = "s" if r.get("recipe") == "transformer" else "o"
         ax.errorbar(
             costs[i], scores[i], yerr=r.get(f"{accuracy_key}_std") or 0.0, fmt=marker, capsize=3,
             color="tab:red" if i in front else "tab:blue", markersize=7,

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segbench.bench.report.results import Column, column, format_value
+from segbench.bench.report.columns import Column, column
+from segbench.bench.report.results import format_value
 
 __all__ = ["ReportInputs", "table_columns", "write_html", "write_markdown", "JS_MARKER", "JS_ERRORS"]
 

@@ -11,85 +11,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+
 __all__ = [
-    "Column",
-    "COLUMNS",
-    "column",
-    "class_key",
     "aggregate",
     "pareto_front",
     "write_results",
     "read_results_csv",
     "format_value",
 ]
-
-
-@dataclass(frozen=True)
-class Column:
-    """A number the review compares: its row key, header, unit, and which direction is better."""
-
-    key: str
-    label: str
-    better: str  # "higher", "lower", or "" (neither: not marked, no superlatives)
-    digits: int = 3
-    unit: str = ""
-    help: str = ""
-    # Timed figures: the row keys of the interquartile range shown next to the median, and of the flag
-    # that says the figure stayed noisy after re-measuring (segbench.bench.measure.timing).
-    spread: tuple[str, str] | None = None
-    noisy: str | None = None
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """Every numeric row key the column shows: its value and its spread."""
-        return (self.key, *(self.spread or ()))
-
-
-# The comparison table, in display order. Accuracy first, then cost.
-COLUMNS: tuple[Column, ...] = (
-    Column("val_dice", "Val Dice", "higher", 4, help="mean foreground Dice per image/case, validation split"),
-    Column("val_miou", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split"),
-    Column("val_hd95", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance, foreground classes"),
-    Column("test_dice", "Test Dice", "higher", 4, help="as Val Dice, on the test split"),
-    Column("test_miou", "Test mIoU", "higher", 4),
-    Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),
-    Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)"),
-    Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
-           spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy"),
-    Column("throughput_ips", "Throughput", "higher", 1, "img/s",
-           "images/s of inference at the training batch: the Speed section's measurement [from its quartiles]",
-           spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy"),
-    Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
-    Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
-    Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
-    Column("train_ips", "Train speed", "higher", 1, "img/s", "training images per second"),
-    Column("best_iter", "Best iter", "", 0, "", "iteration of the best validation score"),
-)
-_BY_KEY = {c.key: c for c in COLUMNS}
-
-
-def column(key: str) -> Column:
-    """The column for ``key``; per-class keys get a generated one."""
-    if key in _BY_KEY:
-        return _BY_KEY[key]
-    match = re.fullmatch(r"(val|test)_(dice|iou)_(.+)", key)
-    if match:
-        split, metric, name = match.groups()
-        label = {"dice": "Dice", "iou": "IoU"}[metric]
-        return Column(key, f"{split.capitalize()} {label} {name}", "higher", 4)
-    raise KeyError(f"no column {key!r}; known: {', '.join(_BY_KEY)}")
-
-
-def class_key(split: str, metric: str, class_name: str) -> str:
-    """``val_dice_tumour`` for ("val", "dice", "tumour"); non-identifier characters become ``_``."""
-    safe = re.sub(r"[^0-9A-Za-z]+", "_", str(class_name)).strip("_") or "class"
-    return f"{split}_{metric}_{safe}"
 
 
 def _is_number(value: Any) -> bool:

@@ -168,7 +168,7 @@ class DeepLabV3Plus(SegmentationModel):
         "Convolutional Nets, Atrous Convolution, and Fully Connected CRFs. IEEE TPAMI 40(4), 2018 (arXiv 2016)"
     ),
     year=2018,
-    family="cnn",
+    recipe="cnn",
     summary=(
         "Atrous Spatial Pyramid Pooling: parallel atrous convs with rates 6/12/18/24 on a dilated ResNet-101 "
         "(output stride 8) score the classes at several fields of view and are summed."
@@ -222,7 +222,7 @@ def deeplabv2(
         "arXiv:1706.05587, 2017"
     ),
     year=2017,
-    family="cnn",
+    recipe="cnn",
     summary=(
         "ASPP with batch norm and an image-level pooling branch on a dilated ResNet with multi-grid rates; "
         "no CRF needed."
@@ -269,7 +269,7 @@ def deeplabv3(
         "Image Segmentation. ECCV 2018"
     ),
     year=2018,
-    family="cnn",
+    recipe="cnn",
     summary=(
         "DeepLab v3 as encoder plus a light decoder that fuses stride-4 features, recovering boundaries that "
         "v3's single upsampling loses, at output stride 16."

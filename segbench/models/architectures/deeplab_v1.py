@@ -85,7 +85,7 @@ class DeepLabV1(SegmentationModel):
     paper="Chen, Papandreou, Kokkinos, Murphy, Yuille. Semantic Image Segmentation with Deep Convolutional "
     "Nets and Fully Connected CRFs. ICLR 2015 (DeepLab-LargeFOV)",
     year=2015,
-    family="cnn",
+    recipe="cnn",
     summary="Atrous (dilated) convolution keeps VGG16's features at stride 8 with the ImageNet filters "
     "intact; a large field of view comes from a 3x3 rate-12 fc6, and a CRF can sharpen the boundaries.",
     blocks="VGG16 with pool4/pool5 at stride 1, conv5 at rate 2 and fc6 at rate 12 (1024 channels), fc7, a "

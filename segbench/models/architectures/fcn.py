@@ -167,7 +167,7 @@ def _register(name: str, stride: int, summary: str, strengths: str, weaknesses: 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"FCN-{stride}s on VGG16; options as ``FCN`` (``base_width`` < 64 only for quick tests)."
     return register_model(
-        name, paper=PAPER, year=2015, family="cnn", summary=summary, blocks=BLOCKS,
+        name, paper=PAPER, year=2015, recipe="cnn", summary=summary, blocks=BLOCKS,
         strengths=strengths, weaknesses=weaknesses,
     )(builder)
 

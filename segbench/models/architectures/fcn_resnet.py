@@ -54,7 +54,7 @@ class FCNResNet(SegmentationModel):
         "(dilated-ResNet form of torchvision's fcn_resnet50/101)"
     ),
     year=2015,
-    family="cnn",
+    recipe="cnn",
     summary=(
         "The FCN recipe on a modern backbone: a dilated ResNet scores every position at 1/8 resolution and "
         "bilinear upsampling returns the scores at image size."

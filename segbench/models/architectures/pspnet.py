@@ -78,7 +78,7 @@ class PSPNet(SegmentationModel):
     "pspnet",
     paper="Zhao, Shi, Qi, Wang, Jia. Pyramid Scene Parsing Network. CVPR 2017",
     year=2017,
-    family="cnn",
+    recipe="cnn",
     summary=(
         "A pyramid pooling module adds global and sub-region context (1x1, 2x2, 3x3, 6x6 bins) to a dilated "
         "ResNet's features before classifying every position."

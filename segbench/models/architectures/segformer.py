@@ -92,7 +92,7 @@ class SegFormer(SegmentationModel):
     paper="Xie, Wang, Yu, Anandkumar, Alvarez, Luo. SegFormer: Simple and Efficient Design for Semantic "
     "Segmentation with Transformers. NeurIPS 2021",
     year=2021,
-    family="transformer",
+    recipe="transformer",
     summary="A hierarchical transformer without positional embeddings (Mix Transformer) feeds a decoder made "
     "only of linear layers: the encoder's large receptive field makes a heavy head unnecessary.",
     blocks="Overlapping strided-conv patch embeddings keep local continuity; efficient self-attention shrinks "
@@ -125,7 +125,7 @@ def segformer(
     """SegFormer with a MiT encoder (``mit_b0`` ... ``mit_b5``). ``decoder_dim`` defaults to the paper's
     width for that encoder; ``embed_dims``/``depths``/``num_heads``/``sr_ratios``/``norm_eps`` go to the
     encoder (slim variants, Hugging Face's eps); ``projection_bn`` selects MMSegmentation's head variant."""
-    mit_names = [name for name in list_encoders() if ENCODERS[name].family == "mit"]
+    mit_names = [name for name in list_encoders() if ENCODERS[name].kind == "mit"]
     if encoder not in mit_names:
         raise ValueError(f"segformer needs a Mix Transformer encoder; got {encoder!r}, valid: {', '.join(mit_names)}")
     backbone = build_encoder(

@@ -78,7 +78,7 @@ class SegNet(SegmentationModel):
     paper="Badrinarayanan, Kendall, Cipolla. SegNet: A Deep Convolutional Encoder-Decoder Architecture for "
     "Image Segmentation. IEEE TPAMI 39(12), 2017 (arXiv:1511.00561, 2015)",
     year=2015,
-    family="cnn",
+    recipe="cnn",
     summary="Encoder-decoder whose decoder upsamples with the encoder's stored max-pooling indices "
     "instead of learned deconvolutions or skipped feature maps.",
     blocks="VGG16-BN encoder (13 conv-BN-ReLU, 5 max poolings that keep argmax indices); a mirrored decoder "

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segbench.models.blocks import SegmentationModel
+from segbench.models.blocks import Encoder, SegmentationModel
 from segbench.models.registry import register_model
 
 __all__ = ["UNet", "UNetEncoder", "unet"]
@@ -39,7 +39,7 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
-class UNetEncoder(nn.Module):
+class UNetEncoder(Encoder):
     """The contracting path as an encoder: five outputs (four levels and the bottleneck), strides 1..16."""
 
     def __init__(self, in_channels: int = 3, base_width: int = 64, padding: str = "same", batch_norm: bool = True):
@@ -155,7 +155,7 @@ class UNet(SegmentationModel):
     "unet",
     paper="Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015",
     year=2015,
-    family="cnn",
+    recipe="cnn",
     summary="A symmetric encoder-decoder whose skip connections concatenate full-resolution encoder features "
     "into the decoder, so localisation and context are learned together from very few images.",
     blocks="Four levels of two 3x3 conv + ReLU with 2x2 max-pooling; a 1024-channel bottleneck; 2x2 "

@@ -30,7 +30,7 @@ from segbench.models.registry import ENCODERS, build_encoder, register_model
 
 __all__ = ["UPerHead", "UPerNet", "upernet"]
 
-TRANSFORMER_ENCODER_FAMILIES = ("swin", "mit")
+TRANSFORMER_ENCODER_KINDS = ("swin", "mit")
 SWIN_OPTIONS = ("embed_dim", "depths", "num_heads", "window_size", "drop_path_rate")
 
 
@@ -108,7 +108,7 @@ class UPerNet(SegmentationModel):
     "Shifted Windows. ICCV 2021 (segmentation head: Xiao, Liu, Zhou, Jiang, Sun. Unified Perceptual Parsing "
     "for Scene Understanding. ECCV 2018)",
     year=2021,
-    family="transformer",
+    recipe="transformer",
     summary="A hierarchical vision transformer whose self-attention stays inside local windows that shift "
     "between consecutive blocks, giving linear cost in image size and a CNN-like feature pyramid, decoded by "
     "UPerNet's pyramid pooling + FPN head.",
@@ -145,18 +145,18 @@ def upernet(
     (``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``drop_path_rate``) default to the
     variant's and are rejected for other encoders.
 
-    The instance's ``family`` attribute tells the optimizer defaults which paper to follow: "transformer"
+    The instance's ``recipe`` tells the optimizer defaults which paper to follow: "transformer"
     (AdamW) for Swin/MiT encoders, "cnn" (SGD) for ResNets; the registry lists the Swin setup.
     """
     if encoder not in ENCODERS:
         build_encoder(encoder)  # raises the registry's error, which lists the valid names
-    family = ENCODERS[encoder].family
+    kind = ENCODERS[encoder].kind
     swin_options = {
         name: value
         for name, value in zip(SWIN_OPTIONS, (embed_dim, depths, num_heads, window_size, drop_path_rate))
         if value is not None
     }
-    if swin_options and family != "swin":
+    if swin_options and kind != "swin":
         raise ValueError(
             f"options {sorted(swin_options)} only apply to Swin encoders (swin_t, swin_s, swin_b), not {encoder!r}"
         )
@@ -170,5 +170,5 @@ def upernet(
         aux_head=aux_head,
         aux_channels=aux_channels,
     )
-    model.family = "transformer" if family in TRANSFORMER_ENCODER_FAMILIES else "cnn"
+    model.recipe = "transformer" if kind in TRANSFORMER_ENCODER_KINDS else "cnn"
     return model

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.encoders.layers import DropPath
+from segbench.models.blocks import Encoder
 from segbench.models.registry import register_encoder
 
 __all__ = ["MixTransformer", "MiTConfig", "MIT_CONFIGS", "mix_transformer"]
@@ -151,7 +152,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), height, width))
 
 
-class MixTransformer(nn.Module):
+class MixTransformer(Encoder):
     """The hierarchical MiT encoder: four stages at strides 4, 8, 16, 32 (see the module docstring).
 
     Stage ``i`` (1-based, as in the official code) owns ``patch_embed{i}``, ``block{i}`` and ``norm{i}``.
@@ -237,12 +238,12 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register_encoder("mit_b0", family="mit", size="b0")
-@register_encoder("mit_b1", family="mit", size="b1")
-@register_encoder("mit_b2", family="mit", size="b2")
-@register_encoder("mit_b3", family="mit", size="b3")
-@register_encoder("mit_b4", family="mit", size="b4")
-@register_encoder("mit_b5", family="mit", size="b5")
+@register_encoder("mit_b0", kind="mit", size="b0")
+@register_encoder("mit_b1", kind="mit", size="b1")
+@register_encoder("mit_b2", kind="mit", size="b2")
+@register_encoder("mit_b3", kind="mit", size="b3")
+@register_encoder("mit_b4", kind="mit", size="b4")
+@register_encoder("mit_b5", kind="mit", size="b5")
 def mix_transformer(
     *,
     size: str,

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from segbench.models.blocks import Encoder
 from segbench.models.registry import ENCODERS, build_encoder, register_encoder
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "build_dilated_resnet", "RESNET_DEPTHS", "PAPER_MULTI_GRID"]
@@ -112,7 +113,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(Encoder):
     """The ResNet trunk as an encoder (no global pool, no ``fc``); see the module docstring."""
 
     def __init__(
@@ -231,7 +232,7 @@ def resnet(
 
 
 for _depth in RESNET_DEPTHS:
-    register_encoder(f"resnet{_depth}", family="resnet", depth=_depth)(resnet)
+    register_encoder(f"resnet{_depth}", kind="resnet", depth=_depth)(resnet)
 
 
 PAPER_MULTI_GRID = (1, 2, 4)  # DeepLab v3 Sec. 3.2, for a last stage of three blocks
@@ -245,7 +246,7 @@ def build_dilated_resnet(
 
     The paper's multi-grid ``(1, 2, 4)`` is defined for a three-block last stage; on ResNet-18, whose
     layer4 has two blocks, its first two rates ``(1, 2)`` are used. Any other length must match."""
-    valid = sorted(n for n, e in ENCODERS.items() if e.family == "resnet")
+    valid = sorted(n for n, e in ENCODERS.items() if e.kind == "resnet")
     if name not in valid:
         raise ValueError(f"encoder must be a ResNet ({', '.join(valid)}), got {name!r}")
     if multi_grid is not None and tuple(multi_grid) == PAPER_MULTI_GRID:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbench.models.encoders.layers import DropPath
+from segbench.models.blocks import Encoder
 from segbench.models.registry import register_encoder
 
 __all__ = ["SWIN_VARIANTS", "SwinTransformer", "swin", "shifted_window_mask"]
@@ -235,7 +236,7 @@ class SwinStage(nn.Module):
         return (x if self.downsample is None else self.downsample(x)), x
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(Encoder):
     """The hierarchical Swin backbone; ``forward`` returns the four normalised stage outputs (NCHW) at
     strides 4, 8, 16, 32 with ``embed_dim * (1, 2, 4, 8)`` channels."""
 
@@ -294,16 +295,14 @@ class SwinTransformer(nn.Module):
         return outputs
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Prepare an ImageNet checkpoint (Microsoft's or timm's layout) for ``load_backbone_weights``.
+        """Adapt the patch embedding of a backbone state dict in this encoder's keys to ``in_channels``
+        other than 3 (1: sum over RGB; n: RGB repeated cyclically, scaled by 3/n).
 
-        Drops the classifier, the final ``norm`` and the buffers the released code saved; moves timm's
-        start-of-stage merging layers back; starts the output norms the classification network does not
-        have at LayerNorm's identity, as the segmentation code does; and adapts the patch embedding to
-        ``in_channels`` other than 3 (1: sum over RGB; n: RGB repeated cyclically, scaled by 3/n).
+        Files in Microsoft's or timm's classification layout are first mapped to these keys by
+        ``segbench.checkpoints`` (``convert.swin.encoder_from_classification``: classifier, final norm and
+        saved buffers dropped, timm's merging layers moved back, output norms started at identity).
         """
-        from segbench.checkpoints.convert.swin import encoder_from_classification
-
-        state = {k.removeprefix("encoder."): v for k, v in encoder_from_classification(state_dict).items()}
+        state = dict(state_dict)
         weight = state.get("patch_embed.proj.weight")
         wanted = self.patch_embed.proj.in_channels
         if weight is not None and weight.shape[1] == 3 and wanted != 3:
@@ -339,4 +338,4 @@ def swin(
 
 
 for _variant in SWIN_VARIANTS:
-    register_encoder(f"swin_{_variant}", family="swin", variant=_variant)(swin)
+    register_encoder(f"swin_{_variant}", kind="swin", variant=_variant)(swin)

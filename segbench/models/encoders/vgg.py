@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segbench.models.blocks import Encoder
 from segbench.models.registry import register_encoder
 
 __all__ = ["VGGEncoder", "VARIANTS", "CONVS_PER_STAGE", "vgg16"]
@@ -38,7 +39,7 @@ FC_WIDTH_MULTIPLIER = {"fcn": 64, "largefov": 16}
 IMAGENET_FC_WIDTH = 4096  # torchvision's classifier.0 / classifier.3
 
 
-class VGGEncoder(nn.Module):
+class VGGEncoder(Encoder):
     """VGG16 trunk returning the five stage outputs (see the module docstring for the variants).
 
     Args:
@@ -221,8 +222,8 @@ def _adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
     return grey.expand(-1, in_channels, -1, -1).contiguous()
 
 
-@register_encoder("vgg16_bn", family="vgg", batch_norm=True)
-@register_encoder("vgg16", family="vgg", batch_norm=False)
+@register_encoder("vgg16_bn", kind="vgg", batch_norm=True)
+@register_encoder("vgg16", kind="vgg", batch_norm=False)
 def vgg16(
     *,
     batch_norm: bool = False,

@@ -50,7 +50,7 @@ def test_head_layout():
     # auxiliary FCN head on stage 3 (384 channels) -> 256 -> classes, weight 0.4
     assert model.aux_head[0].in_channels == 384 and model.aux_head[0].out_channels == 256
     assert model.aux_head[-1].out_channels == 150 and model.aux_weight == 0.4
-    assert model.family == "transformer" and ARCHITECTURES["upernet"].family == "transformer"
+    assert model.recipe == "transformer" and ARCHITECTURES["upernet"].recipe == "transformer"
 
 
 @pytest.mark.parametrize("size", [(64, 64), (100, 75), (33, 129)])
@@ -86,8 +86,8 @@ def test_resnet_encoder():
         full = segbench.build_model("upernet", 150, encoder="resnet50")
     # the UPerNet paper's CNN setup: the last four ResNet stages, aux head on layer3 (1024 channels)
     assert [conv[0].in_channels for conv in full.decode_head.lateral_convs] == [256, 512, 1024]
-    assert full.aux_head[0].in_channels == 1024 and full.family == "cnn"
-    assert ENCODERS["resnet50"].family == "resnet"
+    assert full.aux_head[0].in_channels == 1024 and full.recipe == "cnn"
+    assert ENCODERS["resnet50"].kind == "resnet"
     model = segbench.build_model("upernet", 3, encoder="resnet50", in_channels=1, channels=8, aux_channels=4).train()
     out = model(torch.randn(2, 1, 45, 61))
     assert out["out"].shape == out["aux"].shape == (2, 3, 45, 61)

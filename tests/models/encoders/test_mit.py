@@ -26,7 +26,7 @@ TABLE6 = {
 def test_all_sizes_registered_as_mit_family():
     names = [n for n in list_encoders() if n.startswith("mit_")]
     assert names and sorted(names) == sorted(TABLE6)
-    assert all(ENCODERS[n].family == "mit" for n in names)
+    assert all(ENCODERS[n].kind == "mit" for n in names)
 
 
 @pytest.mark.parametrize("name", sorted(TABLE6))

@@ -1,0 +1,129 @@
+"""What a run of the sweep leaves in its folder, as typed records: the one definition of the run-folder
+files the review adds to the engine's (``segbench.engine.run_folder``), of ``bench.json``'s keys, and of
+the flat results row. Imports no torch, so the report can read them.
+
+- ``WorkerResult`` is ``bench.json``: how the worker ended, the machine, the data's facts, the figures of
+  ``segbench.bench.measure.cost`` (``measure``) and the engine's ``metrics.json`` (``metrics``), each
+  under its producer's own names;
+- ``RunRecord`` is one row of ``results.csv``: what ran (identity) and every scalar figure the producers
+  recorded, under the same names (split scores prefixed ``val_`` / ``test_``). A new figure needs a key
+  in its producer's output and a ``Column`` in ``segbench.bench.report.columns``; nothing in between.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union
+
+from segbench.jsonio import write_json
+
+__all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "RUN_FILES", "WorkerResult", "RunRecord", "class_key", "figures_of"]
+
+SPEC_FILE = "sweep_run.json"  # what the sweep asks the worker to run
+RESULT_FILE = "bench.json"  # the worker's WorkerResult
+PREVIEW_FILE = "preview.npz"  # a few validation images with truth and prediction, for the report
+RUN_FILES = (SPEC_FILE, RESULT_FILE, PREVIEW_FILE)
+
+Scalar = Union[str, int, float, bool, None]
+
+
+def class_key(split: str, metric: str, class_name: str) -> str:
+    """``val_dice_tumour`` for ("val", "dice", "tumour"); non-identifier characters become ``_``."""
+    safe = re.sub(r"[^0-9A-Za-z]+", "_", str(class_name)).strip("_") or "class"
+    return f"{split}_{metric}_{safe}"
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+@dataclass
+class WorkerResult:
+    """``bench.json``: written once by the worker (or by the sweep for a worker that died)."""
+
+    hash: str
+    status: str = "failed"  # "ok" or "failed"
+    error: str = ""
+    traceback: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)  # segbench.bench.measure.cost.machine_info
+    data: dict[str, Any] = field(default_factory=dict)  # name, num_classes, in_channels, class_names, splits, ...
+    measure: dict[str, Any] = field(default_factory=dict)  # segbench.bench.measure.cost.measure_inference
+    metrics: dict[str, Any] = field(default_factory=dict)  # the engine's metrics.json
+    train_peak_mb: float | None = None
+    train_memory_method: str | None = None
+    session_wall_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def write(self, run_dir: str | Path) -> None:
+        """Atomically (a killed worker leaves the previous file or none, never half of one)."""
+        write_json(asdict(self), Path(run_dir) / RESULT_FILE)
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> WorkerResult | None:
+        """The run's ``bench.json``; None when it is missing or unreadable."""
+        try:
+            data = json.loads((Path(run_dir) / RESULT_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known}) if isinstance(data, dict) and "hash" in data else None
+
+
+def figures_of(result: WorkerResult) -> dict[str, Scalar]:
+    """Every scalar figure of a worker's result, under its producer's name: the measurement's, the
+    training's, the machine's, and each split's scores prefixed with the split (``val_mIoU``), with
+    per-class Dice and IoU as ``class_key`` columns."""
+    out: dict[str, Scalar] = {}
+    for key, value in result.measure.items():
+        if _scalar(value):
+            out[key] = value
+    for key in ("train_peak_mb", "train_memory_method"):
+        out[key] = getattr(result, key)
+    for key in ("device", "device_name", "torch", "torch_threads"):
+        out[key] = result.machine.get(key)
+    for key, value in result.metrics.items():
+        if key in ("val", "test"):
+            for name, score in (value or {}).items():
+                if _scalar(score):
+                    out[f"{key}_{name}"] = score
+            for name, score in ((value or {}).get("dice_per_case") or {}).items():
+                out[class_key(key, "dice", name)] = score
+            for name, score in (((value or {}).get("per_class") or {}).get("IoU") or {}).items():
+                out[class_key(key, "iou", name)] = score
+        elif _scalar(value):
+            out[key] = value
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+@dataclass
+class RunRecord:
+    """One run as the report reads it: what ran, how it ended, and its figures (see ``figures_of``)."""
+
+    arch: str  # the row's label: the architecture, ``+in1k`` when it starts from ImageNet weights
+    seed: int
+    status: str
+    error: str
+    recipe: str  # the optimiser recipe it followed: "cnn" or "transformer"
+    year: int
+    backbone: str  # "resnet18 (output_stride=8), ImageNet weights"
+    model_options: str  # JSON
+    pretrained: str
+    input_size: str
+    iterations: int
+    batch_size: int
+    config_hash: str
+    run_dir: str
+    has_preview: bool = False
+    figures: dict[str, Scalar] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Scalar]:
+        """The flat ``results.csv`` row: identity, then every figure."""
+        identity = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
+        return {**identity, **self.figures}

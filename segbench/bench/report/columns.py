@@ -1,0 +1,72 @@
+"""The columns of the review's comparison table: the one list the HTML and Markdown tables, the CSV's
+aggregates, the findings and the plots read. A column's ``key`` is the name its producer gives the
+figure (``segbench.bench.protocol.record.figures_of``: the measurement's, the training's, or a split's
+score prefixed ``val_``/``test_``), so adding a column to the review is a key in the producer's output
+and a line here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Column", "COLUMNS", "ACCURACY_KEY", "column"]
+
+# The score the review ranks by: mean foreground Dice per case on the validation split.
+ACCURACY_KEY = "val_dice_fg_per_case"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A number the review compares: its row key, header, unit, and which direction is better."""
+
+    key: str
+    label: str
+    better: str  # "higher", "lower", or "" (neither: not marked, no superlatives)
+    digits: int = 3
+    unit: str = ""
+    help: str = ""
+    # Timed figures: the row keys of the interquartile range shown next to the median, and of the flag
+    # that says the figure stayed noisy after re-measuring (segbench.bench.measure.timing).
+    spread: tuple[str, str] | None = None
+    noisy: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every numeric row key the column shows: its value and its spread."""
+        return (self.key, *(self.spread or ()))
+
+
+# The comparison table, in display order. Accuracy first, then cost.
+COLUMNS: tuple[Column, ...] = (
+    Column("val_dice_fg_per_case", "Val Dice", "higher", 4, help="mean foreground Dice per image/case, validation split"),
+    Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split"),
+    Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance, foreground classes"),
+    Column("test_dice_fg_per_case", "Test Dice", "higher", 4, help="as Val Dice, on the test split"),
+    Column("test_mIoU", "Test mIoU", "higher", 4),
+    Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),
+    Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)"),
+    Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
+           spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy"),
+    Column("throughput_ips", "Throughput", "higher", 1, "img/s",
+           "images/s of inference at the training batch: the Speed section's measurement [from its quartiles]",
+           spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy"),
+    Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
+    Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
+    Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
+    Column("train_images_per_s", "Train speed", "higher", 1, "img/s", "training images per second"),
+    Column("best_iteration", "Best iter", "", 0, "", "iteration of the best validation score"),
+)
+_BY_KEY = {c.key: c for c in COLUMNS}
+
+
+def column(key: str) -> Column:
+    """The column for ``key``; per-class keys get a generated one."""
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    match = re.fullmatch(r"(val|test)_(dice|iou)_(.+)", key)
+    if match:
+        split, metric, name = match.groups()
+        label = {"dice": "Dice", "iou": "IoU"}[metric]
+        return Column(key, f"{split.capitalize()} {label} {name}", "higher", 4)
+    raise KeyError(f"no column {key!r}; known: {', '.join(_BY_KEY)}")

@@ -1,0 +1,34 @@
+"""Strict JSON files, written atomically: the one writer of every JSON file segbench leaves in a run
+folder or report (``metrics.json``, ``bench.json``, ``speed.json``, ...). Imports nothing but the
+standard library, so any layer may use it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["json_safe", "write_json"]
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None (strict JSON: ``null`` means undefined), numpy scalars -> Python numbers, recursively."""
+    if hasattr(value, "item") and not isinstance(value, (dict, list, tuple, str)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(values: Any, path: str | Path) -> None:
+    """Write strict JSON atomically: a temporary file in the same folder, then ``os.replace``, so a
+    process killed mid-write leaves the previous file (or none), never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(values), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
