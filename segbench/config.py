@@ -141,8 +141,11 @@ class EvalConfig:
     flips: tuple[str, ...] = ()
     # Images (or windows) per forward pass.
     batch_size: int = 8
-    # Compute HD95 (surface distances; costs CPU time on large volumes).
+    # Compute the surface-distance figures, HD95 and NSD (distance transforms: CPU time on large volumes).
     hd95: bool = True
+    # NSD tolerance tau: surface points within this distance of the other surface count as matched.
+    # In mm for NIfTI volumes (their voxel spacing), in pixels for 2D images.
+    nsd_tolerance: float = 1.0
     # Class left out of the *_fg figures; None when every class is foreground.
     background: int | None = 0
     # After training, evaluate the best checkpoint on the test split too, when the data has one.
@@ -151,6 +154,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be a positive integer")
+        if isinstance(self.nsd_tolerance, (int, float)) and self.nsd_tolerance < 0:
+            raise ValueError(f"nsd_tolerance={self.nsd_tolerance} must be >= 0")
 
 
 @dataclass(frozen=True)

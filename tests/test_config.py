@@ -47,6 +47,7 @@ def test_preset_then_overrides(tmp_path):
         ("train.lr.peak=1", "train.lr is not a section"),
         ("train.lr", "must look like key=value"),
         ("data.augment.hflip=2", "hflip is a probability"),
+        ("eval.nsd_tolerance=-1", "nsd_tolerance=-1.0 must be >= 0"),
     ],
 )
 def test_bad_overrides_are_explained(override, message):

@@ -31,14 +31,16 @@ def _fmt(value) -> str:
 def format_metrics(metrics: dict) -> str:
     """A readable block: the headline figures, then a per-class table."""
     lines = []
-    headline = ("aAcc", "mIoU", "mIoU_fg", "mDice", "mDice_fg", "dice_fg_per_case", "hd95_fg")
-    lines.append("  ".join(f"{key} {_fmt(metrics.get(key))}" for key in headline if key in metrics))
+    headline = ("aAcc", "mIoU", "mIoU_fg", "mDice", "mDice_fg", "dice_fg_per_case", "hd95_fg", "nsd_fg")
+    unit = {"hd95_fg": f" {metrics.get('distance_unit', 'px')}"}
+    lines.append("  ".join(f"{key} {_fmt(metrics.get(key))}{unit.get(key, '')}" for key in headline if key in metrics))
     per_class = metrics.get("per_class") or {}
     if per_class:
         names = list(per_class["IoU"])
         width = max(12, *(len(n) for n in names))
         columns = ["IoU", "Dice", "Precision", "Recall"]
-        extra = [("dice/case", metrics.get("dice_per_case", {})), ("hd95/case", metrics.get("hd95_per_case", {}))]
+        extra = [("dice/case", metrics.get("dice_per_case", {})), ("hd95/case", metrics.get("hd95_per_case", {})),
+                 ("nsd/case", metrics.get("nsd_per_case", {}))]
         header = f"  {'class':<{width}} " + " ".join(f"{c:>9}" for c in columns + [e[0] for e in extra if e[1]])
         lines += [header, "  " + "-" * (len(header) - 2)]
         for name in names:

@@ -3,7 +3,9 @@
 ``load_data(DataConfig(...))`` returns a ``SegmentationData`` whose ``splits`` are torch Datasets
 yielding ``dict(image=FloatTensor[C,H,W] (normalised), mask=LongTensor[H,W], case=str, index=int)``;
 ``case`` is the image stem or volume id and ``index`` the slice index in that volume (0 for 2D), so
-metrics can be computed per image or per volume.
+metrics can be computed per image or per volume. Items of volumes also carry ``spacing``: the voxel
+size in mm of their case's stacked slices, (slice thickness, row, column), from the NIfTI header after
+RAS+ reorientation and scaled by ``resize``; 2D images have no ``spacing`` key (distances in pixels).
 
 Layouts (``format="auto"`` picks the first that matches; DataError lists them when none does):
 

@@ -26,13 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from segbench.data.config import DataConfig, DataError
-from segbench.data.geometry import resize_images, resize_labels
+from segbench.data.geometry import resize_images, resize_labels, resized_spacing
 from segbench.data.labels import LabelPlan, MaskSummary, plan_labels
 from segbench.data.layouts import Source
 
 __all__ = ["CACHE_VERSION", "cache_root", "cache_key", "CacheStore", "open_or_build"]
 
-CACHE_VERSION = 2  # 2: label-consistency and non-finite checks (caches built without them are rechecked)
+# 2: label-consistency and non-finite checks (caches built without them are rechecked).
+# 3: each case's voxel spacing (mm per slice, row, column of the stored stack; None for 2D images).
+CACHE_VERSION = 3
 _PROGRESS_MIN_CASES = 20
 
 
@@ -147,9 +149,11 @@ def _channel_plan(source: Source, probes: list, notices: list[str]) -> tuple[int
 def _build(folder: Path, source: Source, cfg: DataConfig, reader, key: str) -> None:
     summaries: list[MaskSummary] = []
     probes = []
+    spacings = []
     for i, case in enumerate(_progress(source.cases, source, "checking masks of")):
         stored, summary = reader.mask(case)
         probes.append(reader.probe(case, stored.shape))
+        spacings.append(reader.spacing(case))
         summaries.append(summary)
         _save(folder, f"{i:06d}_raw.npy", stored)
     notices = list(source.notices) + list(dict.fromkeys(reader.notices))
@@ -167,7 +171,10 @@ def _build(folder: Path, source: Source, cfg: DataConfig, reader, key: str) -> N
             raw = raw.astype(np.int32) * 65793
         labels = plan.apply(raw).astype(mask_dtype)
         image = reader.image(case, channels, dtype)
+        spacing = spacings[i]
         if cfg.resize is not None:
+            if spacing is not None:
+                spacing = resized_spacing(spacing, labels.shape[1:], cfg.resize)
             labels, image = resize_labels(labels, cfg.resize), resize_images(image, cfg.resize)
         _save(folder, f"{i:06d}_mask.npy", labels)
         _save(folder, f"{i:06d}_image.npy", image)
@@ -182,6 +189,7 @@ def _build(folder: Path, source: Source, cfg: DataConfig, reader, key: str) -> N
                 "mask": str(case.mask),
                 "slices": int(labels.shape[0]),
                 "size": [int(labels.shape[1]), int(labels.shape[2])],
+                "spacing": list(spacing) if spacing is not None else None,
                 "class_counts": np.bincount(labels[valid].astype(np.int64), minlength=plan.num_classes).tolist(),
                 "ignored": int((~valid).sum()),
                 "foreground": "".join("1" if f else "0" for f in ((labels > 0) & valid).any(axis=(1, 2))),

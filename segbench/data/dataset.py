@@ -78,6 +78,8 @@ class SliceDataset(Dataset):
         self.items = list(items)  # (case index in the cache, slice index)
         self.normalization = normalization
         self.cases = [c["case"] for c in store.meta["cases"]]
+        # Voxel size (mm) per case, ordered (slice, row, column) like a case's stacked slices; None: 2D.
+        self.spacings = [tuple(c["spacing"]) if c.get("spacing") else None for c in store.meta["cases"]]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -91,7 +93,11 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         case, index = self.items[i]
         image, mask = self._load(self.items[i])
-        return {"image": image, "mask": mask, "case": self.cases[case], "index": index}
+        item = {"image": image, "mask": mask, "case": self.cases[case], "index": index}
+        if self.spacings[case] is not None:
+            # Absent for 2D images (pixels): torch's default collate, which training uses, rejects None.
+            item["spacing"] = self.spacings[case]
+        return item
 
 
 class TrainSliceDataset(SliceDataset):

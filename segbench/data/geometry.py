@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resize_images", "resize_labels"]
+__all__ = ["resize_images", "resize_labels", "resized_spacing"]
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -33,3 +33,10 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[:, None].double()
     out = F.interpolate(tensor, size=tuple(size), mode="nearest-exact")[:, 0]
     return out.numpy().astype(labels.dtype)
+
+
+def resized_spacing(spacing: tuple[float, ...], size: tuple[int, int], new_size: tuple[int, int]) -> tuple[float, ...]:
+    """Voxel size of a stack resized in-plane from ``size`` to ``new_size`` (H, W): the last two axes
+    stretch by old/new so the slices cover the same millimetres (distances stay in mm)."""
+    *through, row, column = (float(s) for s in spacing)
+    return (*through, row * size[0] / new_size[0], column * size[1] / new_size[1])

@@ -1,8 +1,10 @@
 """Per-case readers for the cache builder: 2D files, NIfTI volumes, and the built-in brain.
 
 Each reader turns one ``CaseFiles`` into stacks of slices: masks as stored values ``(S, H, W)``
-(colour masks packed to int32 codes), images as ``(S, C, H, W)``. ``probe`` checks geometry from the
-headers only, so a size mismatch is reported before any image is decoded.
+(colour masks packed to int32 codes), images as ``(S, C, H, W)``, and says the stack's voxel size
+(``spacing``: mm per (slice, row, column) for volumes, None for 2D images, measured in pixels).
+``probe`` checks geometry from the headers only, so a size mismatch is reported before any image is
+decoded.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class ImageReader2D:
             image = np.repeat(image, 3, axis=0)  # grey among RGB images
         return image.astype(dtype, copy=False)[None]
 
+    def spacing(self, case: CaseFiles) -> None:
+        return None  # 2D images carry no physical pixel size we trust: distances stay in pixels
+
 
 def _spatial(shape: tuple[int, ...], affine: np.ndarray) -> tuple[int, ...]:
     """Shape of the first three axes after RAS+ reorientation (header-only: no data read)."""
@@ -106,6 +111,11 @@ class VolumeReader:
         self._affines[case.case] = affine
         slices = volumes.labels_to_slices(volumes.to_canonical(labels, affine), self.cfg.slice_axis)
         return slices, MaskSummary(case.mask, *np.unique(slices, return_counts=True))
+
+    def spacing(self, case: CaseFiles) -> tuple[float, float, float]:
+        """(slice thickness, row, column) in mm of the mask's slices, from the label volume's affine
+        (call after ``mask``): the grid the metrics measure on."""
+        return volumes.slice_spacing(volumes.canonical_zooms(self._affines[case.case]), self.cfg.slice_axis)
 
     def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
         label_affine = self._affines[case.case]
@@ -143,6 +153,9 @@ class BrainReader(VolumeReader):
 
     def probe(self, case: CaseFiles, mask_shape: tuple[int, ...]) -> Probe:
         return Probe(1, "float32")
+
+    def spacing(self, case: CaseFiles) -> tuple[float, float, float]:
+        return volumes.slice_spacing(volumes.canonical_zooms(brain.brain_volume()[2]), self.cfg.slice_axis)
 
     def image(self, case: CaseFiles, channels: int, dtype: str) -> np.ndarray:
         t1 = brain.brain_volume()[0]

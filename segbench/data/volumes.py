@@ -1,9 +1,10 @@
-"""NIfTI volumes: reading, RAS+ reorientation, per-volume normalisation, slicing and the way back.
+"""NIfTI volumes: reading, RAS+ reorientation, voxel spacing, per-volume normalisation, slicing and the way back.
 
 Training sees a volume as slices along ``slice_axis`` of the volume reoriented to RAS+ (so axis 2 is
 axial whatever the scanner stored). ``prepare_volume`` / ``restore_volume`` repeat exactly that for
 ``segbench predict`` and undo it, so predicted label maps are written in the input's own voxel grid
-with the input's affine and header.
+with the input's affine and header. ``canonical_zooms`` / ``slice_spacing`` give the voxel size (mm)
+of the reoriented volume and of its stack of slices, so surface distances can be measured in mm.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "probe_volume",
     "to_canonical",
     "from_canonical",
+    "canonical_zooms",
+    "slice_spacing",
     "normalize_volume",
     "volume_to_slices",
     "labels_to_slices",
@@ -78,10 +81,32 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Hea
     return array, np.asarray(image.affine), image.header
 
 
+def _canonical_transform(affine: np.ndarray) -> np.ndarray:
+    return orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
+
+
 def to_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Reorder/flip the first three axes to RAS+ (a pure permutation: no resampling)."""
-    transform = orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
-    return orientations.apply_orientation(array, transform)
+    return orientations.apply_orientation(array, _canonical_transform(affine))
+
+
+def canonical_zooms(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each axis of ``to_canonical``'s output: the stored axes' sizes, permuted
+    as the axes are. Sizes come from the affine (the length of each voxel axis in world space), the
+    matrix the reorientation follows. For a header whose pixdim agrees with its affine (as nibabel
+    writes them) they equal nibabel's ``as_closest_canonical(image).header.get_zooms()``."""
+    sizes = np.sqrt(np.square(np.asarray(affine, dtype=np.float64)[:3, :3]).sum(axis=0))
+    zooms = [0.0, 0.0, 0.0]
+    for stored_axis, (canonical_axis, _flip) in enumerate(_canonical_transform(affine)):
+        zooms[int(canonical_axis)] = float(sizes[stored_axis])
+    return zooms[0], zooms[1], zooms[2]
+
+
+def slice_spacing(zooms: tuple[float, float, float], slice_axis: int) -> tuple[float, float, float]:
+    """Voxel size of ``labels_to_slices``'s (S, H, W) stack of a canonical volume: (slice thickness,
+    row, column), the order the metrics stack a case's slices in."""
+    in_plane = [float(z) for axis, z in enumerate(zooms) if axis != slice_axis]
+    return float(zooms[slice_axis]), in_plane[0], in_plane[1]
 
 
 def from_canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:

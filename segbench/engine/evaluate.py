@@ -29,9 +29,9 @@ from segbench.engine.distributed import DistInfo
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.hardware import loader_workers
 from segbench.engine.inference import InferenceSettings, predict_logits
-from segbench.engine.metrics import SegmentationMetrics
+from segbench.engine.metrics import CaseScores, SegmentationMetrics
 
-__all__ = ["inference_settings", "evaluate", "evaluate_run", "json_safe", "write_json"]
+__all__ = ["inference_settings", "merge_shards", "evaluate", "evaluate_run", "json_safe", "write_json"]
 
 
 def inference_settings(cfg: EvalConfig) -> InferenceSettings:
@@ -72,16 +72,22 @@ def case_ordinals(dataset: Dataset) -> list[int]:
     return [ordinal.setdefault(key, len(ordinal)) for key in keys]
 
 
+def merge_shards(
+    shards: list[tuple[list[int], torch.Tensor, list[CaseScores]]],
+) -> tuple[torch.Tensor, list[CaseScores]]:
+    """Every process's (case ordinals, confusion matrix, per-case records) -> the summed matrix and all
+    records in the split's case order: what one process evaluating the whole split holds."""
+    cm = sum(shard[1] for shard in shards)
+    numbered = [(ordinal, record) for ordinals, _, records in shards for ordinal, record in zip(ordinals, records)]
+    return cm, [record for _, record in sorted(numbered, key=lambda pair: pair[0])]
+
+
 def _merge_shards(metrics: SegmentationMetrics, mine: list[int], info: DistInfo) -> None:
-    """Fold every process's confusion matrix and per-case rows into ``metrics``, rows in case order."""
+    """Fold every process's confusion matrix and per-case records into ``metrics``."""
     metrics.finish()
     shards = [None] * info.world_size
-    dist.all_gather_object(shards, (mine, metrics.cm, metrics.case_dice, metrics.case_hd95))
-    metrics.cm = sum(shard[1] for shard in shards)
-    rows = sorted((case, dice, hd) for ordinals, _, dices, hds in shards
-                  for case, dice, hd in zip(ordinals, dices, hds or [None] * len(dices)))
-    metrics.case_dice = [dice for _, dice, _ in rows]
-    metrics.case_hd95 = [hd for _, _, hd in rows] if metrics.compute_hd95 else []
+    dist.all_gather_object(shards, (mine, metrics.cm, metrics.cases))
+    metrics.cm, metrics.cases = merge_shards(shards)
 
 
 @torch.no_grad()
@@ -112,7 +118,9 @@ def evaluate(
     device = torch.device(device)
     precision = precision or Precision(None, device.type)
     settings = inference_settings(cfg)
-    metrics = SegmentationMetrics(info.num_classes, info.ignore_index, info.class_names, cfg.background, cfg.hd95)
+    metrics = SegmentationMetrics(
+        info.num_classes, info.ignore_index, info.class_names, cfg.background, cfg.hd95, cfg.nsd_tolerance
+    )
     sharded = dist_info is not None and dist_info.enabled
     if sharded:
         ordinals = case_ordinals(dataset)
@@ -143,6 +151,7 @@ def evaluate(
                 torch.stack([item["mask"] for item in run]),
                 [str(item["case"]) for item in run],
                 [int(item["index"]) for item in run],
+                [item.get("spacing") for item in run],  # volumes: mm; 2D images have none (pixels)
             )
             metrics_s += time.perf_counter() - metrics_start
         tick = time.perf_counter()

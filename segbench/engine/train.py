@@ -19,7 +19,7 @@ line: ``event`` "start" | "train" | "val" | "diverged" | "end"), ``last.pt``, ``
 - ``best_metric`` (its name), ``best_value``, ``best_iteration``;
 - ``val``: every figure of ``SegmentationMetrics.compute`` for the best checkpoint on the val split
   (``aAcc``, ``mIoU``, ``mIoU_fg``, ``mDice``, ``mDice_fg``, ..., ``dice_fg_per_case``, ``hd95_fg``,
-  ``per_class``, ...); ``last_val``: the same for the final weights;
+  ``nsd_fg``, ``per_class``, ...); ``last_val``: the same for the final weights;
 - ``test``: the best checkpoint on the test split (when there is one and ``eval.test_at_end``);
 - ``train_time_s`` (seconds in training steps, data loading included, validation and checkpoint
   writes excluded, summed over resumptions), ``train_images_per_s`` (images / train_time_s),
@@ -73,7 +73,7 @@ from segbench.engine.evaluate import evaluate, json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
-from segbench.engine.metrics import SCALAR_METRICS, is_better
+from segbench.engine.metrics import SCALAR_METRICS, SURFACE_METRICS, is_better
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
@@ -283,6 +283,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
+    if t.best_metric in SURFACE_METRICS and not cfg.eval.hd95:
+        raise ValueError(f"train.best_metric={t.best_metric!r} is a surface-distance figure; it needs eval.hd95=true")
     workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     channels_last = resolve_channels_last(t.channels_last, family)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -42,6 +42,7 @@ def test_brain_mri_loads_with_a_slab_split(tmp_path):
     assert sizes == {"train": 50, "val": 14, "test": 5}
     item = data.splits["val"][0]
     assert item["image"].shape == (1, 80, 98) and item["case"] == "mni152"
+    assert item["spacing"] == (2.0, 2.0, 2.0)  # mm: the 2 mm grid, so surface distances are in mm
     assert set(torch.unique(item["mask"]).tolist()) <= {0, 1, 2, 3}
     slices = {name: {index for _, index in ds.items} for name, ds in data.splits.items()}
     assert min(abs(a - b) for a in slices["train"] for b in slices["val"] | slices["test"]) > 2

@@ -113,6 +113,77 @@ def test_prepare_and_restore_round_trip(tmp_path, helpers):
     assert np.array_equal(written, restored) and np.allclose(written_affine, affine)
 
 
+# Stored axes 0, 1, 2 run along world -y (1.5 mm), z (1 mm), x (2 mm): RAS+ reorientation permutes
+# them to x, y, z with voxel sizes (2, 1.5, 1) mm and shape (8, 10, 12) for a stored (10, 12, 8).
+ANISOTROPIC = np.array([[0, 0, 2.0, 0], [-1.5, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "slice_axis, resize, mask_shape, spacing",
+    [
+        (2, None, (8, 10), (1.0, 2.0, 1.5)),  # axial: 1 mm apart, rows along x (2 mm), columns along y
+        (0, None, (10, 12), (2.0, 1.5, 1.0)),  # sagittal: slices along x
+        (2, (16, 5), (16, 5), (1.0, 1.0, 3.0)),  # rows 8 -> 16 halve 2 mm, columns 10 -> 5 double 1.5 mm
+    ],
+)
+def test_cached_spacing_follows_reorientation_slicing_and_resize(
+    tmp_path, helpers, slice_axis, resize, mask_shape, spacing
+):
+    root = tmp_path / "task"
+    for k in range(3):
+        image, labels = helpers.ball_volume((10, 12, 8), seed=k)
+        helpers.save_nifti(root / "imagesTr" / f"vol{k}.nii.gz", image, ANISOTROPIC)
+        helpers.save_nifti(root / "labelsTr" / f"vol{k}.nii.gz", labels, ANISOTROPIC)
+    # nibabel's own reorientation gives the same zooms the cache builder reads from the affine.
+    canonical = nib.as_closest_canonical(nib.load(str(root / "labelsTr" / "vol0.nii.gz")))
+    assert canonical.header.get_zooms()[:3] == (2.0, 1.5, 1.0)
+    cfg = DataConfig(source=str(root), slice_axis=slice_axis, resize=resize, val_fraction=0.34, augment=NO_AUGMENT)
+    data = load_data(cfg)
+    assert [case["spacing"] for case in data.splits["val"].store.meta["cases"]] == [list(spacing)] * 3
+    for split in ("train", "val"):
+        item = data.splits[split][0]
+        assert item["mask"].shape == mask_shape and item["spacing"] == spacing
+
+
+class _Background(torch.nn.Module):
+    """Predicts background everywhere: every foreground structure is missed."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], self.num_classes, *x.shape[2:])
+        logits[:, 0] = self.scale
+        return logits
+
+
+def test_evaluation_measures_volumes_in_mm(tmp_path, helpers):
+    from segbench.config import EvalConfig
+    from segbench.engine.checkpoint import DataInfo
+    from segbench.engine.evaluate import evaluate
+
+    root = tmp_path / "task"
+    for k in range(3):
+        image, labels = helpers.ball_volume((10, 12, 8), seed=k)
+        helpers.save_nifti(root / "imagesTr" / f"vol{k}.nii.gz", image, ANISOTROPIC)
+        helpers.save_nifti(root / "labelsTr" / f"vol{k}.nii.gz", labels, ANISOTROPIC)
+    data = load_data(DataConfig(source=str(root), val_fraction=0.34, augment=NO_AUGMENT))
+    info = DataInfo("task", 3, 1, list(data.class_names), data.ignore_index)
+    out = evaluate(_Background(3), data.splits["val"], info, EvalConfig())
+    # Both foreground classes missed in the one val volume: HD95 is the worst case, the diagonal of its
+    # 12 x 8 x 10 voxels of 1 x 2 x 1.5 mm: sqrt(12^2 + 16^2 + 15^2) = 25 mm (in voxels it would be 17.5).
+    assert out["distance_unit"] == "mm" and out["hd95_fg"] == 25.0 and out["hd95_worst_case"] == 2
+    assert out["nsd_fg"] == 0.0 and out["dice_fg_per_case"] == 0.0 and out["nsd_tolerance"] == 1.0
+
+
+def test_images_have_no_spacing(tmp_path, helpers):
+    data = load_data(DataConfig(source=str(helpers.make_folder(tmp_path / "ds", count=4)), augment=NO_AUGMENT))
+    assert "spacing" not in data.splits["val"][0] and "spacing" not in data.splits["train"][0]
+    assert data.splits["val"].store.meta["cases"][0]["spacing"] is None
+
+
 def test_truncated_nifti_is_named(tmp_path, helpers):
     root = tmp_path / "task"
     _write_cases(helpers, root, 3)

@@ -182,6 +182,8 @@ def test_test_split_is_evaluated_at_the_end(tiny_env, tmp_path, monkeypatch):
 def test_bad_best_metric_fails_before_training(tiny_env, tmp_path):
     with pytest.raises(ValueError, match="train.best_metric='mdice' is not a metric"):
         train(tiny_config("train.best_metric=mdice"), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="best_metric='nsd_fg' is a surface-distance figure; it needs eval.hd95=true"):
+        train(tiny_config("train.best_metric=nsd_fg", "eval.hd95=false"), tmp_path, progress=False)
 
 
 def test_deterministic_flag_is_scoped_to_the_call(tiny_env, tmp_path):
