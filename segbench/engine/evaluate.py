@@ -29,7 +29,7 @@ from segbench.engine.distributed import DistInfo
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.hardware import loader_workers
 from segbench.engine.inference import InferenceSettings, predict_logits
-from segbench.engine.metrics import CaseScores, SegmentationMetrics
+from segbench.engine.metrics import CaseScores, SegmentationMetrics, write_per_case_csv
 
 __all__ = ["inference_settings", "merge_shards", "evaluate", "evaluate_run", "json_safe", "write_json"]
 
@@ -105,6 +105,7 @@ def evaluate(
     desc: str = "eval",
     timings: dict[str, float] | None = None,
     dist_info: DistInfo | None = None,
+    per_case: list[dict] | None = None,
 ) -> dict:
     """Every metric of ``SegmentationMetrics.compute`` for ``model`` on ``dataset`` (in dataset order).
 
@@ -113,7 +114,8 @@ def evaluate(
 
     ``timings``, when given, gains the pass's seconds: ``eval_s`` (all of it), ``data_s`` (waiting for
     the loader) and ``metrics_s`` (in ``SegmentationMetrics``: update and compute), so a caller can tell
-    what the input pipeline and the metrics add to the inference.
+    what the input pipeline and the metrics add to the inference. ``per_case``, when given, gains one row
+    per (case, foreground class) (``SegmentationMetrics.per_case_rows``; the same on every process).
     """
     device = torch.device(device)
     precision = precision or Precision(None, device.type)
@@ -160,6 +162,8 @@ def evaluate(
     if sharded:
         _merge_shards(metrics, mine, dist_info)
     values = metrics.compute()
+    if per_case is not None:  # one row per (case, foreground class): SegmentationMetrics.per_case_rows
+        per_case.extend(metrics.per_case_rows())
     if timings is not None:
         end = time.perf_counter()
         timings["eval_s"] = timings.get("eval_s", 0.0) + end - start
@@ -196,10 +200,11 @@ def evaluate_run(
     device = resolve_device("auto")  # where the run was trained may not be here
     precision = inference_precision(cfg.train.amp, device)  # the run may have trained elsewhere
     model.to(device)
-    metrics = evaluate(
-        model, data.splits[split], info, cfg.eval, device, precision, num_workers=loader_workers(cfg.train.num_workers, device), progress=progress, desc=split
-    )
+    rows: list[dict] = []
+    metrics = evaluate(model, data.splits[split], info, cfg.eval, device, precision, progress=progress, desc=split,
+                       num_workers=loader_workers(cfg.train.num_workers, device), per_case=rows)
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
     write_json(result, run_dir / f"eval_{split}.json")
-    run_folder.record(run_dir, f"eval_{split}.json")  # the run's file: starting over may delete it
+    write_per_case_csv(run_dir / f"eval_per_case_{split}.csv", rows)
+    run_folder.record(run_dir, f"eval_{split}.json", f"eval_per_case_{split}.csv")  # starting over may delete them
     return result

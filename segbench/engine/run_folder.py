@@ -30,7 +30,15 @@ __all__ = [
 MARKER = "segbench_run.json"
 SPLIT_FILE = "data_split.json"  # case ids per split and the data's content hash (``eval`` compares)
 # Every file ``segbench train`` writes into its run folder.
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json", SPLIT_FILE)
+PER_CASE_FILES = ("per_case_val.csv", "per_case_test.csv")  # the best checkpoint's per-case, per-class scores
+
+
+def per_case_file(split: str) -> str:
+    """``per_case_<split>.csv``: one row per (case, foreground class) of ``split`` (``engine.metrics``)."""
+    return f"per_case_{split}.csv"
+
+
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json", SPLIT_FILE, *PER_CASE_FILES)
 # Left behind by an atomic write that was interrupted; ours when the file they stand for is.
 _TEMPORARY = (".{}.tmp",)
 

@@ -14,7 +14,7 @@ channels, normalisation: what ``segbench predict`` needs), ``log.jsonl`` (one JS
 line: ``event`` "start" | "train" | "val" | "diverged" | "end"), ``last.pt``, ``best.pt``, and
 ``metrics.json``:
 
-- ``arch``, ``family``, ``data``, ``iterations``, ``world_size``, ``device``, ``precision``,
+- ``arch``, ``recipe``, ``data``, ``iterations``, ``world_size``, ``device``, ``precision``,
   ``channels_last``, ``num_params``;
 - ``best_metric`` (its name), ``best_value``, ``best_iteration``;
 - ``val``: every figure of ``SegmentationMetrics.compute`` for the best checkpoint on the val split
@@ -69,11 +69,12 @@ from segbench.engine.distributed import (
     EpochKeyed,
     RunBatchSampler,
 )
-from segbench.engine.evaluate import evaluate, json_safe, write_json
+from segbench.engine.evaluate import evaluate
+from segbench.jsonio import json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
-from segbench.engine.metrics import SCALAR_METRICS, SURFACE_METRICS, is_better
+from segbench.engine.metrics import SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
@@ -277,23 +278,23 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     model = _build_model(cfg, data.num_classes, data.in_channels, pretrained, info)
     if model.pretrained_report is not None:
         say(str(model.pretrained_report))
-    # An instance may refine its registry family (UPerNet on a ResNet follows the CNN recipe).
-    family = model_recipe(model, cfg.model.arch)
-    cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, family))
+    # An instance may refine its registry recipe (UPerNet on a ResNet follows the CNN papers).
+    recipe = model_recipe(model, cfg.model.arch)
+    cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, recipe))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
     if t.best_metric in SURFACE_METRICS and not cfg.eval.hd95:
         raise ValueError(f"train.best_metric={t.best_metric!r} is a surface-distance figure; it needs eval.hd95=true")
     workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    channels_last = resolve_channels_last(t.channels_last, family)
+    channels_last = resolve_channels_last(t.channels_last, recipe)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif info.enabled:
         say("data-parallel on CPU: BatchNorm statistics stay per process (PyTorch's SyncBatchNorm needs CUDA)")
     model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model, t, family)
+    optimizer = build_optimizer(model, t, recipe)
     scaler = grad_scaler(precision)
     criterion = build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device)
     aux_weight = float(getattr(model, "aux_weight", 0.0)) if t.aux_loss else 0.0
@@ -348,7 +349,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     step = TrainStep(train_model, optimizer, criterion, precision=precision, aux_weight=aux_weight,
                      grad_clip=t.grad_clip, memory_format=memory_format, scaler=scaler)
     log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
-              family=family, device=str(device), precision=precision.name, world_size=info.world_size,
+              recipe=recipe, device=str(device), precision=precision.name, world_size=info.world_size,
               channels_last=channels_last, num_params=num_params, time=time.time())
 
     def out_of_memory(stage: str) -> str:
@@ -370,9 +371,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         # but BatchNorm running statistics stay per process on CPU (no SyncBatchNorm there).
         broadcast_from_main(model.buffers(), info)
         timings: dict[str, float] = {}
+        per_case: list[dict] = []
         metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
                            num_workers=workers, progress=progress and info.is_main, desc="val",
-                           timings=timings, dist_info=info)
+                           timings=timings, dist_info=info, per_case=per_case)
         state["val_time_s"] += timings["eval_s"]
         state["val_metrics_time_s"] += timings["metrics_s"]
         improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
@@ -380,6 +382,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if improved:
             state["best"] = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
         if improved and info.is_main:
+            write_per_case_csv(run_dir / run_folder.per_case_file("val"), per_case)  # the best checkpoint's
             save_checkpoint(
                 {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
                  "data_info": data_info.to_dict(), "iteration": iteration, "metrics": metrics},
@@ -463,13 +466,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if info.is_main:
             model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
+        per_case = []
         test_metrics = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
-                                memory_format=memory_format, num_workers=workers,
+                                memory_format=memory_format, num_workers=workers, per_case=per_case,
                                 progress=progress and info.is_main, desc="test", dist_info=info)
+        if info.is_main:
+            write_per_case_csv(run_dir / run_folder.per_case_file("test"), per_case)
     result = {}
     if info.is_main:
         result = {
-            "arch": cfg.model.arch, "family": family, "data": data.name, "iterations": t.iterations,
+            "arch": cfg.model.arch, "recipe": recipe, "data": data.name, "iterations": t.iterations,
             "world_size": info.world_size, "device": str(device), "precision": precision.name,
             "math": math_settings(device), "channels_last": channels_last, "num_params": num_params,
             "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],

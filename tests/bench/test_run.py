@@ -6,6 +6,7 @@ recorded while the sweep goes on, and that the HTML opens in headless Chromium w
 (and its table sorts).
 """
 
+import csv
 import json
 import os
 import re
@@ -91,8 +92,16 @@ def test_every_file_exists(sweep):
     run_dirs = sorted(p.name for p in sweep["out"].iterdir() if p.is_dir() and p.name != "report")
     assert [re.sub(r"-[0-9a-f]{10}$", "", n) for n in run_dirs] == sorted(f"{a}-s0" for a in ARCHS)
     for name in run_dirs:
-        for file in ("config.yaml", "log.jsonl", "metrics.json", "best.pt", "bench.json", "preview.npz"):
+        for file in ("config.yaml", "log.jsonl", "metrics.json", "best.pt", "bench.json", "preview.npz", "per_case_val.csv"):
             assert (sweep["out"] / name / file).is_file(), (name, file)
+        # The best checkpoint's per-case rows: the per-case means of metrics.json come from them.
+        val = json.loads((sweep["out"] / name / "metrics.json").read_text())["val"]
+        with open(sweep["out"] / name / "per_case_val.csv") as f:
+            cases = list(csv.DictReader(f))
+        assert len(cases) == val["num_cases"] * len(val["dice_per_case"])
+        for cls, mean in val["dice_per_case"].items():
+            scores = [float(r["dice"]) for r in cases if r["class"] == cls and r["dice"] != ""]
+            assert (sum(scores) / len(scores) if scores else None) == pytest.approx(mean, nan_ok=True)
 
 
 def test_table_has_a_number_in_every_cell(sweep):

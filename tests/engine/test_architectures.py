@@ -23,4 +23,4 @@ def test_train_and_validate_a_real_architecture(arch, tiny_env, tmp_path, monkey
                              "train.batch_size=2", "train.device=cpu", "eval.hd95=false"])
     metrics = train(cfg, tmp_path, progress=False)
     assert metrics["best_iteration"] == 2 and math.isfinite(metrics["last_val"]["aAcc"])
-    assert metrics["family"] == ("transformer" if arch == "segformer" else "cnn")
+    assert metrics["recipe"] == ("transformer" if arch == "segformer" else "cnn")

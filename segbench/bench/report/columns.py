@@ -30,6 +30,8 @@ class Column:
     # that says the figure stayed noisy after re-measuring (segbench.bench.measure.timing).
     spread: tuple[str, str] | None = None
     noisy: str | None = None
+    # The row key naming the unit where the data decides it (distances: "mm" with voxel spacing, else "px").
+    unit_key: str | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -41,7 +43,12 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("val_dice_fg_per_case", "Val Dice", "higher", 4, help="mean foreground Dice per image/case, validation split"),
     Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split"),
-    Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance, foreground classes"),
+    Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance (MedPy's pooled definition), "
+           "foreground classes; a missed or invented structure counts as the image diagonal", unit_key="val_distance_unit"),
+    Column("val_nsd_fg", "Val NSD", "higher", 4, help="normalised surface distance (surface Dice) at eval.nsd_tolerance, "
+           "foreground classes"),
+    Column("val_hd95_worst_case", "Missed/invented", "lower", 0, "", "case-class pairs where a structure was missed or "
+           "invented (HD95 = the image diagonal there, Dice and NSD 0)"),
     Column("test_dice_fg_per_case", "Test Dice", "higher", 4, help="as Val Dice, on the test split"),
     Column("test_mIoU", "Test mIoU", "higher", 4),
     Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),

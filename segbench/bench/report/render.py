@@ -9,6 +9,7 @@ Nothing here computes a result: every number comes from the results table, every
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 from dataclasses import dataclass, field
@@ -43,11 +44,14 @@ class ReportInputs:
 
 
 def table_columns(table: list[dict], keys: list[str]) -> list[Column]:
-    """The columns of ``keys`` that at least one architecture has a number for."""
+    """The columns of ``keys`` that at least one architecture has a number for, each with the unit its
+    rows name where the data decides it (``Column.unit_key``)."""
     present = []
     for key in keys:
         if any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in table):
-            present.append(column(key))
+            col = column(key)
+            units = {r[col.unit_key] for r in table if col.unit_key and r.get(col.unit_key)}
+            present.append(dataclasses.replace(col, unit=units.pop()) if len(units) == 1 else col)
     return present
 
 
