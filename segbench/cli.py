@@ -12,12 +12,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("segbench.commands.models", "models"),
     "check": ("segbench.commands.check", "check"),
     "train": ("segbench.commands.train", "train"),
-    "eval": ("segbench.commands.train", "evaluate"),
-    "predict": ("segbench.commands.train", "predict"),
+    "eval": ("segbench.commands.eval", "evaluate"),
+    "predict": ("segbench.commands.predict", "predict"),
     "run": ("segbench.commands.run", "run"),
     "convert": ("segbench.commands.convert", "convert"),
     "speed": ("segbench.commands.speed", "speed"),
-    "export": ("segbench.commands.speed", "export"),
+    "export": ("segbench.commands.export", "export"),
 }
 
 

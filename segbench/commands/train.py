@@ -1,4 +1,4 @@
-"""`segbench train`, `segbench eval` and `segbench predict`: thin click wrappers over ``segbench.engine``.
+"""`segbench train`: a thin click wrapper over ``segbench.engine.train``; ``format_metrics`` also serves `eval`.
 
 User errors (bad config keys, bad data, unknown architectures, missing runs) print one line and
 exit with status 1; only bugs show a traceback.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["train", "evaluate", "predict", "format_metrics"]
+__all__ = ["train", "format_metrics"]
 
 
 def _user_errors():
@@ -155,39 +155,3 @@ def _interrupted(out_dir: Path) -> None:
     click.echo(f"\ninterrupted: {kept}; run the same command again to resume (add --overwrite to start over)",
                err=True)
     sys.exit(130)
-
-
-@click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val", show_default=True)
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Checkpoint to evaluate.")
-@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
-              help="Evaluate differently, e.g. --set eval.mode=slide --set eval.window=[256,256].")
-def evaluate(run_dir, split, which, overrides) -> None:
-    """Evaluate a trained run on a split (writes RUN_DIR/eval_<split>.json)."""
-    from segbench.engine import evaluate_run
-
-    with _user_errors():
-        metrics = evaluate_run(run_dir, split, which=which, overrides=overrides, progress=True)
-    click.echo(f"{split} ({which} checkpoint):\n" + format_metrics(metrics))
-
-
-@click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.argument("inputs", type=click.Path())
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="onnx runs RUN_DIR/model.onnx (written by `segbench export`) with ONNX Runtime.")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
-def predict(run_dir, inputs, out, engine, which) -> None:
-    """Predict masks for images (PNG/JPEG/TIFF/BMP) or NIfTI volumes in INPUTS (a file or folder) into OUT.
-
-    Writes STEM_mask.png (class ids, palette PNG) and STEM_overlay.png per image, and STEM_seg.nii.gz
-    (in the input's voxel grid, affine and header) plus an overlay of one slice per volume.
-    """
-    from segbench.engine.predict import predict_files
-
-    with _user_errors():
-        written = predict_files(run_dir, inputs, out, engine=engine, which=which)
-    click.echo(f"wrote {len(written)} files to {out}")
