@@ -1,4 +1,5 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop: ``_train`` reads top to bottom as its named steps (set up, start or resume, the
+loop, the final figures), its position in a ``TrainState``.
 
 ``train(cfg, run_dir)`` builds the data and model, then steps the optimiser for
 ``cfg.train.iterations`` iterations over deterministic shuffles of the training split, validating
@@ -48,7 +49,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segbench.config import Config, config_to_dict, to_yaml
-from segbench.data import load_data
+from segbench.data import SegmentationData, load_data
 from segbench.data.pipeline import check_batchable, split_record
 from segbench.engine import run_folder
 from segbench.engine.checkpoint import (
@@ -59,7 +60,14 @@ from segbench.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from segbench.engine.device import cuda_math, math_settings, resolve_channels_last, resolve_device, resolve_precision
+from segbench.engine.device import (
+    Precision,
+    cuda_math,
+    math_settings,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
 from segbench.engine.distributed import (
     DistInfo,
     broadcast_from_main,
@@ -74,12 +82,13 @@ from segbench.jsonio import json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
+from segbench.engine.train_state import LossWindow, RunLog, TrainState
 from segbench.engine.metrics import SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
 
-__all__ = ["train", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
+__all__ = ["train", "TrainState", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,26 +132,6 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
     return keys
 
 
-class _Log:
-    """Appends JSON lines to ``log.jsonl`` (rank 0 only); flushed per line so a kill loses nothing."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, **record) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(json_safe(record)) + "\n")
-
-    def offset(self) -> int:
-        return self.path.stat().st_size if self.enabled and self.path.exists() else 0
-
-    def truncate(self, offset: int) -> None:
-        if self.enabled and self.path.exists():
-            with open(self.path, "r+") as f:
-                f.truncate(offset)
-
-
 def _gather_rng(info: DistInfo) -> list[dict]:
     state = capture_rng_state()
     if not info.enabled:
@@ -179,54 +168,46 @@ def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: st
     return model if model is not None else build(None)
 
 
-class _LossWindow:
-    """The training loss between checks, kept on the device so that a step never waits for the GPU.
+@dataclasses.dataclass
+class _Run:
+    """Everything a training run set up, passed to its steps (``_train`` below)."""
 
-    Reading a loss (``.item()``) synchronises with the device every step, and the CPU can then never
-    queue the next step's kernels while the GPU computes. The window instead sums losses on the device
-    (in float64, so the sums equal Python's float sums of the same values and a resumed run logs what
-    an uninterrupted one does) and notes the first non-finite one. :meth:`check` reads it at the points
-    where a value is needed: log intervals, before every validation and checkpoint. A checkpoint is
-    therefore only ever written after the steps before it were checked finite.
-    """
+    cfg: Config
+    run_dir: Path
+    info: DistInfo
+    device: torch.device
+    precision: Precision
+    data: SegmentationData
+    data_info: DataInfo
+    model: nn.Module
+    recipe: str
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: TrainStep | None  # after _start (it wraps the data-parallel model)
+    memory_format: torch.memory_format
+    channels_last: bool
+    workers: int
+    log: RunLog
+    progress: bool
+    state: TrainState = dataclasses.field(default_factory=TrainState)
+    resumed_from: int | None = None
 
-    def __init__(self, device: torch.device, total: float = 0.0, count: int = 0):
-        self.device = device
-        self.total = torch.tensor(float(total), dtype=torch.float64, device=device)
-        self.count = count
-        self.bad_iteration = torch.tensor(-1, device=device)
-        self.bad_value = torch.tensor(0.0, dtype=torch.float64, device=device)
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
 
-    def add(self, loss: torch.Tensor, iteration: int) -> None:
-        loss = loss.to(torch.float64)
-        newly_bad = ~torch.isfinite(loss) & (self.bad_iteration < 0)
-        self.bad_iteration = torch.where(newly_bad, iteration, self.bad_iteration)
-        self.bad_value = torch.where(newly_bad, loss, self.bad_value)
-        self.total = self.total + loss
-        self.count += 1
-
-    def check(self, info: DistInfo) -> tuple[float, int | None, float]:
-        """(mean loss over every process, first non-finite iteration on any process or None, its loss)."""
-        figures = torch.stack([self.total, self.bad_iteration.to(torch.float64), self.bad_value])
-        if info.enabled:
-            gathered = [torch.empty_like(figures) for _ in range(info.world_size)]
-            torch.distributed.all_gather(gathered, figures)
-        else:
-            gathered = [figures]
-        values = [g.tolist() for g in gathered]
-        bad = [(int(it), value) for _, it, value in values if it >= 0]
-        mean = sum(total for total, _, _ in values) / (len(values) * max(self.count, 1))
-        first = min(bad) if bad else (None, math.nan)
-        return mean, first[0], first[1]
-
-    def state(self) -> list:
-        """As saved in a checkpoint (after a check, so finite)."""
-        return [float(self.total.item()), self.count]
+    def say(self, message: str) -> None:
+        if self.info.is_main and self.progress:
+            tqdm.write(message, file=sys.stderr)
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
+def train(
+    cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True, data: SegmentationData | None = None
+) -> dict:
     """Train ``cfg.model`` on ``cfg.data`` into ``run_dir``; returns the contents of ``metrics.json``.
 
+    ``data``: an already loaded dataset (``segbench.data.load_data`` or your own ``SegmentationData``);
+    None loads ``cfg.data``.
     ``resume``: continue from ``run_dir/last.pt`` when it exists (the configuration must match);
     False starts over, deleting only the files the folder's marker says a run wrote
     (``segbench.engine.run_folder``). A non-empty folder that holds no segbench run is refused
@@ -241,12 +222,42 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bo
     """
     run_dir = Path(run_dir)
     with cuda_math(deterministic=cfg.train.deterministic):
-        return _train(cfg, run_dir, resume, progress)
+        return _train(cfg, run_dir, resume, progress, data)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, data: SegmentationData | None) -> dict:
+    """The run, top to bottom: set up, start or resume, the loop, the final figures."""
     wall_start = time.perf_counter()
     info = init_distributed(cfg.train.device)
+    # Before anything is read: a folder that is not a segbench run is refused, never cleared.
+    resuming = run_folder.open_for_training(run_dir, resume=resume, is_main=info.is_main)
+    run = _setup(cfg, run_dir, info, progress, data, resuming)
+    finished = _resume(run) if resuming else _start(run)
+    if finished is not None:  # resumed a run that had already ended
+        return finished
+    _write_run_files(run)
+    _wrap(run)
+    _loop(run)
+    return _finish(run, wall_start)
+
+
+def _load(cfg: Config, info: DistInfo, data: SegmentationData | None, say) -> SegmentationData:
+    """The data (loaded from ``cfg.data`` unless given), with a train and a val split that fit a batch."""
+    if data is None:
+        data = load_data(cfg.data)
+    for notice in data.notices:
+        say(f"data: {notice}")
+    for split in ("train", "val"):
+        if split not in data.splits or len(data.splits[split]) == 0:
+            raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
+    if data.report is not None:
+        check_batchable(data, max(1, cfg.train.batch_size // info.world_size), cfg.data.augment.crop_size)
+    return data
+
+
+def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: SegmentationData | None,
+           resuming: bool) -> _Run:
+    """Data, model (with its pretrained weights unless resuming), the resolved recipe, optimiser and step."""
     device = resolve_device(cfg.train.device, info.local_rank)
     precision = resolve_precision(cfg.train.amp, device)
 
@@ -254,22 +265,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         if info.is_main and progress:
             tqdm.write(message, file=sys.stderr)
 
-    # Before anything is read: a folder that is not a segbench run is refused, never cleared.
-    resuming = run_folder.open_for_training(run_dir, resume=resume, is_main=info.is_main)
-
-    # ---- data -------------------------------------------------------------------------------
-    data = load_data(cfg.data)
-    for notice in data.notices:
-        say(f"data: {notice}")
-    for split in ("train", "val"):
-        if split not in data.splits or len(data.splits[split]) == 0:
-            raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
-    train_set, val_set = data.splits["train"], data.splits["val"]
-    if getattr(data, "report", None) is not None:
-        check_batchable(data, max(1, cfg.train.batch_size // info.world_size), cfg.data.augment.crop_size)
-    data_info = DataInfo.of(data)
-
-    # ---- model, optimiser, loss ---------------------------------------------------------------
+    data = _load(cfg, info, data, say)
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
     pretrained = cfg.model.pretrained
     if pretrained and resuming:
@@ -286,7 +282,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
         raise ValueError(f"train.best_metric={t.best_metric!r} is not a metric; valid: {', '.join(SCALAR_METRICS)}")
     if t.best_metric in SURFACE_METRICS and not cfg.eval.hd95:
         raise ValueError(f"train.best_metric={t.best_metric!r} is a surface-distance figure; it needs eval.hd95=true")
-    workers = loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     channels_last = resolve_channels_last(t.channels_last, recipe)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if info.enabled and device.type == "cuda":
@@ -294,203 +289,241 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> dict:
     elif info.enabled:
         say("data-parallel on CPU: BatchNorm statistics stay per process (PyTorch's SyncBatchNorm needs CUDA)")
     model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model, t, recipe)
-    scaler = grad_scaler(precision)
-    criterion = build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device)
-    aux_weight = float(getattr(model, "aux_weight", 0.0)) if t.aux_loss else 0.0
-    num_params = sum(p.numel() for p in model.parameters())
+    return _Run(
+        cfg=cfg, run_dir=run_dir, info=info, device=device, precision=precision, data=data, data_info=DataInfo.of(data),
+        model=model, recipe=recipe, optimizer=build_optimizer(model, t, recipe), scaler=grad_scaler(precision),
+        step=None, memory_format=memory_format, channels_last=channels_last,
+        workers=loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+        log=RunLog(run_dir / "log.jsonl", info.is_main), progress=progress,
+    )
 
-    # ---- start or resume --------------------------------------------------------------------
-    log = _Log(run_dir / "log.jsonl", info.is_main)
-    state = {"iteration": 0, "epoch": 0, "batch_in_epoch": 0, "train_time_s": 0.0, "images_seen": 0,
-             "data_time_s": 0.0, "val_time_s": 0.0, "val_metrics_time_s": 0.0,
-             "best": {"value": None, "iteration": None, "metrics": None}, "last_val": None, "log_window": [0.0, 0]}
-    resumed_from = None
-    last_path = run_dir / "last.pt"
-    if resuming:
-        checkpoint = load_checkpoint(last_path)  # on the CPU: its RNG states must stay there
-        differences = _config_differences(checkpoint["config"], config_to_dict(cfg))
-        if differences:
-            raise ConfigMismatch(
-                f"{run_dir} holds a run with another configuration ({'; '.join(differences)}). "
-                "Resume with the same configuration, use another output folder, or start over (--no-resume)."
-            )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        notice = load_scaler(scaler, checkpoint["scaler"], checkpoint.get("precision"), precision.name)
-        if notice:
-            say(f"warning: {notice}")
-        rng = checkpoint["rng"]
-        if len(rng) != info.world_size:
-            say(f"warning: the run was saved by {len(rng)} processes and resumes with {info.world_size}; "
+
+def _start(run: _Run) -> None:
+    """A new run (``open_for_training`` cleared the folder's previous run files)."""
+    torch.manual_seed(derive_seed(run.cfg.train.seed, 1, run.info.rank))  # dropout differs between ranks
+
+
+def _resume(run: _Run) -> dict | None:
+    """Restore weights, optimiser, scaler, RNG states and ``TrainState`` from ``last.pt``; the saved
+    metrics when that run had already ended."""
+    checkpoint = load_checkpoint(run.last_path)  # on the CPU: its RNG states must stay there
+    differences = _config_differences(checkpoint["config"], config_to_dict(run.cfg))
+    if differences:
+        raise ConfigMismatch(
+            f"{run.run_dir} holds a run with another configuration ({'; '.join(differences)}). "
+            "Resume with the same configuration, use another output folder, or start over (--no-resume)."
+        )
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    notice = load_scaler(run.scaler, checkpoint["scaler"], checkpoint.get("precision"), run.precision.name)
+    if notice:
+        run.say(f"warning: {notice}")
+    rng = checkpoint["rng"]
+    if len(rng) != run.info.world_size:
+        run.say(f"warning: the run was saved by {len(rng)} processes and resumes with {run.info.world_size}; "
                 "the rest of the run will not match an uninterrupted one exactly")
-        notice = restore_rng_state(rng[info.rank % len(rng)])
-        if notice:
-            say(f"warning: {notice}")
-        state = {key: checkpoint.get(key, state[key]) for key in state}  # .get: timings came later
-        resumed_from = state["iteration"]
-        log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
-        if resumed_from >= t.iterations and (run_dir / "metrics.json").is_file():
-            return json.loads((run_dir / "metrics.json").read_text())
-        say(f"resuming {run_dir} at iteration {resumed_from}")
-    else:  # open_for_training cleared the folder's previous run files
-        torch.manual_seed(derive_seed(t.seed, 1, info.rank))  # dropout differs between ranks
-    if info.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        write_json(data_info.to_dict(), run_dir / "data_info.json")  # for predict without a checkpoint
-        if resumed_from is None:  # the split the run trains on; eval compares the data with it
-            run_folder.write_split_record(run_dir, split_record(data))
+    notice = restore_rng_state(rng[run.info.rank % len(rng)])
+    if notice:
+        run.say(f"warning: {notice}")
+    run.state = TrainState.from_checkpoint(checkpoint)
+    run.resumed_from = run.state.iteration
+    run.log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
+    if run.resumed_from >= run.cfg.train.iterations and (run.run_dir / "metrics.json").is_file():
+        return json.loads((run.run_dir / "metrics.json").read_text())
+    run.say(f"resuming {run.run_dir} at iteration {run.resumed_from}")
+    return None
+
+
+def _write_run_files(run: _Run) -> None:
+    """``config.yaml``, ``data_info.json`` (what predict needs without a checkpoint) and, for a new run,
+    ``data_split.json`` (the split it trains on; eval compares the data with it)."""
+    if run.info.is_main:
+        (run.run_dir / "config.yaml").write_text(to_yaml(run.cfg))
+        write_json(run.data_info.to_dict(), run.run_dir / "data_info.json")
+        if run.resumed_from is None:
+            run_folder.write_split_record(run.run_dir, split_record(run.data))
+
+
+def _wrap(run: _Run) -> None:
+    """The training step, around the data-parallel model under torchrun; the log's start line."""
+    t, model = run.cfg.train, run.model
+    aux_weight = float(model.aux_weight) if t.aux_loss else 0.0
     train_model = model
-    if info.enabled:
+    if run.info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
             find_unused_parameters=has_idle_aux_head(model, aux_weight),
         )
-    step = TrainStep(train_model, optimizer, criterion, precision=precision, aux_weight=aux_weight,
-                     grad_clip=t.grad_clip, memory_format=memory_format, scaler=scaler)
-    log.write(event="start", iteration=state["iteration"], resumed=resumed_from is not None, arch=cfg.model.arch,
-              recipe=recipe, device=str(device), precision=precision.name, world_size=info.world_size,
-              channels_last=channels_last, num_params=num_params, time=time.time())
+    criterion = build_loss(t.loss, run.data.num_classes, run.data.ignore_index, t.class_weights).to(run.device)
+    run.step = TrainStep(train_model, run.optimizer, criterion, precision=run.precision, aux_weight=aux_weight,
+                         grad_clip=t.grad_clip, memory_format=run.memory_format, scaler=run.scaler)
+    run.log.write(event="start", iteration=run.state.iteration, resumed=run.resumed_from is not None,
+                  arch=run.cfg.model.arch, recipe=run.recipe, device=str(run.device), precision=run.precision.name,
+                  world_size=run.info.world_size, channels_last=run.channels_last, num_params=_num_params(model),
+                  time=time.time())
 
-    def out_of_memory(stage: str) -> str:
-        return out_of_memory_advice(stage, t.batch_size, info.world_size, cfg.data.augment.crop_size, cfg.data.resize,
-                                    cfg.eval.batch_size, device)
 
-    def save_last() -> None:
-        rng = _gather_rng(info)  # every rank takes part; rank 0 writes
-        if info.is_main:
-            save_checkpoint(
-                {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "precision": precision.name, "config": config_to_dict(cfg),
-                 "data_info": data_info.to_dict(), "rng": rng, "log_offset": log.offset(), **state},
-                last_path,
-            )
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
-    def validate(iteration: int) -> None:
-        # Every process evaluates its share of the cases with rank 0's weights: DDP keeps parameters equal,
-        # but BatchNorm running statistics stay per process on CPU (no SyncBatchNorm there).
-        broadcast_from_main(model.buffers(), info)
-        timings: dict[str, float] = {}
-        per_case: list[dict] = []
-        metrics = evaluate(model, val_set, data_info, cfg.eval, device, precision, memory_format=memory_format,
-                           num_workers=workers, progress=progress and info.is_main, desc="val",
-                           timings=timings, dist_info=info, per_case=per_case)
-        state["val_time_s"] += timings["eval_s"]
-        state["val_metrics_time_s"] += timings["metrics_s"]
-        improved = is_better(metrics[t.best_metric], state["best"]["value"], t.best_metric)
-        state["last_val"] = {"iteration": iteration, "metrics": metrics}
-        if improved:
-            state["best"] = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
-        if improved and info.is_main:
-            write_per_case_csv(run_dir / run_folder.per_case_file("val"), per_case)  # the best checkpoint's
-            save_checkpoint(
-                {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
-                 "data_info": data_info.to_dict(), "iteration": iteration, "metrics": metrics},
-                run_dir / "best.pt",
-            )
-        log.write(event="val", iteration=iteration, best=improved, **metrics)
-        best = state["best"]
-        best_value = math.nan if best["value"] is None else best["value"]
-        say(f"iter {iteration}: {t.best_metric} {metrics[t.best_metric]:.4f} (best {best_value:.4f} at {best['iteration']})")
 
-    # ---- the loop -----------------------------------------------------------------------------
-    bar = tqdm(total=t.iterations, initial=state["iteration"], desc=f"train {cfg.model.arch}", unit="it",
-               disable=not (progress and info.is_main), dynamic_ncols=True)
-    model.train()
+def _out_of_memory(run: _Run, stage: str) -> OutOfMemory:
+    cfg = run.cfg
+    return OutOfMemory(out_of_memory_advice(stage, cfg.train.batch_size, run.info.world_size, cfg.data.augment.crop_size,
+                                            cfg.data.resize, cfg.eval.batch_size, run.device))
+
+
+def _save_last(run: _Run) -> None:
+    """``last.pt``: everything needed to resume exactly (every rank takes part; rank 0 writes)."""
+    rng = _gather_rng(run.info)
+    if run.info.is_main:
+        save_checkpoint(
+            {"format": CHECKPOINT_FORMAT, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scaler": run.scaler.state_dict(), "precision": run.precision.name, "config": config_to_dict(run.cfg),
+             "data_info": run.data_info.to_dict(), "rng": rng, "log_offset": run.log.offset(),
+             **dataclasses.asdict(run.state)},
+            run.last_path,
+        )
+
+
+def _validate(run: _Run, iteration: int) -> None:
+    """Validate; on a new best, ``best.pt`` and its ``per_case_val.csv``."""
+    # Every process evaluates its share of the cases with rank 0's weights: DDP keeps parameters equal,
+    # but BatchNorm running statistics stay per process on CPU (no SyncBatchNorm there).
+    cfg, state, model = run.cfg, run.state, run.model
+    t = cfg.train
+    broadcast_from_main(model.buffers(), run.info)
+    timings: dict[str, float] = {}
+    per_case: list[dict] = []
+    metrics = evaluate(model, run.data.splits["val"], run.data_info, cfg.eval, run.device, run.precision,
+                       memory_format=run.memory_format, num_workers=run.workers, desc="val",
+                       progress=run.progress and run.info.is_main, timings=timings, dist_info=run.info,
+                       per_case=per_case)
+    state.val_time_s += timings["eval_s"]
+    state.val_metrics_time_s += timings["metrics_s"]
+    improved = is_better(metrics[t.best_metric], state.best["value"], t.best_metric)
+    state.last_val = {"iteration": iteration, "metrics": metrics}
+    if improved:
+        state.best = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
+    if improved and run.info.is_main:
+        write_per_case_csv(run.run_dir / run_folder.per_case_file("val"), per_case)  # the best checkpoint's
+        save_checkpoint(
+            {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
+             "data_info": run.data_info.to_dict(), "iteration": iteration, "metrics": metrics},
+            run.run_dir / "best.pt",
+        )
+    run.log.write(event="val", iteration=iteration, best=improved, **metrics)
+    best_value = math.nan if state.best["value"] is None else state.best["value"]
+    run.say(f"iter {iteration}: {t.best_metric} {metrics[t.best_metric]:.4f} "
+            f"(best {best_value:.4f} at {state.best['iteration']})")
+
+
+def _diverged(run: _Run, iteration: int, loss: float) -> TrainingDiverged:
+    t = run.cfg.train
+    lr = t.lr * lr_factor(iteration, t)
+    run.log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
+    kept = f"{run.run_dir} keeps the last good checkpoint" if run.last_path.is_file() else "no checkpoint was written before it"
+    return TrainingDiverged(f"the loss became {loss} at iteration {iteration} (lr {lr:.3g}); training stopped. "
+                            f"{kept}. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off.")
+
+
+def _loop(run: _Run) -> None:
+    """Step the optimiser up to ``train.iterations`` over one DataLoader for the rest of the run (its
+    workers start once), reading the loss only at log, validation and checkpoint points."""
+    t, state, info = run.cfg.train, run.state, run.info
+    train_set = run.data.splits["train"]
+    bar = tqdm(total=t.iterations, initial=state.iteration, desc=f"train {run.cfg.model.arch}", unit="it",
+               disable=not (run.progress and info.is_main), dynamic_ncols=True)
+    run.model.train()
     tick = time.perf_counter()
     batches_per_epoch = len(epoch_batches(len(train_set), t.batch_size, t.seed, 0, info))
-    if state["batch_in_epoch"] >= batches_per_epoch:  # saved at the end of an epoch
-        state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
-    # One loader for the rest of the run: its workers start once, not once per epoch.
-    sampler = RunBatchSampler(len(train_set), t.batch_size, t.seed, info, start_epoch=state["epoch"],
-                              start_batch=state["batch_in_epoch"])
-    loader = DataLoader(EpochKeyed(train_set), batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator(), prefetch_factor=4 if workers else None)
-    window = _LossWindow(device, *state["log_window"])
-    batches = iter(loader) if state["iteration"] < t.iterations else iter(())
-    for batch in batches:
-        if state["batch_in_epoch"] >= batches_per_epoch:
-            state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
-        state["data_time_s"] += time.perf_counter() - tick  # waiting for the input pipeline
-        iteration = state["iteration"]
-        lr = set_learning_rate(optimizer, iteration, t)
-        try:
-            window.add(step(batch["image"], batch["mask"]), iteration)
-        except torch.OutOfMemoryError as err:
-            bar.close()
-            raise OutOfMemory(out_of_memory("training")) from err
-        state["iteration"] = iteration = iteration + 1
-        state["batch_in_epoch"] += 1
-        state["images_seen"] += t.batch_size
-        logging = iteration % t.log_interval == 0 or iteration == t.iterations
-        validating = iteration % t.val_interval == 0 or iteration == t.iterations
-        saving = validating or iteration % t.checkpoint_interval == 0
-        if logging or saving:  # the only points where the device is waited for
-            mean_loss, bad_iteration, bad_loss = window.check(info)
-            if bad_iteration is not None:
-                bad_lr = t.lr * lr_factor(bad_iteration, t)
-                log.write(event="diverged", iteration=bad_iteration, loss=bad_loss, lr=bad_lr)
-                bar.close()
-                kept = (f"{run_dir} keeps the last good checkpoint" if last_path.is_file()
-                        else "no checkpoint was written before it")
-                raise TrainingDiverged(
-                    f"the loss became {bad_loss} at iteration {bad_iteration} (lr {bad_lr:.3g}); training stopped. "
-                    f"{kept}. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off."
-                )
-        state["train_time_s"] += time.perf_counter() - tick
-        bar.update(1)
-        if logging:
-            speed = state["images_seen"] / max(state["train_time_s"], 1e-9)
-            log.write(event="train", iteration=iteration, epoch=state["epoch"], loss=mean_loss, lr=lr,
-                      images_per_s=speed, train_time_s=state["train_time_s"])
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-            window = _LossWindow(device)
-        if validating:
+    if state.batch_in_epoch >= batches_per_epoch:  # saved at the end of an epoch
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    sampler = RunBatchSampler(len(train_set), t.batch_size, t.seed, info, start_epoch=state.epoch,
+                              start_batch=state.batch_in_epoch)
+    loader = DataLoader(EpochKeyed(train_set), batch_sampler=sampler, num_workers=run.workers,
+                        pin_memory=run.device.type == "cuda", generator=torch.Generator(),
+                        prefetch_factor=4 if run.workers else None)
+    window = LossWindow(run.device, *state.log_window)
+    batches = iter(loader) if state.iteration < t.iterations else iter(())
+    try:
+        for batch in batches:
+            if state.batch_in_epoch >= batches_per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            state.data_time_s += time.perf_counter() - tick  # waiting for the input pipeline
+            iteration = state.iteration
+            lr = set_learning_rate(run.optimizer, iteration, t)
             try:
-                validate(iteration)
+                window.add(run.step(batch["image"], batch["mask"]), iteration)
             except torch.OutOfMemoryError as err:
-                bar.close()
-                raise OutOfMemory(out_of_memory("validation")) from err
-        if saving:
-            state["log_window"] = window.state()
-            save_last()
-        tick = time.perf_counter()
-        if iteration >= t.iterations:
-            break
-    bar.close()
+                raise _out_of_memory(run, "training") from err
+            state.iteration = iteration = iteration + 1
+            state.batch_in_epoch += 1
+            state.images_seen += t.batch_size
+            logging = iteration % t.log_interval == 0 or iteration == t.iterations
+            validating = iteration % t.val_interval == 0 or iteration == t.iterations
+            saving = validating or iteration % t.checkpoint_interval == 0
+            if logging or saving:  # the only points where the device is waited for
+                mean_loss, bad_iteration, bad_loss = window.check(info)
+                if bad_iteration is not None:
+                    raise _diverged(run, bad_iteration, bad_loss)
+            state.train_time_s += time.perf_counter() - tick
+            bar.update(1)
+            if logging:
+                speed = state.images_seen / max(state.train_time_s, 1e-9)
+                run.log.write(event="train", iteration=iteration, epoch=state.epoch, loss=mean_loss, lr=lr,
+                              images_per_s=speed, train_time_s=state.train_time_s)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                window = LossWindow(run.device)
+            if validating:
+                try:
+                    _validate(run, iteration)
+                except torch.OutOfMemoryError as err:
+                    raise _out_of_memory(run, "validation") from err
+            if saving:
+                state.log_window = window.state()
+                _save_last(run)
+            tick = time.perf_counter()
+            if iteration >= t.iterations:
+                break
+    finally:
+        bar.close()
 
-    # ---- final figures ------------------------------------------------------------------------
-    best = state["best"]
+
+def _finish(run: _Run, wall_start: float) -> dict:
+    """The best checkpoint on the test split (when there is one), then ``metrics.json``."""
+    cfg, state, info, model = run.cfg, run.state, run.info, run.model
+    t, best = cfg.train, state.best
     test_metrics = None
-    if "test" in data.splits and len(data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
+    if "test" in run.data.splits and len(run.data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
         if info.is_main:
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+            model.load_state_dict(load_checkpoint(run.run_dir / "best.pt")["model"])
         broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
-        per_case = []
-        test_metrics = evaluate(model, data.splits["test"], data_info, cfg.eval, device, precision,
-                                memory_format=memory_format, num_workers=workers, per_case=per_case,
-                                progress=progress and info.is_main, desc="test", dist_info=info)
+        per_case: list[dict] = []
+        test_metrics = evaluate(model, run.data.splits["test"], run.data_info, cfg.eval, run.device, run.precision,
+                                memory_format=run.memory_format, num_workers=run.workers, per_case=per_case,
+                                progress=run.progress and info.is_main, desc="test", dist_info=info)
         if info.is_main:
-            write_per_case_csv(run_dir / run_folder.per_case_file("test"), per_case)
+            write_per_case_csv(run.run_dir / run_folder.per_case_file("test"), per_case)
     result = {}
     if info.is_main:
         result = {
-            "arch": cfg.model.arch, "recipe": recipe, "data": data.name, "iterations": t.iterations,
-            "world_size": info.world_size, "device": str(device), "precision": precision.name,
-            "math": math_settings(device), "channels_last": channels_last, "num_params": num_params,
+            "arch": cfg.model.arch, "recipe": run.recipe, "data": run.data.name, "iterations": t.iterations,
+            "world_size": info.world_size, "device": str(run.device), "precision": run.precision.name,
+            "math": math_settings(run.device), "channels_last": run.channels_last, "num_params": _num_params(model),
             "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],
-            "val": best["metrics"], "last_val": state["last_val"]["metrics"],
-            "train_time_s": state["train_time_s"],
-            "train_images_per_s": state["images_seen"] / max(state["train_time_s"], 1e-9),
-            "data_time_s": state["data_time_s"],
-            "val_time_s": state["val_time_s"], "val_metrics_time_s": state["val_metrics_time_s"],
-            "wall_time_s": time.perf_counter() - wall_start, "resumed_from": resumed_from,
+            "val": best["metrics"], "last_val": state.last_val["metrics"],
+            "train_time_s": state.train_time_s,
+            "train_images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
+            "data_time_s": state.data_time_s,
+            "val_time_s": state.val_time_s, "val_metrics_time_s": state.val_metrics_time_s,
+            "wall_time_s": time.perf_counter() - wall_start, "resumed_from": run.resumed_from,
         }
         if test_metrics is not None:
             result["test"] = test_metrics
-        write_json(result, run_dir / "metrics.json")
-        log.write(event="end", iteration=state["iteration"], best_value=best["value"],
-                  best_iteration=best["iteration"], train_time_s=state["train_time_s"])
+        write_json(result, run.run_dir / "metrics.json")
+        run.log.write(event="end", iteration=state.iteration, best_value=best["value"],
+                      best_iteration=best["iteration"], train_time_s=state.train_time_s)
     if info.enabled:
         shared = [result]
         dist.broadcast_object_list(shared, src=0)

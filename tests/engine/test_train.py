@@ -208,3 +208,19 @@ def test_instance_family_overrides_registry_family(tiny_env, tmp_path):
     train(cfg, tmp_path, progress=False)
     saved = load_config(tmp_path / "config.yaml")
     assert (saved.train.optimizer, saved.train.lr, saved.train.head_lr_mult) == ("sgd", 0.01, 1.0)
+
+
+def test_train_takes_an_already_loaded_dataset(tiny_env, tmp_path, monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("segbench.engine.train")  # the package's attribute is the function
+
+    def no_loading(cfg):
+        raise AssertionError("train(data=...) must not load cfg.data")
+
+    monkeypatch.setattr(train_module, "load_data", no_loading)
+    given = train(tiny_config(), tmp_path / "given", progress=False, data=tiny_env.tiny_data())
+    monkeypatch.setattr(train_module, "load_data", lambda cfg: tiny_env.tiny_data())
+    loaded = train(tiny_config(), tmp_path / "loaded", progress=False)
+    assert given["val"] == loaded["val"] and given["best_iteration"] == loaded["best_iteration"]
+    assert_same_weights(final_state(tmp_path / "given"), final_state(tmp_path / "loaded"))

@@ -1,0 +1,103 @@
+"""What a training run keeps track of as it goes: its position (``TrainState``, saved in ``last.pt``),
+its ``log.jsonl`` writer, and the loss between checks (kept on the device)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from segbench.engine.distributed import DistInfo
+from segbench.jsonio import json_safe
+
+__all__ = ["TrainState", "RunLog", "LossWindow"]
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a run is: saved in ``last.pt`` (as its fields, next to the weights) and restored on resume."""
+
+    iteration: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_time_s: float = 0.0  # in training steps, data loading included, summed over resumptions
+    images_seen: int = 0
+    data_time_s: float = 0.0  # of train_time_s, waiting for the input pipeline
+    val_time_s: float = 0.0
+    val_metrics_time_s: float = 0.0
+    best: dict = dataclasses.field(default_factory=lambda: {"value": None, "iteration": None, "metrics": None})
+    last_val: dict | None = None  # {"iteration", "metrics"} of the latest validation
+    log_window: list = dataclasses.field(default_factory=lambda: [0.0, 0])  # LossWindow.state() at the save
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> TrainState:
+        fresh = dataclasses.asdict(cls())
+        return cls(**{key: checkpoint.get(key, fresh[key]) for key in fresh})  # .get: timings came later
+
+
+class RunLog:
+    """Appends JSON lines to ``log.jsonl`` (rank 0 only); flushed per line so a kill loses nothing."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(json_safe(record)) + "\n")
+
+    def offset(self) -> int:
+        return self.path.stat().st_size if self.enabled and self.path.exists() else 0
+
+    def truncate(self, offset: int) -> None:
+        if self.enabled and self.path.exists():
+            with open(self.path, "r+") as f:
+                f.truncate(offset)
+
+
+class LossWindow:
+    """The training loss between checks, kept on the device so that a step never waits for the GPU.
+
+    Reading a loss (``.item()``) synchronises with the device every step, and the CPU can then never
+    queue the next step's kernels while the GPU computes. The window instead sums losses on the device
+    (in float64, so the sums equal Python's float sums of the same values and a resumed run logs what
+    an uninterrupted one does) and notes the first non-finite one. :meth:`check` reads it at the points
+    where a value is needed: log intervals, before every validation and checkpoint. A checkpoint is
+    therefore only ever written after the steps before it were checked finite.
+    """
+
+    def __init__(self, device: torch.device, total: float = 0.0, count: int = 0):
+        self.device = device
+        self.total = torch.tensor(float(total), dtype=torch.float64, device=device)
+        self.count = count
+        self.bad_iteration = torch.tensor(-1, device=device)
+        self.bad_value = torch.tensor(0.0, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, iteration: int) -> None:
+        loss = loss.to(torch.float64)
+        newly_bad = ~torch.isfinite(loss) & (self.bad_iteration < 0)
+        self.bad_iteration = torch.where(newly_bad, iteration, self.bad_iteration)
+        self.bad_value = torch.where(newly_bad, loss, self.bad_value)
+        self.total = self.total + loss
+        self.count += 1
+
+    def check(self, info: DistInfo) -> tuple[float, int | None, float]:
+        """(mean loss over every process, first non-finite iteration on any process or None, its loss)."""
+        figures = torch.stack([self.total, self.bad_iteration.to(torch.float64), self.bad_value])
+        if info.enabled:
+            gathered = [torch.empty_like(figures) for _ in range(info.world_size)]
+            torch.distributed.all_gather(gathered, figures)
+        else:
+            gathered = [figures]
+        values = [g.tolist() for g in gathered]
+        bad = [(int(it), value) for _, it, value in values if it >= 0]
+        mean = sum(total for total, _, _ in values) / (len(values) * max(self.count, 1))
+        first = min(bad) if bad else (None, math.nan)
+        return mean, first[0], first[1]
+
+    def state(self) -> list:
+        """As saved in a checkpoint (after a check, so finite)."""
+        return [float(self.total.item()), self.count]
