@@ -8,24 +8,14 @@ from PIL import Image
 
 from segbench.cli import main
 
-TINY_SETTINGS = ["--set", "train.iterations=40", "--set", "train.val_interval=20", "--set", "train.lr=0.05",
-                 "--set", "train.batch_size=4", "--set", "train.device=cpu", "--set", "eval.test_at_end=false"]
-
 
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, request):
-    tiny = request.getfixturevalue("tiny_module")
-    out = tmp_path_factory.mktemp("cli") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        tiny.install(mp)
-        result = _invoke("train", "--arch", "tiny", "--out", out, "--quiet", *TINY_SETTINGS)
-    assert result.exit_code == 0, result.output
-    assert "tiny on tiny: best mDice_fg" in result.output and "square" in result.output
-    return out
+@pytest.fixture
+def run_dir(tiny_cli_run):
+    return tiny_cli_run
 
 
 def test_eval_prints_table_and_writes_json(run_dir, tiny_env):

@@ -31,15 +31,9 @@ def _one_line(result, *needles):
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, request):
-    tiny = request.getfixturevalue("tiny_module")
-    out = tmp_path_factory.mktemp("errors") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        tiny.install(mp)
-        result = _invoke("train", "--out", out, *TINY)
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def trained(tiny_cli_run):
+    return tiny_cli_run
 
 
 def _damage(path, how):
