@@ -16,7 +16,6 @@ spec = importlib.util.spec_from_file_location("segbench_engine_tiny", Path(__fil
 tiny = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tiny)
 
-import segbench.data  # noqa: E402
 from segbench.config import load_config  # noqa: E402
 from segbench.models.registry import ARCHITECTURES, list_models  # noqa: E402
 
