@@ -3,7 +3,6 @@ review (``OUT/report/index.html``). The work is in ``segbench.bench``; this file
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 import time
@@ -26,8 +25,10 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
     from pathlib import Path
 
     ours = {run.run_dir.name for run in plan}
-    others = [p.name for p in Path(out).glob("*-s*-*") if p.is_dir() and re.fullmatch(r".+-s\d+-[0-9a-f]{10}", p.name)
-              and p.name not in ours]
+    from segbench.bench.protocol.record import is_sweep_run
+
+    others = [p.name for p in sorted(Path(out).iterdir()) if p.is_dir() and is_sweep_run(p) and p.name not in ours] \
+        if Path(out).is_dir() else []
     if others:
         click.echo(f"note: {out} also holds {len(others)} run folder(s) of other settings (e.g. {others[0]}); "
                    "they are not part of this report", err=True)

@@ -109,3 +109,19 @@ def test_findings_seed_noise_and_failures():
     assert overall[0] == "Best Val Dice: unet (0.8500)."
     assert "Pareto front, Val Dice vs FLOPs: segformer -> unet." in overall
     assert overall[-1] == "Failed: pspnet (see their rows)."
+
+
+def test_other_sweep_runs_in_out_are_mentioned_and_nothing_else(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from segbench.bench.protocol.record import SPEC_FILE
+    from segbench.commands.run import _mention_other_runs
+
+    for name in ("unet-s0-0123456789", "pspnet-s0-abcdefabcd", "my-notes-s1-x"):
+        (tmp_path / name).mkdir()
+    for name in ("unet-s0-0123456789", "pspnet-s0-abcdefabcd"):
+        (tmp_path / name / SPEC_FILE).write_text("{}")
+    plan = [SimpleNamespace(run_dir=tmp_path / "unet-s0-0123456789", finished=True)]
+    _mention_other_runs(plan, str(tmp_path), report_only=False)
+    err = capsys.readouterr().err
+    assert "1 run folder(s) of other settings (e.g. pspnet-s0-abcdefabcd)" in err and "my-notes" not in err

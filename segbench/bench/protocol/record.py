@@ -21,7 +21,8 @@ from typing import Any, Union
 
 from segbench.jsonio import write_json
 
-__all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "RUN_FILES", "WorkerResult", "RunRecord", "class_key", "figures_of"]
+__all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "RUN_FILES", "is_sweep_run", "WorkerResult", "RunRecord", "class_key",
+           "figures_of"]
 
 SPEC_FILE = "sweep_run.json"  # what the sweep asks the worker to run
 RESULT_FILE = "bench.json"  # the worker's WorkerResult
@@ -29,6 +30,11 @@ PREVIEW_FILE = "preview.npz"  # a few validation images with truth and predictio
 RUN_FILES = (SPEC_FILE, RESULT_FILE, PREVIEW_FILE)
 
 Scalar = Union[str, int, float, bool, None]
+
+
+def is_sweep_run(folder: str | Path) -> bool:
+    """Whether ``folder`` is a run of a review sweep (the sweep wrote its spec there)."""
+    return (Path(folder) / SPEC_FILE).is_file()
 
 
 def class_key(split: str, metric: str, class_name: str) -> str:
