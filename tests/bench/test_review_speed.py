@@ -7,7 +7,9 @@ import pytest
 
 from segbench.bench.protocol import review_speed
 from segbench.bench.protocol.profiles import get_profile
-from segbench.bench.protocol.review_speed import SPEED_HEADER, measure_review_speed, review_speed_settings, speed_rows
+from segbench.bench.protocol.review_speed import measure_review_speed, review_speed_settings, speed_rows
+from segbench.bench.report.columns import SPEED_COLUMNS
+from segbench.bench.report.render import ReportInputs, write_markdown
 from segbench.bench.protocol.sweep import plan_sweep
 
 DATA = {"name": "brain-mri", "num_classes": 4, "in_channels": 1}
@@ -26,17 +28,29 @@ def _figures(arch: str, *, peer: bool) -> dict:
     return result
 
 
-def test_speed_rows_format_known_figures():
+def test_speed_rows_carry_known_figures_under_the_columns_keys(tmp_path):
     speed = {"archs": {"segformer": _figures("segformer", peer=True), "unet": _figures("unet", peer=False),
                        "pspnet": {"arch": "pspnet", "error": "RuntimeError: out of memory"}}}
     pipeline = {"segformer": {"train_time_s": 20.0, "data_time_s": 1.0, "val_time_s": 4.0, "val_metrics_time_s": 0.1}}
     rows = speed_rows(speed, pipeline)
-    assert all(len(row) == len(SPEED_HEADER) for row in rows)
-    # Precision, median ± half the IQR, noisy marked, a share above 100% starred.
-    assert rows[0] == ["segformer", "transformers Peer", "bf16", "500.0 ±2%", "125.0 ±4% noisy", "100.0 (50%)",
-                       "250.0 (125%*)", "0.80", "1.25", "5.0%", "2.5%"]
-    assert rows[1][1] == "none installable" and rows[1][7:] == ["–", "–", "–", "–"]  # no peer, no run timings
-    assert rows[2][3] == "failed: RuntimeError: out of memory"
+    segformer, unet, pspnet = rows
+    assert {c.key for c in SPEED_COLUMNS} <= set(segformer)  # every column has its key in a measured row
+    assert segformer["peer"] == "transformers Peer" and segformer["precision"] == "bf16"
+    assert (segformer["train_ms"], segformer["train_q1_ms"], segformer["train_q3_ms"]) == pytest.approx((500, 490, 510))
+    assert segformer["infer_noisy"] is True and segformer["train_noisy"] is False
+    assert (segformer["train_gflops_per_s"], segformer["infer_matmul_pct"]) == pytest.approx((100.0, 125.0))
+    assert (segformer["train_ratio"], segformer["infer_ratio"]) == (0.8, 1.25)
+    assert (segformer["data_wait_pct"], segformer["metrics_pct"]) == pytest.approx((5.0, 2.5))
+    assert unet["peer"] == "none installable" and unet["train_ratio"] is None and unet["data_wait_pct"] is None
+    assert pspnet["error"] == "RuntimeError: out of memory"
+    # Rendered through the columns, as the comparison table is: median [IQR], noisy marked.
+    inputs = ReportInputs(title="t", command="c", profile={}, machine={}, data={}, table=[], accuracy_key="val_dice_fg_per_case",
+                          class_keys=[], class_names=[], figures={}, architectures={}, findings={}, overall=[],
+                          speed={"intro": "i", "rows": rows, "notes": []})
+    text = write_markdown(inputs, tmp_path / "r.md", []).read_text()
+    line = next(line for line in text.splitlines() if line.startswith("| segformer"))
+    assert "| 500.0 [490.0–510.0] |" in line and "| 125.0 [120.0–130.0] noisy |" in line and "| 0.80 |" in line
+    assert "| pspnet | failed: RuntimeError: out of memory |" in text
 
 
 def test_table_throughput_is_the_sections_inference_measurement():

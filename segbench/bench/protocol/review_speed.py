@@ -24,11 +24,11 @@ from typing import Callable
 
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.record import WorkerResult
-from segbench.bench.measure.speed import OVER_100_NOTE, SpeedSettings, benchmark_arch, format_rate, format_time
+from segbench.bench.measure.speed import OVER_100_NOTE, SpeedSettings, benchmark_arch
 from segbench.bench.measure.timing import NOISY_ABOVE
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 
-__all__ = ["SPEED_FILE", "SPEED_HEADER", "review_speed_settings", "measure_review_speed", "read_review_speed",
+__all__ = ["SPEED_FILE", "review_speed_settings", "measure_review_speed", "read_review_speed",
            "speed_rows", "speed_section", "throughput_figures", "drift_note", "data_facts"]
 
 SPEED_FILE = "speed.json"
@@ -112,42 +112,38 @@ def measure_review_speed(
     return results
 
 
-SPEED_HEADER = ["Architecture", "Peer", "Precision", "Train step ms", "Inference ms", "Train GFLOP/s (% matmul)",
-                "Inference GFLOP/s (% matmul)", "Train ratio", "Inference ratio", "Data wait", "Metrics"]
-
-
-def _share(part: float | None, whole: float | None) -> str:
+def _percent(part: float | None, whole: float | None) -> float | None:
     if not isinstance(part, (int, float)) or not isinstance(whole, (int, float)) or whole <= 0:
-        return "–"
-    return f"{part / whole:.1%}"
+        return None
+    return 100.0 * part / whole
 
 
-def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[list[str]]:
-    """The report's speed table, one row per architecture (cells as text, ``SPEED_HEADER`` order).
-    ``pipeline``: arch -> a run's timings (``train_time_s``, ``data_time_s``, ``val_time_s``,
-    ``val_metrics_time_s``, as in its results row)."""
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1e3
+
+
+def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[dict]:
+    """The report's speed table, one flat row per architecture, keyed as ``SPEED_COLUMNS``
+    (``segbench.bench.report.columns``); a failed measurement's row has ``error``. ``pipeline``: arch
+    -> a run's timings (``train_time_s``, ``data_time_s``, ``val_time_s``, ``val_metrics_time_s``)."""
     rows = []
     for arch, result in ((speed or {}).get("archs") or {}).items():
         timing = pipeline.get(arch, {})
-        shares = [_share(timing.get("data_time_s"), timing.get("train_time_s")),
-                  _share(timing.get("val_metrics_time_s"), timing.get("val_time_s"))]
+        row: dict = {"arch": arch, "data_wait_pct": _percent(timing.get("data_time_s"), timing.get("train_time_s")),
+                     "metrics_pct": _percent(timing.get("val_metrics_time_s"), timing.get("val_time_s"))}
         if "error" in result:
-            rows.append([arch, "–", "–", f"failed: {result['error']}"[:200], *["–"] * 5, *shares])
+            rows.append({**row, "error": result["error"]})
             continue
-        ours = result["impls"]["segbench"]
-        ratio = result.get("ratio", {})
-        rows.append([
-            arch,
-            result.get("peer_name", "none installable"),
-            ours.get("precision", "fp32"),
-            format_time(ours, "train"),
-            format_time(ours, "infer"),
-            format_rate(ours.get("train_flops_per_s"), ours.get("train_matmul_fraction")),
-            format_rate(ours.get("infer_flops_per_s"), ours.get("infer_matmul_fraction")),
-            f"{ratio['train']:.2f}" if "train" in ratio else "–",
-            f"{ratio['infer']:.2f}" if "infer" in ratio else "–",
-            *shares,
-        ])
+        ours, ratio = result["impls"]["segbench"], result.get("ratio", {})
+        row.update(peer=result.get("peer_name", "none installable"), precision=ours.get("precision", "fp32"),
+                   train_ratio=ratio.get("train"), infer_ratio=ratio.get("infer"))
+        for kind in ("train", "infer"):
+            row.update({f"{kind}_ms": _ms(ours.get(f"{kind}_s")), f"{kind}_q1_ms": _ms(ours.get(f"{kind}_q1_s")),
+                        f"{kind}_q3_ms": _ms(ours.get(f"{kind}_q3_s")), f"{kind}_noisy": bool(ours.get(f"{kind}_noisy"))})
+            rate, share = ours.get(f"{kind}_flops_per_s"), ours.get(f"{kind}_matmul_fraction")
+            row[f"{kind}_gflops_per_s"] = None if rate is None else rate / 1e9
+            row[f"{kind}_matmul_pct"] = None if share is None else 100.0 * share
+        rows.append(row)
     return rows
 
 
@@ -178,11 +174,11 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
     notes = [
         "Ratio = segbench time / peer time at the same architecture and size (below 1: segbench is faster); "
         "peers are the Hugging Face transformers implementations where one exists and imports here.",
-        "Times: median ms ± half the interquartile range as a share of the median; 'noisy' marks a figure whose "
+        "Times: median ms [interquartile range]; 'noisy' marks a figure whose "
         f"range stayed above {NOISY_ABOVE:.0%} of its median after re-measuring (the machine was busy).",
         "GFLOP/s counts convolutions and matmuls (FlopCounterMode, 2 per multiply-add; forward + backward for a "
         "training step); % matmul is that over the rate of a matmul in the same precision, timed in the same "
-        f"rounds. * marks a share above 100%: {OVER_100_NOTE}.",
+        f"rounds. A share above 100%: {OVER_100_NOTE}.",
         "Data wait: share of the training run's step time spent waiting for the input pipeline (loading, "
         "augmentation, collation). Metrics: share of its validation time spent in the metric computation. "
         "Both measured in the training run above, not here.",
@@ -190,7 +186,7 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
     notes += [note for note in [drift_note(speed)] if note]
     for arch, result in speed["archs"].items():
         notes += [f"{arch}: {note}" for note in result.get("notes", [])]
-    return {"intro": intro, "header": SPEED_HEADER, "rows": speed_rows(speed, pipeline), "notes": notes}
+    return {"intro": intro, "rows": speed_rows(speed, pipeline), "notes": notes}
 
 
 def throughput_figures(speed: dict | None) -> dict[str, dict]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Column", "COLUMNS", "ACCURACY_KEY", "column"]
+__all__ = ["Column", "COLUMNS", "SPEED_COLUMNS", "ACCURACY_KEY", "column"]
 
 # The score the review ranks by: mean foreground Dice per case on the validation split.
 ACCURACY_KEY = "val_dice_fg_per_case"
@@ -65,6 +65,24 @@ COLUMNS: tuple[Column, ...] = (
     Column("best_iteration", "Best iter", "", 0, "", "iteration of the best validation score"),
 )
 _BY_KEY = {c.key: c for c in COLUMNS}
+
+# The Speed section's table, one row per architecture (``segbench.bench.protocol.review_speed.speed_rows``).
+SPEED_COLUMNS: tuple[Column, ...] = (
+    Column("peer", "Peer", "", help="the peer implementation timed side by side with segbench's"),
+    Column("precision", "Precision", "", help="the precision the architecture trained in, timed in the same"),
+    Column("train_ms", "Train step", "lower", 1, "ms", "median training step: forward, the run's loss, backward, "
+           "optimiser [interquartile range]", spread=("train_q1_ms", "train_q3_ms"), noisy="train_noisy"),
+    Column("infer_ms", "Inference", "lower", 1, "ms", "median eval-mode forward pass at the batch [interquartile range]",
+           spread=("infer_q1_ms", "infer_q3_ms"), noisy="infer_noisy"),
+    Column("train_gflops_per_s", "Train GFLOP/s", "higher", 1, help="convolution and matmul FLOPs (forward + backward) per second"),
+    Column("train_matmul_pct", "Train % matmul", "higher", 0, "%", "that rate as a share of a same-precision matmul's"),
+    Column("infer_gflops_per_s", "Inference GFLOP/s", "higher", 1, help="convolution and matmul FLOPs per second"),
+    Column("infer_matmul_pct", "Inference % matmul", "higher", 0, "%", "that rate as a share of a same-precision matmul's"),
+    Column("train_ratio", "Train ratio", "lower", 2, "", "segbench's training step time / the peer's (below 1: faster)"),
+    Column("infer_ratio", "Inference ratio", "lower", 2, "", "segbench's inference time / the peer's (below 1: faster)"),
+    Column("data_wait_pct", "Data wait", "lower", 1, "%", "share of the training run's step time spent waiting for data"),
+    Column("metrics_pct", "Metrics", "lower", 1, "%", "share of the run's validation time spent computing metrics"),
+)
 
 
 def column(key: str) -> Column:

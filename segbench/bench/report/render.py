@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segbench.bench.report.columns import Column, column
+from segbench.bench.report.columns import SPEED_COLUMNS, Column, column
 from segbench.bench.report.results import format_value
 
 __all__ = ["ReportInputs", "table_columns", "write_html", "write_markdown", "JS_MARKER", "JS_ERRORS"]
@@ -40,7 +40,7 @@ class ReportInputs:
     findings: dict[str, list[str]]
     overall: list[str]
     notes: list[str] = field(default_factory=list)  # how things were measured
-    speed: dict = field(default_factory=dict)  # intro, header, rows (text cells), notes; empty: not measured
+    speed: dict = field(default_factory=dict)  # intro, rows (keyed as SPEED_COLUMNS), notes; empty: not measured
 
 
 def table_columns(table: list[dict], keys: list[str]) -> list[Column]:
@@ -228,16 +228,26 @@ def _arch_section(inputs: ReportInputs, row: dict, columns: list[Column]) -> str
     )
 
 
+TEXT_CELL = ' class="text"'  # words (a peer's name) left-aligned, numbers right-aligned
+
+
 def _speed_html(speed: dict) -> str:
     if not speed:
         return ""
-    text = ' class="text"'  # the peer's name: left-aligned like the other words
-    head = "".join(f'<th class="nosort{" text" if i == 1 else ""}">{_e(h)}</th>' for i, h in enumerate(speed["header"]))
-    body = "".join("<tr>" + "".join(f"<td{text if i == 1 else ''}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>"
-                   for row in speed["rows"])
+    head = '<th class="nosort">Architecture</th>' + "".join(
+        f'<th class="nosort{" text" if c.key == "peer" else ""}" title="{_e(_tooltip(c))}">{_e(_header(c))}</th>'
+        for c in SPEED_COLUMNS)
+    body = []
+    for row in speed["rows"]:
+        cells = [f"<td>{_e(row['arch'])}</td>"]
+        if row.get("error"):
+            cells.append(f'<td class="error text" colspan="{len(SPEED_COLUMNS)}">failed: {_e(row["error"])}</td>')
+        else:
+            cells += [f"<td{TEXT_CELL if c.key == 'peer' else ''}>{_cell_html(row, c)}</td>" for c in SPEED_COLUMNS]
+        body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f"<li>{_e(n)}</li>" for n in speed["notes"])
     return (f'<h2 id="speed">Speed</h2><p>{_e(speed["intro"])}</p><div class="scroll"><table id="speed-table">'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div><ul class=\"muted\">{notes}</ul>")
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div><ul class=\"muted\">{notes}</ul>")
 
 
 def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) -> Path:
@@ -303,9 +313,12 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
     lines += ["", "Bold: best in the column. Mean over seeds (± sample std when several).", ""]
     if inputs.speed:
         lines += ["## Speed", "", _md(inputs.speed["intro"]), ""]
-        lines.append("| " + " | ".join(inputs.speed["header"]) + " |")
-        lines.append("|---|---|" + "---:|" * (len(inputs.speed["header"]) - 2))
-        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in inputs.speed["rows"]]
+        lines.append("| Architecture | " + " | ".join(_header(c) for c in SPEED_COLUMNS) + " |")
+        lines.append("|---|---|" + "---:|" * (len(SPEED_COLUMNS) - 1))
+        for row in inputs.speed["rows"]:
+            cells = [f"failed: {row['error']}"] + [""] * (len(SPEED_COLUMNS) - 1) if row.get("error") else \
+                [_cell(row, c) for c in SPEED_COLUMNS]
+            lines.append("| " + " | ".join(_md(c) for c in [row["arch"], *cells]) + " |")
         lines += [""] + [f"- {_md(n)}" for n in inputs.speed["notes"]] + [""]
     lines += ["## Figures", ""]
     lines += [f"![{title}]({Path(p).name})" for title, p in inputs.figures.items()] + [""]
