@@ -273,8 +273,8 @@ def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[
         torch.manual_seed(0)
         results["archs"][arch] = benchmark_arch(arch, settings, progress=progress)
     rates = [r["matmul_flops_per_s"] for r in results["archs"].values()]
-    with cuda_math():  # the settings every benchmark_arch ran under (None on the CPU)
-        results["math"] = math_settings(device)
+    # The settings every benchmark_arch ran under, as it recorded them (None on the CPU).
+    results["math"] = next((r["math"] for r in results["archs"].values()), None)
     precision = resolve_precision(settings.amp, device)
     results["precision"] = precision.name
     results["matmul_flops_per_s"] = (statistics.median(rates) if rates
