@@ -30,7 +30,7 @@ Geometry and intensities: images keep their native size unless ``resize=(H, W)``
 2D image and every volume slice when cached; masks by nearest neighbour); batches of mixed sizes can
 use ``segbench.data.dataset.pad_collate``. 2D images are normalised per channel with ImageNet
 statistics (8-bit RGB) or the train split's mean/std (anything else); see ``DataConfig.normalize``.
-``segbench.data.inference`` prepares new inputs for ``segbench predict`` the same way.
+``segbench.data.prepare`` prepares new inputs for ``segbench predict`` the same way.
 
 Checks run by ``load_data`` and ``segbench check``: missing masks, unreadable/truncated files,
 image/mask size mismatches, label values outside ``[0, num_classes)`` and not ``ignore_index``,

@@ -138,7 +138,7 @@ def test_pad_collate_mixed_sizes(tmp_path, helpers):
 
 
 def test_prepare_image_matches_training_input(tmp_path, helpers):
-    from segbench.data.inference import prepare_image, restore_image
+    from segbench.data.prepare import prepare_image, restore_image
 
     root = helpers.make_folder(tmp_path / "ds", count=4, rgb=True)
     cfg = DataConfig(source=str(root), resize=(6, 8), augment=NO_AUGMENT)

@@ -204,7 +204,7 @@ def test_volume_shape_mismatch(tmp_path, helpers):
 
 @pytest.mark.parametrize("normalize", ["auto", "dataset"])
 def test_prepare_volume_slices_match_training_input(tmp_path, helpers, normalize):
-    from segbench.data.inference import prepare_volume_slices
+    from segbench.data.prepare import prepare_volume_slices
 
     root = tmp_path / "task"
     _write_cases(helpers, root, 3)
