@@ -12,7 +12,7 @@ import segbench
 
 ROOT = Path(segbench.__file__).parent
 # Standard library / numpy / scipy only (the run records import only jsonio): anyone may use them.
-LEAVES = {"segbench.jsonio", "segbench.stats", "segbench.bench.protocol.record"}
+LEAVES = {"segbench.jsonio", "segbench.stats", "segbench.run_files", "segbench.bench.protocol.record"}
 LOWER = {"segbench.models", "segbench.checkpoints", "segbench.data", "segbench.config"}
 # Layer -> the layers it may import (besides itself and the leaves).
 ALLOWED: dict[str, set[str]] = {

@@ -19,7 +19,9 @@ from segbench.bench.report.render import ReportInputs, table_columns, write_html
 from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
 from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
+from segbench.bench.report.evidence import Evidence, gather, read_run_scores, write_evidence
 from segbench.bench.report.results import aggregate, write_results
+from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
@@ -28,6 +30,20 @@ from segbench.models.registry import ARCHITECTURES
 
 __all__ = ["write_review", "ACCURACY_KEY"]
 
+
+
+def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
+    """The table's per-unit Dice with its interval and the p against the best (columns.py names them)."""
+    if evidence is None:
+        return
+    results = {r.name: r for r in evidence.top.results} if evidence.top else {}
+    for row in table:
+        interval = evidence.intervals.get(row["arch"])
+        if interval is not None:
+            row.update(val_unit_dice=interval.mean, val_unit_dice_low=interval.low, val_unit_dice_high=interval.high)
+        result = results.get(row["arch"])
+        if result is not None and result.tested:
+            row["val_p_vs_best"] = result.adjusted_pvalue
 
 
 def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
@@ -138,6 +154,13 @@ def write_review(
 
     keys = [k for c in COLUMNS for k in c.keys] + dice_keys + iou_keys
     table = aggregate(rows, keys)
+    per_arch: dict[str, dict] = {}
+    for run, row in zip(plan, rows):
+        if row["status"] == "ok":
+            per_arch.setdefault(run.label, {})[f"seed {run.seed}"] = read_run_scores(run.run_dir)
+    evidence = gather(per_arch)
+    _add_evidence(table, evidence)
+    write_evidence(evidence, per_arch, report_dir)
     columns = table_columns(table, [c.key for c in COLUMNS])
 
     figures: dict[str, Path] = {}
@@ -149,6 +172,14 @@ def write_review(
         figures[title] = plots.training_curves(curves, "Dice (fg, per case)", report_dir / "training_curves.png")
     if dice_keys and table:
         figures["Per-class Dice (val)"] = plots.class_heatmap(table, dice_keys, fg_names, report_dir / "class_dice.png")
+    if evidence is not None and evidence.top is not None:
+        label = f"{evidence.metric} per {evidence.unit} (95% interval)"
+        figures["Accuracy with its uncertainty"] = plots.intervals(
+            {a: tuple(i) for a, i in evidence.intervals.items()}, set(evidence.top.members), label,
+            report_dir / "accuracy_intervals.png")
+    if evidence is not None and evidence.ranks is not None:
+        figures["Ranking robustness (bootstrap)"] = plots.rank_distribution(
+            evidence.ranks.rank_counts, evidence.ranks.observed_rank, report_dir / "rank_distribution.png")
     grid, grid_notes = _prediction_grid(ok_runs, class_names, report_dir / "predictions.png")
     if grid is not None:
         figures["Predictions on the same validation images (best checkpoint)"] = grid
@@ -196,6 +227,7 @@ def write_review(
         overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(rows, profile, seeds) + grid_notes,
         speed=speed_section(out, plan, rows),
+        verdict=verdict(evidence, table, rows),
     )
     write_markdown(inputs, report_dir / "report.md", columns)
     return write_html(inputs, report_dir / "index.html", columns)

@@ -106,6 +106,7 @@ def evaluate(
     timings: dict[str, float] | None = None,
     dist_info: DistInfo | None = None,
     per_case: list[dict] | None = None,
+    per_slice: list[dict] | None = None,
 ) -> dict:
     """Every metric of ``SegmentationMetrics.compute`` for ``model`` on ``dataset`` (in dataset order).
 
@@ -115,7 +116,8 @@ def evaluate(
     ``timings``, when given, gains the pass's seconds: ``eval_s`` (all of it), ``data_s`` (waiting for
     the loader) and ``metrics_s`` (in ``SegmentationMetrics``: update and compute), so a caller can tell
     what the input pipeline and the metrics add to the inference. ``per_case``, when given, gains one row
-    per (case, foreground class) (``SegmentationMetrics.per_case_rows``; the same on every process).
+    per (case, foreground class) (``SegmentationMetrics.per_case_rows``; the same on every process);
+    ``per_slice`` one per (volume slice, foreground class) (``per_slice_rows``).
     """
     device = torch.device(device)
     precision = precision or Precision(None, device.type)
@@ -164,6 +166,8 @@ def evaluate(
     values = metrics.compute()
     if per_case is not None:  # one row per (case, foreground class): SegmentationMetrics.per_case_rows
         per_case.extend(metrics.per_case_rows())
+    if per_slice is not None:  # and per (volume slice, foreground class): per_slice_rows
+        per_slice.extend(metrics.per_slice_rows())
     if timings is not None:
         end = time.perf_counter()
         timings["eval_s"] = timings.get("eval_s", 0.0) + end - start

@@ -45,7 +45,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ __all__ = [
     "SCALAR_METRICS",
     "SURFACE_METRICS",
     "PER_CASE_COLUMNS",
+    "PER_SLICE_COLUMNS",
     "confusion_matrix",
     "scores_from_confusion",
     "dice_per_class",
@@ -82,6 +83,8 @@ SURFACE_METRICS = ("hd95_fg", "nsd_fg")
 # The columns of ``per_case_rows`` and of the CSV ``write_per_case_csv`` writes (distances in
 # ``compute()["distance_unit"]``).
 PER_CASE_COLUMNS = ("case", "class", "dice", "iou", "nsd", "hd95", "ref_empty", "pred_empty")
+# The columns of ``per_slice_rows``: each slice of a volume scored as a 2D image.
+PER_SLICE_COLUMNS = ("case", "slice", "class", "dice")
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
@@ -148,6 +151,9 @@ class CaseScores:
     pred_empty: list[bool]
     nsd: list[float] | None = None  # None: surface distances not computed
     hd95: list[float] | None = None
+    # A volume's slices, each scored alone (index, Dice per foreground class): the units of the review's
+    # statistics when a split holds a single volume (its slices, with that caveat). Empty for a 2D image.
+    slices: list[tuple[int, list[float]]] = field(default_factory=list)
 
 
 def _case_spacing(spacing: tuple[float, ...] | None, ndim: int, case: str) -> tuple[float, ...] | None:
@@ -251,6 +257,10 @@ class SegmentationMetrics:
                 distance, surface_dice = surface_scores(p, t, self.nsd_tolerance, spacing)
                 record.hd95.append(distance)
                 record.nsd.append(surface_dice)
+        if pred.ndim == 3:
+            indices = [s[0] for s in self._slices]
+            record.slices = [(index, [_overlap(pred[k] == c, target[k] == c)[0] for c in self.foreground])
+                             for k, index in enumerate(indices)]
         self.cases.append(record)
         self._done_cases.add(self._case)
         self._slices, self._case, self._spacing = [], None, None
@@ -334,16 +344,23 @@ class SegmentationMetrics:
         return rows
 
 
-def write_per_case_csv(path: str | Path, rows: list[dict]) -> None:
-    """Write ``per_case_rows()`` as CSV with the ``PER_CASE_COLUMNS`` (atomically). Undefined figures
-    (NaN) are empty cells; floats are written with ``repr``, so they read back exactly."""
+    def per_slice_rows(self) -> list[dict]:
+        """One row per (volume slice, foreground class) with the ``PER_SLICE_COLUMNS``: each slice's Dice
+        alone (NaN where the class is absent from both). Empty when every case is a 2D image."""
+        self._finish_case()
+        return [{"case": record.case, "slice": index, "class": self.class_names[c], "dice": scores[j]}
+                for record in self.cases for index, scores in record.slices for j, c in enumerate(self.foreground)]
+
+def write_per_case_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = PER_CASE_COLUMNS) -> None:
+    """Write ``per_case_rows()`` (or ``per_slice_rows()`` with ``PER_SLICE_COLUMNS``) as CSV, atomically.
+    Undefined figures (NaN) are empty cells; floats are written with ``repr``, so they read back exactly."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PER_CASE_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: _csv_cell(row[key]) for key in PER_CASE_COLUMNS})
+            writer.writerow({key: _csv_cell(row[key]) for key in columns})
     tmp.replace(path)
 
 

@@ -27,18 +27,7 @@ __all__ = [
     "compare_split_record",
 ]
 
-MARKER = "segbench_run.json"
-SPLIT_FILE = "data_split.json"  # case ids per split and the data's content hash (``eval`` compares)
-# Every file ``segbench train`` writes into its run folder.
-PER_CASE_FILES = ("per_case_val.csv", "per_case_test.csv")  # the best checkpoint's per-case, per-class scores
-
-
-def per_case_file(split: str) -> str:
-    """``per_case_<split>.csv``: one row per (case, foreground class) of ``split`` (``engine.metrics``)."""
-    return f"per_case_{split}.csv"
-
-
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json", SPLIT_FILE, *PER_CASE_FILES)
+from segbench.run_files import MARKER, PER_CASE_FILES, RUN_FILES, SPLIT_FILE, per_case_file, per_slice_file  # noqa: F401
 # Left behind by an atomic write that was interrupted; ours when the file they stand for is.
 _TEMPORARY = (".{}.tmp",)
 

@@ -83,7 +83,7 @@ from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.train_state import LossWindow, RunLog, TrainState
-from segbench.engine.metrics import SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
+from segbench.engine.metrics import PER_SLICE_COLUMNS, SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
@@ -395,10 +395,11 @@ def _validate(run: _Run, iteration: int) -> None:
     broadcast_from_main(model.buffers(), run.info)
     timings: dict[str, float] = {}
     per_case: list[dict] = []
+    per_slice: list[dict] = []
     metrics = evaluate(model, run.data.splits["val"], run.data_info, cfg.eval, run.device, run.precision,
                        memory_format=run.memory_format, num_workers=run.workers, desc="val",
                        progress=run.progress and run.info.is_main, timings=timings, dist_info=run.info,
-                       per_case=per_case)
+                       per_case=per_case, per_slice=per_slice)
     state.val_time_s += timings["eval_s"]
     state.val_metrics_time_s += timings["metrics_s"]
     improved = is_better(metrics[t.best_metric], state.best["value"], t.best_metric)
@@ -406,7 +407,7 @@ def _validate(run: _Run, iteration: int) -> None:
     if improved:
         state.best = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
     if improved and run.info.is_main:
-        write_per_case_csv(run.run_dir / run_folder.per_case_file("val"), per_case)  # the best checkpoint's
+        _write_per_case(run, "val", per_case, per_slice)
         save_checkpoint(
             {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
              "data_info": run.data_info.to_dict(), "iteration": iteration, "metrics": metrics},
@@ -416,6 +417,13 @@ def _validate(run: _Run, iteration: int) -> None:
     best_value = math.nan if state.best["value"] is None else state.best["value"]
     run.say(f"iter {iteration}: {t.best_metric} {metrics[t.best_metric]:.4f} "
             f"(best {best_value:.4f} at {state.best['iteration']})")
+
+
+def _write_per_case(run: _Run, split: str, per_case: list[dict], per_slice: list[dict]) -> None:
+    """The best checkpoint's ``per_case_<split>.csv`` and, for volumes, ``per_slice_<split>.csv``."""
+    write_per_case_csv(run.run_dir / run_folder.per_case_file(split), per_case)
+    if per_slice:
+        write_per_case_csv(run.run_dir / run_folder.per_slice_file(split), per_slice, PER_SLICE_COLUMNS)
 
 
 def _diverged(run: _Run, iteration: int, loss: float) -> TrainingDiverged:
@@ -500,11 +508,13 @@ def _finish(run: _Run, wall_start: float) -> dict:
             model.load_state_dict(load_checkpoint(run.run_dir / "best.pt")["model"])
         broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
         per_case: list[dict] = []
+        per_slice: list[dict] = []
         test_metrics = evaluate(model, run.data.splits["test"], run.data_info, cfg.eval, run.device, run.precision,
                                 memory_format=run.memory_format, num_workers=run.workers, per_case=per_case,
-                                progress=run.progress and info.is_main, desc="test", dist_info=info)
+                                per_slice=per_slice, progress=run.progress and info.is_main, desc="test",
+                                dist_info=info)
         if info.is_main:
-            write_per_case_csv(run.run_dir / run_folder.per_case_file("test"), per_case)
+            _write_per_case(run, "test", per_case, per_slice)
     result = {}
     if info.is_main:
         result = {

@@ -109,7 +109,7 @@ def test_table_has_a_number_in_every_cell(sweep):
     assert sorted(r["arch"] for r in rows) == sorted(ARCHS)
     for row in rows:
         assert row["status"] == "ok", row["error"]
-        for column in COLUMNS:
+        for column in (c for c in COLUMNS if c.per_run):  # the others are the architectures' (statistics.json)
             assert isinstance(row[column.key], (int, float)), (row["arch"], column.key, row[column.key])
         assert row["input_size"] == "32x32" and row["iterations"] == 30
         assert 0.0 <= row["val_dice_fg_per_case"] <= 1.0 and row["params"] > 0
@@ -121,9 +121,11 @@ def test_table_has_a_number_in_every_cell(sweep):
     html = (sweep["out"] / "report" / "index.html").read_text()
     cells = _table_cells(html)
     assert len(cells) == len(ARCHS)
+    statistics = json.loads((sweep["out"] / "report" / "statistics.json").read_text())
+    tested = any(test["tested"] for test in statistics["top_group"]["tests"].values())
     for row in cells:
-        # architecture, backbone, then numbers only
-        assert len(row) == 3 + len(COLUMNS)
+        # architecture, backbone, then numbers only: every column (p vs best only when a test was possible)
+        assert len(row) == 3 + len(COLUMNS) - (not tested)
         for value in row[2:]:
             float(value)
 
@@ -138,7 +140,7 @@ def test_json_matches_csv(sweep):
 def test_report_is_self_contained_and_describes_the_run(sweep):
     html = (sweep["out"] / "report" / "index.html").read_text()
     assert "<link" not in html and not re.search(r'src="(?!data:)', html)
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 7  # with the intervals and the rank distribution
     for arch in ARCHS:
         assert f'id="arch-{arch}"' in html
     assert "Main innovation" in html and "Measured in this run" in html
@@ -293,3 +295,23 @@ def test_html_opens_in_headless_chromium_and_sorts(sweep, tmp_path):
     descending = ",".join(r["arch"] for r in sorted(rows, key=lambda r: -r["params"]))
     assert f'data-sorted="{ascending};{descending}"' in dom
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def test_the_verdict_is_generated_from_the_statistics(sweep):
+    report = sweep["out"] / "report"
+    statistics = json.loads((report / "statistics.json").read_text())
+    top = statistics["top_group"]
+    assert statistics["unit"] in ("case", "slice") and set(top["members"]) <= set(ARCHS) and top["best"] in top["members"]
+    for arch, figures in statistics["architectures"].items():
+        assert figures["ci_low"] <= figures["mean"] <= figures["ci_high"], arch
+    markdown = (report / "report.md").read_text()
+    verdict = markdown.split("## Verdict", 1)[1].split("## Findings", 1)[0]
+    best = statistics["architectures"][top["best"]]
+    assert f"{top['best']} {best['mean']:.4f} [{best['ci_low']:.4f}–{best['ci_high']:.4f}]" in verdict
+    if len(top["members"]) > 1:  # the tests do not separate them: no single winner is named
+        assert "No single winner" in verdict or "No architecture can be told apart" in verdict
+    else:
+        assert "every other architecture is significantly worse" in verdict
+    with open(report / "per_case.csv") as f:
+        assert {row["arch"] for row in csv.DictReader(f)} == set(ARCHS)
+    assert 'id="verdict"' in (report / "index.html").read_text()

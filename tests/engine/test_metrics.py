@@ -270,3 +270,20 @@ def test_all_foreground_when_no_background():
     assert out["mIoU_fg"] == out["mIoU"]
     assert list(out["dice_per_case"]) == ["0", "1", "2", "3"]
     assert list(itertools.islice(out["per_class"]["IoU"], 1)) == ["0"]
+
+
+def test_per_slice_rows_score_each_slice_of_a_volume_alone():
+    # Case "v": two slices; slice 0 perfect for class 1, slice 1 half right. Case "img": a 2D image, no slices.
+    target = torch.zeros(3, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 1
+    target[1, :2, :2] = 1
+    pred = target.clone()
+    pred[1, :2, :2] = 0
+    pred[1, 0, :2] = 1  # 2 of 4 pixels: Dice 2*2/(2+4)
+    metrics = SegmentationMetrics(2, compute_hd95=False)
+    metrics.update(pred[:2], target[:2], ["v", "v"], [1, 0])  # arrival order is not slice order
+    metrics.update(pred[2:], target[2:], ["img"], [0])
+    rows = metrics.per_slice_rows()
+    assert [(r["case"], r["slice"]) for r in rows] == [("v", 0), ("v", 1)]
+    assert rows[0]["dice"] == pytest.approx(2 * 2 / 6) and rows[1]["dice"] == 1.0  # index 0 got pred[1]
+    assert math.isnan(metrics.per_case_rows()[1]["dice"])  # the empty 2D image: class absent from both

@@ -32,6 +32,8 @@ class Column:
     noisy: str | None = None
     # The row key naming the unit where the data decides it (distances: "mm" with voxel spacing, else "px").
     unit_key: str | None = None
+    # False: a figure of the architecture over all its runs (the statistics), not in a run's results row.
+    per_run: bool = True
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -43,6 +45,11 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("val_dice_fg_per_case", "Val Dice", "higher", 4, help="mean foreground Dice per image/case, validation split"),
     Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split"),
+    Column("val_unit_dice", "Dice per unit", "higher", 4, help="mean foreground Dice per validation unit (a case; the "
+           "slices of a lone volume) [95% bootstrap interval over units and runs] (segbench.bench.report.evidence)",
+           spread=("val_unit_dice_low", "val_unit_dice_high"), per_run=False),
+    Column("val_p_vs_best", "p vs best", "", 3, help="paired Wilcoxon signed-rank p against the best on the same units, "
+           "Holm-adjusted; below 0.05: significantly worse than the best", per_run=False),
     Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance (MedPy's pooled definition), "
            "foreground classes; a missed or invented structure counts as the image diagonal", unit_key="val_distance_unit"),
     Column("val_nsd_fg", "Val NSD", "higher", 4, help="normalised surface distance (surface Dice) at eval.nsd_tolerance, "

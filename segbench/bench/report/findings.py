@@ -150,7 +150,8 @@ def overall_findings(table: list[dict], accuracy_key: str = ACCURACY_KEY) -> lis
     lines = []
     if rows:
         best = _best(rows, acc)
-        lines.append(f"Best {acc.label}: {best['arch']} ({_fmt(best, acc)}).")
+        lines.append(f"Highest {acc.label}: {best['arch']} ({_fmt(best, acc)}); whether that beats the others beyond chance is the "
+                     "verdict's question.")
         for cost, name in (("gflops", "FLOPs"), ("latency_ms", "latency")):
             front = pareto_front([r.get(cost) for r in rows], [r[accuracy_key] for r in rows])
             if front:

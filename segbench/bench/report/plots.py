@@ -20,7 +20,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from segbench.bench.report.columns import column  # noqa: E402
 from segbench.bench.report.results import pareto_front  # noqa: E402
 
-__all__ = ["pareto_scatter", "training_curves", "class_heatmap", "prediction_grid", "class_colours"]
+__all__ = ["pareto_scatter", "training_curves", "class_heatmap", "prediction_grid", "class_colours", "intervals",
+           "rank_distribution"]
 
 _DPI = 110
 
@@ -194,4 +195,53 @@ def prediction_grid(
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
         fig.subplots_adjust(bottom=0.08)
+    return _save(fig, path)
+
+
+def intervals(means: dict[str, tuple[float, float, float]], top: set[str], label: str, path: str | Path) -> Path:
+    """Each architecture's mean with its 95% interval (error bars), best at the top; the top group's
+    members (not separable from the best) in red."""
+    names = sorted(means, key=lambda a: -means[a][0] if _ok(means[a][0]) else math.inf)
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.38 * max(len(names), 2)))
+    for i, name in enumerate(names):
+        mean, low, high = means[name]
+        if not _ok(mean):
+            continue
+        err = [[mean - low], [high - mean]] if _ok(low) and _ok(high) else None
+        ax.errorbar(mean, i, xerr=err, fmt="o", capsize=3, color="tab:red" if name in top else "tab:blue")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(label)
+    ax.legend(handles=[Patch(color="tab:red", label="top group"), Patch(color="tab:blue", label="worse than the best")],
+              fontsize=8, loc="lower left")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def rank_distribution(rank_counts: dict[str, dict[float, int]], observed: dict[str, float], path: str | Path) -> Path:
+    """How often each architecture took each rank over the bootstrap resamples (challengeR's blob plot as a
+    heat map): rows in the observed order, columns rank 1 (best) to n, cells the share of resamples."""
+    names = sorted(observed, key=observed.get)
+    n = len(names)
+    total = max(sum(rank_counts[names[0]].values()), 1)
+    grid = np.zeros((n, n))
+    for i, name in enumerate(names):
+        for rank, count in rank_counts[name].items():  # a tied (averaged) rank is split between its neighbours
+            low = int(math.floor(rank)) - 1
+            frac = rank - math.floor(rank)
+            grid[i, min(low, n - 1)] += count * (1 - frac)
+            if frac:
+                grid[i, min(low + 1, n - 1)] += count * frac
+    grid /= total
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * max(n, 2), 0.9 + 0.38 * max(n, 2)))
+    image = ax.imshow(grid, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i in range(n):
+        for j in range(n):
+            if grid[i, j] >= 0.005:
+                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), [str(k + 1) for k in range(n)])
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("rank over bootstrap resamples (1 = best)")
+    fig.colorbar(image, ax=ax, fraction=0.04, format=FuncFormatter(lambda v, _: f"{v:.0%}"))
     return _save(fig, path)

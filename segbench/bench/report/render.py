@@ -40,6 +40,7 @@ class ReportInputs:
     findings: dict[str, list[str]]
     overall: list[str]
     notes: list[str] = field(default_factory=list)  # how things were measured
+    verdict: list[str] = field(default_factory=list)  # generated from the evidence (segbench.bench.report.verdict)
     speed: dict = field(default_factory=dict)  # intro, rows (keyed as SPEED_COLUMNS), notes; empty: not measured
 
 
@@ -250,6 +251,12 @@ def _speed_html(speed: dict) -> str:
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div><ul class=\"muted\">{notes}</ul>")
 
 
+def _verdict_html(sentences: list[str]) -> str:
+    if not sentences:
+        return ""
+    return '<h2 id="verdict">Verdict</h2><ul class="verdict">' + "".join(f"<li>{_e(s)}</li>" for s in sentences) + "</ul>"
+
+
 def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) -> Path:
     """Write the self-contained HTML report."""
     path = Path(path)
@@ -267,6 +274,7 @@ def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) ->
 <body>
 <h1>{_e(inputs.title)}</h1>
 <p class="muted">{_e(inputs.machine.get("date", ""))} · <code>{_e(inputs.command)}</code></p>
+{_verdict_html(inputs.verdict)}
 <h2>Findings</h2><ul>{overall}</ul>
 <h2>Comparison</h2>{_results_table_html(inputs, columns)}
 {_speed_html(inputs.speed)}
@@ -297,7 +305,10 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
     """Write ``report.md``: findings, the table (best per column in bold), figures linked, settings."""
     path = Path(path)
     best = {c.key: _best_arch(inputs.table, c) for c in columns}
-    lines = [f"# {inputs.title}", "", f"{inputs.machine.get('date', '')} · `{inputs.command}`", "", "## Findings", ""]
+    lines = [f"# {inputs.title}", "", f"{inputs.machine.get('date', '')} · `{inputs.command}`", ""]
+    if inputs.verdict:
+        lines += ["## Verdict", ""] + [f"- {_md(s)}" for s in inputs.verdict] + [""]
+    lines += ["## Findings", ""]
     lines += [f"- {_md(f)}" for f in inputs.overall] + [""]
     lines += ["## Comparison", ""]
     lines.append("| Architecture | Backbone | Seeds | " + " | ".join(_md(_header(c)) for c in columns) + " |")

@@ -1,0 +1,25 @@
+"""The names of the files ``segbench train`` writes into a run folder: one definition, read by the engine
+(``segbench.engine.run_folder``) and by the review's records, which must load without torch."""
+
+from __future__ import annotations
+
+__all__ = ["MARKER", "SPLIT_FILE", "PER_CASE_FILES", "RUN_FILES", "per_case_file", "per_slice_file"]
+
+MARKER = "segbench_run.json"
+SPLIT_FILE = "data_split.json"  # case ids per split and the data's content hash (``eval`` compares)
+# The best checkpoint's scores per (case, class) and per (volume slice, class) of val and test.
+PER_CASE_FILES = ("per_case_val.csv", "per_case_test.csv", "per_slice_val.csv", "per_slice_test.csv")
+
+
+def per_case_file(split: str) -> str:
+    """``per_case_<split>.csv``: one row per (case, foreground class) of ``split`` (``engine.metrics``)."""
+    return f"per_case_{split}.csv"
+
+
+def per_slice_file(split: str) -> str:
+    """``per_slice_<split>.csv``: one row per (volume slice, foreground class) of ``split``."""
+    return f"per_slice_{split}.csv"
+
+
+# Every file ``segbench train`` writes into its run folder.
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json", SPLIT_FILE, *PER_CASE_FILES)
