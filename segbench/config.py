@@ -56,8 +56,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Optimisation steps (the schedule is iteration-based, as in MMSegmentation).
+    # Optimisation steps (the schedule is iteration-based, as in MMSegmentation); with the "time" and
+    # "auto" budgets the most a run may take.
     iterations: int = 2000
+    # How long a run trains. "iterations": train.iterations steps. "time": train.time_budget_s seconds
+    # of training steps (validation excluded); after the first steps the schedule is planned over the
+    # steps the measured speed fits into the budget, and the run stops there or at the deadline.
+    # "auto": stop once the best_metric has not improved by more than train.min_delta for
+    # train.patience validations (the schedule runs over train.iterations, the cap).
+    budget: Literal["iterations", "time", "auto"] = "iterations"
+    time_budget_s: float | None = None
+    # Convergence, recorded for every budget (and the "auto" stopping rule): a run has converged when
+    # its last train.patience validations improved best_metric by no more than train.min_delta.
+    patience: int = 3
+    min_delta: float = 0.001
     # Images per step, summed over all processes under torchrun (each gets batch_size / world_size).
     batch_size: int = 8
     # "auto" follows the architecture family's papers: cnn -> sgd, transformer -> adamw.
@@ -121,10 +133,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Zero or negative counts used to fail deep in the loop (a division by zero, an empty run).
-        for name in ("iterations", "batch_size", "val_interval", "log_interval", "checkpoint_interval"):
+        for name in ("iterations", "batch_size", "val_interval", "log_interval", "checkpoint_interval", "patience"):
             value = getattr(self, name)
             if isinstance(value, int) and value < 1:
                 raise ValueError(f"{name}={value} must be a positive integer")
+        if self.budget == "time" and not (isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0):
+            raise ValueError("budget=time needs train.time_budget_s, the seconds of training steps, > 0")
+        if isinstance(self.min_delta, (int, float)) and self.min_delta < 0:
+            raise ValueError(f"min_delta={self.min_delta} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,16 @@ __all__ = ["write_review", "ACCURACY_KEY"]
 
 
 
+def _budget_text(t) -> str:
+    """The run's budget in words, for the report's settings."""
+    if t.budget == "time":
+        return f"{t.time_budget_s:g} s of training steps per run (at most {t.iterations} iterations)"
+    if t.budget == "auto":
+        return (f"until {t.best_metric} gains at most {t.min_delta} over {t.patience} validations "
+                f"(at most {t.iterations} iterations)")
+    return f"{t.iterations} iterations"
+
+
 def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
     """The table's per-unit Dice with its interval and the p against the best (columns.py names them)."""
     if evidence is None:
@@ -69,7 +79,10 @@ def _curves(runs: dict[str, PlannedRun], metric: str) -> dict[str, dict[str, lis
                 loss.append((record["iteration"], record["loss"]))
             elif record.get("event") == "val" and isinstance(record.get(metric), (int, float)):
                 val.append((record["iteration"], record[metric]))
-        curves[arch] = {"loss": loss, "val": val}
+        metrics = WorkerResult.read(run.run_dir)
+        metrics = metrics.metrics if metrics else {}
+        curves[arch] = {"loss": loss, "val": val, "gain": metrics.get("last_improvement_iteration"),
+                        "converged": metrics.get("converged")}
     return curves
 
 
@@ -168,7 +181,8 @@ def write_review(
     figures["Accuracy vs latency"] = plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY, report_dir / "accuracy_vs_latency.png")
     curves = _curves(ok_runs, "dice_fg_per_case")
     if curves:
-        title = "Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
+        title = ("Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
+                 + ": ring, last real gain; end square, converged; end triangle, cut by the budget while improving")
         figures[title] = plots.training_curves(curves, "Dice (fg, per case)", report_dir / "training_curves.png")
     if dice_keys and table:
         figures["Per-class Dice (val)"] = plots.class_heatmap(table, dice_keys, fg_names, report_dir / "class_dice.png")
@@ -190,8 +204,11 @@ def write_review(
     if plan:  # what actually ran: the command line may have changed the profile's values
         cfg = plan[0].config
         height, width = input_size(cfg, profile)
-        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations,
-                        batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval)
+        budget = _budget_text(cfg.train)
+        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations, budget=budget,
+                        batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
+                        convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
+                                    f"{cfg.train.patience} validations")
     settings.update(seeds=seeds, command_line_overrides=list(overrides) or "none")
     profile_info = {
         "name": profile.name,

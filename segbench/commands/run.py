@@ -90,7 +90,11 @@ def _measure_speed(plan, profile, out: str) -> None:
               help="After training, time each architecture's training step and inference against its peer "
               "implementation (segbench speed at the review's size and batch) for the report's speed section.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while training.")
-def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress) -> None:
+@click.option("--budget", metavar="iterations:N|time:SECONDS|auto", default=None,
+              help="How long each run trains (default: the profile's, a fixed number of iterations). time: the same "
+                   "seconds of training steps for every architecture (matched compute); auto: until the validation "
+                   "metric stops improving (train.patience, train.min_delta). Both at most 4x the iterations.")
+def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress, budget) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -105,7 +109,7 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
 
     chosen = get_profile(profile)
     settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
-                    iterations=iterations, overrides=list(overrides))  # fmt: skip
+                    iterations=iterations, overrides=list(overrides), budget=budget)  # fmt: skip
     try:
         plan = plan_sweep(**settings)
         if pretrained != "none":  # decided on the resolved options (profile + --set), then planned again

@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segbench.config import Config, config_to_dict, to_yaml
+from segbench.config import Config, TrainConfig, config_to_dict, to_yaml
 from segbench.data import SegmentationData, load_data
 from segbench.data.pipeline import check_batchable, split_record
 from segbench.engine import run_folder
@@ -82,7 +82,7 @@ from segbench.jsonio import json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
-from segbench.engine.train_state import LossWindow, RunLog, TrainState
+from segbench.engine.train_state import PLAN_AFTER, LossWindow, RunLog, TrainState, note_validation, plan_iterations
 from segbench.engine.metrics import PER_SLICE_COLUMNS, SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
@@ -328,7 +328,8 @@ def _resume(run: _Run) -> dict | None:
     run.state = TrainState.from_checkpoint(checkpoint)
     run.resumed_from = run.state.iteration
     run.log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
-    if run.resumed_from >= run.cfg.train.iterations and (run.run_dir / "metrics.json").is_file():
+    ended = run.state.stopped_by is not None or run.resumed_from >= run.cfg.train.iterations
+    if ended and (run.run_dir / "metrics.json").is_file():
         return json.loads((run.run_dir / "metrics.json").read_text())
     run.say(f"resuming {run.run_dir} at iteration {run.resumed_from}")
     return None
@@ -403,6 +404,7 @@ def _validate(run: _Run, iteration: int) -> None:
     state.val_time_s += timings["eval_s"]
     state.val_metrics_time_s += timings["metrics_s"]
     improved = is_better(metrics[t.best_metric], state.best["value"], t.best_metric)
+    note_validation(state, metrics[t.best_metric], iteration, t.best_metric, t.min_delta)
     state.last_val = {"iteration": iteration, "metrics": metrics}
     if improved:
         state.best = {"value": metrics[t.best_metric], "iteration": iteration, "metrics": metrics}
@@ -435,12 +437,24 @@ def _diverged(run: _Run, iteration: int, loss: float) -> TrainingDiverged:
                             f"{kept}. Try a lower train.lr, train.grad_clip=1.0, or train.amp=off.")
 
 
+def _end(run: _Run) -> int:
+    """The iteration the run ends at: train.iterations, or the steps a time budget was planned to hold."""
+    return run.state.planned_iterations or run.cfg.train.iterations
+
+
+def _schedule(run: _Run) -> TrainConfig:
+    """The settings the learning rate follows: a time budget's schedule runs over its planned steps."""
+    t = run.cfg.train
+    return dataclasses.replace(t, iterations=run.state.planned_iterations) if run.state.planned_iterations else t
+
+
 def _loop(run: _Run) -> None:
-    """Step the optimiser up to ``train.iterations`` over one DataLoader for the rest of the run (its
-    workers start once), reading the loss only at log, validation and checkpoint points."""
+    """Step the optimiser until the budget ends (``_end``, a time budget's deadline, or a plateau) over one
+    DataLoader for the rest of the run (its workers start once), reading the loss only at log,
+    validation and checkpoint points."""
     t, state, info = run.cfg.train, run.state, run.info
     train_set = run.data.splits["train"]
-    bar = tqdm(total=t.iterations, initial=state.iteration, desc=f"train {run.cfg.model.arch}", unit="it",
+    bar = tqdm(total=_end(run), initial=state.iteration, desc=f"train {run.cfg.model.arch}", unit="it",
                disable=not (run.progress and info.is_main), dynamic_ncols=True)
     run.model.train()
     tick = time.perf_counter()
@@ -453,14 +467,14 @@ def _loop(run: _Run) -> None:
                         pin_memory=run.device.type == "cuda", generator=torch.Generator(),
                         prefetch_factor=4 if run.workers else None)
     window = LossWindow(run.device, *state.log_window)
-    batches = iter(loader) if state.iteration < t.iterations else iter(())
+    batches = iter(loader) if state.iteration < _end(run) and state.stopped_by is None else iter(())
     try:
         for batch in batches:
             if state.batch_in_epoch >= batches_per_epoch:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             state.data_time_s += time.perf_counter() - tick  # waiting for the input pipeline
             iteration = state.iteration
-            lr = set_learning_rate(run.optimizer, iteration, t)
+            lr = set_learning_rate(run.optimizer, iteration, _schedule(run))
             try:
                 window.add(run.step(batch["image"], batch["mask"]), iteration)
             except torch.OutOfMemoryError as err:
@@ -468,8 +482,14 @@ def _loop(run: _Run) -> None:
             state.iteration = iteration = iteration + 1
             state.batch_in_epoch += 1
             state.images_seen += t.batch_size
-            logging = iteration % t.log_interval == 0 or iteration == t.iterations
-            validating = iteration % t.val_interval == 0 or iteration == t.iterations
+            spent = state.train_time_s + time.perf_counter() - tick
+            if t.budget == "time" and state.planned_iterations is None and iteration >= min(PLAN_AFTER, t.iterations):
+                state.planned_iterations = plan_iterations(iteration, spent, t.time_budget_s, t.iterations)
+                bar.total = state.planned_iterations
+            out_of_time = t.budget == "time" and spent >= t.time_budget_s
+            last = iteration >= _end(run) or out_of_time
+            logging = iteration % t.log_interval == 0 or last
+            validating = iteration % t.val_interval == 0 or last
             saving = validating or iteration % t.checkpoint_interval == 0
             if logging or saving:  # the only points where the device is waited for
                 mean_loss, bad_iteration, bad_loss = window.check(info)
@@ -488,11 +508,15 @@ def _loop(run: _Run) -> None:
                     _validate(run, iteration)
                 except torch.OutOfMemoryError as err:
                     raise _out_of_memory(run, "validation") from err
+                if t.budget == "auto" and state.stale_validations >= t.patience:
+                    last, state.stopped_by = True, "plateau"
+            if last and state.stopped_by is None:
+                state.stopped_by = "time" if t.budget == "time" else "iterations"
             if saving:
                 state.log_window = window.state()
                 _save_last(run)
             tick = time.perf_counter()
-            if iteration >= t.iterations:
+            if last:
                 break
     finally:
         bar.close()
@@ -519,6 +543,9 @@ def _finish(run: _Run, wall_start: float) -> dict:
     if info.is_main:
         result = {
             "arch": cfg.model.arch, "recipe": run.recipe, "data": run.data.name, "iterations": t.iterations,
+            "budget": t.budget, "iterations_run": state.iteration, "stopped_by": state.stopped_by,
+            "planned_iterations": state.planned_iterations, "converged": state.stale_validations >= t.patience,
+            "last_improvement_iteration": state.last_improvement_iteration, "lr": t.lr,
             "world_size": info.world_size, "device": str(run.device), "precision": run.precision.name,
             "math": math_settings(run.device), "channels_last": run.channels_last, "num_params": _num_params(model),
             "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],

@@ -13,7 +13,7 @@ import torch
 from segbench.engine.distributed import DistInfo
 from segbench.jsonio import json_safe
 
-__all__ = ["TrainState", "RunLog", "LossWindow"]
+__all__ = ["TrainState", "RunLog", "LossWindow", "PLAN_AFTER", "note_validation", "plan_iterations"]
 
 
 @dataclasses.dataclass
@@ -31,6 +31,13 @@ class TrainState:
     best: dict = dataclasses.field(default_factory=lambda: {"value": None, "iteration": None, "metrics": None})
     last_val: dict | None = None  # {"iteration", "metrics"} of the latest validation
     log_window: list = dataclasses.field(default_factory=lambda: [0.0, 0])  # LossWindow.state() at the save
+    # Convergence (every budget): the best value by the min_delta rule, the iteration that set it, and
+    # validations since then.
+    gain_value: float | None = None
+    last_improvement_iteration: int | None = None
+    stale_validations: int = 0
+    planned_iterations: int | None = None  # budget "time": the steps the measured speed fits in
+    stopped_by: str | None = None  # "iterations", "time" or "plateau" once the run has ended
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> TrainState:
@@ -101,3 +108,27 @@ class LossWindow:
     def state(self) -> list:
         """As saved in a checkpoint (after a check, so finite)."""
         return [float(self.total.item()), self.count]
+
+
+# Budget "time": the schedule is planned once this many steps have measured the speed.
+PLAN_AFTER = 20
+
+
+def note_validation(state: TrainState, value: float | None, iteration: int, metric: str, min_delta: float) -> None:
+    """Record a validation's ``metric`` for convergence: a real improvement beats the value of the last
+    one by more than ``min_delta`` (lower is better for distances); any other counts as stale."""
+    if value is None or math.isnan(value):
+        state.stale_validations += 1
+        return
+    lower = metric.startswith("hd95")
+    if state.gain_value is None or (state.gain_value - value if lower else value - state.gain_value) > min_delta:
+        state.gain_value, state.last_improvement_iteration, state.stale_validations = value, iteration, 0
+    else:
+        state.stale_validations += 1
+
+
+def plan_iterations(done: int, seconds: float, budget_s: float, cap: int) -> int:
+    """The steps a ``budget_s``-second budget holds at the speed of the first ``done`` steps (``seconds``
+    of training steps), at least ``done`` and at most ``cap``."""
+    per_step = seconds / max(done, 1)
+    return max(done, min(cap, int(budget_s / per_step))) if per_step > 0 else cap

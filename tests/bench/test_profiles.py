@@ -43,3 +43,22 @@ def test_backbone_label_says_what_ran():
 def test_unknown_profile_lists_the_valid_ones():
     with pytest.raises(KeyError, match="quick, standard, paper"):
         get_profile("fast")
+
+
+def test_budgets_plan_the_runs_as_asked(tmp_path):
+    from segbench.bench.protocol.sweep import BUDGET_CAP, parse_budget, plan_sweep
+
+    assert parse_budget("iterations") == ("iterations", None) and parse_budget("iterations:300") == ("iterations", 300)
+    assert parse_budget("time:90") == ("time", 90.0) and parse_budget("auto") == ("auto", None)
+    for bad in ("time", "time:-1", "iterations:0", "auto:3", "epochs:2"):
+        with pytest.raises(ValueError, match="expected iterations:N, time:SECONDS or auto"):
+            parse_budget(bad)
+    quick = get_profile("quick")
+    fixed = plan_sweep(data="brain-mri", profile=quick, out=tmp_path, archs=["unet"], budget="iterations:300")[0].config.train
+    timed = plan_sweep(data="brain-mri", profile=quick, out=tmp_path, archs=["unet"], budget="time:90")[0].config.train
+    auto = plan_sweep(data="brain-mri", profile=quick, out=tmp_path, archs=["unet"], budget="auto")[0].config.train
+    assert (fixed.budget, fixed.iterations) == ("iterations", 300)
+    assert (timed.budget, timed.time_budget_s, timed.iterations) == ("time", 90.0, quick.iterations * BUDGET_CAP)
+    assert (auto.budget, auto.iterations) == ("auto", quick.iterations * BUDGET_CAP)
+    # Validation keeps the profile's rhythm whatever the cap.
+    assert timed.val_interval == auto.val_interval == quick.iterations // quick.validations

@@ -71,5 +71,8 @@ def test_runs_whose_best_validation_was_the_last_are_named_as_still_improving():
     runs = [{"arch": "a", "status": "ok", "best_iteration": 250, "iterations": 250},
             {"arch": "b", "status": "ok", "best_iteration": 200, "iterations": 250}]
     text = verdict(evidence, table=[], runs=runs)
-    assert any(s.startswith("Still improving when the budget ended (best validation at the last one): a;") for s in text)
+    assert any(s.startswith("Not converged, still improving when the budget ended: a;") for s in text)
+    runs = [{"arch": "a", "status": "ok", "best_iteration": 250, "iterations": 250, "converged": True},
+            {"arch": "b", "status": "ok", "best_iteration": 200, "iterations": 1000, "converged": False}]
+    assert any(s.startswith("Not converged, still improving when the budget ended: b;") for s in verdict(evidence, [], runs))
     assert verdict(None, [], []) == ["No run left per-case scores, so nothing here can rank the architectures with an uncertainty."]

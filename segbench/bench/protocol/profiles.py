@@ -68,6 +68,9 @@ class Profile:
     speed_rounds: int = 7
     # Validation images shown per architecture in the report's prediction grid.
     preview_images: int = 4
+    # How long each run trains (``segbench run --budget``): "iterations" (``iterations`` steps),
+    # "time:SECONDS" or "auto" (stop on a validation plateau); the latter two may take up to 4x the steps.
+    budget: str = "iterations"
     # Extra configuration overrides (``key=value``) applied to every run, shown in the report.
     overrides: tuple[str, ...] = field(default_factory=tuple)
     # GPU memory one training process needs for the heaviest architectures (the dilated ResNet-101
@@ -82,6 +85,7 @@ class Profile:
             "inputs": "every image resized to input_size" if self.resize_inputs
             else "native size; random crops of input_size for training, sliding window for evaluation",
             "iterations": self.iterations,
+            "budget": self.budget,
             "batch_size": self.batch_size,
             "validations": self.validations,
             "seeds": self.seeds,

@@ -114,6 +114,28 @@ def _base_values(profile: Profile, data: str, iterations: int) -> dict:
     return values
 
 
+# With a "time" or "auto" budget a run may take this many times the profile's (or --iterations') steps.
+BUDGET_CAP = 4
+
+
+def parse_budget(text: str) -> tuple[str, float | int | None]:
+    """``iterations`` / ``iterations:N`` / ``time:SECONDS`` / ``auto`` -> (kind, value)."""
+    kind, _, value = str(text).partition(":")
+    try:
+        if kind == "iterations":
+            number = int(value) if value else None
+            if number is not None and number < 1:
+                raise ValueError
+            return kind, number
+        if kind == "time" and float(value) > 0:
+            return kind, float(value)
+        if kind == "auto" and not value:
+            return kind, None
+    except ValueError:
+        pass
+    raise ValueError(f"--budget {text!r}: expected iterations:N, time:SECONDS or auto")
+
+
 def plan_sweep(
     *,
     data: str,
@@ -124,13 +146,15 @@ def plan_sweep(
     iterations: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     pretrained: dict[str, str | None | Sequence[str | None]] | None = None,
+    budget: str | None = None,
 ) -> list[PlannedRun]:
     """Resolve every (architecture, start, seed) configuration. Raises ``KeyError``/``ValueError`` (with
     the valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
 
     ``pretrained`` maps an architecture to its backbone start (``model.pretrained``: ``"imagenet"`` or a
     checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
-    both); architectures it does not name train from scratch."""
+    both); architectures it does not name train from scratch. ``budget`` (default: the profile's):
+    ``iterations[:N]``, ``time:SECONDS`` or ``auto`` (``parse_budget``)."""
     registered = list_models()
     archs = list(archs) if archs else list(REVIEW_ARCHS)
     unknown = [a for a in archs if a not in registered]
@@ -141,11 +165,20 @@ def plan_sweep(
     seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    kind, value = parse_budget(budget or profile.budget)
+    if kind == "iterations" and value is not None:
+        iterations = value if iterations is None else iterations
     iterations = profile.iterations if iterations is None else iterations
     if iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {iterations}")
     out = Path(out)
-    base = _base_values(profile, data, iterations)
+    base = _base_values(profile, data, iterations)  # validation, log and checkpoint intervals
+    base["train"]["budget"] = kind
+    if kind == "time":
+        base["train"]["time_budget_s"] = value
+        base["train"]["iterations"] = iterations * BUDGET_CAP  # the cap: the measured speed plans the steps
+    elif kind == "auto":
+        base["train"]["iterations"] = iterations * BUDGET_CAP
     plan = []
     for arch in archs:
         options = dict(profile.arch_options.get(arch, {}))

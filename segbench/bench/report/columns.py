@@ -70,6 +70,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
     Column("train_images_per_s", "Train speed", "higher", 1, "img/s", "training images per second"),
     Column("best_iteration", "Best iter", "", 0, "", "iteration of the best validation score"),
+    Column("iterations_run", "Iterations", "", 0, "", "training steps the run took (its budget decides)"),
+    Column("last_improvement_iteration", "Last gain", "", 0, "", "iteration of the last validation that improved "
+           "the metric by more than train.min_delta"),
+    Column("converged", "Converged", "", 2, "", "share of seeds whose last train.patience validations gained at "
+           "most train.min_delta (1: every seed had stopped improving; 0: all were cut by the budget)"),
 )
 _BY_KEY = {c.key: c for c in COLUMNS}
 

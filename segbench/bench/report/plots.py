@@ -86,7 +86,10 @@ def pareto_scatter(table: list[dict], cost_key: str, accuracy_key: str, path: st
 
 def training_curves(curves: dict[str, dict[str, list[tuple[float, float]]]], metric_label: str, path: str | Path) -> Path:
     """Two panels: training loss per iteration and the validation metric per validation, one line per
-    architecture. ``curves[arch] = {"loss": [(iter, value), ...], "val": [(iter, value), ...]}``."""
+    architecture. ``curves[arch] = {"loss": [(iter, value), ...], "val": [(iter, value), ...]}`` and,
+    when known, ``"gain"``: the iteration of the last real improvement (a ring on the validation curve) and
+    ``"converged"``: whether the run had stopped improving (its last point a filled square) or was cut by
+    its budget while still improving (an open triangle)."""
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
     for k, (arch, curve) in enumerate(curves.items()):
@@ -104,6 +107,12 @@ def training_curves(curves: dict[str, dict[str, list[tuple[float, float]]]], met
         if val:
             its, values = zip(*val)
             ax_val.plot(its, values, "-o", color=colour, markersize=3, linewidth=1.3, label=arch)
+            gain = dict(val).get(curve.get("gain"))
+            if gain is not None:
+                ax_val.plot(curve["gain"], gain, "o", markersize=9, markerfacecolor="none", color=colour)
+            if curve.get("converged") is not None:
+                ax_val.plot(its[-1], values[-1], "s" if curve["converged"] else "^", markersize=7, color=colour,
+                            markerfacecolor=colour if curve["converged"] else "none")
     ax_loss.set(xlabel="iteration", ylabel="training loss", title="Training loss")
     ax_val.set(xlabel="iteration", ylabel=metric_label, title=f"Validation {metric_label}")
     losses = [v for c in curves.values() for _, v in (c.get("loss") or [])]

@@ -47,7 +47,7 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
         out.update(arch=arch, seeds=len(ok), failed_seeds=len(failed))
         out["error"] = failed[0].get("error", "") if failed and not ok else ""
         for key in keys:
-            values = [r[key] for r in ok if _is_number(r.get(key))]
+            values = [float(r[key]) for r in ok if _is_number(r.get(key)) or isinstance(r.get(key), bool)]
             out[key] = statistics.fmean(values) if values else None
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
         table.append(out)

@@ -43,11 +43,15 @@ def _cheapest(members: list[str], table: list[dict]) -> list[str]:
 
 
 def _still_improving(runs: list[dict]) -> list[str]:
-    """Rows (architecture labels) with a run whose best validation was its last one."""
+    """Rows (architecture labels) with a run that had not converged (``converged`` false; runs that do not
+    record it: best validation at the last iteration)."""
     late = []
     for row in runs:
-        if row.get("status") == "ok" and row.get("best_iteration") is not None \
-                and row.get("best_iteration") == row.get("iterations") and row["arch"] not in late:
+        if row.get("status") != "ok" or row["arch"] in late:
+            continue
+        if row.get("converged") is False or (
+                "converged" not in row and row.get("best_iteration") is not None
+                and row.get("best_iteration") == row.get("iterations")):
             late.append(row["arch"])
     return late
 
@@ -88,7 +92,7 @@ def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict]) -> l
                            "group untested.")
     late = _still_improving(runs)
     if late:
-        out.append(f"Still improving when the budget ended (best validation at the last one): {_names(late)}; "
+        out.append(f"Not converged, still improving when the budget ended: {_names(late)}; "
                    "their rank reflects learning speed at this budget, not what they can reach.")
     ranks = evidence.ranks
     if ranks is not None and not math.isnan(ranks.tau_median):
