@@ -76,6 +76,9 @@ class TrainConfig:
     optimizer: Literal["auto", "sgd", "adamw"] = "auto"
     # Peak learning rate; None: the family's (cnn 0.01, FCN/DeepLab/PSPNet; transformer 6e-5, SegFormer).
     lr: float | None = None
+    # "paper": train.lr (or the family's). "find": a learning-rate range test on the training split picks
+    # it before training (segbench.engine.lr_find: the minimum of the smoothed loss / 10; lr_find.json).
+    lr_policy: Literal["paper", "find"] = "paper"
     # None: the family's (cnn 5e-4, transformer 0.01).
     weight_decay: float | None = None
     # SGD momentum.

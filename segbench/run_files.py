@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MARKER", "SPLIT_FILE", "PER_CASE_FILES", "RUN_FILES", "per_case_file", "per_slice_file"]
+__all__ = ["MARKER", "SPLIT_FILE", "PER_CASE_FILES", "LR_FIND_FILE", "RUN_FILES", "per_case_file", "per_slice_file"]
 
 MARKER = "segbench_run.json"
 SPLIT_FILE = "data_split.json"  # case ids per split and the data's content hash (``eval`` compares)
@@ -21,5 +21,7 @@ def per_slice_file(split: str) -> str:
     return f"per_slice_{split}.csv"
 
 
+LR_FIND_FILE = "lr_find.json"  # train.lr_policy=find: the range test's curve and its pick
 # Every file ``segbench train`` writes into its run folder.
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json", SPLIT_FILE, *PER_CASE_FILES)
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "config.yaml", "data_info.json", SPLIT_FILE, *PER_CASE_FILES,
+             LR_FIND_FILE)

@@ -94,7 +94,11 @@ def _measure_speed(plan, profile, out: str) -> None:
               help="How long each run trains (default: the profile's, a fixed number of iterations). time: the same "
                    "seconds of training steps for every architecture (matched compute); auto: until the validation "
                    "metric stops improving (train.patience, train.min_delta). Both at most 4x the iterations.")
-def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress, budget) -> None:
+@click.option("--lr", "lr", type=click.Choice(["paper", "find"]), default=None,
+              help="Learning rate (default: the profile's): paper, each family's published recipe; find, a range "
+                   "test on the training split per run picks it (the smoothed loss's minimum / 10).")
+def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
+        lr) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -109,7 +113,7 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
 
     chosen = get_profile(profile)
     settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
-                    iterations=iterations, overrides=list(overrides), budget=budget)  # fmt: skip
+                    iterations=iterations, overrides=list(overrides), budget=budget, lr=lr)  # fmt: skip
     try:
         plan = plan_sweep(**settings)
         if pretrained != "none":  # decided on the resolved options (profile + --set), then planned again

@@ -84,6 +84,7 @@ from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.train_state import PLAN_AFTER, LossWindow, RunLog, TrainState, note_validation, plan_iterations
 from segbench.engine.metrics import PER_SLICE_COLUMNS, SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
+from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
@@ -276,6 +277,7 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
         say(str(model.pretrained_report))
     # An instance may refine its registry recipe (UPerNet on a ResNet follows the CNN papers).
     recipe = model_recipe(model, cfg.model.arch)
+    given_lr = cfg.train.lr
     cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, recipe))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
@@ -289,6 +291,10 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
     elif info.enabled:
         say("data-parallel on CPU: BatchNorm statistics stay per process (PyTorch's SyncBatchNorm needs CUDA)")
     model.to(device, memory_format=memory_format)
+    if t.lr_policy == "find":
+        found = _find_lr(cfg, run_dir, info, device, precision, model, recipe, data, memory_format, given_lr, resuming, say)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, lr=found))
+        t = cfg.train
     return _Run(
         cfg=cfg, run_dir=run_dir, info=info, device=device, precision=precision, data=data, data_info=DataInfo.of(data),
         model=model, recipe=recipe, optimizer=build_optimizer(model, t, recipe), scaler=grad_scaler(precision),
@@ -296,6 +302,38 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
         workers=loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
         log=RunLog(run_dir / "log.jsonl", info.is_main), progress=progress,
     )
+
+
+def _find_lr(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, precision: Precision, model: nn.Module,
+             recipe: str, data: SegmentationData, memory_format: torch.memory_format, given_lr: float | None,
+             resuming: bool, say) -> float:
+    """``train.lr_policy=find``: the range test's pick (``segbench.engine.lr_find``), from the run folder's
+    ``lr_find.json`` when resuming; every rank runs the same test and takes rank 0's pick."""
+    t = cfg.train
+    found = read_found(run_dir) if resuming else None
+    if given_lr is not None and given_lr != found:
+        raise ValueError(f"train.lr={given_lr} and train.lr_policy=find: give one of them")
+    if found is not None:
+        return found
+    rng = capture_rng_state()
+    criterion = build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device)
+    aux_weight = float(model.aux_weight) if t.aux_loss else 0.0
+    sampler = RunBatchSampler(len(data.splits["train"]), t.batch_size, t.seed, info)
+    loader = DataLoader(EpochKeyed(data.splits["train"]), batch_sampler=sampler, generator=torch.Generator())
+    result = find_learning_rate(
+        model, lambda m: build_optimizer(m, t, recipe),
+        lambda m, o: TrainStep(m, o, criterion, precision=precision, aux_weight=aux_weight, grad_clip=t.grad_clip,
+                               memory_format=memory_format, scaler=grad_scaler(precision)),
+        ((batch["image"], batch["mask"]) for batch in loader))
+    restore_rng_state(rng)
+    picked = [result.suggestion]
+    if info.enabled:
+        dist.broadcast_object_list(picked, src=0)
+    if info.is_main:
+        write_json({**result.to_dict(), "picked": picked[0], "recipe_lr": t.lr}, run_dir / LR_FIND_FILE)
+    say(f"learning-rate range test: {len(result.lrs)} steps ({result.stopped}); picked lr {picked[0]:.3g} "
+        f"({result.rule}; the recipe's was {t.lr:g})")
+    return picked[0]
 
 
 def _start(run: _Run) -> None:
@@ -545,7 +583,7 @@ def _finish(run: _Run, wall_start: float) -> dict:
             "arch": cfg.model.arch, "recipe": run.recipe, "data": run.data.name, "iterations": t.iterations,
             "budget": t.budget, "iterations_run": state.iteration, "stopped_by": state.stopped_by,
             "planned_iterations": state.planned_iterations, "converged": state.stale_validations >= t.patience,
-            "last_improvement_iteration": state.last_improvement_iteration, "lr": t.lr,
+            "last_improvement_iteration": state.last_improvement_iteration, "lr": t.lr, "lr_policy": t.lr_policy,
             "world_size": info.world_size, "device": str(run.device), "precision": run.precision.name,
             "math": math_settings(run.device), "channels_last": run.channels_last, "num_params": _num_params(model),
             "best_metric": t.best_metric, "best_value": best["value"], "best_iteration": best["iteration"],

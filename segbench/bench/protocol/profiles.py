@@ -71,6 +71,8 @@ class Profile:
     # How long each run trains (``segbench run --budget``): "iterations" (``iterations`` steps),
     # "time:SECONDS" or "auto" (stop on a validation plateau); the latter two may take up to 4x the steps.
     budget: str = "iterations"
+    # Learning rate (``segbench run --lr``): "paper" (each recipe's) or "find" (a range test per run).
+    lr: str = "paper"
     # Extra configuration overrides (``key=value``) applied to every run, shown in the report.
     overrides: tuple[str, ...] = field(default_factory=tuple)
     # GPU memory one training process needs for the heaviest architectures (the dilated ResNet-101
@@ -86,6 +88,7 @@ class Profile:
             else "native size; random crops of input_size for training, sliding window for evaluation",
             "iterations": self.iterations,
             "budget": self.budget,
+            "learning_rate": self.lr,
             "batch_size": self.batch_size,
             "validations": self.validations,
             "seeds": self.seeds,

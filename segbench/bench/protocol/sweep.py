@@ -147,6 +147,7 @@ def plan_sweep(
     overrides: list[str] | tuple[str, ...] = (),
     pretrained: dict[str, str | None | Sequence[str | None]] | None = None,
     budget: str | None = None,
+    lr: str | None = None,
 ) -> list[PlannedRun]:
     """Resolve every (architecture, start, seed) configuration. Raises ``KeyError``/``ValueError`` (with
     the valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
@@ -154,7 +155,8 @@ def plan_sweep(
     ``pretrained`` maps an architecture to its backbone start (``model.pretrained``: ``"imagenet"`` or a
     checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
     both); architectures it does not name train from scratch. ``budget`` (default: the profile's):
-    ``iterations[:N]``, ``time:SECONDS`` or ``auto`` (``parse_budget``)."""
+    ``iterations[:N]``, ``time:SECONDS`` or ``auto`` (``parse_budget``); ``lr`` (default: the profile's):
+    ``paper`` (each recipe's rate) or ``find`` (a range test per run, ``segbench.engine.lr_find``)."""
     registered = list_models()
     archs = list(archs) if archs else list(REVIEW_ARCHS)
     unknown = [a for a in archs if a not in registered]
@@ -174,6 +176,10 @@ def plan_sweep(
     out = Path(out)
     base = _base_values(profile, data, iterations)  # validation, log and checkpoint intervals
     base["train"]["budget"] = kind
+    lr = lr or profile.lr
+    if lr not in ("paper", "find"):
+        raise ValueError(f"--lr {lr!r}: expected paper or find")
+    base["train"]["lr_policy"] = lr
     if kind == "time":
         base["train"]["time_budget_s"] = value
         base["train"]["iterations"] = iterations * BUDGET_CAP  # the cap: the measured speed plans the steps

@@ -69,6 +69,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
     Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
     Column("train_images_per_s", "Train speed", "higher", 1, "img/s", "training images per second"),
+    Column("lr", "LR", "", 5, "", "peak learning rate the run trained with (the recipe's, or the range test's pick)"),
     Column("best_iteration", "Best iter", "", 0, "", "iteration of the best validation score"),
     Column("iterations_run", "Iterations", "", 0, "", "training steps the run took (its budget decides)"),
     Column("last_improvement_iteration", "Last gain", "", 0, "", "iteration of the last validation that improved "

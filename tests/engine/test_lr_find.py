@@ -1,0 +1,58 @@
+"""The learning-rate range test: it finds a known good rate on a problem built for it, and
+``train.lr_policy=find`` trains exactly as if its pick had been given by hand."""
+
+import json
+import math
+
+import pytest
+
+from segbench.config import load_config
+from segbench.engine import train
+from segbench.engine.checkpoint import load_checkpoint
+from segbench.engine.lr_find import range_test
+
+
+def test_range_test_finds_a_stable_fast_rate_for_a_quadratic():
+    # f(w) = a/2 |w|^2, gradient descent: w <- (1 - lr a) w. Stable for lr < 2/a, fastest at lr = 1/a.
+    a = 50.0
+    w = [3.0]
+
+    def step(lr):
+        loss = 0.5 * a * w[0] ** 2
+        w[0] -= lr * a * w[0]
+        return loss
+
+    result = range_test(step, start=1e-6, end=10.0, steps=100)
+    assert result.stopped == "diverged" and result.lrs[-1] < 10.0  # stopped when the loss ran away
+    assert 0.1 / a <= result.suggestion < 2 / a  # a tenth of the edge: stable, and not timid
+    assert result.suggestion == pytest.approx(result.lrs[result.smoothed.index(min(result.smoothed))] / 10)
+
+
+def test_range_test_refuses_nonsense():
+    with pytest.raises(ValueError, match="0 < start < end"):
+        range_test(lambda lr: 1.0, start=1.0, end=0.1)
+    with pytest.raises(ValueError, match="not finite even at lr"):
+        range_test(lambda lr: math.nan)
+
+
+TINY = ["model.arch=tiny", "train.iterations=8", "train.batch_size=4", "train.val_interval=4", "train.device=cpu",
+        "eval.test_at_end=false"]
+
+
+def test_lr_policy_find_trains_as_if_its_pick_were_given(tiny_env, tmp_path):
+    found = train(load_config(None, TINY + ["train.lr_policy=find"]), tmp_path / "find", progress=False)
+    record = json.loads((tmp_path / "find" / "lr_find.json").read_text())
+    assert found["lr"] == record["picked"] == record["suggestion"] and found["lr_policy"] == "find"
+    assert len(record["lrs"]) == len(record["losses"]) <= 100
+    by_hand = train(load_config(None, TINY + [f"train.lr={record['picked']!r}"]), tmp_path / "hand", progress=False)
+    assert found["val"] == by_hand["val"]  # the test left the random state as it found it
+    a, b = load_checkpoint(tmp_path / "find" / "last.pt")["model"], load_checkpoint(tmp_path / "hand" / "last.pt")["model"]
+    assert all((a[k] == b[k]).all() for k in a)
+    # Resuming reads the pick back instead of testing again.
+    again = train(load_config(None, TINY + ["train.lr_policy=find"]), tmp_path / "find", progress=False)
+    assert again["lr"] == found["lr"]
+
+
+def test_lr_policy_find_with_a_given_lr_is_refused(tiny_env, tmp_path):
+    with pytest.raises(ValueError, match="give one of them"):
+        train(load_config(None, TINY + ["train.lr_policy=find", "train.lr=0.1"]), tmp_path, progress=False)
