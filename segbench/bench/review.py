@@ -170,7 +170,7 @@ def write_review(
     per_arch: dict[str, dict] = {}
     for run, row in zip(plan, rows):
         if row["status"] == "ok":
-            per_arch.setdefault(run.label, {})[f"seed {run.seed}"] = read_run_scores(run.run_dir)
+            per_arch.setdefault(run.label, {})[run.name] = read_run_scores(run.run_dir)
     evidence = gather(per_arch)
     _add_evidence(table, evidence)
     write_evidence(evidence, per_arch, report_dir)
@@ -209,7 +209,9 @@ def write_review(
                         batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
                         convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
                                     f"{cfg.train.patience} validations")
-    settings.update(seeds=seeds, command_line_overrides=list(overrides) or "none")
+    folds = {r.fold for r in plan} - {None}
+    settings.update(seeds=seeds, command_line_overrides=list(overrides) or "none",
+                    cross_validation=f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none")
     profile_info = {
         "name": profile.name,
         "description": profile.description,

@@ -97,8 +97,11 @@ def _measure_speed(plan, profile, out: str) -> None:
 @click.option("--lr", "lr", type=click.Choice(["paper", "find"]), default=None,
               help="Learning rate (default: the profile's): paper, each family's published recipe; find, a range "
                    "test on the training split per run picks it (the smoothed loss's minimum / 10).")
+@click.option("--folds", type=click.IntRange(min=0), default=None,
+              help="Cross-validation: K >= 2 folds over cases (a lone volume: slabs), one run per architecture, fold "
+                   "and seed; results and statistics over every fold.")
 def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
-        lr) -> None:
+        lr, folds) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -113,7 +116,8 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
 
     chosen = get_profile(profile)
     settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
-                    iterations=iterations, overrides=list(overrides), budget=budget, lr=lr)  # fmt: skip
+                    iterations=iterations, overrides=list(overrides), budget=budget, lr=lr,
+                    folds=folds or None)  # fmt: skip
     try:
         plan = plan_sweep(**settings)
         if pretrained != "none":  # decided on the resolved options (profile + --set), then planned again
@@ -127,7 +131,8 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
     command = shlex.join(["segbench", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "segbench run"
     imagenet = sum(r.config.model.pretrained == "imagenet" for r in plan)
     click.echo(f"segbench run: profile {chosen.name}, {len({r.arch for r in plan})} architecture(s) x "
-               f"{len({r.seed for r in plan})} seed(s), {len(plan)} run(s) ({imagenet} from ImageNet weights), "
+               f"{len({r.seed for r in plan})} seed(s)" + (f" x {folds} folds" if folds else "") +
+               f", {len(plan)} run(s) ({imagenet} from ImageNet weights), "
                f"data {data}, out {out}", err=True)
     started = time.perf_counter()
     if not report_only:

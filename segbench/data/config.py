@@ -7,6 +7,8 @@ so a bad value fails here with the valid range instead of deep inside a DataLoad
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 __all__ = ["AugmentConfig", "DataConfig", "DataError", "FORMATS", "NORMALIZATIONS"]
@@ -79,6 +81,9 @@ class DataConfig:
     test_fraction: float = 0.0  # share of cases held out for the final test; 0: no test split
     seed: int = 0  # seeds the split, the empty-slice subsampling and every augmentation draw
     split_file: str | None = None  # JSON/YAML {"train": [case ids], "val": [...], "test": [...]}
+    folds: int = 0  # cross-validation: K >= 2 folds over cases (groups, slabs of a lone volume); 0: one split
+    fold: int = 0  # which fold is the validation split (0 .. folds - 1)
+    group_pattern: str | None = None  # regex whose first group names a case's group (patient): one group, one fold
     slice_axis: int = 2  # volumes: the axis (after reorienting to RAS+) cut into 2D slices; 2 = axial
     keep_empty_slices: float = 0.5  # volumes: share of train slices without foreground kept, redrawn each epoch
     slab_gap: int = 2  # one-volume split: slices dropped between slabs of different splits (no neighbours leak)
@@ -122,5 +127,13 @@ class DataConfig:
             raise ValueError(f"keep_empty_slices is a fraction in [0, 1], got {self.keep_empty_slices}")
         if self.slab_gap < 0:
             raise ValueError(f"slab_gap must be >= 0, got {self.slab_gap}")
+        if self.folds == 1 or self.folds < 0 or (self.folds and not 0 <= self.fold < self.folds):
+            raise ValueError(f"folds must be 0 (one split) or >= 2 with 0 <= fold < folds, got folds={self.folds}, fold={self.fold}")
+        if self.group_pattern is not None:
+            try:
+                if re.compile(self.group_pattern).groups < 1:
+                    raise ValueError(f"group_pattern {self.group_pattern!r} needs a (group) naming the case's group")
+            except re.error as err:
+                raise ValueError(f"group_pattern {self.group_pattern!r} is not a regular expression: {err}") from None
         if self.resize is not None and min(self.resize) < 1:
             raise ValueError(f"resize must be positive, got {self.resize}")

@@ -11,7 +11,8 @@ different splits, so no two neighbouring slices end up on both sides.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,9 @@ class SplitPlan:
     notices: list[str] = field(default_factory=list)
 
 
-def read_split_file(path: str | Path) -> tuple[dict[str, list[str]], list[str]]:
+def read_split_file(path: str | Path, fold: int | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """{"train": [ids], "val": [ids], "test": [ids]} (JSON or YAML), or nnU-Net's splits_final.json
-    (a list of folds; fold 0 is used)."""
+    (a list of folds: ``fold``, default 0)."""
     path = Path(path).expanduser()
     try:
         content = yaml.safe_load(path.read_text())
@@ -42,8 +43,13 @@ def read_split_file(path: str | Path) -> tuple[dict[str, list[str]], list[str]]:
         raise DataError(f"cannot read split file {path}: {exc}") from None
     notices = []
     if isinstance(content, list) and content and isinstance(content[0], dict):
-        content = content[0]
-        notices.append(f"{path} lists folds (nnU-Net splits_final.json); using fold 0")
+        if not 0 <= (fold or 0) < len(content):
+            raise DataError(f"split file {path} lists {len(content)} folds; fold {fold} is not one of them")
+        content = content[fold or 0]
+        notices.append(f"{path} lists folds (nnU-Net splits_final.json); using fold {fold or 0}")
+    elif fold is not None:
+        raise DataError(f"split file {path} names one split, not folds: remove folds, or give nnU-Net's "
+                        "splits_final.json (a list of folds)")
     if not isinstance(content, dict) or not content:
         raise DataError(f"split file {path} must map train/val/test to lists of case ids")
     splits: dict[str, list[str]] = {}
@@ -105,16 +111,48 @@ def _carve(indices: list[int], cases: list[str], cfg: DataConfig, wanted: tuple[
     return {split: sorted(members) for split, members in out.items()}
 
 
+def _group(case: str, cfg: DataConfig) -> str:
+    """The case's group (patient) by ``group_pattern``; a case with no match is its own group."""
+    match = re.search(cfg.group_pattern, case) if cfg.group_pattern else None
+    return match.group(1) if match else case
+
+
+def _folds(indices: list[int], cases: list[str], cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[int]]:
+    """K-fold cross-validation over groups (cases without ``group_pattern``): groups ordered by their hash
+    position (``_case_position`` of the group id), fold k validates the groups at ranks r with
+    r * K // n == k, so the folds partition the groups and differ in size by at most one. A test split
+    (``test_fraction``) is carved first by the usual bands and is the same in every fold."""
+    out: dict[str, list[int]] = {"train": [], "val": []}
+    pool = indices
+    if "test" in wanted:
+        held = _carve(indices, cases, replace(cfg, val_fraction=0.0), ("test",))
+        out["test"], pool = held["test"], held["train"]
+    groups = sorted({_group(cases[i], cfg) for i in pool}, key=lambda g: _case_position(g, cfg.seed))
+    if len(groups) < cfg.folds:
+        raise DataError(f"{len(groups)} group(s) of cases are too few for {cfg.folds} folds; lower --folds or add data")
+    fold_of = {g: rank * cfg.folds // len(groups) for rank, g in enumerate(groups)}
+    for i in pool:
+        out["val" if fold_of[_group(cases[i], cfg)] == cfg.fold else "train"].append(i)
+    return {split: sorted(members) for split, members in out.items()}
+
+
 def _slabs(slices: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:
     gap = cfg.slab_gap
     count = min(SLABS, slices // (gap + 1))
+    if cfg.folds:  # cross-validation of a lone volume: fold k validates the slabs k*count//K ... (k+1)*count//K - 1
+        if "test" in wanted:
+            raise DataError("a lone volume cannot hold a test split and cross-validation folds at once; "
+                            "set test_fraction=0 or give more volumes")
+        if count < cfg.folds:
+            raise DataError(f"one volume of {slices} slices holds {count} slabs, too few for {cfg.folds} folds")
+        owner = ["val" if k * cfg.folds // count == cfg.fold else "train" for k in range(count)]
+        return _slab_ranges(slices, count, owner, gap)
     held = _held_out_counts(count, cfg, wanted) if count else {}
     if count < sum(held.values()) + 1 or not held:
         raise DataError(
             f"one volume of {slices} slices cannot be split by slab into train and {', '.join(wanted)} with "
             f"slab_gap={gap}; add volumes or lower slab_gap"
         )
-    bounds = np.linspace(0, slices, count + 1).round().astype(int)
     candidates = list(range(1, count - 1)) if count - 2 >= sum(held.values()) else list(range(count))
     order = [candidates[i] for i in np.random.default_rng(cfg.seed).permutation(len(candidates))]
     owner = ["train"] * count
@@ -123,6 +161,13 @@ def _slabs(slices: int, cfg: DataConfig, wanted: tuple[str, ...]) -> dict[str, l
         for slab in order[start : start + n]:
             owner[slab] = split
         start += n
+    return _slab_ranges(slices, count, owner, gap)
+
+
+def _slab_ranges(slices: int, count: int, owner: list[str], gap: int) -> dict[str, list[tuple[int, int]]]:
+    """Slice ranges per split for ``count`` equal slabs owned as ``owner`` says, with ``gap`` slices dropped
+    at every boundary between slabs of different splits (from the held-out side's neighbour in train)."""
+    bounds = np.linspace(0, slices, count + 1).round().astype(int)
     first, stop = list(bounds[:-1]), list(bounds[1:])
     for k in range(count - 1):  # drop `gap` slices at each boundary between different splits
         if owner[k] != owner[k + 1]:
@@ -149,7 +194,7 @@ def plan_splits(
     notices: list[str] = []
     assigned: dict[str, list[int]] = {}
     if cfg.split_file:
-        listed, notices = read_split_file(cfg.split_file)
+        listed, notices = read_split_file(cfg.split_file, cfg.fold if cfg.folds else None)
         index = {case: i for i, case in enumerate(cases)}
         unknown = sorted({c for ids in listed.values() for c in ids if c not in index})
         if unknown:
@@ -179,7 +224,10 @@ def plan_splits(
     if empty:
         raise DataError(f"split(s) {', '.join(empty)} hold no cases")
     wanted = tuple(s for s in ("val", "test") if s not in assigned and (s == "val" or cfg.test_fraction > 0))
-    if "val" in wanted and cfg.val_fraction <= 0:
+    if cfg.folds and "val" not in wanted and not cfg.split_file:
+        raise DataError(f"folds={cfg.folds}: the data already names its validation cases (val/ folders or a split "
+                        "file); cross-validation needs them pooled: remove those, or folds")
+    if "val" in wanted and cfg.val_fraction <= 0 and not cfg.folds:
         raise DataError("no validation split: give val/ folders or a split_file, or set val_fraction > 0")
     ranges: dict[str, list[tuple[int, int, int]]] = {}
     by_slab = False
@@ -192,6 +240,9 @@ def plan_splits(
             for split, spans in _slabs(slices[train[0]], cfg, wanted).items():
                 ranges[split] = [(train[0], a, b) for a, b in spans]
             notices.append(f"one training volume: split by slab along the slice axis with {cfg.slab_gap} slice(s) dropped between splits")
+        elif cfg.folds:
+            assigned.update(_folds(train, cases, cfg, wanted))
+            notices.append(f"cross-validation: fold {cfg.fold} of {cfg.folds} is the validation split")
         else:
             assigned.update(_carve(train, cases, cfg, wanted))
     for split, members in assigned.items():

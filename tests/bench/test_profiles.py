@@ -62,3 +62,14 @@ def test_budgets_plan_the_runs_as_asked(tmp_path):
     assert (auto.budget, auto.iterations) == ("auto", quick.iterations * BUDGET_CAP)
     # Validation keeps the profile's rhythm whatever the cap.
     assert timed.val_interval == auto.val_interval == quick.iterations // quick.validations
+
+
+def test_folds_plan_one_run_per_fold_and_seed(tmp_path):
+    from segbench.bench.protocol.sweep import plan_sweep
+
+    plan = plan_sweep(data="brain-mri", profile=get_profile("quick"), out=tmp_path, archs=["unet"], seeds=2, folds=3)
+    assert [(r.fold, r.seed) for r in plan] == [(f, s) for f in range(3) for s in range(2)]
+    assert {r.config.data.folds for r in plan} == {3} and len({r.config_hash for r in plan}) == 6
+    assert plan[2].run_dir.name.startswith("unet-f1-s0-") and plan[2].name == "fold 1 seed 0"
+    with pytest.raises(ValueError, match="--folds must be >= 2"):
+        plan_sweep(data="brain-mri", profile=get_profile("quick"), out=tmp_path, archs=["unet"], folds=1)

@@ -35,12 +35,13 @@ ARCHS = ("unet", "segformer")
 CHROMIUM = "/usr/bin/chromium"
 
 
-def write_synthetic_data(root: Path, size: int = 32) -> Path:
-    """images/{train,val,test} + masks/...: a bright disc (class 1) and a dark bar (class 2) on noise."""
+def write_synthetic_data(root: Path, size: int = 32, splits=(("train", 8), ("val", 4), ("test", 2))) -> Path:
+    """images/{train,val,test} + masks/...: a bright disc (class 1) and a dark bar (class 2) on noise.
+    A split named "" puts its images straight in images/ and masks/ (no split folders)."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 4), ("test", 2)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
+    for split, count in splits:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             mask = np.zeros((size, size), np.uint8)
             yy, xx = np.mgrid[:size, :size]
@@ -315,3 +316,20 @@ def test_the_verdict_is_generated_from_the_statistics(sweep):
     with open(report / "per_case.csv") as f:
         assert {row["arch"] for row in csv.DictReader(f)} == set(ARCHS)
     assert 'id="verdict"' in (report / "index.html").read_text()
+
+
+def test_cross_validation_runs_every_fold_and_scores_every_case_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    data = write_synthetic_data(tmp_path / "data", splits=(("", 12),))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(run, [str(data), "--archs", "unet", "--iterations", "4", "--folds", "3", "--out", str(out),
+                                      "--set", "data.resize=[32,32]", "--no-progress", "--no-speed"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name[:7] for p in out.glob("unet-f*")) == ["unet-f0", "unet-f1", "unet-f2"]
+    with open(out / "report" / "per_case.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["class"] == "class_1"]
+    assert sorted(r["case"] for r in rows) == sorted(f"{i}" for i in range(12))  # each case in one fold
+    assert {r["run"] for r in rows} == {"fold 0 seed 0", "fold 1 seed 0", "fold 2 seed 0"}
+    statistics = json.loads((out / "report" / "statistics.json").read_text())
+    assert statistics["architectures"]["unet"]["runs"] == 3 and statistics["architectures"]["unet"]["units"] == 12

@@ -60,6 +60,16 @@ class PlannedRun:
         return self.arch + (IMAGENET_SUFFIX if self.config.model.pretrained == "imagenet" else "")
 
     @property
+    def fold(self) -> int | None:
+        """The cross-validation fold this run validates on (None: no cross-validation)."""
+        return self.config.data.fold if self.config.data.folds else None
+
+    @property
+    def name(self) -> str:
+        """The run among its architecture's runs: ``seed 0``, or ``fold 2 seed 0`` under cross-validation."""
+        return (f"fold {self.fold} " if self.fold is not None else "") + f"seed {self.seed}"
+
+    @property
     def finished(self) -> bool:
         """A previous invocation completed this exact run (same configuration hash)."""
         result = WorkerResult.read(self.run_dir)
@@ -148,6 +158,7 @@ def plan_sweep(
     pretrained: dict[str, str | None | Sequence[str | None]] | None = None,
     budget: str | None = None,
     lr: str | None = None,
+    folds: int | None = None,
 ) -> list[PlannedRun]:
     """Resolve every (architecture, start, seed) configuration. Raises ``KeyError``/``ValueError`` (with
     the valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
@@ -156,7 +167,8 @@ def plan_sweep(
     checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
     both); architectures it does not name train from scratch. ``budget`` (default: the profile's):
     ``iterations[:N]``, ``time:SECONDS`` or ``auto`` (``parse_budget``); ``lr`` (default: the profile's):
-    ``paper`` (each recipe's rate) or ``find`` (a range test per run, ``segbench.engine.lr_find``)."""
+    ``paper`` (each recipe's rate) or ``find`` (a range test per run, ``segbench.engine.lr_find``);
+    ``folds`` K >= 2: one run per (architecture, start, fold, seed), fold k validating on the k-th fold."""
     registered = list_models()
     archs = list(archs) if archs else list(REVIEW_ARCHS)
     unknown = [a for a in archs if a not in registered]
@@ -167,6 +179,8 @@ def plan_sweep(
     seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if folds is not None and (folds == 1 or folds < 0):
+        raise ValueError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
     kind, value = parse_budget(budget or profile.budget)
     if kind == "iterations" and value is not None:
         iterations = value if iterations is None else iterations
@@ -195,19 +209,23 @@ def plan_sweep(
         starts = (pretrained or {}).get(arch)
         starts = list(starts) if isinstance(starts, (list, tuple)) else [starts]
         for start in starts:
-            for seed in range(seeds):
-                values = json.loads(json.dumps(base))
-                values["model"] = {"arch": arch, "options": options}
-                if start is not None:
-                    values["model"]["pretrained"] = start
-                values["train"]["seed"] = seed
-                values = apply_overrides(values, [*profile.overrides, *overrides])
-                cfg = config_from_dict(values)
-                measure = _measure_settings(cfg, profile)
-                digest = config_hash(cfg, measure)
-                run = PlannedRun(arch, seed, cfg, measure, digest, out)
-                plan.append(dataclasses.replace(run, run_dir=out / f"{run.label}-s{seed}-{digest}"))
-    labels = [(run.label, run.seed) for run in plan]
+            for fold in range(folds) if folds else [None]:
+                for seed in range(seeds):
+                    values = json.loads(json.dumps(base))
+                    values["model"] = {"arch": arch, "options": options}
+                    if start is not None:
+                        values["model"]["pretrained"] = start
+                    values["train"]["seed"] = seed
+                    if fold is not None:
+                        values["data"].update(folds=folds, fold=fold)
+                    values = apply_overrides(values, [*profile.overrides, *overrides])
+                    cfg = config_from_dict(values)
+                    measure = _measure_settings(cfg, profile)
+                    digest = config_hash(cfg, measure)
+                    run = PlannedRun(arch, seed, cfg, measure, digest, out)
+                    folder = f"{run.label}-" + (f"f{fold}-" if fold is not None else "") + f"s{seed}-{digest}"
+                    plan.append(dataclasses.replace(run, run_dir=out / folder))
+    labels = [(run.label, run.fold, run.seed) for run in plan]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two planned runs share a label and seed (starts: {pretrained}); give each architecture "
                          "at most one start per label (from scratch, 'imagenet', a file)")  # fmt: skip
@@ -327,7 +345,7 @@ def run_sweep(
     counts = {"skipped": 0, "ran": 0, "failed": 0}
     weights_problem: dict[str, str | None] = {}  # per encoder: why its ImageNet weights cannot be had
     for k, run in enumerate(plan, start=1):
-        label = f"[{k}/{len(plan)}] {run.label} seed {run.seed} ({run.run_dir.name})"
+        label = f"[{k}/{len(plan)}] {run.label} {run.name} ({run.run_dir.name})"
         if run.finished:
             counts["skipped"] += 1
             say(f"{label}: finished earlier, reusing its results")
