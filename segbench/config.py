@@ -79,6 +79,8 @@ class TrainConfig:
     # "paper": train.lr (or the family's). "find": a learning-rate range test on the training split picks
     # it before training (segbench.engine.lr_find: the minimum of the smoothed loss / 10; lr_find.json).
     lr_policy: Literal["paper", "find"] = "paper"
+    # Steps of that range test (rates from 1e-7 to 1, exponentially).
+    lr_find_steps: int = 100
     # None: the family's (cnn 5e-4, transformer 0.01).
     weight_decay: float | None = None
     # SGD momentum.
@@ -136,7 +138,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Zero or negative counts used to fail deep in the loop (a division by zero, an empty run).
-        for name in ("iterations", "batch_size", "val_interval", "log_interval", "checkpoint_interval", "patience"):
+        for name in ("iterations", "batch_size", "val_interval", "log_interval", "checkpoint_interval", "patience", "lr_find_steps"):
             value = getattr(self, name)
             if isinstance(value, int) and value < 1:
                 raise ValueError(f"{name}={value} must be a positive integer")

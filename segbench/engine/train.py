@@ -324,7 +324,7 @@ def _find_lr(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, p
         model, lambda m: build_optimizer(m, t, recipe),
         lambda m, o: TrainStep(m, o, criterion, precision=precision, aux_weight=aux_weight, grad_clip=t.grad_clip,
                                memory_format=memory_format, scaler=grad_scaler(precision)),
-        ((batch["image"], batch["mask"]) for batch in loader))
+        ((batch["image"], batch["mask"]) for batch in loader), steps=t.lr_find_steps)
     restore_rng_state(rng)
     picked = [result.suggestion]
     if info.enabled:

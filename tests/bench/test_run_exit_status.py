@@ -58,7 +58,7 @@ def test_ctrl_c_stops_the_sweep_with_one_message_and_no_traceback(tmp_path):
     data, out = _data(tmp_path / "data", stray=False), tmp_path / "out"
     env = {**os.environ, "SEGBENCH_HOME": str(tmp_path / "home")}
     command = [sys.executable, "-m", "segbench", "run", str(data), "--archs", "unet", "--iterations", "100000",
-               "--out", str(out), "--no-speed", "--no-progress"]
+               "--out", str(out), "--no-speed", "--no-progress", "--lr", "paper", "--set", "train.batch_size=4"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 120

@@ -107,8 +107,9 @@ class Profile:
 # output strides; MiT-B0; Swin at half width with two blocks per stage and a 128-channel UPerNet head.
 QUICK = Profile(
     name="quick",
-    description="Laptop CPU: slim backbones, 96x96 inputs, 250 iterations, CE+Dice loss. Sized for about 16 "
-    "minutes for all ten on 2 idle cores; ranks the designs at small scale from scratch, not the papers' numbers.",
+    description="Laptop CPU: slim backbones, 96x96 inputs, CE+Dice loss, from scratch; every architecture gets the "
+    "same 45 s of training steps (matched compute) at the learning rate its own range test picks. Sized for "
+    "about 15 minutes for all ten on 2 idle cores; ranks the designs at small scale, not the papers' numbers.",
     input_size=(96, 96),
     resize_inputs=True,
     iterations=250,
@@ -127,7 +128,9 @@ QUICK = Profile(
         "segformer": {"encoder": "mit_b0"},
         "upernet": {"encoder": "swin_t", "embed_dim": 48, "depths": [2, 2, 2, 2], "channels": 128, "aux_channels": 64},
     },
-    overrides=("train.loss=ce+dice",),
+    overrides=("train.loss=ce+dice", "train.lr_find_steps=40"),
+    budget="time:45",
+    lr="find",
 )
 
 STANDARD = Profile(

@@ -181,7 +181,8 @@ def plan_sweep(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if folds is not None and (folds == 1 or folds < 0):
         raise ValueError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
-    kind, value = parse_budget(budget or profile.budget)
+    # An explicit --iterations N without --budget asks for N iterations, whatever the profile's budget.
+    kind, value = parse_budget(budget or ("iterations" if iterations is not None else profile.budget))
     if kind == "iterations" and value is not None:
         iterations = value if iterations is None else iterations
     iterations = profile.iterations if iterations is None else iterations
