@@ -27,6 +27,7 @@ from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
 
 from segbench.models.registry import ARCHITECTURES
+from segbench.run_files import LOG_FILE
 
 __all__ = ["write_review", "ACCURACY_KEY"]
 
@@ -69,7 +70,7 @@ def _curves(runs: dict[str, PlannedRun], metric: str) -> dict[str, dict[str, lis
     curves = {}
     for arch, run in runs.items():
         loss, val = [], []
-        path = run.run_dir / "log.jsonl"
+        path = run.run_dir / LOG_FILE
         for line in path.read_text().splitlines() if path.is_file() else []:
             try:
                 record = json.loads(line)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from segbench.run_files import ONNX_FILE
 
 __all__ = ["export"]
 
@@ -40,7 +41,7 @@ def export(run_dir: Path, fmt: str, size, which: str, shape: str) -> None:
     size = tuple(size) if size else _inference_size(cfg)
     if size is None:
         raise click.UsageError("the run's config has no window, resize or crop size: pass --size H W")
-    path = run_dir / "model.onnx"
+    path = run_dir / ONNX_FILE
     dynamic = {"auto": None, "dynamic": True, "static": False}[shape]
     try:
         result = export_onnx(model, path, input_size=size, in_channels=info.in_channels, dynamic=dynamic)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+from segbench.run_files import BEST_FILE, CONFIG_FILE, LAST_FILE, LOG_FILE, METRICS_FILE
 
 __all__ = ["train", "format_metrics"]
 
@@ -78,9 +79,9 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
     out_dir = Path(out)
     resume = resume and not overwrite
     with _user_errors():
-        if not (config or arch or data_source or overrides) and resume and (out_dir / "config.yaml").is_file() \
+        if not (config or arch or data_source or overrides) and resume and (out_dir / CONFIG_FILE).is_file() \
                 and is_run_folder(out_dir):
-            cfg = load_config(out_dir / "config.yaml")
+            cfg = load_config(out_dir / CONFIG_FILE)
             click.echo(f"resuming with {out_dir / 'config.yaml'}", err=True)
         else:
             values = read_preset(config) if config else {}
@@ -108,9 +109,9 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
         click.echo(f"no validation gave a defined {metrics['best_metric']}; see log.jsonl")
     if "test" in metrics:
         click.echo("test (best checkpoint):\n" + format_metrics(metrics["test"]))
-    written = [name for name in ("metrics.json", "log.jsonl", "best.pt", "last.pt", "config.yaml") if (out_dir / name).is_file()]
+    written = [name for name in (METRICS_FILE, LOG_FILE, BEST_FILE, LAST_FILE, CONFIG_FILE) if (out_dir / name).is_file()]
     click.echo(f"run folder: {out_dir} ({', '.join(written)})")
-    if not (out_dir / "best.pt").is_file():
+    if not (out_dir / BEST_FILE).is_file():
         click.echo(f"warning: no best.pt: no validation gave a defined {metrics['best_metric']} (does the val split "
                    "hold foreground?); `segbench eval/predict --which last` use the final weights", err=True)
 
@@ -148,7 +149,7 @@ def _interrupted(out_dir: Path) -> None:
     from segbench.engine.checkpoint import load_checkpoint
 
     try:
-        iteration = load_checkpoint(out_dir / "last.pt").get("iteration")
+        iteration = load_checkpoint(out_dir / LAST_FILE).get("iteration")
         kept = f"{out_dir / 'last.pt'} holds iteration {iteration}"
     except (OSError, ValueError):
         kept = "no checkpoint was written yet"

@@ -26,6 +26,7 @@ from torch import nn
 
 from segbench.config import Config, config_from_dict
 from segbench.checkpoints.io import CheckpointError, load_torch_file
+from segbench.run_files import LAST_FILE
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -170,7 +171,7 @@ def load_run_model(
     if not path.is_file():
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run folder at {run_dir}")
-        hint = " (no validation gave a defined best metric; use --which last)" if (run_dir / "last.pt").is_file() else \
+        hint = " (no validation gave a defined best metric; use --which last)" if (run_dir / LAST_FILE).is_file() else \
             "; has training run and validated at least once?"
         raise FileNotFoundError(f"{run_dir} has no {which}.pt{hint}")
     state = load_checkpoint(path, map_location)

@@ -30,6 +30,7 @@ from segbench.engine.device import Precision, inference_precision, resolve_devic
 from segbench.engine.hardware import loader_workers
 from segbench.engine.inference import InferenceSettings, predict_logits
 from segbench.engine.metrics import CaseScores, SegmentationMetrics, write_per_case_csv
+from segbench.run_files import eval_file, eval_per_case_file
 
 __all__ = ["inference_settings", "merge_shards", "evaluate", "evaluate_run", "json_safe", "write_json"]
 
@@ -208,7 +209,7 @@ def evaluate_run(
     metrics = evaluate(model, data.splits[split], info, cfg.eval, device, precision, progress=progress, desc=split,
                        num_workers=loader_workers(cfg.train.num_workers, device), per_case=rows)
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
-    write_json(result, run_dir / f"eval_{split}.json")
-    write_per_case_csv(run_dir / f"eval_per_case_{split}.csv", rows)
-    run_folder.record(run_dir, f"eval_{split}.json", f"eval_per_case_{split}.csv")  # starting over may delete them
+    write_json(result, run_dir / eval_file(split))
+    write_per_case_csv(run_dir / eval_per_case_file(split), rows)
+    run_folder.record(run_dir, eval_file(split), eval_per_case_file(split))  # starting over may delete them
     return result

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from segbench.run_files import ONNX_FILE
 
 __all__ = ["OPSET", "METADATA_KEY", "ExportInfo", "OnnxModel", "load_onnx_model", "onnx_providers"]
 
@@ -112,7 +113,7 @@ def load_onnx_model(run_dir_or_path: str | Path, *, threads: int | None = None, 
     (``OnnxModel.provider`` says which runs)."""
     path = Path(run_dir_or_path)
     if path.is_dir():
-        path = path / "model.onnx"
+        path = path / ONNX_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"no ONNX model at {path}; write one with `segbench export {path.parent} --format onnx`"

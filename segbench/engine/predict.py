@@ -30,6 +30,7 @@ from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import predict_logits
+from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE
 
 __all__ = ["PredictError", "collect_inputs", "default_palette", "predict_files"]
 
@@ -129,10 +130,10 @@ class _Runner:
 
 
 def _run_metadata(run_dir: Path) -> tuple[Config, DataInfo]:
-    info_path = run_dir / "data_info.json"
-    if (run_dir / "config.yaml").is_file() and info_path.is_file():
-        return load_config(run_dir / "config.yaml"), DataInfo.from_dict(json.loads(info_path.read_text()))
-    state = load_checkpoint(run_dir / "best.pt")
+    info_path = run_dir / DATA_INFO_FILE
+    if (run_dir / CONFIG_FILE).is_file() and info_path.is_file():
+        return load_config(run_dir / CONFIG_FILE), DataInfo.from_dict(json.loads(info_path.read_text()))
+    state = load_checkpoint(run_dir / BEST_FILE)
     return config_from_dict(state["config"]), DataInfo.from_dict(state["data_info"])
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from segbench.run_files import BEST_FILE, LAST_FILE
 
 __all__ = [
     "MARKER",
@@ -57,7 +58,7 @@ def _legacy_run(run_dir: Path) -> bool:
     """A run folder from before the marker: its ``last.pt`` or ``best.pt`` is a segbench checkpoint."""
     from segbench.engine.checkpoint import load_checkpoint
 
-    for name in ("last.pt", "best.pt"):
+    for name in (LAST_FILE, BEST_FILE):
         if (run_dir / name).is_file():
             try:
                 load_checkpoint(run_dir / name)
@@ -130,7 +131,7 @@ def open_for_training(run_dir: str | Path, *, resume: bool, is_main: bool = True
         raise RunFolderError(f"--out {run_dir} is a file, not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_folder(run_dir):
         raise _not_ours(run_dir)
-    resuming = resume and (run_dir / "last.pt").is_file()
+    resuming = resume and (run_dir / LAST_FILE).is_file()
     if is_main:
         claim(run_dir)
         if not resuming:

@@ -88,6 +88,7 @@ from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
+from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, LAST_FILE, LOG_FILE, METRICS_FILE
 
 __all__ = ["train", "TrainState", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
@@ -195,7 +196,7 @@ class _Run:
 
     @property
     def last_path(self) -> Path:
-        return self.run_dir / "last.pt"
+        return self.run_dir / LAST_FILE
 
     def say(self, message: str) -> None:
         if self.info.is_main and self.progress:
@@ -300,7 +301,7 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
         model=model, recipe=recipe, optimizer=build_optimizer(model, t, recipe), scaler=grad_scaler(precision),
         step=None, memory_format=memory_format, channels_last=channels_last,
         workers=loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
-        log=RunLog(run_dir / "log.jsonl", info.is_main), progress=progress,
+        log=RunLog(run_dir / LOG_FILE, info.is_main), progress=progress,
     )
 
 
@@ -367,8 +368,8 @@ def _resume(run: _Run) -> dict | None:
     run.resumed_from = run.state.iteration
     run.log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
     ended = run.state.stopped_by is not None or run.resumed_from >= run.cfg.train.iterations
-    if ended and (run.run_dir / "metrics.json").is_file():
-        return json.loads((run.run_dir / "metrics.json").read_text())
+    if ended and (run.run_dir / METRICS_FILE).is_file():
+        return json.loads((run.run_dir / METRICS_FILE).read_text())
     run.say(f"resuming {run.run_dir} at iteration {run.resumed_from}")
     return None
 
@@ -377,8 +378,8 @@ def _write_run_files(run: _Run) -> None:
     """``config.yaml``, ``data_info.json`` (what predict needs without a checkpoint) and, for a new run,
     ``data_split.json`` (the split it trains on; eval compares the data with it)."""
     if run.info.is_main:
-        (run.run_dir / "config.yaml").write_text(to_yaml(run.cfg))
-        write_json(run.data_info.to_dict(), run.run_dir / "data_info.json")
+        (run.run_dir / CONFIG_FILE).write_text(to_yaml(run.cfg))
+        write_json(run.data_info.to_dict(), run.run_dir / DATA_INFO_FILE)
         if run.resumed_from is None:
             run_folder.write_split_record(run.run_dir, split_record(run.data))
 
@@ -451,7 +452,7 @@ def _validate(run: _Run, iteration: int) -> None:
         save_checkpoint(
             {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": config_to_dict(cfg),
              "data_info": run.data_info.to_dict(), "iteration": iteration, "metrics": metrics},
-            run.run_dir / "best.pt",
+            run.run_dir / BEST_FILE,
         )
     run.log.write(event="val", iteration=iteration, best=improved, **metrics)
     best_value = math.nan if state.best["value"] is None else state.best["value"]
@@ -567,7 +568,7 @@ def _finish(run: _Run, wall_start: float) -> dict:
     test_metrics = None
     if "test" in run.data.splits and len(run.data.splits["test"]) and cfg.eval.test_at_end and best["iteration"]:
         if info.is_main:
-            model.load_state_dict(load_checkpoint(run.run_dir / "best.pt")["model"])
+            model.load_state_dict(load_checkpoint(run.run_dir / BEST_FILE)["model"])
         broadcast_from_main(model.state_dict().values(), info)  # best.pt may be on rank 0's disk only
         per_case: list[dict] = []
         per_slice: list[dict] = []
@@ -596,7 +597,7 @@ def _finish(run: _Run, wall_start: float) -> dict:
         }
         if test_metrics is not None:
             result["test"] = test_metrics
-        write_json(result, run.run_dir / "metrics.json")
+        write_json(result, run.run_dir / METRICS_FILE)
         run.log.write(event="end", iteration=state.iteration, best_value=best["value"],
                       best_iteration=best["iteration"], train_time_s=state.train_time_s)
     if info.enabled:

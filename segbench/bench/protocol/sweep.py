@@ -38,6 +38,7 @@ from segbench.checkpoints.load import (
     IMAGENET_WEIGHTS, HashMismatchError, WeightsUnavailableError, imagenet_state_dict, imagenet_weights_fit,
 )  # fmt: skip
 from segbench.models.registry import list_models, model_options
+from segbench.run_files import LAST_FILE
 
 __all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX"]
 
@@ -351,7 +352,7 @@ def run_sweep(
             counts["skipped"] += 1
             say(f"{label}: finished earlier, reusing its results")
             continue
-        resuming = (run.run_dir / "last.pt").is_file()  # holds trained weights: no ImageNet file needed
+        resuming = (run.run_dir / LAST_FILE).is_file()  # holds trained weights: no ImageNet file needed
         encoder = None if resuming else _imagenet_encoder(run)
         if encoder is not None and encoder not in weights_problem:
             weights_problem[encoder] = _fetch_weights(encoder, say)
