@@ -175,6 +175,7 @@ def write_review(
     evidence = gather(per_arch)
     _add_evidence(table, evidence)
     write_evidence(evidence, per_arch, report_dir)
+    write_results(table, report_dir, "summary")  # per architecture: means over runs, intervals, p vs best
     columns = table_columns(table, [c.key for c in COLUMNS])
 
     figures: dict[str, Path] = {}

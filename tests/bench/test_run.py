@@ -315,6 +315,10 @@ def test_the_verdict_is_generated_from_the_statistics(sweep):
         assert "every other architecture is significantly worse" in verdict
     with open(report / "per_case.csv") as f:
         assert {row["arch"] for row in csv.DictReader(f)} == set(ARCHS)
+    summary = {row["arch"]: row for row in read_results_csv(report / "summary.csv")}
+    for arch, figures in statistics["architectures"].items():  # the table's intervals, in the CSV too
+        assert (summary[arch]["val_unit_dice_low"], summary[arch]["val_unit_dice_high"]) == pytest.approx(
+            (figures["ci_low"], figures["ci_high"]))
     assert 'id="verdict"' in (report / "index.html").read_text()
 
 

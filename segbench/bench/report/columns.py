@@ -34,6 +34,8 @@ class Column:
     unit_key: str | None = None
     # False: a figure of the architecture over all its runs (the statistics), not in a run's results row.
     per_run: bool = True
+    # Values below this print as "<floor" (p-values: "<0.001" rather than a row of zeros).
+    floor: float | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -49,7 +51,7 @@ COLUMNS: tuple[Column, ...] = (
            "slices of a lone volume) [95% bootstrap interval over units and runs] (segbench.bench.report.evidence)",
            spread=("val_unit_dice_low", "val_unit_dice_high"), per_run=False),
     Column("val_p_vs_best", "p vs best", "", 3, help="paired Wilcoxon signed-rank p against the best on the same units, "
-           "Holm-adjusted; below 0.05: significantly worse than the best", per_run=False),
+           "Holm-adjusted; below 0.05: significantly worse than the best", per_run=False, floor=0.001),
     Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance (MedPy's pooled definition), "
            "foreground classes; a missed or invented structure counts as the image diagonal", unit_key="val_distance_unit"),
     Column("val_nsd_fg", "Val NSD", "higher", 4, help="normalised surface distance (surface Dice) at eval.nsd_tolerance, "

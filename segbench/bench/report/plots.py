@@ -222,7 +222,7 @@ def intervals(means: dict[str, tuple[float, float, float]], top: set[str], label
     ax.invert_yaxis()
     ax.set_xlabel(label)
     ax.legend(handles=[Patch(color="tab:red", label="top group"), Patch(color="tab:blue", label="worse than the best")],
-              fontsize=8, loc="lower left")
+              fontsize=8, loc="best")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

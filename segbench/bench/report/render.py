@@ -82,14 +82,21 @@ def _spread(row: dict, col: Column) -> str | None:
     return text + (" noisy" if col.noisy and row.get(col.noisy) else "")
 
 
+def _value(row: dict, col: Column) -> str:
+    value = row.get(col.key)
+    if col.floor is not None and isinstance(value, (int, float)) and value < col.floor:
+        return f"<{col.floor:g}"
+    return format_value(value, col.digits)
+
+
 def _cell(row: dict, col: Column) -> str:
-    text = format_value(row.get(col.key), col.digits)
+    text = _value(row, col)
     extras = [f"± {std}" for std in [_std(row, col)] if std] + [s for s in [_spread(row, col)] if s]
     return " ".join([text, *extras])
 
 
 def _cell_html(row: dict, col: Column) -> str:
-    text = _e(format_value(row.get(col.key), col.digits))
+    text = _e(_value(row, col))
     extras = [f"± {std}" for std in [_std(row, col)] if std] + [s for s in [_spread(row, col)] if s]
     return text + "".join(f"<br><small>{_e(extra)}</small>" for extra in extras)
 

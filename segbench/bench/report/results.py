@@ -80,9 +80,10 @@ def _fieldnames(rows: list[dict]) -> list[str]:
     return names
 
 
-def write_results(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``results.json`` (same rows, same columns) into ``out_dir``. Missing
-values (None, NaN, inf, empty strings) are empty cells in the CSV and ``null`` in the JSON."""
+def write_results(rows: list[dict], out_dir: str | Path, name: str = "results") -> tuple[Path, Path]:
+    """Write ``<name>.csv`` and ``<name>.json`` (same rows, same columns) into ``out_dir``: ``results`` one
+    row per run, ``summary`` one per architecture (the table, with its intervals and p-values). Missing
+    values (None, NaN, inf, empty strings) are empty cells in the CSV and ``null`` in the JSON."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = _fieldnames(rows)
@@ -90,7 +91,7 @@ values (None, NaN, inf, empty strings) are empty cells in the CSV and ``null`` i
         for key, value in row.items():
             if isinstance(value, (dict, list, tuple)):
                 raise TypeError(f"results rows must be flat; {key!r} holds a {type(value).__name__}")
-    csv_path, json_path = out_dir / "results.csv", out_dir / "results.json"
+    csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
