@@ -35,6 +35,7 @@ JSON has no NaN: an undefined figure (see ``segbench.engine.metrics``) is writte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -185,7 +186,8 @@ class _Run:
     recipe: str
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    step: TrainStep | None  # after _start (it wraps the data-parallel model)
+    criterion: nn.Module
+    step: TrainStep | None  # after _wrap (it wraps the data-parallel model)
     memory_format: torch.memory_format
     channels_last: bool
     workers: int
@@ -198,9 +200,24 @@ class _Run:
     def last_path(self) -> Path:
         return self.run_dir / LAST_FILE
 
+    @property
+    def aux_weight(self) -> float:
+        """The auxiliary head's loss weight (the model's; 0 without one, or with ``train.aux_loss`` off)."""
+        return float(self.model.aux_weight) if self.cfg.train.aux_loss else 0.0
+
+    def step_for(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> TrainStep:
+        """The run's training step (its loss, precision, clipping, memory format) for ``model``."""
+        return TrainStep(model, optimizer, self.criterion, precision=self.precision, aux_weight=self.aux_weight,
+                         grad_clip=self.cfg.train.grad_clip, memory_format=self.memory_format, scaler=scaler)
+
     def say(self, message: str) -> None:
-        if self.info.is_main and self.progress:
-            tqdm.write(message, file=sys.stderr)
+        _say(self.info, self.progress, message)
+
+
+def _say(info: DistInfo, progress: bool, message: str) -> None:
+    """A progress note, from rank 0 only, without breaking the progress bar."""
+    if info.is_main and progress:
+        tqdm.write(message, file=sys.stderr)
 
 
 def train(
@@ -234,6 +251,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, data: Segme
     # Before anything is read: a folder that is not a segbench run is refused, never cleared.
     resuming = run_folder.open_for_training(run_dir, resume=resume, is_main=info.is_main)
     run = _setup(cfg, run_dir, info, progress, data, resuming)
+    if run.cfg.train.lr_policy == "find":
+        _find_lr(run, cfg.train.lr, resuming)
     finished = _resume(run) if resuming else _start(run)
     if finished is not None:  # resumed a run that had already ended
         return finished
@@ -262,11 +281,7 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
     """Data, model (with its pretrained weights unless resuming), the resolved recipe, optimiser and step."""
     device = resolve_device(cfg.train.device, info.local_rank)
     precision = resolve_precision(cfg.train.amp, device)
-
-    def say(message: str) -> None:
-        if info.is_main and progress:
-            tqdm.write(message, file=sys.stderr)
-
+    say = functools.partial(_say, info, progress)
     data = _load(cfg, info, data, say)
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
     pretrained = cfg.model.pretrained
@@ -278,7 +293,6 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
         say(str(model.pretrained_report))
     # An instance may refine its registry recipe (UPerNet on a ResNet follows the CNN papers).
     recipe = model_recipe(model, cfg.model.arch)
-    given_lr = cfg.train.lr
     cfg = dataclasses.replace(cfg, train=resolve_train_config(cfg.train, recipe))
     t = cfg.train
     if t.best_metric not in SCALAR_METRICS:
@@ -292,49 +306,40 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
     elif info.enabled:
         say("data-parallel on CPU: BatchNorm statistics stay per process (PyTorch's SyncBatchNorm needs CUDA)")
     model.to(device, memory_format=memory_format)
-    if t.lr_policy == "find":
-        found = _find_lr(cfg, run_dir, info, device, precision, model, recipe, data, memory_format, given_lr, resuming, say)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, lr=found))
-        t = cfg.train
     return _Run(
         cfg=cfg, run_dir=run_dir, info=info, device=device, precision=precision, data=data, data_info=DataInfo.of(data),
         model=model, recipe=recipe, optimizer=build_optimizer(model, t, recipe), scaler=grad_scaler(precision),
-        step=None, memory_format=memory_format, channels_last=channels_last,
+        criterion=build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device), step=None, memory_format=memory_format, channels_last=channels_last,
         workers=loader_workers(t.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
         log=RunLog(run_dir / LOG_FILE, info.is_main), progress=progress,
     )
 
 
-def _find_lr(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, precision: Precision, model: nn.Module,
-             recipe: str, data: SegmentationData, memory_format: torch.memory_format, given_lr: float | None,
-             resuming: bool, say) -> float:
-    """``train.lr_policy=find``: the range test's pick (``segbench.engine.lr_find``), from the run folder's
-    ``lr_find.json`` when resuming; every rank runs the same test and takes rank 0's pick."""
-    t = cfg.train
-    found = read_found(run_dir) if resuming else None
+def _find_lr(run: _Run, given_lr: float | None, resuming: bool) -> None:
+    """``train.lr_policy=find``: set ``train.lr`` to the range test's pick (``segbench.engine.lr_find``), read
+    from the run folder's ``lr_find.json`` when resuming; every rank runs the same test and takes rank 0's
+    pick. The optimiser keeps its groups: the schedule sets every group's rate before each step."""
+    t = run.cfg.train
+    found = read_found(run.run_dir) if resuming else None
     if given_lr is not None and given_lr != found:
         raise ValueError(f"train.lr={given_lr} and train.lr_policy=find: give one of them")
-    if found is not None:
-        return found
-    rng = capture_rng_state()
-    criterion = build_loss(t.loss, data.num_classes, data.ignore_index, t.class_weights).to(device)
-    aux_weight = float(model.aux_weight) if t.aux_loss else 0.0
-    sampler = RunBatchSampler(len(data.splits["train"]), t.batch_size, t.seed, info)
-    loader = DataLoader(EpochKeyed(data.splits["train"]), batch_sampler=sampler, generator=torch.Generator())
-    result = find_learning_rate(
-        model, lambda m: build_optimizer(m, t, recipe),
-        lambda m, o: TrainStep(m, o, criterion, precision=precision, aux_weight=aux_weight, grad_clip=t.grad_clip,
-                               memory_format=memory_format, scaler=grad_scaler(precision)),
-        ((batch["image"], batch["mask"]) for batch in loader), steps=t.lr_find_steps)
-    restore_rng_state(rng)
-    picked = [result.suggestion]
-    if info.enabled:
-        dist.broadcast_object_list(picked, src=0)
-    if info.is_main:
-        write_json({**result.to_dict(), "picked": picked[0], "recipe_lr": t.lr}, run_dir / LR_FIND_FILE)
-    say(f"learning-rate range test: {len(result.lrs)} steps ({result.stopped}); picked lr {picked[0]:.3g} "
-        f"({result.rule}; the recipe's was {t.lr:g})")
-    return picked[0]
+    if found is None:
+        rng = capture_rng_state()
+        sampler = RunBatchSampler(len(run.data.splits["train"]), t.batch_size, t.seed, run.info)
+        loader = DataLoader(EpochKeyed(run.data.splits["train"]), batch_sampler=sampler, generator=torch.Generator())
+        result = find_learning_rate(
+            run.model, lambda m: build_optimizer(m, t, run.recipe), lambda m, o: run.step_for(m, o, grad_scaler(run.precision)),
+            ((batch["image"], batch["mask"]) for batch in loader), steps=t.lr_find_steps)
+        restore_rng_state(rng)
+        picked = [result.suggestion]
+        if run.info.enabled:
+            dist.broadcast_object_list(picked, src=0)
+        found = picked[0]
+        if run.info.is_main:
+            write_json({**result.to_dict(), "picked": found, "recipe_lr": t.lr}, run.run_dir / LR_FIND_FILE)
+        run.say(f"learning-rate range test: {len(result.lrs)} steps ({result.stopped}); picked lr {found:.3g} "
+                f"({result.rule}; the recipe's was {t.lr:g})")
+    run.cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(t, lr=found))
 
 
 def _start(run: _Run) -> None:
@@ -386,17 +391,14 @@ def _write_run_files(run: _Run) -> None:
 
 def _wrap(run: _Run) -> None:
     """The training step, around the data-parallel model under torchrun; the log's start line."""
-    t, model = run.cfg.train, run.model
-    aux_weight = float(model.aux_weight) if t.aux_loss else 0.0
+    model = run.model
     train_model = model
     if run.info.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
-            find_unused_parameters=has_idle_aux_head(model, aux_weight),
+            find_unused_parameters=has_idle_aux_head(model, run.aux_weight),
         )
-    criterion = build_loss(t.loss, run.data.num_classes, run.data.ignore_index, t.class_weights).to(run.device)
-    run.step = TrainStep(train_model, run.optimizer, criterion, precision=run.precision, aux_weight=aux_weight,
-                         grad_clip=t.grad_clip, memory_format=run.memory_format, scaler=run.scaler)
+    run.step = run.step_for(train_model, run.optimizer, run.scaler)
     run.log.write(event="start", iteration=run.state.iteration, resumed=run.resumed_from is not None,
                   arch=run.cfg.model.arch, recipe=run.recipe, device=str(run.device), precision=run.precision.name,
                   world_size=run.info.world_size, channels_last=run.channels_last, num_params=_num_params(model),
