@@ -246,6 +246,7 @@ class SegmentationMetrics:
         spacing = _case_spacing(self._spacing, pred.ndim, self._case)
         record = CaseScores(self._case, spacing, [], [], [], [], [] if self.compute_hd95 else None,
                             [] if self.compute_hd95 else None)
+        slice_dice = []  # per foreground class, each slice's Dice (a stacked volume only)
         for c in self.foreground:
             p, t = pred == c, target == c
             dice, iou = _overlap(p, t)
@@ -257,10 +258,11 @@ class SegmentationMetrics:
                 distance, surface_dice = surface_scores(p, t, self.nsd_tolerance, spacing)
                 record.hd95.append(distance)
                 record.nsd.append(surface_dice)
-        if pred.ndim == 3:
-            indices = [s[0] for s in self._slices]
-            record.slices = [(index, [_overlap(pred[k] == c, target[k] == c)[0] for c in self.foreground])
-                             for k, index in enumerate(indices)]
+            if pred.ndim == 3:
+                slice_dice.append([_overlap(p[k], t[k])[0] for k in range(len(p))])
+        if slice_dice:
+            record.slices = [(index, [per_class[k] for per_class in slice_dice])
+                             for k, (index, _, _) in enumerate(self._slices)]
         self.cases.append(record)
         self._done_cases.add(self._case)
         self._slices, self._case, self._spacing = [], None, None
@@ -343,13 +345,13 @@ class SegmentationMetrics:
                 })
         return rows
 
-
     def per_slice_rows(self) -> list[dict]:
         """One row per (volume slice, foreground class) with the ``PER_SLICE_COLUMNS``: each slice's Dice
         alone (NaN where the class is absent from both). Empty when every case is a 2D image."""
         self._finish_case()
         return [{"case": record.case, "slice": index, "class": self.class_names[c], "dice": scores[j]}
                 for record in self.cases for index, scores in record.slices for j, c in enumerate(self.foreground)]
+
 
 def write_per_case_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = PER_CASE_COLUMNS) -> None:
     """Write ``per_case_rows()`` (or ``per_slice_rows()`` with ``PER_SLICE_COLUMNS``) as CSV, atomically.
