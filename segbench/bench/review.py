@@ -66,7 +66,10 @@ def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]
     return chosen
 
 
-def _curves(runs: dict[str, PlannedRun], metric: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+def _curves(runs: dict[str, PlannedRun], rows: list[dict], metric: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Per architecture, the loss and validation curves of ``runs`` from their logs, with the convergence
+    figures of their results rows (``rows``)."""
+    row_of = {row["run_dir"]: row for row in rows}
     curves = {}
     for arch, run in runs.items():
         loss, val = [], []
@@ -80,10 +83,9 @@ def _curves(runs: dict[str, PlannedRun], metric: str) -> dict[str, dict[str, lis
                 loss.append((record["iteration"], record["loss"]))
             elif record.get("event") == "val" and isinstance(record.get(metric), (int, float)):
                 val.append((record["iteration"], record[metric]))
-        metrics = WorkerResult.read(run.run_dir)
-        metrics = metrics.metrics if metrics else {}
-        curves[arch] = {"loss": loss, "val": val, "gain": metrics.get("last_improvement_iteration"),
-                        "converged": metrics.get("converged")}
+        row = row_of[str(run.run_dir)]
+        curves[arch] = {"loss": loss, "val": val, "gain": row.get("last_improvement_iteration"),
+                        "converged": row.get("converged")}
     return curves
 
 
@@ -181,7 +183,7 @@ def write_review(
     figures: dict[str, Path] = {}
     figures["Accuracy vs FLOPs"] = plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png")
     figures["Accuracy vs latency"] = plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY, report_dir / "accuracy_vs_latency.png")
-    curves = _curves(ok_runs, "dice_fg_per_case")
+    curves = _curves(ok_runs, rows, "dice_fg_per_case")
     if curves:
         title = ("Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
                  + ": ring, last real gain; end square, converged; end triangle, cut by the budget while improving")

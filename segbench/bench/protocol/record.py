@@ -21,13 +21,13 @@ from typing import Any, Union
 
 from segbench.jsonio import write_json
 
-__all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "RUN_FILES", "is_sweep_run", "WorkerResult", "RunRecord", "class_key",
+__all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "SWEEP_FILES", "is_sweep_run", "WorkerResult", "RunRecord", "class_key",
            "figures_of"]
 
 SPEC_FILE = "sweep_run.json"  # what the sweep asks the worker to run
 RESULT_FILE = "bench.json"  # the worker's WorkerResult
 PREVIEW_FILE = "preview.npz"  # a few validation images with truth and prediction, for the report
-RUN_FILES = (SPEC_FILE, RESULT_FILE, PREVIEW_FILE)
+SWEEP_FILES = (SPEC_FILE, RESULT_FILE, PREVIEW_FILE)  # beside the engine's run files
 
 Scalar = Union[str, int, float, bool, None]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
-from segbench.bench.protocol.record import RESULT_FILE, RUN_FILES, SPEC_FILE, WorkerResult
+from segbench.bench.protocol.record import RESULT_FILE, SPEC_FILE, SWEEP_FILES, WorkerResult
 from segbench.engine import run_folder
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
@@ -262,7 +262,7 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
 
 def _write_spec(run: PlannedRun, profile: Profile) -> None:
     # The sweep's own records are the run's files too: starting the run over may delete them.
-    run_folder.claim(run.run_dir, files=RUN_FILES)
+    run_folder.claim(run.run_dir, files=SWEEP_FILES)
     spec = {
         "hash": run.config_hash,
         "config": config_to_dict(run.config),
