@@ -68,6 +68,7 @@ __all__ = [
     "SegmentationMetrics",
     "write_per_case_csv",
     "is_better",
+    "lower_is_better",
 ]
 
 # The single-number figures of ``SegmentationMetrics.compute`` (candidates for ``train.best_metric``).
@@ -379,4 +380,9 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
         return False
     if best is None or math.isnan(best):
         return True
-    return value < best if metric.startswith("hd95") else value > best
+    return value < best if lower_is_better(metric) else value > best
+
+
+def lower_is_better(metric: str) -> bool:
+    """Distances (``hd95*``) improve downwards; every other figure (overlaps, NSD, accuracies) upwards."""
+    return metric.startswith("hd95")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from segbench.engine.distributed import DistInfo
+from segbench.engine.metrics import lower_is_better
 from segbench.jsonio import json_safe
 
 __all__ = ["TrainState", "RunLog", "LossWindow", "PLAN_AFTER", "note_validation", "plan_iterations"]
@@ -120,7 +121,7 @@ def note_validation(state: TrainState, value: float | None, iteration: int, metr
     if value is None or math.isnan(value):
         state.stale_validations += 1
         return
-    lower = metric.startswith("hd95")
+    lower = lower_is_better(metric)
     if state.gain_value is None or (state.gain_value - value if lower else value - state.gain_value) > min_delta:
         state.gain_value, state.last_improvement_iteration, state.stale_validations = value, iteration, 0
     else:

@@ -1,7 +1,8 @@
-"""The sweep behind ``segbench run``: every chosen architecture x seed under one protocol, resumable.
+"""The sweep behind ``segbench run``: every chosen architecture x (fold x) seed under one protocol, resumable.
 
 Each run's configuration is resolved in full (profile + per-architecture options + user overrides)
-and hashed together with the measurement settings; the run lives in ``OUT/<arch>-s<seed>-<hash>``. Running the same command again skips
+and hashed together with the measurement settings; the run lives in ``OUT/<arch>-s<seed>-<hash>``
+(``OUT/<arch>-f<fold>-s<seed>-<hash>`` under cross-validation). Running the same command again skips
 finished runs, continues an interrupted one from its last checkpoint (the engine resumes), and retries
 failed ones; changing any setting changes the hash, so results of different settings never mix.
 
