@@ -4,7 +4,7 @@ machine as everything else in it.
 
 Per architecture (one per architecture, whatever its seeds and starts): a training step and inference
 timed interleaved with the peer implementation where one is installed (the ratio segbench/peer) and
-with a large fp32 matmul (the achieved FLOP/s as a share of the machine's), exactly as
+with a large matmul in the same precision (the achieved FLOP/s as a share of the machine's), exactly as
 :mod:`segbench.bench.measure.speed` measures them. The input-pipeline and metric shares come from the
 training runs themselves (``data_time_s``, ``val_metrics_time_s`` of each run's metrics).
 
