@@ -77,9 +77,9 @@ class TrainConfig:
     # Peak learning rate; None: the family's (cnn 0.01, FCN/DeepLab/PSPNet; transformer 6e-5, SegFormer).
     lr: float | None = None
     # "paper": train.lr (or the family's). "find": a learning-rate range test on the training split picks
-    # it before training (segbench.engine.lr_find: the minimum of the smoothed loss / 10; lr_find.json).
+    # it before training (segbench.engine.lr_find: the minimum of the lag-free smoothed loss / 10; lr_find.json).
     lr_policy: Literal["paper", "find"] = "paper"
-    # Steps of that range test (rates from 1e-7 to 1, exponentially).
+    # Steps of that range test (rates from 1e-6 to 1, exponentially).
     lr_find_steps: int = 100
     # None: the family's (cnn 5e-4, transformer 0.01).
     weight_decay: float | None = None

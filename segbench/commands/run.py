@@ -96,7 +96,7 @@ def _measure_speed(plan, profile, out: str) -> None:
                    "metric stops improving (train.patience, train.min_delta). Both at most 4x the iterations.")
 @click.option("--lr", "lr", type=click.Choice(["paper", "find"]), default=None,
               help="Learning rate (default: the profile's): paper, each family's published recipe; find, a range "
-                   "test on the training split per run picks it (the smoothed loss's minimum / 10).")
+                   "test on the training split per run picks it (the lag-free smoothed loss's minimum / 10).")
 @click.option("--folds", type=click.IntRange(min=0), default=None,
               help="Cross-validation: K >= 2 folds over cases (a lone volume: slabs), one run per architecture, fold "
                    "and seed; results and statistics over every fold.")

@@ -3,17 +3,20 @@ as PyTorch Lightning's ``lr_find`` and fastai's ``lr_find``), and ``train.lr_pol
 
 From a copy of the freshly initialised model, ``steps`` training steps on the training split with the
 learning rate rising exponentially from ``start`` to ``end`` (each parameter group keeps its multiplier:
-a transformer's head still gets 10x); the loss is smoothed with an exponential moving average
-(``beta`` 0.98, bias-corrected) and the test stops early once the smoothed loss exceeds ``diverge``
-(4) times its minimum or turns non-finite. **The rule**: the learning rate at the minimum of the
-smoothed loss, divided by 10 (fastai's ``lr_min``): the minimum itself sits at the edge of divergence,
-a tenth of it is where the loss still falls fastest without the instability just before the blow-up.
+a transformer's head still gets 10x). The test stops early once the loss runs away: its exponential
+moving average (a window of half a decade of rates) exceeds ``diverge`` (4) times its minimum, or the
+loss turns non-finite. **The rule**: the learning rate at the minimum of the loss smoothed *without lag*
+(a Gaussian over the steps, sigma a quarter of a decade of rates, applied once the test is over),
+divided by 10 (fastai's ``lr_min``): the minimum itself sits at the edge of divergence, a tenth of it is
+where the loss still falls fast without the instability just before the blow-up. The running average
+only detects divergence: as a curve to pick from it lags, by about ``1/(1-beta)`` steps, and on a short
+test that lag alone moves the minimum a decade or more towards the blow-up.
 
 ``train.lr_policy=find`` runs the test once per run folder, before training, and writes
-``lr_find.json`` (every step's rate and loss, the pick and the rule); training then uses the pick as
-``train.lr`` with the run's usual schedule, and a resumed run reads the file instead of testing again.
-The random-number state is restored afterwards, so the run itself is what it would be with that
-``train.lr`` given by hand.
+``lr_find.json`` (every step's rate and loss, the smoothed curve, the pick and the rule); training then
+uses the pick as ``train.lr`` with the run's usual schedule, and a resumed run reads the file instead of
+testing again. The random-number state is restored afterwards, so the run itself is what it would be
+with that ``train.lr`` given by hand.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from segbench.run_files import LR_FIND_FILE
 
@@ -35,17 +40,17 @@ class RangeTest:
 
     lrs: list[float]
     losses: list[float]  # raw loss of each step
-    smoothed: list[float]  # bias-corrected exponential moving average
+    smoothed: list[float]  # the losses smoothed without lag (the curve the rule reads)
     suggestion: float  # the learning rate the rule picks
-    stopped: str  # "diverged" (the smoothed loss ran away) or "end" (reached ``end``)
-    rule: str = "learning rate at the minimum of the smoothed loss / 10"
+    stopped: str  # "diverged" (the loss ran away) or "end" (reached ``end``)
+    rule: str = "learning rate at the minimum of the lag-free smoothed loss / 10"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def range_test(step: Callable[[float], float], *, start: float = 1e-7, end: float = 1.0, steps: int = 100,
-               beta: float = 0.98, diverge: float = 4.0) -> RangeTest:
+def range_test(step: Callable[[float], float], *, start: float = 1e-6, end: float = 1.0, steps: int = 100,
+               diverge: float = 4.0) -> RangeTest:
     """Run ``step(lr) -> loss`` (one training step at that rate) for rates rising exponentially from
     ``start`` to ``end`` over ``steps`` steps; stop at divergence; pick by the rule (module docstring)."""
     if not 0 < start < end:
@@ -53,7 +58,9 @@ def range_test(step: Callable[[float], float], *, start: float = 1e-7, end: floa
     if steps < 2:
         raise ValueError(f"the range test needs at least 2 steps, got {steps}")
     ratio = (end / start) ** (1 / (steps - 1))
-    lrs, losses, smoothed = [], [], []
+    per_decade = (steps - 1) / math.log10(end / start)
+    beta = 1 - 1 / max(1.0, per_decade / 2)  # a running window of about half a decade
+    lrs, losses = [], []
     average, best, stopped = 0.0, math.inf, "end"
     for k in range(steps):
         lr = start * ratio**k
@@ -62,18 +69,20 @@ def range_test(step: Callable[[float], float], *, start: float = 1e-7, end: floa
             stopped = "diverged"
             break
         average = beta * average + (1 - beta) * loss
-        value = average / (1 - beta ** (k + 1))
+        running = average / (1 - beta ** (k + 1))  # bias-corrected
         lrs.append(lr)
         losses.append(loss)
-        smoothed.append(value)
-        best = min(best, value)
-        if k > 0 and value > diverge * best:
+        best = min(best, running)
+        if k > 0 and running > diverge * best:
             stopped = "diverged"
             break
-    if not smoothed:
+    if not losses:
         raise ValueError(f"the loss was not finite even at lr {start:g}: the range test has nothing to pick from")
-    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
-    return RangeTest(lrs, losses, smoothed, lrs[lowest] / 10, stopped)
+    from scipy.ndimage import gaussian_filter1d
+
+    smoothed = gaussian_filter1d(np.asarray(losses, dtype=float), sigma=max(per_decade / 4, 0.5), mode="nearest")
+    lowest = int(np.argmin(smoothed))
+    return RangeTest(lrs, losses, smoothed.tolist(), lrs[lowest] / 10, stopped)
 
 
 def find_learning_rate(model, optimizer_factory, train_step_factory, batches, *, steps: int = 100) -> RangeTest:

@@ -28,6 +28,23 @@ def test_range_test_finds_a_stable_fast_rate_for_a_quadratic():
     assert result.suggestion == pytest.approx(result.lrs[result.smoothed.index(min(result.smoothed))] / 10)
 
 
+def bowl(lr: float) -> float:
+    """A loss curve over the rates with its minimum at lr 1e-2 that blows up past 1e-1, plus a
+    deterministic wobble: a short test on it is where a lagging average misplaces the minimum."""
+    x = math.log10(lr)
+    wobble = 0.05 * math.sin(37 * x)
+    return 2.0 - 1.5 * math.exp(-((x + 2) ** 2) / 0.5) + (10 ** (4 * (x + 1)) if x > -1 else 0.0) + wobble
+
+
+@pytest.mark.parametrize("steps", [40, 100])
+def test_range_test_picks_a_tenth_of_the_true_minimum_even_on_a_short_test(steps):
+    result = range_test(bowl, start=1e-6, end=1.0, steps=steps)
+    assert result.stopped == "diverged"
+    # Within a quarter of a decade of 1e-3 (the minimum at 1e-2, divided by 10). A running average with
+    # beta 0.98 puts it at the blow-up instead: 40 steps over six decades lag it by several decades.
+    assert abs(math.log10(result.suggestion) + 3) <= 0.25
+
+
 def test_range_test_refuses_nonsense():
     with pytest.raises(ValueError, match="0 < start < end"):
         range_test(lambda lr: 1.0, start=1.0, end=0.1)
