@@ -145,12 +145,12 @@ def test_unavailable_weights_fail_those_runs_at_once(tmp_path, monkeypatch):
     counts = run_sweep(plan, get_profile("quick"), progress=False, say=said.append)
     assert counts == {"skipped": 0, "ran": 2, "failed": 2} and started == []  # no worker started
     assert sum("from the cache, or downloading" in line for line in said) == 1  # resnet18 tried once
-    for run in plan:
-        row = run_record(run).row()
+    for planned in plan:
+        row = run_record(planned).row()
         assert row["status"] == "failed" and row["pretrained"] == "imagenet"
         assert row["error"].startswith("no ImageNet weights for resnet18, not trained: WeightsUnavailableError")
         assert "SEGBENCH_OFFLINE is set" in row["error"] and "resnet18-f37072fd.pth" in row["error"]
-        assert json.loads((run.run_dir / "bench.json").read_text())["hash"] == run.config_hash
+        assert json.loads((planned.run_dir / "bench.json").read_text())["hash"] == planned.config_hash
 
 
 def test_run_command_plans_both_starts(tmp_path, monkeypatch):
