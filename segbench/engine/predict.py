@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from segbench.engine.checkpoint import DataInfo, load_checkpoint, load_run_model
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
+from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import predict_logits
 from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE
@@ -113,7 +113,6 @@ class _Runner:
         else:
             raise PredictError(f"unknown engine {engine!r}; valid: torch, onnx")
         self.settings = inference_settings(self.cfg.eval)
-        self.normalize = _normalizer(self.info)
         fixed = getattr(getattr(self.model, "info", None), "shape_mode", "dynamic") != "dynamic"
         self.fixed_size = tuple(self.model.info.input_size) if fixed else None
 
@@ -137,42 +136,9 @@ def _run_metadata(run_dir: Path) -> tuple[Config, DataInfo]:
     return config_from_dict(state["config"]), DataInfo.from_dict(state["data_info"])
 
 
-def _normalizer(info: DataInfo) -> Callable[[np.ndarray], np.ndarray]:
-    """(C, H, W) stored pixels -> network input, as the data layer normalised training images."""
-    from segbench.data.dataset import Normalization
-    from segbench.data.volumes import normalize_volume
-
-    norm = info.normalization
-    if norm is None or norm.get("kind") == "volume":
-        # Training z-scored each volume; a lone 2D image is z-scored on its own the same way.
-        return lambda image: np.moveaxis(normalize_volume(np.moveaxis(image, 0, -1)[..., None, :])[..., 0, :], -1, 0)
-    return Normalization.from_dict(norm)
-
-
-def _channels(image: np.ndarray, info: DataInfo, path: Path) -> np.ndarray:
-    if image.shape[0] == 1 and info.in_channels == 3:
-        return np.repeat(image, 3, axis=0)  # grey among RGB, as the data layer does
-    if image.shape[0] == 4 and info.in_channels == 3:
-        return image[:3]  # drop an alpha channel
-    if image.shape[0] != info.in_channels:
-        raise PredictError(f"{path} has {image.shape[0]} channel(s); the model takes {info.in_channels}")
-    return image
-
-
 def _predict_image(runner: _Runner, path: Path, out_base: Path, palette: list) -> list[Path]:
-    from segbench.data.geometry import resize_images
-    from segbench.data.imageio import read_image
-
-    stored = np.array(_channels(read_image(path), runner.info, path))  # writable: torch warns on read-only views
-    normalization = runner.info.normalization or {}
-    trained = normalization.get("image_dtype") or ("uint8" if normalization.get("kind") == "imagenet" else None)
-    if trained in ("uint8", "uint16") and normalization.get("kind") != "none" and stored.dtype != np.dtype(trained):
-        bits = {"uint8": "8", "uint16": "16"}[trained]
-        raise PredictError(f"{path} holds {stored.dtype} pixels; the model was trained on {bits}-bit images and "
-                           f"normalises them in those units, so it would see these out of range: convert it to {bits} bits")
-    size = runner.cfg.data.resize
-    network_input = resize_images(stored[None], size)[0] if size else stored
-    labels = runner.labels(runner.normalize(network_input)[None], stored.shape[-2:])[0]
+    stored, network_input = prepare_image(path, runner.info.normalization, runner.info.in_channels, runner.cfg.data)
+    labels = runner.labels(network_input[None], stored.shape[-2:])[0]
     mask_path, overlay_path = out_base.with_name(out_base.name + "_mask.png"), out_base.with_name(out_base.name + "_overlay.png")
     _write_mask(labels, palette, mask_path)
     _write_overlay(_display(stored), labels, palette, runner.cfg.eval.background, overlay_path)
@@ -181,34 +147,17 @@ def _predict_image(runner: _Runner, path: Path, out_base: Path, palette: list) -
 
 def _predict_volume(runner: _Runner, path: Path, out_base: Path, palette: list) -> list[Path]:
     from segbench.data import volumes
-    from segbench.data.geometry import resize_images
 
-    normalization = runner.info.normalization or {}
-    if normalization.get("kind") == "imagenet" or normalization.get("image_dtype") in ("uint8", "uint16"):
-        raise PredictError(f"{path} is a NIfTI volume; the model was trained on {normalization.get('image_dtype', 'uint8')} "
-                           "2D images and normalises in their units: give it images like those it was trained on")
-    array, affine, header = volumes.read_volume(path)
-    canonical = volumes.to_canonical(array, affine)
-    slices = np.array(volumes.volume_to_slices(canonical, runner.cfg.data.slice_axis), dtype=np.float32)
-    stored = slices
-    kind = (runner.info.normalization or {}).get("kind", "volume")
-    if kind == "volume":
-        slices = volumes.volume_to_slices(volumes.normalize_volume(canonical), runner.cfg.data.slice_axis)
-    if runner.cfg.data.resize:
-        slices = resize_images(slices, runner.cfg.data.resize)
-    if slices.shape[1] != runner.info.in_channels:
-        raise PredictError(f"{path} has {slices.shape[1]} channel(s); the model takes {runner.info.in_channels}")
-    if kind != "volume":
-        slices = np.stack([runner.normalize(s) for s in slices])
+    stored, slices, prepared = prepare_volume_slices(path, runner.info.normalization, runner.info.in_channels,
+                                                     runner.cfg.data)
     batch = max(1, runner.cfg.eval.batch_size)
     in_plane_size = stored.shape[-2:]  # logits go back to the stored grid before the arg-max
     labels = np.concatenate([runner.labels(slices[i : i + batch], in_plane_size) for i in range(0, len(slices), batch)])
-    prepared = volumes.PreparedVolume(slices, affine, header, tuple(canonical.shape[:3]), runner.cfg.data.slice_axis)
     volume = volumes.restore_volume(labels, prepared)
     seg_path = out_base.with_name(out_base.name + "_seg.nii.gz")
     volumes.write_labels(volume, prepared, seg_path)
     # A quick look: the slice with the most foreground, in the network's orientation.
-    in_plane = volumes.labels_to_slices(volumes.to_canonical(volume, affine), runner.cfg.data.slice_axis)
+    in_plane = volumes.labels_to_slices(volumes.to_canonical(volume, prepared.affine), runner.cfg.data.slice_axis)
     background = runner.cfg.eval.background
     k = int(np.argmax([(s != background).sum() for s in in_plane])) if background is not None else len(in_plane) // 2
     overlay_path = out_base.with_name(out_base.name + "_overlay.png")

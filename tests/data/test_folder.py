@@ -144,9 +144,10 @@ def test_prepare_image_matches_training_input(tmp_path, helpers):
     cfg = DataConfig(source=str(root), resize=(6, 8), augment=NO_AUGMENT)
     data = load_data(cfg)
     item = data.splits["val"][0]
-    image, size = prepare_image(root / "images" / f"{item['case']}.png", data.normalization, data.in_channels, cfg)
-    assert size == (12, 16) and torch.allclose(image, item["image"])
-    assert restore_image(item["mask"], size).shape == (12, 16)
+    stored, image = prepare_image(root / "images" / f"{item['case']}.png", data.normalization.to_dict(),
+                                  data.in_channels, cfg)
+    assert stored.shape == (3, 12, 16) and torch.allclose(torch.from_numpy(image), item["image"])
+    assert restore_image(item["mask"].numpy(), stored.shape[-2:]).shape == (12, 16)
 
 
 def test_same_stem_in_two_split_folders_gets_split_prefixed_case_ids(tmp_path, helpers):
