@@ -31,7 +31,7 @@ import numpy as np
 
 from segbench.run_files import LR_FIND_FILE
 
-__all__ = ["RangeTest", "range_test", "find_learning_rate", "read_found", "LR_FIND_FILE"]
+__all__ = ["RangeTest", "range_test", "find_learning_rate", "within_a_decade", "read_found", "LR_FIND_FILE"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,14 @@ def find_learning_rate(model, optimizer_factory, train_step_factory, batches, *,
         return float(step(images, masks))
 
     return range_test(one_step, steps=steps)
+
+
+def within_a_decade(suggestion: float, prior: float) -> float:
+    """The rate training uses: the test's suggestion, moved at most a decade from ``prior`` (the recipe's
+    published rate). A 40- to 100-step test on noisy batches is evidence about the rate, not a verdict: a
+    batch-to-batch wobble can put the smoothed minimum two decades early (a plateau read at its start), and
+    a network that survives a short ramp may not survive the same rate sustained."""
+    return min(max(suggestion, prior / 10), prior * 10)
 
 
 def read_found(run_dir: str | Path) -> float | None:

@@ -85,7 +85,7 @@ from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
 from segbench.engine.train_state import PLAN_AFTER, LossWindow, RunLog, TrainState, note_validation, plan_iterations
 from segbench.engine.metrics import PER_SLICE_COLUMNS, SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
-from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found
+from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found, within_a_decade
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
@@ -331,14 +331,14 @@ def _find_lr(run: _Run, given_lr: float | None, resuming: bool) -> None:
             run.model, lambda m: build_optimizer(m, t, run.recipe), lambda m, o: run.step_for(m, o, grad_scaler(run.precision)),
             ((batch["image"], batch["mask"]) for batch in loader), steps=t.lr_find_steps)
         restore_rng_state(rng)
-        picked = [result.suggestion]
+        picked = [within_a_decade(result.suggestion, t.lr)]
         if run.info.enabled:
             dist.broadcast_object_list(picked, src=0)
         found = picked[0]
         if run.info.is_main:
             write_json({**result.to_dict(), "picked": found, "recipe_lr": t.lr}, run.run_dir / LR_FIND_FILE)
-        run.say(f"learning-rate range test: {len(result.lrs)} steps ({result.stopped}); picked lr {found:.3g} "
-                f"({result.rule}; the recipe's was {t.lr:g})")
+        run.say(f"learning-rate range test: {len(result.lrs)} steps ({result.stopped}); suggested {result.suggestion:.3g} "
+                f"({result.rule}), picked lr {found:.3g} (at most a decade from the recipe's {t.lr:g})")
     run.cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(t, lr=found))
 
 

@@ -9,7 +9,7 @@ import pytest
 from segbench.config import load_config
 from segbench.engine import train
 from segbench.engine.checkpoint import load_checkpoint
-from segbench.engine.lr_find import range_test
+from segbench.engine.lr_find import range_test, within_a_decade
 
 
 def test_range_test_finds_a_stable_fast_rate_for_a_quadratic():
@@ -45,6 +45,12 @@ def test_range_test_picks_a_tenth_of_the_true_minimum_even_on_a_short_test(steps
     assert abs(math.log10(result.suggestion) + 3) <= 0.25
 
 
+def test_the_pick_moves_the_recipe_rate_at_most_a_decade():
+    assert within_a_decade(3e-3, prior=1e-2) == 3e-3
+    assert within_a_decade(1e-5, prior=1e-2) == pytest.approx(1e-3)  # a plateau read at its start
+    assert within_a_decade(2.0, prior=6e-5) == pytest.approx(6e-4)
+
+
 def test_range_test_refuses_nonsense():
     with pytest.raises(ValueError, match="0 < start < end"):
         range_test(lambda lr: 1.0, start=1.0, end=0.1)
@@ -59,7 +65,8 @@ TINY = ["model.arch=tiny", "train.iterations=8", "train.batch_size=4", "train.va
 def test_lr_policy_find_trains_as_if_its_pick_were_given(tiny_env, tmp_path):
     found = train(load_config(None, TINY + ["train.lr_policy=find"]), tmp_path / "find", progress=False)
     record = json.loads((tmp_path / "find" / "lr_find.json").read_text())
-    assert found["lr"] == record["picked"] == record["suggestion"] and found["lr_policy"] == "find"
+    assert found["lr"] == record["picked"] == within_a_decade(record["suggestion"], record["recipe_lr"])
+    assert found["lr_policy"] == "find"
     assert len(record["lrs"]) == len(record["losses"]) <= 100
     by_hand = train(load_config(None, TINY + [f"train.lr={record['picked']!r}"]), tmp_path / "hand", progress=False)
     assert found["val"] == by_hand["val"]  # the test left the random state as it found it
