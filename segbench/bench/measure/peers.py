@@ -127,19 +127,21 @@ def _torchvision_resnet(encoder: nn.Module) -> tuple[nn.Module, str]:
     itself."""
     from torchvision.models import resnet as tv_resnet
 
+    from segbench.models.encoders.resnet import BasicBlock
+
     dilate = [d > 1 for d in encoder.stage_dilations[1:]]  # layer2..layer4, as replace_stride_with_dilation
-    basic = encoder.layer1[0].__class__.__name__ == "BasicBlock"
+    basic = isinstance(encoder.layer1[0], BasicBlock)
     net = getattr(tv_resnet, f"resnet{encoder.depth}")(weights=None, replace_stride_with_dilation=None if basic else dilate)
     if encoder.conv1.in_channels != 3:
         net.conv1 = nn.Conv2d(encoder.conv1.in_channels, 64, 7, 2, 3, bias=False)
     ours, theirs = _conv_geometry(encoder), _conv_geometry(net)
-    differs = [name for name, geometry in ours.items() if theirs.get(name) != geometry]
+    if set(ours) - set(theirs):
+        raise ValueError(f"torchvision's ResNet lacks convolutions segbench's has: {sorted(set(ours) - set(theirs))[:3]}")
+    differs = [name for name, geometry in ours.items() if theirs[name] != geometry]
     convs = dict(net.named_modules())
-    for name in differs:
+    for name in differs:  # the same kernel shapes: only where it samples changes
         conv = convs[name]
         conv.stride, conv.padding, conv.dilation = ours[name]
-    if _conv_geometry(net) != {**theirs, **ours} or set(ours) - set(theirs):
-        raise ValueError("torchvision's ResNet has other convolutions than segbench's")
     if not differs:
         return net, ""
     why = [f"torchvision's ResNet-{encoder.depth} (BasicBlock) refuses dilation"] if basic and any(dilate) else []
