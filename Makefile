@@ -1,11 +1,20 @@
 # Two entry points on a fresh machine:  `make demo` (the main job on the built-in data)
 # and `make test` (the test suite). Both create .venv when it is missing.
+# `make peers` builds a second environment, .venv-peers, for side-by-side work against torchvision,
+# timm, segmentation_models_pytorch and transformers; .venv stays CPU-only torch without them.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-TORCH   ?= torch==2.13.0
+# The two torch pins, kept together: .venv's CPU build, and .venv-peers' torch/torchvision pair
+# (torchvision only works with the torch it was built against, so they move as one).
+TORCH      ?= torch==2.13.0
+PEER_TORCH ?= torch==2.14.1 torchvision==0.29.1
+PEERS_VENV := .venv-peers
+PEERS_BIN  := $(PEERS_VENV)/bin
+# e.g. --system-site-packages, to use a torch/torchvision pair installed outside the venv
+PEERS_VENV_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test peers clean
 
 $(BIN)/segbench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +26,20 @@ $(BIN)/segbench: pyproject.toml
 
 install: $(BIN)/segbench
 
+# A pair already in the environment that works together (its C++ ops load) is kept, whatever its
+# versions: another machine's CUDA build, or one from PEERS_VENV_ARGS=--system-site-packages.
+PAIR_WORKS := import torch, torchvision; torchvision.ops.nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
+
+$(PEERS_BIN)/segbench: pyproject.toml
+	test -x $(PEERS_BIN)/python || $(PY) -m venv $(PEERS_VENV_ARGS) $(PEERS_VENV)
+	$(PEERS_BIN)/python -m pip install -q --upgrade pip
+	$(PEERS_BIN)/python -c "$(PAIR_WORKS)" 2>/dev/null || $(PEERS_BIN)/python -m pip install -q $(PEER_TORCH)
+	$(PEERS_BIN)/python -m pip install -q -e ".[peers,dev]"
+	$(PEERS_BIN)/python -c "$(PAIR_WORKS)"
+	touch $(PEERS_BIN)/segbench
+
+peers: $(PEERS_BIN)/segbench
+
 demo: install
 	$(BIN)/segbench run
 
@@ -24,4 +47,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PEERS_VENV) runs .pytest_cache

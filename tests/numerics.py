@@ -14,6 +14,7 @@ of its scale and still fails (the converter tests show that by breaking a conver
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 SAME_FUNCTION_REL = 1e-5
 
@@ -22,3 +23,27 @@ def assert_same_function(got: torch.Tensor, expected: torch.Tensor, rel: float =
     """``got`` equals ``expected`` up to float rounding, at a tolerance relative to the output's scale."""
     scale = expected.detach().abs().max().item()
     torch.testing.assert_close(got, expected, rtol=rel, atol=rel * max(scale, 1e-12))
+
+
+def randomise_constants(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every floating tensor of ``module`` whose entries are all equal (LayerNorm/BatchNorm 1 and 0, running
+    statistics, zero biases) gets random entries: positive around 1 for weights and variances, around 0
+    otherwise. Random convolution and linear weights are left as initialised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            flat = tensor.detach().flatten()
+            if not tensor.is_floating_point() or flat.numel() < 2 or not torch.all(flat == flat[0]):
+                continue
+            noise = torch.rand(tensor.shape, generator=generator)
+            tensor.copy_(0.5 + noise if name.endswith(("weight", "running_var")) else 0.2 * (noise - 0.5))
+    return module
+
+
+def set_mode(module: nn.Module, mode: str) -> nn.Module:
+    """``eval``, or ``train`` with dropout and stochastic depth switched off (BatchNorm on batch statistics)."""
+    module.train(mode == "train")
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.dropout._DropoutNd) or type(layer).__name__.endswith("DropPath"):
+            layer.eval()
+    return module

@@ -18,22 +18,25 @@ DATA = {"name": "brain-mri", "num_classes": 4, "in_channels": 1}
 def _figures(arch: str, *, peer: bool) -> dict:
     result = {
         "arch": arch, "notes": [], "matmul_flops_per_s": 200e9, "precision": "bf16",
-        "impls": {"segbench": {"precision": "bf16", "train_s": 0.5, "train_q1_s": 0.49, "train_q3_s": 0.51,
+        "impls": {"segbench": {"params": 3_000_000, "precision": "bf16", "train_s": 0.5, "train_q1_s": 0.49, "train_q3_s": 0.51,
                                "infer_s": 0.125, "infer_q1_s": 0.12, "infer_q3_s": 0.13, "infer_noisy": True,
                                "train_flops_per_s": 100e9, "train_matmul_fraction": 0.5,
                                "infer_flops_per_s": 250e9, "infer_matmul_fraction": 1.25}},
     }
     if peer:
+        result["impls"]["peer"] = {"params": 3_000_000, "train_s": 0.625, "infer_s": 0.1}
         result.update(peer_name="transformers Peer", ratio={"train": 0.8, "infer": 1.25})
     return result
 
 
 def test_speed_rows_carry_known_figures_under_the_columns_keys(tmp_path):
+    other = _figures("deeplabv3plus", peer=True)
+    other["impls"]["peer"]["params"] = 2_500_000  # another configuration: no ratio, both counts
     speed = {"archs": {"segformer": _figures("segformer", peer=True), "unet": _figures("unet", peer=False),
-                       "pspnet": {"arch": "pspnet", "error": "RuntimeError: out of memory"}}}
+                       "pspnet": {"arch": "pspnet", "error": "RuntimeError: out of memory"}, "deeplabv3plus": other}}
     pipeline = {"segformer": {"train_time_s": 20.0, "data_time_s": 1.0, "val_time_s": 4.0, "val_metrics_time_s": 0.1}}
     rows = speed_rows(speed, pipeline)
-    segformer, unet, pspnet = rows
+    segformer, unet, pspnet, deeplabv3plus = rows
     assert {c.key for c in SPEED_COLUMNS} <= set(segformer)  # every column has its key in a measured row
     assert segformer["peer"] == "transformers Peer" and segformer["precision"] == "bf16"
     assert (segformer["train_ms"], segformer["train_q1_ms"], segformer["train_q3_ms"]) == pytest.approx((500, 490, 510))
@@ -41,7 +44,9 @@ def test_speed_rows_carry_known_figures_under_the_columns_keys(tmp_path):
     assert (segformer["train_gflops_per_s"], segformer["infer_matmul_pct"]) == pytest.approx((100.0, 125.0))
     assert (segformer["train_ratio"], segformer["infer_ratio"]) == (0.8, 1.25)
     assert (segformer["data_wait_pct"], segformer["metrics_pct"]) == pytest.approx((5.0, 2.5))
-    assert unet["peer"] == "none installable" and unet["train_ratio"] is None and unet["data_wait_pct"] is None
+    assert unet["peer"] == "no peer" and unet["train_ratio"] is None and unet["data_wait_pct"] is None
+    assert deeplabv3plus["peer"] == "transformers Peer: different configuration" and deeplabv3plus["train_ratio"] is None
+    assert (deeplabv3plus["params"], deeplabv3plus["peer_params"]) == (3_000_000, 2_500_000)
     assert pspnet["error"] == "RuntimeError: out of memory"
     # Rendered through the columns, as the comparison table is: median [IQR], noisy marked.
     inputs = ReportInputs(title="t", command="c", profile={}, machine={}, data={}, table=[], accuracy_key="val_dice_fg_per_case",
@@ -50,6 +55,9 @@ def test_speed_rows_carry_known_figures_under_the_columns_keys(tmp_path):
     text = write_markdown(inputs, tmp_path / "r.md", []).read_text()
     line = next(line for line in text.splitlines() if line.startswith("| segformer"))
     assert "| 500.0 [490.0–510.0] |" in line and "| 125.0 [120.0–130.0] noisy |" in line and "| 0.80 |" in line
+    assert "| 3,000,000 | 3,000,000 | 0.80 | 1.25 |" in line
+    line = next(line for line in text.splitlines() if line.startswith("| deeplabv3plus"))
+    assert "| transformers Peer: different configuration |" in line and "| 3,000,000 | 2,500,000 | – | – |" in line
     assert "| pspnet | failed: RuntimeError: out of memory |" in text
 
 

@@ -46,7 +46,42 @@ def test_flop_counts_are_two_per_multiply_add_and_training_adds_the_backward():
     assert count_flops_of(lambda: model(x)) == 2 * m * k * n
     # The input needs no gradient, so the backward computes only the weight gradient: one more matmul.
     step = train_step(model, "cnn", SpeedSettings(num_classes=n), Precision(None, "cpu"))
-    assert _train_flops(step, x, target) == 2 * (2 * m * k * n)
+    assert _train_flops(step, x, target) == (2 * (2 * m * k * n), [])
+
+
+def test_parameters_the_training_step_leaves_without_a_gradient_are_named():
+    class HoldsANorm(nn.Module):
+        # A module held but never applied (HF's Swin backbone keeps a final LayerNorm its UperNet never uses).
+        def __init__(self):
+            super().__init__()
+            self.conv, self.unused = nn.Conv2d(1, 3, 1), nn.LayerNorm(5)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    step = train_step(HoldsANorm(), "cnn", SpeedSettings(num_classes=3), Precision(None, "cpu"))
+    _, unused = _train_flops(step, torch.randn(2, 1, 4, 4), torch.randint(0, 3, (2, 4, 4)))
+    assert unused == ["unused.weight", "unused.bias"]
+
+
+def _compared(peer_params: int | None, ours_params: int = 1000, **result) -> dict:
+    impls = {"segbench": {"params": ours_params, "params_unused": 10, "train_s": 0.2, "infer_s": 0.1}}
+    if peer_params is not None:
+        impls["peer"] = {"params": peer_params, "train_s": 0.25, "infer_s": 0.1}
+    return {"impls": impls, "notes": [], **result}
+
+
+def test_a_peer_gets_a_ratio_only_with_the_same_parameter_count():
+    from segbench.bench.measure.speed import compare_with_peer
+
+    same = compare_with_peer(_compared(990, peer_name="lib Net", ratio={"train": 0.8, "infer": 1.0}))
+    assert (same.status, same.cell, same.note) == ("ratio", "train 0.80, infer 1.00", None)
+    other = compare_with_peer(_compared(1200, peer_name="lib Net", ratio={"train": 0.8}))
+    assert other.status == other.cell == "different configuration" and other.ratio == {}
+    assert other.note == "different configuration: segbench 990 parameters, lib Net 1,200; no ratio"
+    none = compare_with_peer(_compared(None, no_peer="no peer: needs torchvision: run `make peers`"))
+    assert none.cell == "no peer" and none.note == ("no peer: needs torchvision: run `make peers`; the matmul share "
+                                                    "is the only yardstick")
 
 
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "pspnet", "segformer"])
@@ -108,8 +143,8 @@ def test_speed_command_prints_ratio_and_flop_rate_columns(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if line.startswith("arch"))
-    for column in ("precision", "train ms", "infer ms", "train GFLOP/s (% matmul)", "infer GFLOP/s (% matmul)",
-                   "ratio train", "ratio infer"):
+    for column in ("precision", "params", "train ms", "infer ms", "train GFLOP/s (% matmul)",
+                   "infer GFLOP/s (% matmul)", "segbench/peer"):
         assert column in header
     # Each contender's share is of a matmul in its own precision.
     assert "bf16 matmul 2048x2048" in result.output and "fp32 matmul 2048x2048" in result.output
@@ -130,9 +165,10 @@ def test_speed_command_prints_ratio_and_flop_rate_columns(tmp_path):
         assert segformer["impls"]["peer"]["params"] == segformer["impls"]["segbench"]["params"]
         assert segformer["ratio"]["train"] > 0
         row = next(line for line in result.output.splitlines() if line.startswith("segformer") and "segbench" in line)
-        assert row.split()[-1] != "-"
+        assert "train " in row and "infer " in row  # the ratios
     if "unet" in archs:
-        assert "not imported" in result.output  # says why U-Net has no peer here
+        row = next(line for line in result.output.splitlines() if line.startswith("unet") and "segbench" in line)
+        assert row.endswith("no peer") and "unet: no peer: " in result.output  # and why
 
 
 def test_set_option_must_name_an_architecture():

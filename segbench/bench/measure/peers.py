@@ -1,55 +1,231 @@
 """Peer implementations of our architectures, for ``segbench speed``: the same architecture at the same
 size from another library, so a time ratio says something about our code rather than the network.
 
-Hugging Face ``transformers`` has two of ours in plain PyTorch: ``SegformerForSemanticSegmentation``
-and ``UperNetForSemanticSegmentation`` with a Swin backbone. Each peer is configured from the segbench
-model it is compared with (read from its modules), and both parameter counts are reported so a
-mismatch is visible. The other usual peers (torchvision's FCN/DeepLab v3, segmentation_models_pytorch's
-U-Net/PSPNet/DeepLab v3+, timm backbones) are never imported: they fail against CPU-only torch builds
-without torchvision, and importing them can break the process.
+Each peer is configured from the segbench model it is compared with, read off its modules (backbone
+depth, output stride and dilations, head widths, atrous rates, separable or not, auxiliary head or not),
+and both parameter counts are compared by the caller: a pair whose counts differ is a different
+configuration and gets no ratio.
+
+| segbench | peer | loss in its training step |
+|---|---|---|
+| ``fcn`` | torchvision ``FCN`` (``FCNHead``) on ``IntermediateLayerGetter(resnet*)`` | segbench's (the run's) |
+| ``deeplabv3`` | torchvision ``DeepLabV3`` (``DeepLabHead``, our rates) on the same | segbench's |
+| ``pspnet`` | segmentation_models_pytorch ``PSPNet`` (encoder ``resnet*``, our output stride) | segbench's |
+| ``deeplabv3plus`` | segmentation_models_pytorch ``DeepLabV3Plus`` | segbench's |
+| ``segformer`` | transformers ``SegformerForSemanticSegmentation`` | its own |
+| ``upernet`` (Swin) | transformers ``UperNetForSemanticSegmentation`` with a Swin backbone | its own |
+
+torchvision's ResNet is built with ``replace_stride_with_dilation`` where torchvision allows it
+(Bottleneck ResNets); its BasicBlock (ResNet-18/34) refuses dilation and it has no multi-grid, so there
+the strides, paddings and dilations of its convolutions are set to segbench's, conv by conv (the module
+names are the same): the same weights computing the same function, which the note on the row says.
+U-Net (the paper's own contracting path), SegNet, FCN-8s and DeepLab v1/v2 have no peer in these
+libraries. The libraries are imported only when a peer is asked for, and only when they import: a
+torchvision missing, or built for another torch, names ``make peers`` instead of failing the run.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import Tensor, nn
 
 from segbench.models.blocks import resize
 
-__all__ = ["Peer", "build_peer", "UNAVAILABLE_PEERS"]
+__all__ = ["Peer", "PeerModel", "build_peer", "NO_PEER", "MAKE_PEERS"]
 
-_NOT_IMPORTED = "not imported: it fails against this CPU-only torch build without torchvision"
-# Architectures whose natural peer lives in a library we may not import, and which one.
-UNAVAILABLE_PEERS: dict[str, str] = {
-    "fcn": f"torchvision fcn_resnet50 ({_NOT_IMPORTED})",
-    "deeplabv3": f"torchvision deeplabv3_resnet50 ({_NOT_IMPORTED})",
-    "unet": f"segmentation_models_pytorch Unet ({_NOT_IMPORTED})",
-    "pspnet": f"segmentation_models_pytorch PSPNet ({_NOT_IMPORTED})",
-    "deeplabv3plus": f"segmentation_models_pytorch DeepLabV3Plus ({_NOT_IMPORTED})",
+MAKE_PEERS = "run `make peers` (or pip install 'segbench[peers]' with the torchvision built for this torch)"
+# Architectures no library here implements, and why.
+NO_PEER: dict[str, str] = {
+    "unet": "segmentation_models_pytorch's Unet decodes a classification encoder (ResNet, ...), not the paper's "
+            "own contracting path",
+    "segnet": "none of torchvision, timm, segmentation_models_pytorch, transformers has SegNet",
+    "fcn8s": "none of torchvision, timm, segmentation_models_pytorch, transformers has the VGG FCN-8s/16s/32s",
+    "fcn16s": "none of torchvision, timm, segmentation_models_pytorch, transformers has the VGG FCN-8s/16s/32s",
+    "fcn32s": "none of torchvision, timm, segmentation_models_pytorch, transformers has the VGG FCN-8s/16s/32s",
+    "deeplabv1": "none of torchvision, timm, segmentation_models_pytorch, transformers has DeepLab v1",
+    "deeplabv2": "none of torchvision, timm, segmentation_models_pytorch, transformers has DeepLab v2 (ASPP-L)",
 }
 
 
-class HFSegmenter(nn.Module):
-    """A transformers segmentation model called like ours: logits at input resolution; its own loss
-    (with its auxiliary head where it has one) through ``training_loss``."""
+class PeerModel(nn.Module):
+    """A peer library's network called like ours: logits at input resolution in eval mode; in training
+    mode ``{"out", "aux"}`` where it has an auxiliary head (weighted ``aux_weight`` by the step), or
+    its own loss through ``training_loss`` where the library computes one (``Peer.own_loss``)."""
 
-    def __init__(self, hf_model: nn.Module):
+    aux_weight: float = 0.0
+
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.hf = hf_model
+        self.net = net
+
+
+class HFSegmenter(PeerModel):
+    """A transformers segmentation model; its own loss (with its auxiliary head where it has one)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return resize(self.hf(pixel_values=x).logits, x.shape)
+        return resize(self.net(pixel_values=x).logits, x.shape)
 
     def training_loss(self, x: Tensor, target: Tensor) -> Tensor:
-        return self.hf(pixel_values=x, labels=target).loss
+        return self.net(pixel_values=x, labels=target).loss
+
+
+class TorchvisionSegmenter(PeerModel):
+    """torchvision's ``FCN``/``DeepLabV3``: its ``{"out", "aux"}`` dict, already at input resolution."""
+
+    def __init__(self, net: nn.Module, aux_weight: float):
+        super().__init__(net)
+        self.aux_weight = aux_weight
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        out = self.net(x)
+        if self.training and "aux" in out:
+            return {"out": out["out"], "aux": out["aux"]}
+        return out["out"]
+
+
+class SMPSegmenter(PeerModel):
+    """A segmentation_models_pytorch model: its masks, at input resolution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
 
 @dataclass
 class Peer:
     name: str  # library and class
-    model: nn.Module  # HFSegmenter
+    model: PeerModel
+    own_loss: bool = False  # True: the library's loss (``training_loss``); False: the run's, as ours
     note: str = ""
+
+
+def _importable(module: str, package: str) -> str:
+    """'' when ``module`` imports here, else why not and how to get it. A torchvision built for another
+    torch fails at import (its C++ operators do not load): caught here, never a failed run."""
+    if importlib.util.find_spec(module) is None:
+        return f"needs {package}: {MAKE_PEERS}"
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - any failure to import means: no peer, and why
+        return f"needs {package} that imports ({type(err).__name__}: {str(err)[:120]}): {MAKE_PEERS}"
+    return ""
+
+
+# --- torchvision -----------------------------------------------------------------------------------
+
+
+def _conv_geometry(module: nn.Module) -> dict[str, tuple]:
+    return {name: (m.stride, m.padding, m.dilation) for name, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _torchvision_resnet(encoder: nn.Module) -> tuple[nn.Module, str]:
+    """torchvision's ResNet of ``encoder``'s depth, input channels and geometry (strides, dilations,
+    multi-grid), without ``avgpool``/``fc`` use; and a note when torchvision could not build the geometry
+    itself."""
+    from torchvision.models import resnet as tv_resnet
+
+    from segbench.models.encoders.resnet import BasicBlock
+
+    dilate = [d > 1 for d in encoder.stage_dilations[1:]]  # layer2..layer4, as replace_stride_with_dilation
+    basic = isinstance(encoder.layer1[0], BasicBlock)
+    net = getattr(tv_resnet, f"resnet{encoder.depth}")(weights=None, replace_stride_with_dilation=None if basic else dilate)
+    if encoder.conv1.in_channels != 3:
+        net.conv1 = nn.Conv2d(encoder.conv1.in_channels, 64, 7, 2, 3, bias=False)
+    ours, theirs = _conv_geometry(encoder), _conv_geometry(net)
+    if set(ours) - set(theirs):
+        raise ValueError(f"torchvision's ResNet lacks convolutions segbench's has: {sorted(set(ours) - set(theirs))[:3]}")
+    differs = [name for name, geometry in ours.items() if theirs[name] != geometry]
+    convs = dict(net.named_modules())
+    for name in differs:  # the same kernel shapes: only where it samples changes
+        conv = convs[name]
+        conv.stride, conv.padding, conv.dilation = ours[name]
+    if not differs:
+        return net, ""
+    why = [f"torchvision's ResNet-{encoder.depth} (BasicBlock) refuses dilation"] if basic and any(dilate) else []
+    if encoder.multi_grid is not None:
+        why.append(f"torchvision has no multi-grid {list(encoder.multi_grid)}")
+    return net, (f"{' and '.join(why) or 'torchvision builds another geometry'}: the stride, padding and dilation "
+                 f"of {len(differs)} of its convs are set to segbench's (same weights, same function)")
+
+
+def _torchvision_segmentation(model: nn.Module, num_classes: int, net_class: type, head: nn.Module) -> Peer:
+    """torchvision's ``net_class`` (``FCN``/``DeepLabV3``) with ``head`` on our encoder's twin, and its
+    ``FCNHead`` on layer3 where ours has an auxiliary head."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    encoder = model.encoder
+    backbone, note = _torchvision_resnet(encoder)
+    aux = model.aux_head is not None
+    layers = {"layer4": "out", **({"layer3": "aux"} if aux else {})}
+    aux_head = FCNHead(encoder.out_channels[-2], num_classes) if aux else None
+    net = net_class(IntermediateLayerGetter(backbone, return_layers=layers), head, aux_head)
+    return Peer(f"torchvision {net_class.__name__}", TorchvisionSegmenter(net, model.aux_weight if aux else 0.0),
+                note=note)
+
+
+def _fcn_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    from torchvision.models.segmentation.fcn import FCN, FCNHead
+
+    return _torchvision_segmentation(model, num_classes, FCN, FCNHead(model.encoder.out_channels[-1], num_classes))
+
+
+def _atrous_rates(aspp: nn.Module) -> list[int]:
+    """The rates of an ASPP's atrous branches (between the 1x1 branch and the image pooling)."""
+    return [next(m for m in branch.modules() if isinstance(m, nn.Conv2d)).dilation[0] for branch in aspp.convs[1:-1]]
+
+
+def _deeplabv3_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+    head = DeepLabHead(model.encoder.out_channels[-1], num_classes, _atrous_rates(model.aspp))
+    return _torchvision_segmentation(model, num_classes, DeepLabV3, head)
+
+
+# --- segmentation_models_pytorch ------------------------------------------------------------------
+
+
+def _smp_resnet_options(model: nn.Module, in_channels: int, num_classes: int) -> tuple[dict, str]:
+    encoder = model.encoder
+    options = dict(encoder_name=f"resnet{encoder.depth}", encoder_weights=None, in_channels=in_channels,
+                   classes=num_classes)
+    note = []
+    if encoder.multi_grid is not None:
+        note.append(f"smp has no multi-grid {list(encoder.multi_grid)}: its last stage runs at one rate")
+    if model.aux_head is not None:
+        note.append("smp has no auxiliary segmentation head (its aux_params is an image classifier)")
+    return options, "; ".join(note)
+
+
+def _pspnet_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    import segmentation_models_pytorch as smp
+
+    options, note = _smp_resnet_options(model, in_channels, num_classes)
+    stride = model.encoder.output_stride
+    net = smp.PSPNet(**options, encoder_depth=5, output_stride=stride, upsampling=stride,
+                     psp_out_channels=model.bottleneck[0].out_channels, psp_dropout=model.dropout.p)
+    return Peer("segmentation_models_pytorch PSPNet", SMPSegmenter(net), note=note)
+
+
+def _deeplabv3plus_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    import segmentation_models_pytorch as smp
+
+    from segbench.models.architectures.aspp import SeparableConvBNReLU
+
+    options, note = _smp_resnet_options(model, in_channels, num_classes)
+    net = smp.DeepLabV3Plus(
+        **options, encoder_output_stride=model.encoder.output_stride, decoder_channels=model.aspp.out_channels,
+        decoder_atrous_rates=_atrous_rates(model.aspp),
+        decoder_aspp_separable=isinstance(model.aspp.convs[1], SeparableConvBNReLU),
+        decoder_aspp_dropout=model.aspp.project[-1].p,
+    )
+    return Peer("segmentation_models_pytorch DeepLabV3Plus", SMPSegmenter(net), note=note)
+
+
+# --- transformers ----------------------------------------------------------------------------------
 
 
 def _segformer_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
@@ -72,7 +248,8 @@ def _segformer_peer(model: nn.Module, num_classes: int, in_channels: int) -> Pee
     note = ""
     if not isinstance(head.projections[0], nn.Conv2d):
         note = "ours uses MMSegmentation's conv-BN-ReLU projections (projection_bn); the peer the paper's linear ones"
-    return Peer("transformers SegformerForSemanticSegmentation", HFSegmenter(SegformerForSemanticSegmentation(config)), note)
+    return Peer("transformers SegformerForSemanticSegmentation", HFSegmenter(SegformerForSemanticSegmentation(config)),
+                own_loss=True, note=note)
 
 
 def _upernet_swin_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
@@ -102,27 +279,38 @@ def _upernet_swin_peer(model: nn.Module, num_classes: int, in_channels: int) -> 
         num_labels=num_classes,
         loss_ignore_index=255,
     )
-    return Peer("transformers UperNetForSemanticSegmentation (Swin)", HFSegmenter(UperNetForSemanticSegmentation(config)))
+    return Peer("transformers UperNetForSemanticSegmentation (Swin)",
+                HFSegmenter(UperNetForSemanticSegmentation(config)), own_loss=True)
+
+
+# arch -> (the module that must import, its package's name, builder)
+_PEERS: dict[str, tuple[str, str, Callable[[nn.Module, int, int], Peer]]] = {
+    "fcn": ("torchvision", "torchvision", _fcn_peer),
+    "deeplabv3": ("torchvision", "torchvision", _deeplabv3_peer),
+    "pspnet": ("segmentation_models_pytorch", "segmentation_models_pytorch (and torchvision)", _pspnet_peer),
+    "deeplabv3plus": ("segmentation_models_pytorch", "segmentation_models_pytorch (and torchvision)",
+                      _deeplabv3plus_peer),
+    "segformer": ("transformers", "transformers", _segformer_peer),
+    "upernet": ("transformers", "transformers", _upernet_swin_peer),
+}
 
 
 def build_peer(arch: str, model: nn.Module, *, num_classes: int, in_channels: int) -> tuple[Peer | None, str]:
-    """The peer of ``model`` (a segbench ``arch``) at the same size, or None and the reason there is none."""
+    """The peer of ``model`` (a segbench ``arch``) at the same size, or None and why there is none."""
     from segbench.models.encoders.mit import MixTransformer
+    from segbench.models.encoders.resnet import ResNet
     from segbench.models.encoders.swin import SwinTransformer
 
-    if arch == "segformer" and isinstance(model.encoder, MixTransformer):
-        builder = _segformer_peer
-    elif arch == "upernet" and isinstance(model.encoder, SwinTransformer):
-        builder = _upernet_swin_peer
-    elif arch == "upernet":
-        return None, "no peer for UPerNet on a non-Swin encoder (the transformers peer is set up with Swin)"
-    else:
-        return None, "no peer: " + UNAVAILABLE_PEERS.get(arch, "no plain-PyTorch implementation of it is installed")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return None, "no peer: transformers is not installed (pip install 'segbench[hf]')"
+    if arch not in _PEERS:
+        return None, "no peer: " + NO_PEER.get(arch, "no other library here implements it")
+    wanted = {"segformer": MixTransformer, "upernet": SwinTransformer}.get(arch, ResNet)
+    if not isinstance(model.encoder, wanted):
+        return None, f"no peer for {arch} on a {type(model.encoder).__name__} encoder (the peer is set up with {wanted.__name__})"
+    module, package, builder = _PEERS[arch]
+    missing = _importable(module, package)
+    if missing:
+        return None, f"no peer: {missing}"
     try:
         return builder(model, num_classes, in_channels), ""
-    except (AttributeError, IndexError, TypeError, ValueError) as err:
+    except (AttributeError, IndexError, TypeError, ValueError, NotImplementedError) as err:
         return None, f"no peer: could not configure it from the segbench model ({type(err).__name__}: {err})"

@@ -22,6 +22,11 @@ How the figures are taken, and why:
   always flagged: counted FLOPs include multiplications by zero padding (large atrous rates on small
   feature maps) and convolution kernels can beat the 2048x2048 matmul (Winograd, better blocking), so
   such a share is an upper bound on useful work, not a measurement error.
+- A **peer** (:mod:`segbench.bench.measure.peers`) is configured from our model; the two are compared by
+  the parameters their training step uses (a parameter left without a gradient, such as a final norm a
+  library keeps but never applies, is held, not used). Equal counts: the ratio segbench/peer. Unequal:
+  "different configuration", both counts and no ratio. No peer: the reason, and the matmul share is the
+  only yardstick (:func:`compare_with_peer` words all three, for this table and the review's).
 """
 
 from __future__ import annotations
@@ -37,16 +42,19 @@ import torch
 from torch import Tensor, nn
 
 from segbench.bench.measure.cost import inference_fn
-from segbench.bench.measure.peers import build_peer
+from segbench.bench.measure.peers import PeerModel, build_peer
 from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
 from segbench.engine.step import TrainStep
 from segbench.bench.measure.flops import count_flops_of
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
-           "format_rate", "OVER_100_NOTE"]
+           "format_rate", "OVER_100_NOTE", "PeerComparison", "compare_with_peer", "compared_params",
+           "DIFFERENT_CONFIGURATION", "NO_PEER"]
 
 MATMUL_SIZE = 2048
+DIFFERENT_CONFIGURATION = "different configuration"
+NO_PEER = "no peer"
 OVER_100_NOTE = ("the counted FLOPs include multiplications by zero padding (atrous rates large against the "
                  "feature map) or the convolution kernels outrun the 2048x2048 matmul, so the share is an upper "
                  "bound on useful work")
@@ -102,11 +110,13 @@ def train_step(model: nn.Module, family: str, settings: SpeedSettings, precision
                      aux_weight=float(getattr(model, "aux_weight", 0.0) or 0.0))
 
 
-def _train_flops(step: TrainStep, x: Tensor, target: Tensor) -> int:
-    """Forward + backward FLOPs of one step (the optimizer's element-wise update is not counted)."""
+def _train_flops(step: TrainStep, x: Tensor, target: Tensor) -> tuple[int, list[str]]:
+    """Forward + backward FLOPs of one step (the optimizer's element-wise update is not counted), and the
+    trainable parameters that backward left without a gradient: held by the model, unused by the step."""
     flops = count_flops_of(lambda: step.loss(x, target).backward())
+    unused = [name for name, p in step.model.named_parameters() if p.requires_grad and p.grad is None]
     step.model.zero_grad(set_to_none=True)
-    return flops
+    return flops, unused
 
 
 def _prepare(model: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
@@ -119,7 +129,7 @@ def _prepare(model: nn.Module, channels_last: bool, device: torch.device) -> nn.
 def _compile_in_place(model: nn.Module) -> None:
     """``torch.compile`` the module that does the work, in place (a peer wrapper's inner model, so its
     own loss path is compiled too)."""
-    getattr(model, "hf", model).compile()
+    (model.net if isinstance(model, PeerModel) else model).compile()
 
 
 def _onnx_contender(model: nn.Module, settings: SpeedSettings, x: Tensor) -> tuple[Callable | None, dict]:
@@ -178,15 +188,18 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
     if channels_last and settings.channels_last is None:
         result["notes"].append("channels-last memory format (the default for CNN-family models)")
     contenders: dict[str, nn.Module] = {"segbench": ours}
+    own_loss = {"segbench": False}
     if settings.peers:
         peer, why = build_peer(arch, ours, num_classes=settings.num_classes, in_channels=settings.in_channels)
         if peer is None:
-            result["notes"].append(why)
+            result["no_peer"] = why
         else:
-            contenders["peer"] = peer.model
+            contenders["peer"], own_loss["peer"] = peer.model, peer.own_loss
             result["peer_name"] = peer.name
             if peer.note:
-                result["notes"].append(peer.note)
+                result["notes"].append(f"peer: {peer.note}")
+    else:
+        result["no_peer"] = "not timed (--no-peers)"
 
     closures: dict[str, Callable[[], object]] = {}
     if "onnx" in settings.engines:
@@ -202,8 +215,14 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
         progress(f"{arch}: counting FLOPs ({name})")
         kinds = ("train", "infer") if settings.train else ("infer",)
         if settings.train:
-            step = train_step(model, family, settings, precision, own_loss=name == "peer")
-            entry["train_flops"] = _train_flops(step, x, target)
+            step = train_step(model, family, settings, precision, own_loss=own_loss[name])
+            entry["train_flops"], unused = _train_flops(step, x, target)
+            entry["params_unused"] = sum(p.numel() for n, p in model.named_parameters() if n in unused)
+            if unused:
+                label = result.get("peer_name", "peer") if name == "peer" else name
+                result["notes"].append(f"{label}: {entry['params_unused']:,} parameters its training step leaves "
+                                       f"without a gradient are not counted ({', '.join(unused[:4])}"
+                                       f"{', ...' if len(unused) > 4 else ''})")
             closures[f"{name}.train"] = lambda step=step: step(x, target)
         entry["infer_flops"] = count_flops_of(inference_fn(model, x))
         closures[f"{name}.infer"] = inference_fn(model, x, precision)
@@ -219,9 +238,8 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
         result["impls"]["onnx"] = {"params": segbench_entry["params"], "infer_flops": segbench_entry["infer_flops"],
                                    "precision": "fp32", **onnx_meta}
     if "peer" in result["impls"]:
-        ours_params, peer_params = result["impls"]["segbench"]["params"], result["impls"]["peer"]["params"]
-        if abs(ours_params - peer_params) > 0.01 * ours_params:
-            result["notes"].append(f"parameter counts differ: segbench {ours_params:,} vs peer {peer_params:,}")
+        impls = result["impls"]
+        result["same_configuration"] = compared_params(impls["segbench"]) == compared_params(impls["peer"])
     # The ceiling in each precision a contender computes in (ONNX Runtime runs fp32).
     ceilings = {precision.name: precision.compute_dtype} | ({"fp32": torch.float32} if "onnx" in result["impls"] else {})
     for name, dtype in ceilings.items():
@@ -256,9 +274,60 @@ def _summarise(result: dict, times: dict[str, Timing]) -> None:
         if flops:
             entry[f"{kind}_flops_per_s"] = flops / entry[f"{kind}_s"]
             entry[f"{kind}_matmul_fraction"] = entry[f"{kind}_flops_per_s"] / rates[entry["precision"]]
-    if "peer" in result["impls"]:
+    if result.get("same_configuration"):
         ours, peer = result["impls"]["segbench"], result["impls"]["peer"]
         result["ratio"] = {kind: ours[f"{kind}_s"] / peer[f"{kind}_s"] for kind in ("train", "infer") if f"{kind}_s" in ours}
+
+
+def compared_params(entry: dict) -> int:
+    """The parameters an implementation's training step uses (all of them when it was not timed training)."""
+    return entry["params"] - entry.get("params_unused", 0)
+
+
+@dataclass(frozen=True)
+class PeerComparison:
+    """How one architecture's row compares with its peer: ``status`` is "ratio" (same parameter counts:
+    ``ratio`` holds segbench time / peer time), ``DIFFERENT_CONFIGURATION`` (both counts, no ratio) or
+    ``NO_PEER`` (``reason`` says why; the matmul share is then the only yardstick)."""
+
+    status: str
+    peer: str = ""
+    params: int | None = None
+    peer_params: int | None = None
+    ratio: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def cell(self) -> str:
+        """The table's cell: the ratios, or the status."""
+        if self.status == "ratio":
+            return ", ".join(f"{kind} {value:.2f}" for kind, value in self.ratio.items())
+        return self.status
+
+    @property
+    def note(self) -> str | None:
+        """The sentence under the table, for rows without a ratio."""
+        if self.status == DIFFERENT_CONFIGURATION:
+            return (f"{DIFFERENT_CONFIGURATION}: segbench {self.params:,} parameters, {self.peer} {self.peer_params:,}; "
+                    "no ratio")
+        if self.status == NO_PEER:
+            reason = self.reason.removeprefix(f"{NO_PEER}: ").removeprefix(NO_PEER)
+            return f"{NO_PEER}{': ' + reason if reason else ''}; the matmul share is the only yardstick"
+        return None
+
+
+def compare_with_peer(result: dict) -> PeerComparison:
+    """The peer comparison of one architecture's figures (``benchmark_arch``'s result): what the
+    ``segbench speed`` table and the review's Speed section print for it."""
+    impls = result.get("impls", {})
+    ours, peer = impls.get("segbench"), impls.get("peer")
+    if ours is None or peer is None:
+        return PeerComparison(NO_PEER, reason=result.get("no_peer", ""))
+    name = result.get("peer_name", "peer")
+    params, peer_params = compared_params(ours), compared_params(peer)
+    if params != peer_params:
+        return PeerComparison(DIFFERENT_CONFIGURATION, name, params, peer_params)
+    return PeerComparison("ratio", name, params, peer_params, dict(result.get("ratio", {})))
 
 
 def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -306,26 +375,28 @@ def format_rate(flops_per_s: float | None, fraction: float | None) -> str:
 
 
 def format_table(results: dict) -> str:
-    """One row per architecture and implementation; ratio = segbench time / peer time (< 1: we are faster)."""
-    header = ["arch", "impl", "precision", "params(M)", "train ms", "infer ms", "train GFLOP/s (% matmul)",
-              "infer GFLOP/s (% matmul)", "ratio train", "ratio infer"]
+    """One row per architecture and implementation; on segbench's row the comparison with the peer:
+    the ratios segbench time / peer time (< 1: we are faster), "different configuration" or "no peer"."""
+    header = ["arch", "impl", "precision", "params", "train ms", "infer ms", "train GFLOP/s (% matmul)",
+              "infer GFLOP/s (% matmul)", "segbench/peer"]
     rows = [header]
     notes = []
     for arch, result in results["archs"].items():
-        ratio = result.get("ratio", {})
+        comparison = compare_with_peer(result)
+        if comparison.note:
+            notes.append(f"{arch}: {comparison.note}")
         for name, entry in result["impls"].items():
             label = result.get("peer_name", "peer") if name == "peer" else name
             rows.append([
                 arch,
                 label,
                 entry.get("precision", "fp32"),
-                f"{entry['params'] / 1e6:.2f}",
+                f"{compared_params(entry):,}",
                 format_time(entry, "train"),
                 format_time(entry, "infer"),
                 format_rate(entry.get("train_flops_per_s"), entry.get("train_matmul_fraction")),
                 format_rate(entry.get("infer_flops_per_s"), entry.get("infer_matmul_fraction")),
-                f"{ratio['train']:.2f}" if name == "segbench" and "train" in ratio else "-",
-                f"{ratio['infer']:.2f}" if name == "segbench" and "infer" in ratio else "-",
+                comparison.cell if name == "segbench" else "",
             ])
             compiled = [f"{entry[f'compile_{k}_s']:.1f} s ({k})" for k in ("train", "infer") if f"compile_{k}_s" in entry]
             if compiled:
@@ -350,8 +421,9 @@ def format_table(results: dict) -> str:
         lines.append(f"CUDA: TF32 matmul {'on' if math['tf32_matmul'] else 'off'}, TF32 convolutions "
                      f"{'on' if math['tf32_conv'] else 'off'}, cuDNN autotuner {'on' if math['cudnn_benchmark'] else 'off'}")
     lines.append("times: median ms ± half the interquartile range as a share of it; 'noisy': still above "
-                 f"{NOISY_ABOVE:.0%} after re-measuring. ratio = segbench time / peer time (below 1: segbench is "
-                 "faster). % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "
+                 f"{NOISY_ABOVE:.0%} after re-measuring. params: those the training step uses. segbench/peer: "
+                 "segbench time / peer time (below 1: segbench is faster), given only when both use the same "
+                 f"number of parameters, else '{DIFFERENT_CONFIGURATION}'. % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "
                  "in the contender's precision; * marks a share above 100% (" + OVER_100_NOTE + ").")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)

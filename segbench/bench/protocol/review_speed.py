@@ -24,7 +24,8 @@ from typing import Callable
 
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.record import WorkerResult
-from segbench.bench.measure.speed import OVER_100_NOTE, SpeedSettings, benchmark_arch
+from segbench.bench.measure.speed import (NO_PEER, OVER_100_NOTE, SpeedSettings, benchmark_arch, compare_with_peer,
+                                         compared_params)
 from segbench.bench.measure.timing import NOISY_ABOVE
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 
@@ -134,9 +135,11 @@ def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[dict]:
         if "error" in result:
             rows.append({**row, "error": result["error"]})
             continue
-        ours, ratio = result["impls"]["segbench"], result.get("ratio", {})
-        row.update(peer=result.get("peer_name", "none installable"), precision=ours.get("precision", "fp32"),
-                   train_ratio=ratio.get("train"), infer_ratio=ratio.get("infer"))
+        ours, comparison = result["impls"]["segbench"], compare_with_peer(result)
+        peer = {"ratio": comparison.peer, NO_PEER: NO_PEER}.get(comparison.status, f"{comparison.peer}: {comparison.status}")
+        row.update(peer=peer, params=compared_params(ours),
+                   peer_params=comparison.peer_params, precision=ours.get("precision", "fp32"),
+                   train_ratio=comparison.ratio.get("train"), infer_ratio=comparison.ratio.get("infer"))
         for kind in ("train", "infer"):
             row.update({f"{kind}_ms": _ms(ours.get(f"{kind}_s")), f"{kind}_q1_ms": _ms(ours.get(f"{kind}_q1_s")),
                         f"{kind}_q3_ms": _ms(ours.get(f"{kind}_q3_s")), f"{kind}_noisy": bool(ours.get(f"{kind}_noisy"))})
@@ -172,8 +175,12 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
         + (f" (median {statistics.median(rates) / 1e9:.1f} GFLOP/s)" if rates else "") + "."
     )
     notes = [
-        "Ratio = segbench time / peer time at the same architecture and size (below 1: segbench is faster); "
-        "peers are the Hugging Face transformers implementations where one exists and imports here.",
+        "Ratio = segbench time / peer time at the same architecture and size (below 1: segbench is faster), given "
+        "only when both use the same number of parameters in a training step (Params, Peer params); otherwise "
+        "the peer is a different configuration and gets no ratio. Peers: torchvision (FCN, DeepLab v3), "
+        "segmentation_models_pytorch (PSPNet, DeepLab v3+) and transformers (SegFormer, Swin-UPerNet), each "
+        "configured from segbench's model, where they import here (`make peers` builds that environment); "
+        "without a peer the matmul share is the only yardstick.",
         "Times: median ms [interquartile range]; 'noisy' marks a figure whose "
         f"range stayed above {NOISY_ABOVE:.0%} of its median after re-measuring (the machine was busy).",
         "GFLOP/s counts convolutions and matmuls (FlopCounterMode, 2 per multiply-add; forward + backward for a "
@@ -185,7 +192,8 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
     ]
     notes += [note for note in [drift_note(speed)] if note]
     for arch, result in speed["archs"].items():
-        notes += [f"{arch}: {note}" for note in result.get("notes", [])]
+        comparison = [] if "error" in result else [compare_with_peer(result).note]
+        notes += [f"{arch}: {note}" for note in comparison + result.get("notes", []) if note]
     return {"intro": intro, "rows": speed_rows(speed, pipeline), "notes": notes}
 
 

@@ -83,7 +83,8 @@ _BY_KEY = {c.key: c for c in COLUMNS}
 
 # The Speed section's table, one row per architecture (``segbench.bench.protocol.review_speed.speed_rows``).
 SPEED_COLUMNS: tuple[Column, ...] = (
-    Column("peer", "Peer", "", help="the peer implementation timed side by side with segbench's"),
+    Column("peer", "Peer", "", help="the peer implementation timed side by side with segbench's: 'no peer' where none "
+           "exists or imports, 'different configuration' where its parameter count differs from segbench's"),
     Column("precision", "Precision", "", help="the precision the architecture trained in, timed in the same"),
     Column("train_ms", "Train step", "lower", 1, "ms", "median training step: forward, the run's loss, backward, "
            "optimiser [interquartile range]", spread=("train_q1_ms", "train_q3_ms"), noisy="train_noisy"),
@@ -93,6 +94,9 @@ SPEED_COLUMNS: tuple[Column, ...] = (
     Column("train_matmul_pct", "Train % matmul", "higher", 0, "%", "that rate as a share of a same-precision matmul's"),
     Column("infer_gflops_per_s", "Inference GFLOP/s", "higher", 1, help="convolution and matmul FLOPs per second"),
     Column("infer_matmul_pct", "Inference % matmul", "higher", 0, "%", "that rate as a share of a same-precision matmul's"),
+    Column("params", "Params", "", 0, "", "parameters segbench's training step uses"),
+    Column("peer_params", "Peer params", "", 0, "", "parameters the peer's training step uses; a count unlike "
+           "segbench's is a different configuration, which gets no ratio"),
     Column("train_ratio", "Train ratio", "lower", 2, "", "segbench's training step time / the peer's (below 1: faster)"),
     Column("infer_ratio", "Inference ratio", "lower", 2, "", "segbench's inference time / the peer's (below 1: faster)"),
     Column("data_wait_pct", "Data wait", "lower", 1, "%", "share of the training run's step time spent waiting for data"),

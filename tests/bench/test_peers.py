@@ -1,0 +1,106 @@
+"""Peers of segbench's architectures in `segbench speed` (``segbench.bench.measure.peers``): every row says a
+ratio, "different configuration" with both parameter counts, or "no peer" and why; a torchvision peer that
+gets a ratio computes segbench's very function. The peers need the peers environment (`make peers`);
+without torchvision only the message that says how to get it is checked."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from segbench import build_model
+from segbench.bench.measure.peers import build_peer
+from tests.numerics import assert_same_function, randomise_constants, set_mode
+from tests.peer_libraries import imports, library
+
+ACCEPTANCE_ARCHS = ["fcn", "deeplabv3", "deeplabv3plus", "pspnet", "unet", "segformer", "upernet"]
+# What each row says in the peers environment at the quick profile's configurations, and why.
+EXPECTED = {
+    "fcn": "ratio", "deeplabv3": "ratio", "segformer": "ratio", "upernet": "ratio",
+    "pspnet": "different configuration",  # smp: a 1x1 bottleneck after the pyramid, no auxiliary head
+    "deeplabv3plus": "different configuration",  # smp: one separable refining conv plus one after the ASPP
+    "unet": "no peer",  # the paper's U-Net; smp's decodes a classification encoder
+}
+
+
+PEER_LIBRARIES = ("torchvision", "segmentation_models_pytorch", "transformers")
+
+
+@pytest.fixture
+def peers_env():
+    for name in PEER_LIBRARIES:
+        library(name)
+
+
+def test_every_row_has_a_ratio_a_different_configuration_or_no_peer(tmp_path, peers_env):
+    from segbench.cli import main
+
+    out = tmp_path / "speed.json"
+    args = ["speed", "--archs", ",".join(ACCEPTANCE_ARCHS), "--profile", "quick", "--size", "64", "64", "--batch", "2",
+            "--rounds", "1", "--max-warmup", "0", "--threads", "1", "--classes", "4", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    figures = json.loads(out.read_text())["archs"]
+    for arch in ACCEPTANCE_ARCHS:
+        row = next(line for line in lines if re.match(rf"{arch}\s+segbench\s", line))
+        impls = figures[arch]["impls"]
+        if EXPECTED[arch] == "ratio":
+            assert re.search(r"train \d+\.\d\d, infer \d+\.\d\d$", row), row
+            assert figures[arch]["ratio"]["train"] > 0
+        elif EXPECTED[arch] == "different configuration":
+            assert row.endswith("different configuration") and "ratio" not in figures[arch]
+            ours, peer = (impls[k]["params"] - impls[k].get("params_unused", 0) for k in ("segbench", "peer"))
+            assert ours != peer and f"{arch}: different configuration: segbench {ours:,} parameters" in result.output
+            assert f"{peer:,}; no ratio" in result.output
+            peer_row = next(line for line in lines if line.startswith(arch) and figures[arch]["peer_name"] in line)
+            assert f" {peer:,} " in peer_row and f" {ours:,} " in row  # both counts in the rows
+        else:
+            assert row.endswith("no peer") and "peer" not in impls and f"{arch}: no peer: " in result.output
+
+
+# The quick profile's slim configurations (ResNet-18; output stride 16 with multi-grid for DeepLab v3), with
+# the auxiliary head, on one input channel: torchvision's ResNet-18 refuses dilation and has no multi-grid,
+# so the peer gets segbench's strides and dilations conv by conv; this checks it computes segbench's function.
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("arch,options", [
+    ("fcn", {"encoder": "resnet18", "output_stride": 8, "aux_head": True}),
+    ("deeplabv3", {"encoder": "resnet18", "output_stride": 16, "multi_grid": [1, 2], "aux_head": True}),
+])
+def test_torchvision_peer_computes_segbenchs_function(arch, options, mode, peers_env):
+    from segbench.checkpoints.convert import convert
+
+    model = build_model(arch, 4, in_channels=1, **options)
+    peer, why = build_peer(arch, model, num_classes=4, in_channels=1)
+    assert peer is not None, why
+    randomise_constants(peer.model)
+    with warnings.catch_warnings():  # "torchvision's deeplabv3 has no multi-grid": here the peer has ours
+        warnings.simplefilter("ignore")
+        model.load_state_dict(convert(peer.model.net.state_dict(), "torchvision", arch, num_classes=4, in_channels=1,
+                                      **options), strict=True)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        got, expected = set_mode(model, mode)(x), set_mode(peer.model, mode)(x)
+    if mode == "eval":
+        assert_same_function(got, expected)
+    else:
+        assert_same_function(got["out"], expected["out"])
+        assert_same_function(got["aux"], expected["aux"])
+
+
+@pytest.mark.skipif(imports("torchvision"), reason="torchvision imports here: the message is for where it does not")
+def test_without_torchvision_the_row_says_how_to_get_it():
+    model = build_model("fcn", 4, encoder="resnet18")
+    peer, why = build_peer("fcn", model, num_classes=4, in_channels=3)
+    assert peer is None and "needs torchvision" in why and "make peers" in why
+
+
+def test_architectures_without_a_peer_say_why():
+    for arch, options in (("unet", {"base_width": 8}), ("segnet", {"base_width": 8}), ("deeplabv2", {"encoder": "resnet18"})):
+        peer, why = build_peer(arch, build_model(arch, 4, **options), num_classes=4, in_channels=3)
+        assert peer is None and why.startswith("no peer: ") and len(why) > len("no peer: ") + 10
