@@ -13,6 +13,9 @@ Reads ``RUN_DIR/sweep_run.json`` (written by :mod:`segbench.bench.protocol.sweep
 4. predicts the same few validation images with the best checkpoint (``preview.npz``) for the
    report's prediction grid;
 5. writes ``bench.json``: ``status`` "ok", or "failed" with the error and traceback.
+
+``run_worker_process`` starts it (every launcher the same way: the sweep here, a Ray task on another
+machine) and tells a worker that failed from one that was lost (killed before it wrote ``bench.json``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -28,9 +33,59 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segbench.bench.protocol.record import PREVIEW_FILE, SPEC_FILE, WorkerResult
+from segbench.bench.protocol.record import PREVIEW_FILE, RESULT_FILE, SPEC_FILE, WorkerResult
 
-__all__ = ["run_worker", "preview_indices"]
+__all__ = ["run_worker", "preview_indices", "worker_command", "run_worker_process"]
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec (Linux): SIGTERM when the process that started it dies (the sweep, or
+    the Ray worker running its task), so a killed sweep or a cancelled task leaves no orphan writing into
+    a run folder that the next invocation (or Ray's retry) resumes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_command(run_dir: Path, progress: bool) -> list[str]:
+    """The command line of one run's worker."""
+    return [sys.executable, "-m", "segbench.bench.protocol.worker", str(run_dir), *([] if progress else ["--no-progress"])]
+
+
+def run_worker_process(run_dir: Path, config_hash: str, progress: bool) -> tuple[WorkerResult, bool]:
+    """Run the worker of the run in ``run_dir`` (its spec written) in a fresh process, the same for every
+    launcher, and wait for it: its ``bench.json``, or a failure record when it died without writing one,
+    and whether it was *lost*: killed by a signal before writing its result (a lost node, a preemption,
+    the out-of-memory killer). A lost run resumes from its ``last.pt`` when started again."""
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+    process = subprocess.Popen(worker_command(run_dir, progress),
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the worker too (same process group); let it stop, then stop the sweep.
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    result = WorkerResult.read(run_dir)
+    if result is not None:
+        return result, False
+    if code < 0:
+        why = " (the system's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return WorkerResult(hash=config_hash, error=f"worker killed by {_signal_name(-code)}{why}"), True
+    return WorkerResult(hash=config_hash, error=f"worker exited with status {code} without writing {RESULT_FILE}"), False
 
 
 def preview_indices(dataset, count: int, ignore_index: int) -> list[int]:
