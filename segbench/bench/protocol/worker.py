@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,18 +58,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_command(run_dir: Path, progress: bool) -> list[str]:
-    """The command line of one run's worker."""
-    return [sys.executable, "-m", "segbench.bench.protocol.worker", str(run_dir), *([] if progress else ["--no-progress"])]
+def worker_command(run_dir: Path, progress: bool, processes: int = 1) -> list[str]:
+    """The command line of one run's worker; with ``processes`` > 1, under ``torchrun`` (one process per
+    GPU of the run, data-parallel; rank 0 measures and records)."""
+    launch = [sys.executable, "-m"]
+    if processes > 1:
+        launch += ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m"]
+    return [*launch, "segbench.bench.protocol.worker", str(run_dir), *([] if progress else ["--no-progress"])]
 
 
-def run_worker_process(run_dir: Path, config_hash: str, progress: bool) -> tuple[WorkerResult, bool]:
+def run_worker_process(run_dir: Path, config_hash: str, progress: bool, processes: int = 1) -> tuple[WorkerResult, bool]:
     """Run the worker of the run in ``run_dir`` (its spec written) in a fresh process, the same for every
     launcher, and wait for it: its ``bench.json``, or a failure record when it died without writing one,
     and whether it was *lost*: killed by a signal before writing its result (a lost node, a preemption,
     the out-of-memory killer). A lost run resumes from its ``last.pt`` when started again."""
     (run_dir / RESULT_FILE).unlink(missing_ok=True)
-    process = subprocess.Popen(worker_command(run_dir, progress),
+    process = subprocess.Popen(worker_command(run_dir, progress, processes),
                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
         code = process.wait()
@@ -141,6 +146,9 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_FILE).read_text())
     result = WorkerResult(hash=spec["hash"])
+    # Under torchrun (``segbench run --launcher ray --gpus-per-run N``) every rank trains; rank 0 alone
+    # measures, predicts and writes bench.json (the others' failures reach it through the collectives).
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     stage = "setup"
     try:
         cfg = config_from_dict(spec["config"])
@@ -156,21 +164,22 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
 
         stage = "measuring"
         m = spec["measure"]
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
-        # Timed as the run trains: its precision and memory format (as training resolves them).
-        channels_last = resolve_channels_last(cfg.train.channels_last, model_recipe(model, cfg.model.arch))
-        with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
-            result.measure = measure_inference(
-                model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
-                precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
-                rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
-            )
-            result.measure["math"] = math_settings(device)
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if main_rank:
+            torch.manual_seed(cfg.train.seed)
+            model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
+            # Timed as the run trains: its precision and memory format (as training resolves them).
+            channels_last = resolve_channels_last(cfg.train.channels_last, model_recipe(model, cfg.model.arch))
+            with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
+                result.measure = measure_inference(
+                    model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
+                    precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
+                    rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
+                )
+                result.measure["math"] = math_settings(device)
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
         stage = "training"
         started = time.perf_counter()
@@ -181,12 +190,16 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         result.session_wall_s = time.perf_counter() - started
         result.metrics = metrics
 
+        if not main_rank:
+            return 0
         stage = "predicting preview images"
         _preview(run_dir, data, int(spec.get("preview_images", 4)))
         result.status = "ok"
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001  (recorded in the results row; the sweep goes on)
+        if not main_rank:
+            raise
         kind = "out of memory" if isinstance(err, (MemoryError, torch.OutOfMemoryError)) else type(err).__name__
         result.error = f"{kind} while {stage}: {err}"
         result.traceback = traceback.format_exc()
