@@ -125,3 +125,12 @@ def test_the_report_and_its_records_import_no_torch():
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_ray_is_imported_only_by_the_ray_launcher():
+    # `segbench run --launcher local` (the default) and `import segbench` never need Ray (an optional extra).
+    modules = ["segbench", "segbench.cli", "segbench.commands.run", "segbench.bench.protocol.sweep",
+               "segbench.bench.protocol.launch_ray", "segbench.bench.review"]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -19,6 +19,7 @@ from segbench.bench.report.render import ReportInputs, table_columns, write_html
 from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
 from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
+from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
 from segbench.bench.report.evidence import Evidence, gather, read_run_scores, write_evidence
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
@@ -204,6 +205,14 @@ def write_review(
 
     seeds = len({r.seed for r in plan})
     machine = dict(first.machine)
+    devices = mixed_devices_warning(rows)
+    if devices:  # the table names each row's device; the machine section every model and host
+        for row in table:
+            row["device_name"] = arch_devices(rows).get(row["arch"], row.get("device_name"))
+        machine["device_name"] = "; ".join(device_runs(rows))
+    hosts = sorted({str(r["host"]) for r in rows if r.get("status") == "ok" and r.get("host")})
+    if len(hosts) > 1:
+        machine["host"] = ", ".join(hosts)
     settings = profile.settings()
     if plan:  # what actually ran: the command line may have changed the profile's values
         cfg = plan[0].config
@@ -249,6 +258,8 @@ def write_review(
         findings=findings(table, ACCURACY_KEY),
         overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(rows, profile, seeds) + grid_notes,
+        warnings=[devices] if devices else [],
+        show_devices=bool(devices),
         speed=speed_section(out, plan, rows),
         verdict=verdict(evidence, table, rows),
     )

@@ -51,8 +51,11 @@ def _check_data(plan) -> None:
             load_data(run.config.data)
 
 
-def _measure_speed(plan, profile, out: str) -> None:
-    """The report's speed figures (reused from OUT/speed.json where the settings match)."""
+def _measure_speed(plan, profile, out: str, launcher) -> None:
+    """The report's speed figures (reused from OUT/speed.json where the settings match); with Ray, in one
+    task with a run's resources, so they come from a device like the runs' rather than the driver's."""
+    from pathlib import Path
+
     from segbench.bench.protocol.review_speed import data_facts, measure_review_speed
 
     data = data_facts(plan)
@@ -61,11 +64,38 @@ def _measure_speed(plan, profile, out: str) -> None:
         return
     started = time.perf_counter()
     try:
-        measure_review_speed(plan, profile, out, data, say=lambda m: click.echo(m, err=True))
+        if launcher is None:
+            measure_review_speed(plan, profile, out, data, say=lambda m: click.echo(m, err=True))
+        else:
+            from segbench.bench.protocol.launch_ray import LauncherError
+
+            click.echo("speed: measuring in one Ray task with a run's resources (its messages are in Ray's logs)",
+                       err=True)
+            try:
+                launcher.call(measure_review_speed, plan, profile, str(Path(out).resolve()), data)
+            except LauncherError as err:
+                click.echo(f"speed: not measured: {err}", err=True)
+                return
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run the same command again to finish the speed figures and the report", err=True)
         sys.exit(130)
     click.echo(f"speed: {time.perf_counter() - started:.0f} s", err=True)
+
+
+def _connect_ray(plan, out: str, options: dict):
+    """The Ray launcher, joined to its cluster with ``--out`` checked (one-line errors otherwise).
+    ``options``: the command line's ``--ray-address``, ``--gpus-per-run``, ... (None: the default)."""
+    from segbench.bench.protocol.launch_ray import LauncherError, RayLauncher, RayOptions
+
+    given = {k: v for k, v in options.items() if v is not None}
+    runner = RayLauncher(RayOptions(address=given.pop("ray_address", None), **given),
+                         say=lambda m: click.echo(m, err=True))
+    try:
+        runner.connect(plan, out)
+    except LauncherError as err:
+        runner.close()
+        raise click.ClickException(str(err)) from None
+    return runner
 
 
 @click.command()
@@ -100,14 +130,31 @@ def _measure_speed(plan, profile, out: str) -> None:
 @click.option("--folds", type=click.IntRange(min=0), default=None,
               help="Cross-validation: K >= 2 folds over cases (a lone volume: slabs), one run per architecture, fold "
                    "and seed; results and statistics over every fold.")
+@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one run after the other on this machine. ray: every run a Ray task with its own GPU(s) "
+                   "or CPUs, as many at once as the machine or cluster holds (pip install 'segbench[ray]'); --out "
+                   "must then be storage every node sees.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="With --launcher ray: the cluster to join (auto: the one `ray start` started here; HOST:6379). "
+                   "Default: a running cluster if there is one, else a new one on this machine.")
+@click.option("--gpus-per-run", type=click.IntRange(min=0), default=None,
+              help="With --launcher ray: GPUs per run (default 1 where the cluster has GPUs, else 0); above 1 the run "
+                   "trains data-parallel over them under torchrun.")
+@click.option("--cpus-per-run", type=click.IntRange(min=1), default=None,
+              help="With --launcher ray: CPUs per run (default: a GPU node's CPUs per GPU; on CPUs only, a whole "
+                   "node, so timings are taken as the local launcher takes them).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=None,
+              help="With --launcher ray: how often a run whose worker or node was lost is retried (default 3; it "
+                   "resumes from its last.pt).")
 def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
-        lr, folds) -> None:
+        lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, max_retries) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
     optimiser (SGD for CNNs, AdamW for transformers), and the same validation (and test) evaluation.
     Interrupt it at any time: the same command continues where it stopped and never repeats a
-    finished run.
+    finished run. `--launcher ray` runs the same runs as Ray tasks, on every GPU of this machine or
+    across a Ray cluster; the run folders and the report do not depend on the launcher.
     """
     from segbench.bench.protocol.profiles import get_profile
     from segbench.bench.review import write_review
@@ -115,6 +162,11 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
     from segbench.config import ConfigError
 
     chosen = get_profile(profile)
+    ray_options = dict(ray_address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                       max_retries=max_retries)
+    given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]
+    if launcher != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} only with --launcher ray")
     settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
                     iterations=iterations, overrides=list(overrides), budget=budget, lr=lr,
                     folds=folds or None)  # fmt: skip
@@ -137,15 +189,21 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
     started = time.perf_counter()
     if not report_only:
         _check_data(plan)
+        runner = _connect_ray(plan, out, ray_options) if launcher == "ray" else None
         try:
-            counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True))
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: run the same command again to continue where it stopped", err=True)
-            sys.exit(130)
-        click.echo(f"sweep: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} reused, "
-                   f"{time.perf_counter() - started:.0f} s", err=True)
-        if speed:
-            _measure_speed(plan, chosen, out)
+            try:
+                counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True),
+                                   launcher=runner)
+            except KeyboardInterrupt:
+                click.echo("\ninterrupted: run the same command again to continue where it stopped", err=True)
+                sys.exit(130)
+            click.echo(f"sweep: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} reused, "
+                       f"{time.perf_counter() - started:.0f} s", err=True)
+            if speed:
+                _measure_speed(plan, chosen, out, runner)
+        finally:
+            if runner is not None:
+                runner.close()
     _mention_other_runs(plan, out, report_only)
     html = write_review(plan, chosen, out, command, overrides)
     click.echo(f"report: {html}", err=True)

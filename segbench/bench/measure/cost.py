@@ -29,6 +29,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -190,9 +191,12 @@ def _cpu_model() -> str:
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
-    """Where the numbers came from: device, its name, torch version, threads, CPU, OS, date."""
+    """Where the numbers came from: the machine (``host``, its name on the network: runs of one review
+    may come from several under ``segbench run --launcher ray``), device, its model, torch version,
+    threads, CPU, OS, date."""
     device = torch.device(device)
     info = {
+        "host": socket.gethostname(),
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "cpu": _cpu_model(),

@@ -92,7 +92,7 @@ def figures_of(result: WorkerResult) -> dict[str, Scalar]:
             out[key] = value
     for key in ("train_peak_mb", "train_memory_method"):
         out[key] = getattr(result, key)
-    for key in ("device", "device_name", "torch", "torch_threads"):
+    for key in ("host", "device", "device_name", "torch", "torch_threads"):
         out[key] = result.machine.get(key)
     for key, value in result.metrics.items():
         if key in ("val", "test"):

@@ -166,7 +166,8 @@ def speed_section(out: str | Path, plan: list[PlannedRun], rows: list[dict]) -> 
     rates = [r["matmul_flops_per_s"] for r in speed["archs"].values() if "matmul_flops_per_s" in r]
     machine = speed.get("machine", {})
     intro = (
-        f"Measured after training, in one process on {machine.get('device_name') or settings['device']} "
+        f"Measured after training, in one process on {machine.get('device_name') or settings['device']}"
+        + (f" of host {machine['host']}" if machine.get("host") else "") + " "
         f"({machine.get('torch_threads', '?')} threads): batch {settings['batch']} at "
         f"{settings['size'][0]}x{settings['size'][1]}, each architecture with the options and the precision it "
         f"trained with ({', '.join(precisions) or 'fp32'}), medians of {settings['rounds']} rounds after a warm-up "
@@ -202,12 +203,14 @@ def throughput_figures(speed: dict | None) -> dict[str, dict]:
     measurement for both): images/s at the section's batch, from the median and the quartiles."""
     figures: dict[str, dict] = {}
     batch = ((speed or {}).get("settings") or {}).get("batch")
+    device = ((speed or {}).get("machine") or {}).get("device_name")  # where it was measured (report.devices)
     for arch, result in ((speed or {}).get("archs") or {}).items():
         ours = (result.get("impls") or {}).get("segbench") or {}
         if not batch or not ours.get("infer_s"):
             continue
         figures[arch] = {"throughput_ips": batch / ours["infer_s"], "throughput_batch": batch,
-                         "throughput_noisy": bool(ours.get("infer_noisy")), "throughput_precision": ours.get("precision")}
+                         "throughput_noisy": bool(ours.get("infer_noisy")), "throughput_precision": ours.get("precision"),
+                         "throughput_device": device}
         if ours.get("infer_q1_s") and ours.get("infer_q3_s"):
             figures[arch].update(throughput_lo_ips=batch / ours["infer_q3_s"], throughput_hi_ips=batch / ours["infer_q1_s"])
     return figures

@@ -7,7 +7,10 @@ finished runs, continues an interrupted one from its last checkpoint (the engine
 failed ones; changing any setting changes the hash, so results of different settings never mix.
 
 Every run executes in a worker process (:mod:`segbench.bench.protocol.worker`): a crash or an out-of-memory kill
-is recorded in that architecture's row and the sweep goes on.
+is recorded in that architecture's row and the sweep goes on. A launcher decides where and when: one run
+after the other on this machine (``LocalLauncher``, the default), or as Ray tasks across GPUs and machines
+(:mod:`segbench.bench.protocol.launch_ray`); planning, folders, hashes, resuming and the failure records
+are this module's whichever ran them (``SweepState``).
 
 Backbone starts (``segbench run --pretrained``): ``imagenet_starts`` decides per architecture whether its
 encoder's published ImageNet weights fit the profile's configuration (``imagenet_weights_fit`` of
@@ -22,16 +25,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
 from segbench.bench.protocol.record import RESULT_FILE, SPEC_FILE, SWEEP_FILES, WorkerResult
+from segbench.bench.protocol.worker import run_worker_process
 from segbench.engine import run_folder
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
@@ -41,7 +42,8 @@ from segbench.checkpoints.load import (
 from segbench.models.registry import list_models, model_options
 from segbench.run_files import LAST_FILE
 
-__all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX"]
+__all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX",
+           "SweepState", "Launcher", "LocalLauncher"]
 
 IMAGENET_SUFFIX = "+in1k"  # the label of a run whose backbone starts from ImageNet-1k weights
 
@@ -273,50 +275,9 @@ def _write_spec(run: PlannedRun, profile: Profile) -> None:
     (run.run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
 
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(code).name
-    except ValueError:
-        return f"signal {code}"
-
-
-def _die_with_parent() -> None:
-    """In the worker, before exec (Linux): SIGTERM when the sweep process dies, so a killed sweep
-    leaves no orphan writing into a run folder that the next invocation resumes."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _execute(run: PlannedRun, progress: bool) -> WorkerResult:
-    """Run the worker; its ``bench.json``, or a failure record when it died without writing one."""
-    result_path = run.run_dir / RESULT_FILE
-    result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "segbench.bench.protocol.worker", str(run.run_dir)]
-    if not progress:
-        command.append("--no-progress")
-    process = subprocess.Popen(command, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the worker too (same process group); let it stop, then stop the sweep.
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        raise
-    result = WorkerResult.read(run.run_dir)
-    if result is not None:
-        return result
-    if code < 0:
-        why = " (the system's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-        error = f"worker killed by {_signal_name(-code)}{why}"
-    else:
-        error = f"worker exited with status {code} without writing {RESULT_FILE}"
-    return WorkerResult(hash=run.config_hash, error=error)
+    """Run the worker here; its ``bench.json``, or a failure record when it died without writing one."""
+    return run_worker_process(run.run_dir, run.config_hash, progress)[0]
 
 
 def _imagenet_encoder(run: PlannedRun) -> str | None:
@@ -341,45 +302,95 @@ def _fetch_weights(encoder: str, say: Callable[[str], None]) -> str | None:
     return None
 
 
-def run_sweep(
-    plan: list[PlannedRun], profile: Profile, *, progress: bool = True, say: Callable[[str], None] = print
-) -> dict[str, int]:
-    """Run every planned run not finished before; returns counts: ``skipped``, ``ran``, ``failed``."""
-    counts = {"skipped": 0, "ran": 0, "failed": 0}
-    weights_problem: dict[str, str | None] = {}  # per encoder: why its ImageNet weights cannot be had
-    for k, run in enumerate(plan, start=1):
-        label = f"[{k}/{len(plan)}] {run.label} {run.name} ({run.run_dir.name})"
-        if run.finished:
-            counts["skipped"] += 1
-            say(f"{label}: finished earlier, reusing its results")
-            continue
+@dataclass
+class SweepState:
+    """One ``run_sweep`` call as its launcher sees it: ``prepare`` a run before it starts, ``record`` it
+    when it ends. The launcher decides only where and when runs execute (``LocalLauncher``, one after
+    the other here; ``segbench.bench.protocol.launch_ray``, as Ray tasks); what a run needs and what it
+    leaves (the spec, the failed-run records, the messages, the counts) is the same for all of them."""
+
+    plan: list[PlannedRun]
+    profile: Profile
+    progress: bool
+    say: Callable[[str], None]
+    counts: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "ran": 0, "failed": 0})
+    weights_problem: dict[str, str | None] = field(default_factory=dict)  # per encoder: why its weights cannot be had
+
+    def label(self, run: PlannedRun) -> str:
+        """``[2/4] unet seed 1 (unet-s1-<hash>)``: the run among the plan's, for messages."""
+        index = next(k for k, planned in enumerate(self.plan, 1) if planned.run_dir == run.run_dir)
+        return f"[{index}/{len(self.plan)}] {run.label} {run.name} ({run.run_dir.name})"
+
+    def prepare(self, run: PlannedRun, queued: bool = False) -> WorkerResult | None:
+        """Before ``run`` starts (or is ``queued`` to start elsewhere): its ImageNet weights in the cache
+        and its spec written (None: it may start), or its failure record when its weights cannot be had."""
         resuming = (run.run_dir / LAST_FILE).is_file()  # holds trained weights: no ImageNet file needed
         encoder = None if resuming else _imagenet_encoder(run)
-        if encoder is not None and encoder not in weights_problem:
-            weights_problem[encoder] = _fetch_weights(encoder, say)
-        started = time.perf_counter()
-        if encoder is not None and weights_problem[encoder] is not None:
+        if encoder is not None and encoder not in self.weights_problem:
+            self.weights_problem[encoder] = _fetch_weights(encoder, self.say)
+        if encoder is not None and self.weights_problem[encoder] is not None:
             run.run_dir.mkdir(parents=True, exist_ok=True)
-            (run.run_dir / RESULT_FILE).unlink(missing_ok=True)  # the failure record is written below
-            result = WorkerResult(hash=run.config_hash,
-                                  error=f"no ImageNet weights for {encoder}, not trained: {weights_problem[encoder]}")
+            (run.run_dir / RESULT_FILE).unlink(missing_ok=True)  # the failure record is written by record()
+            return WorkerResult(hash=run.config_hash,
+                                error=f"no ImageNet weights for {encoder}, not trained: {self.weights_problem[encoder]}")
+        if queued:
+            self.say(f"{self.label(run)}: queued" + (" (it resumes from its last.pt)" if resuming else ""))
         else:
-            say(f"{label}: {'resuming' if resuming else 'starting'}")
-            _write_spec(run, profile)
-            result = _execute(run, progress)
-        elapsed = time.perf_counter() - started
-        counts["ran"] += 1
+            self.say(f"{self.label(run)}: {'resuming' if resuming else 'starting'}")
+        _write_spec(run, self.profile)
+        return None
+
+    def record(self, run: PlannedRun, result: WorkerResult, elapsed: float) -> None:
+        """``run`` ended with ``result`` after ``elapsed`` seconds: counted, said, and its failure record
+        written when its worker died before writing one."""
+        self.counts["ran"] += 1
         if result.ok:
             value = (result.metrics.get("val") or {}).get("dice_fg_per_case")
             shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
-            say(f"{label}: done in {elapsed:.0f} s, val Dice {shown}")
+            self.say(f"{self.label(run)}: done in {elapsed:.0f} s, val Dice {shown}")
+            return
+        self.counts["failed"] += 1
+        if not (run.run_dir / RESULT_FILE).is_file():  # the worker died before writing it
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            result.write(run.run_dir)
+        self.say(f"{self.label(run)}: FAILED after {elapsed:.0f} s: {result.error}")
+
+
+class Launcher(Protocol):
+    """Where and when the runs of a sweep execute (``LocalLauncher``; ``launch_ray.RayLauncher``)."""
+
+    def launch(self, runs: list[PlannedRun], state: SweepState) -> None:
+        """Execute every run of ``runs`` (none finished before), calling ``state.prepare`` before each
+        starts and ``state.record`` when it ends."""
+
+
+class LocalLauncher:
+    """``segbench run --launcher local`` (the default): one run after the other, each in a worker
+    process on this machine."""
+
+    def launch(self, runs: list[PlannedRun], state: SweepState) -> None:
+        for run in runs:
+            started = time.perf_counter()
+            result = state.prepare(run) or _execute(run, state.progress)
+            state.record(run, result, time.perf_counter() - started)
+
+
+def run_sweep(
+    plan: list[PlannedRun], profile: Profile, *, progress: bool = True, say: Callable[[str], None] = print,
+    launcher: Launcher | None = None,
+) -> dict[str, int]:
+    """Run every planned run not finished before, with ``launcher`` (default: ``LocalLauncher``);
+    returns counts: ``skipped``, ``ran``, ``failed``."""
+    state = SweepState(plan, profile, progress, say)
+    todo = []
+    for run in plan:
+        if run.finished:
+            state.counts["skipped"] += 1
+            say(f"{state.label(run)}: finished earlier, reusing its results")
         else:
-            counts["failed"] += 1
-            if not (run.run_dir / RESULT_FILE).is_file():  # the worker died before writing it
-                run.run_dir.mkdir(parents=True, exist_ok=True)
-                result.write(run.run_dir)
-            say(f"{label}: FAILED after {elapsed:.0f} s: {result.error}")
-    return counts
+            todo.append(run)
+    (launcher or LocalLauncher()).launch(todo, state)
+    return state.counts
 
 
 # --- rows ----------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Reads ``RUN_DIR/sweep_run.json`` (written by :mod:`segbench.bench.protocol.sweep
 4. predicts the same few validation images with the best checkpoint (``preview.npz``) for the
    report's prediction grid;
 5. writes ``bench.json``: ``status`` "ok", or "failed" with the error and traceback.
+
+``run_worker_process`` starts it (every launcher the same way: the sweep here, a Ray task on another
+machine) and tells a worker that failed from one that was lost (killed before it wrote ``bench.json``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -28,9 +34,63 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segbench.bench.protocol.record import PREVIEW_FILE, SPEC_FILE, WorkerResult
+from segbench.bench.protocol.record import PREVIEW_FILE, RESULT_FILE, SPEC_FILE, WorkerResult
 
-__all__ = ["run_worker", "preview_indices"]
+__all__ = ["run_worker", "preview_indices", "worker_command", "run_worker_process"]
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec (Linux): SIGTERM when the process that started it dies (the sweep, or
+    the Ray worker running its task), so a killed sweep or a cancelled task leaves no orphan writing into
+    a run folder that the next invocation (or Ray's retry) resumes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_command(run_dir: Path, progress: bool, processes: int = 1) -> list[str]:
+    """The command line of one run's worker; with ``processes`` > 1, under ``torchrun`` (one process per
+    GPU of the run, data-parallel; rank 0 measures and records)."""
+    launch = [sys.executable, "-m"]
+    if processes > 1:
+        launch += ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m"]
+    return [*launch, "segbench.bench.protocol.worker", str(run_dir), *([] if progress else ["--no-progress"])]
+
+
+def run_worker_process(run_dir: Path, config_hash: str, progress: bool, processes: int = 1) -> tuple[WorkerResult, bool]:
+    """Run the worker of the run in ``run_dir`` (its spec written) in a fresh process, the same for every
+    launcher, and wait for it: its ``bench.json``, or a failure record when it died without writing one,
+    and whether it was *lost*: killed by a signal before writing its result (a lost node, a preemption,
+    the out-of-memory killer). A lost run resumes from its ``last.pt`` when started again."""
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+    process = subprocess.Popen(worker_command(run_dir, progress, processes),
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the worker too (same process group); let it stop, then stop the sweep.
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    result = WorkerResult.read(run_dir)
+    if result is not None:
+        return result, False
+    if code < 0:
+        why = " (the system's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return WorkerResult(hash=config_hash, error=f"worker killed by {_signal_name(-code)}{why}"), True
+    return WorkerResult(hash=config_hash, error=f"worker exited with status {code} without writing {RESULT_FILE}"), False
 
 
 def preview_indices(dataset, count: int, ignore_index: int) -> list[int]:
@@ -86,6 +146,9 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_FILE).read_text())
     result = WorkerResult(hash=spec["hash"])
+    # Under torchrun (``segbench run --launcher ray --gpus-per-run N``) every rank trains; rank 0 alone
+    # measures, predicts and writes bench.json (the others' failures reach it through the collectives).
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     stage = "setup"
     try:
         cfg = config_from_dict(spec["config"])
@@ -101,21 +164,22 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
 
         stage = "measuring"
         m = spec["measure"]
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
-        # Timed as the run trains: its precision and memory format (as training resolves them).
-        channels_last = resolve_channels_last(cfg.train.channels_last, model_recipe(model, cfg.model.arch))
-        with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
-            result.measure = measure_inference(
-                model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
-                precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
-                rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
-            )
-            result.measure["math"] = math_settings(device)
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if main_rank:
+            torch.manual_seed(cfg.train.seed)
+            model = build_model(cfg.model.arch, data.num_classes, data.in_channels, **cfg.model.options)
+            # Timed as the run trains: its precision and memory format (as training resolves them).
+            channels_last = resolve_channels_last(cfg.train.channels_last, model_recipe(model, cfg.model.arch))
+            with cuda_math(deterministic=cfg.train.deterministic):  # as training computes
+                result.measure = measure_inference(
+                    model, in_channels=data.in_channels, size=tuple(m["input_size"]), device=device,
+                    precision=resolve_precision(cfg.train.amp, device), channels_last=channels_last,
+                    rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
+                )
+                result.measure["math"] = math_settings(device)
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
         stage = "training"
         started = time.perf_counter()
@@ -126,12 +190,16 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         result.session_wall_s = time.perf_counter() - started
         result.metrics = metrics
 
+        if not main_rank:
+            return 0
         stage = "predicting preview images"
         _preview(run_dir, data, int(spec.get("preview_images", 4)))
         result.status = "ok"
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001  (recorded in the results row; the sweep goes on)
+        if not main_rank:
+            raise
         kind = "out of memory" if isinstance(err, (MemoryError, torch.OutOfMemoryError)) else type(err).__name__
         result.error = f"{kind} while {stage}: {err}"
         result.traceback = traceback.format_exc()

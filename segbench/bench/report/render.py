@@ -42,6 +42,8 @@ class ReportInputs:
     notes: list[str] = field(default_factory=list)  # how things were measured
     verdict: list[str] = field(default_factory=list)  # generated from the evidence (segbench.bench.report.verdict)
     speed: dict = field(default_factory=dict)  # intro, rows (keyed as SPEED_COLUMNS), notes; empty: not measured
+    warnings: list[str] = field(default_factory=list)  # shown before anything else (segbench.bench.report.devices)
+    show_devices: bool = False  # name each row's device model next to its backbone (the rows' differ)
 
 
 def table_columns(table: list[dict], keys: list[str]) -> list[Column]:
@@ -129,6 +131,7 @@ img{max-width:100%;border:1px solid #eee}
 .arch{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
 .arch .cols{display:flex;gap:2em;flex-wrap:wrap}.arch .cols>div{flex:1 1 420px}
 .error{color:#a00;font-family:monospace;white-space:pre-wrap}
+.warning{border:2px solid #c60;background:#fff4e5;padding:.5em 1em;border-radius:6px}
 small,.muted{color:#666}
 """
 
@@ -183,6 +186,12 @@ def _plain(value) -> str:
     return "–" if value is None else str(value)
 
 
+def _backbone(inputs: ReportInputs, row: dict) -> str:
+    """The backbone cell's text: the backbone, and the device model where the rows' differ."""
+    device = f" (on {row['device_name']})" if inputs.show_devices and row.get("device_name") else ""
+    return f"{row.get('backbone', '')}{device}"
+
+
 def _results_table_html(inputs: ReportInputs, columns: list[Column]) -> str:
     best = {c.key: _best_arch(inputs.table, c) for c in columns}
     head = ['<th>Architecture</th>', '<th class="text">Backbone</th>', '<th>Seeds</th>']
@@ -191,7 +200,7 @@ def _results_table_html(inputs: ReportInputs, columns: list[Column]) -> str:
     for r in inputs.table:
         cells = [
             f'<td data-v="{_e(r["arch"])}"><a href="#arch-{_e(r["arch"])}">{_e(r["arch"])}</a></td>',
-            f'<td class="text" data-v="{_e(r.get("backbone", ""))}">{_e(r.get("backbone", ""))}</td>',
+            f'<td class="text" data-v="{_e(r.get("backbone", ""))}">{_e(_backbone(inputs, r))}</td>',
             f'<td data-v="{r.get("seeds", 0)}">{r.get("seeds", 0)}</td>',
         ]
         if not r.get("seeds"):
@@ -281,6 +290,7 @@ def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) ->
 <body>
 <h1>{_e(inputs.title)}</h1>
 <p class="muted">{_e(inputs.machine.get("date", ""))} · <code>{_e(inputs.command)}</code></p>
+{"".join(f'<p class="warning"><b>Warning.</b> {_e(w)}</p>' for w in inputs.warnings)}
 {_verdict_html(inputs.verdict)}
 <h2>Findings</h2><ul>{overall}</ul>
 <h2>Comparison</h2>{_results_table_html(inputs, columns)}
@@ -313,6 +323,7 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
     path = Path(path)
     best = {c.key: _best_arch(inputs.table, c) for c in columns}
     lines = [f"# {inputs.title}", "", f"{inputs.machine.get('date', '')} · `{inputs.command}`", ""]
+    lines += [line for w in inputs.warnings for line in (f"> **Warning.** {_md(w)}", "")]
     if inputs.verdict:
         lines += ["## Verdict", ""] + [f"- {_md(s)}" for s in inputs.verdict] + [""]
     lines += ["## Findings", ""]
@@ -327,7 +338,7 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
             cells = [
                 f"**{_md(_cell(r, c))}**" if best[c.key] == r["arch"] else _md(_cell(r, c)) for c in columns
             ]
-        lines.append(f"| {r['arch']} | {_md(r.get('backbone', ''))} | {r.get('seeds', 0)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['arch']} | {_md(_backbone(inputs, r))} | {r.get('seeds', 0)} | " + " | ".join(cells) + " |")
     lines += ["", "Bold: best in the column. Mean over seeds (± sample std when several).", ""]
     if inputs.speed:
         lines += ["## Speed", "", _md(inputs.speed["intro"]), ""]
