@@ -101,7 +101,7 @@ def _connect_ray(plan, out: str, options: dict):
 @click.command()
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
-              help="quick: laptop CPU, slim backbones, ~12 min on 2 cores; standard: papers' backbones at 256x256, one GPU; "
+              help="quick: laptop CPU, slim backbones, ~15 min on 2 cores; standard: papers' backbones at 256x256, one GPU; "
               "paper: papers' settings at 512x512, GPUs.")
 @click.option("--archs", help="Comma-separated architectures (default: the ten of the review; `segbench models` lists all).")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per architecture (default: the profile's). "
