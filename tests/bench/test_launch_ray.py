@@ -34,6 +34,7 @@ from segbench.bench.protocol.sweep import plan_sweep
 from segbench.bench.report.results import read_results_csv
 from segbench.commands.run import run
 from tests.bench.test_run import write_synthetic_data
+from tests.bench.test_run_exit_status import interruptible
 
 ARCHS = ("unet", "segformer")
 ACCURACY = ("val_dice_fg_per_case", "val_mIoU", "test_dice_fg_per_case", "best_iteration")
@@ -177,7 +178,7 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_worker(cluster, tmp_path):
                "100000", "--out", str(out), "--set", "data.resize=[32,32]", "--no-speed", "--no-progress",
                "--launcher", "ray", "--ray-address", address, "--cpus-per-run", "1"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     while not list(out.glob("unet-*/log.jsonl")) and time.monotonic() < deadline:  # a task is training
         assert driver.poll() is None, driver.communicate()

@@ -47,6 +47,15 @@ def test_exit_status_is_nonzero_when_runs_failed_and_the_report_is_written(tmp_p
     assert "boom" in (out / "report" / "index.html").read_text()
 
 
+def interruptible() -> None:
+    """For a child the test sends SIGINT: SIGINT as a terminal leaves it. A job started in the background
+    of a non-interactive shell inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt
+    handler, so without this the test would hang wherever the suite itself runs in the background."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_sweep_with_one_message_and_no_traceback(tmp_path):
     # Issue 15, item 8: as a terminal's Ctrl-C does, SIGINT goes to the whole process group (driver and worker).
     import os
@@ -60,7 +69,7 @@ def test_ctrl_c_stops_the_sweep_with_one_message_and_no_traceback(tmp_path):
     command = [sys.executable, "-m", "segbench", "run", str(data), "--archs", "unet", "--iterations", "100000",
                "--out", str(out), "--no-speed", "--no-progress", "--lr", "paper", "--set", "train.batch_size=4"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     while not list(out.glob("unet-*/log.jsonl")) and time.monotonic() < deadline:  # the worker is training
         assert process.poll() is None, process.communicate()
