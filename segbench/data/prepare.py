@@ -73,9 +73,9 @@ def restore_image(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def prepare_volume_slices(path: str | Path, normalization: dict | None, in_channels: int, cfg: DataConfig
-                          ) -> tuple[np.ndarray, np.ndarray, PreparedVolume]:
-    """A NIfTI volume -> (its slices as stored in RAS+ [S, C, H, W]; the network input [S, C, H', W']
-    float32; the geometry ``volumes.restore_volume`` puts labels back with)."""
+                          ) -> tuple[np.ndarray, PreparedVolume]:
+    """A NIfTI volume -> (its slices as stored in RAS+ [S, C, H, W]; the prepared volume: its ``slices``
+    the network input [S, C, H', W'] float32, and the geometry ``volumes.restore_volume`` puts labels back with)."""
     path = Path(path)
     normalization = normalization or {}
     if normalization.get("kind") == "imagenet" or normalization.get("image_dtype") in ("uint8", "uint16"):
@@ -93,6 +93,7 @@ def prepare_volume_slices(path: str | Path, normalization: dict | None, in_chann
     if slices.shape[1] != in_channels:
         raise DataError(f"{path} has {slices.shape[1]} channel(s); the model takes {in_channels}")
     if kind != "volume":
-        slices = np.stack([normalizer(normalization)(s) for s in slices])
+        normalize = normalizer(normalization)
+        slices = np.stack([normalize(s) for s in slices])
     prepared.slices = np.ascontiguousarray(slices, dtype=np.float32)
-    return stored, prepared.slices, prepared
+    return stored, prepared

@@ -148,9 +148,8 @@ def _predict_image(runner: _Runner, path: Path, out_base: Path, palette: list) -
 def _predict_volume(runner: _Runner, path: Path, out_base: Path, palette: list) -> list[Path]:
     from segbench.data import volumes
 
-    stored, slices, prepared = prepare_volume_slices(path, runner.info.normalization, runner.info.in_channels,
-                                                     runner.cfg.data)
-    batch = max(1, runner.cfg.eval.batch_size)
+    stored, prepared = prepare_volume_slices(path, runner.info.normalization, runner.info.in_channels, runner.cfg.data)
+    slices, batch = prepared.slices, max(1, runner.cfg.eval.batch_size)
     in_plane_size = stored.shape[-2:]  # logits go back to the stored grid before the arg-max
     labels = np.concatenate([runner.labels(slices[i : i + batch], in_plane_size) for i in range(0, len(slices), batch)])
     volume = volumes.restore_volume(labels, prepared)

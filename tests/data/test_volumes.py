@@ -211,7 +211,8 @@ def test_prepare_volume_slices_match_training_input(tmp_path, helpers, normalize
     cfg = DataConfig(source=str(root), normalize=normalize, val_fraction=0.34, augment=NO_AUGMENT)
     data = load_data(cfg)
     val = data.splits["val"]
-    stored, slices, prepared = prepare_volume_slices(root / "imagesTr" / f"{val[0]['case']}.nii.gz",
-                                                     data.normalization.to_dict(), data.in_channels, cfg)
+    stored, prepared = prepare_volume_slices(root / "imagesTr" / f"{val[0]['case']}.nii.gz",
+                                             data.normalization.to_dict(), data.in_channels, cfg)
+    slices = prepared.slices
     assert slices.shape == stored.shape == (8, 1, 10, 12) and prepared.canonical_shape == (10, 12, 8)
     assert torch.allclose(torch.from_numpy(slices), torch.stack([val[i]["image"] for i in range(len(val))]), atol=1e-5)
