@@ -129,7 +129,10 @@ def open_for_training(run_dir: str | Path, *, resume: bool, is_main: bool = True
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"--out {run_dir} is a file, not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_folder(run_dir):
+    # The marker's temporary alone is a folder rank 0 is claiming this instant (a new run under torchrun):
+    # another rank that checks then must not take it for someone else's files.
+    claiming = f".{MARKER}.tmp"
+    if run_dir.is_dir() and any(p.name != claiming for p in run_dir.iterdir()) and not is_run_folder(run_dir):
         raise _not_ours(run_dir)
     resuming = resume and (run_dir / LAST_FILE).is_file()
     if is_main:

@@ -66,3 +66,19 @@ def test_claim_refuses_foreign_files_but_accepts_an_empty_folder(tmp_path):
         assert "holds no segbench run" in str(err)
     else:
         raise AssertionError("a foreign folder was claimed")
+
+
+def test_a_rank_that_checks_while_rank_0_writes_the_marker_sees_a_new_run(tmp_path):
+    # Under torchrun rank 0 claims the folder (the marker, written to a temporary and renamed) while the other
+    # ranks check it: caught between the two, a rank saw only the temporary and refused the folder (seen in CI).
+    import pytest
+
+    from segbench.engine.run_folder import RunFolderError, open_for_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / f".{MARKER}.tmp").write_text("{")
+    assert open_for_training(run, resume=True, is_main=False) is False
+    (run / "x.txt").write_text("x")  # beside someone else's file it is still someone else's folder
+    with pytest.raises(RunFolderError, match="holds no segbench run"):
+        open_for_training(run, resume=True, is_main=False)
