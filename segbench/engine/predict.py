@@ -4,7 +4,9 @@ Inputs are prepared exactly as training prepared its data (the run's ``config.ya
 info): same channel handling, resize and normalisation; NIfTI volumes are reoriented to RAS+,
 cut along the training ``slice_axis``, and the predicted labels are put back into the input's own
 voxel grid, affine and header. Logits are computed at the network's input size and resized back
-to the image's before the arg-max.
+to the image's before the arg-max. The PyTorch engine runs the network with its BatchNorms folded
+into the convolutions before them (``segbench.models.fold``: the same function up to float rounding,
+one pass over the activations fewer per BatchNorm).
 
 Outputs per input ``STEM``: 2D images -> ``STEM_mask.png`` (palette PNG whose pixel values are the
 class ids) and ``STEM_overlay.png`` (classes in colour over the image, background left clear);
@@ -30,9 +32,14 @@ from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import predict_logits
+from segbench.models.fold import fold_batchnorm
 from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE
 
 __all__ = ["PredictError", "collect_inputs", "default_palette", "predict_files"]
+
+# The input on which the torch engine reads which BatchNorms fold into their convolutions and checks
+# the folded network against the trained one (segbench.models.fold); every architecture takes it.
+PROBE_SIZE = (64, 64)
 
 
 class PredictError(ValueError):
@@ -99,7 +106,8 @@ class _Runner:
         if engine == "torch":
             model, self.cfg, self.info = load_run_model(run_dir, which)
             self.device = resolve_device("auto")
-            self.model = model.to(self.device)
+            probe = torch.randn(1, self.info.in_channels, *PROBE_SIZE, generator=torch.Generator().manual_seed(0))
+            self.model = fold_batchnorm(model.to(self.device), probe.to(self.device)).model
             self.precision = inference_precision(self.cfg.train.amp, self.device)
         elif engine == "onnx":
             from segbench.engine.onnx_runtime import load_onnx_model  # optional dependency: onnxruntime

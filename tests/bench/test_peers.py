@@ -93,6 +93,36 @@ def test_torchvision_peer_computes_segbenchs_function(arch, options, mode, peers
         assert_same_function(got["aux"], expected["aux"])
 
 
+# torchvision's FCN/DeepLabV3 and transformers' UperNet compute their auxiliary head in eval mode too; the
+# peer's inference leaves it out, as ours does, and gives the library's own main output.
+@pytest.mark.parametrize("arch,options,aux_name", [
+    ("fcn", {"encoder": "resnet18", "aux_head": True}, "aux_classifier"),
+    ("deeplabv3", {"encoder": "resnet18", "aux_head": True}, "aux_classifier"),
+    ("upernet", {"embed_dim": 8, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "channels": 16,
+                 "aux_channels": 8, "drop_path_rate": 0.0}, "auxiliary_head"),
+])
+def test_peer_inference_leaves_the_auxiliary_head_out(arch, options, aux_name, peers_env):
+    peer, why = build_peer(arch, build_model(arch, 4, **options), num_classes=4, in_channels=3)
+    assert peer is not None, why
+    net = peer.model.net
+    calls = []
+    getattr(net, aux_name).register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = peer.model.eval()(x)
+        assert not calls
+        own = net(x)["out"] if arch != "upernet" else net(pixel_values=x).logits  # the library's forward
+        assert calls  # which does run it
+        assert_same_function(got, own)
+        calls.clear()
+        peer.model.train()
+        if peer.own_loss:
+            peer.model.training_loss(x, torch.zeros(2, 64, 64, dtype=torch.long))
+        else:
+            peer.model(x)
+        assert calls  # training keeps it
+
+
 @pytest.mark.skipif(imports("torchvision"), reason="torchvision imports here: the message is for where it does not")
 def test_without_torchvision_the_row_says_how_to_get_it():
     model = build_model("fcn", 4, encoder="resnet18")

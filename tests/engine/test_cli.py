@@ -90,6 +90,23 @@ def test_predict_image_and_nifti(run_dir, tiny_env, tmp_path):
     assert (out / "ras_overlay.png").is_file()
 
 
+def test_predict_runs_the_network_with_batchnorm_folded(run_dir, tiny_env):
+    import torch
+
+    from segbench.engine import load_run_model
+    from segbench.engine.predict import _Runner
+
+    runner = _Runner(run_dir, "torch", "best")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())
+    model, _, _ = load_run_model(run_dir)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    images = np.stack([tiny_env.TinySegmentation(4, seed=3)[i]["image"].numpy() for i in range(4)])
+    with torch.no_grad():
+        unfolded = model(torch.from_numpy(images)).argmax(1).numpy()
+    labels = runner.labels(images, (16, 16))
+    assert (labels == unfolded).mean() > 0.999 and len(np.unique(labels)) > 1
+
+
 def test_predict_onnx_without_export_is_explained(run_dir, tiny_env, tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")

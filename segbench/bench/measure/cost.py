@@ -8,7 +8,9 @@ Every number says how it was obtained, because each has a trap:
   so twice the "MACs" some papers call FLOPs) and ignores element-wise work (BN, activations, resizing).
 - Latency (batch 1) is timed by the one harness, :mod:`segbench.bench.measure.timing` (warm-up until
   stable, median with its interquartile range, re-measured and then marked when noisy), in eval mode
-  under ``torch.inference_mode``, at the precision and in the memory format the run trains in.
+  under ``torch.inference_mode``, at the precision and in the memory format the run trains in, with the
+  BatchNorms folded into their convolutions as ``segbench predict`` runs the network
+  (``segbench.models.fold``; ``batchnorm_folded`` says how many).
   Throughput is not measured here: it is the Speed section's batch inference time
   (:mod:`segbench.bench.protocol.review_speed`), so the table and the section show one measurement, not two
   that a shared machine's drift between them would make disagree.
@@ -40,6 +42,7 @@ from torch import nn
 from segbench.bench.measure.timing import time_interleaved
 from segbench.engine.device import Precision
 from segbench.bench.measure.flops import count_flops, count_parameters
+from segbench.models.fold import fold_batchnorm
 
 __all__ = [
     "inference_fn",
@@ -155,12 +158,14 @@ def measure_inference(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
     single = _sample(1, in_channels, size, device, memory_format)
+    folded = fold_batchnorm(model, single)  # inference as `segbench predict` runs it
+    predictor = folded.model.to(memory_format=memory_format)
     with peak_memory(device) as memory:
         # The memory figure covers a batch-1 forward pass, the latency setting.
-        inference_fn(model, single, precision)()
+        inference_fn(predictor, single, precision)()
     with torch.inference_mode():
         flops = count_flops(model, (1, in_channels, *size))
-    latency = time_interleaved({"latency": inference_fn(model, single, precision)}, rounds=rounds,
+    latency = time_interleaved({"latency": inference_fn(predictor, single, precision)}, rounds=rounds,
                                max_warmup=max_warmup, device=device)["latency"].summary(1e3)
     return {
         "params": (params := count_parameters(model)),
@@ -174,6 +179,7 @@ def measure_inference(
         "timing_rounds": latency.get("rounds"),
         "measure_precision": precision.name if precision is not None else "fp32",
         "channels_last": channels_last,
+        "batchnorm_folded": folded.folded,
         "infer_peak_mb": memory.megabytes,
         "memory_method": memory.method,
     }

@@ -73,18 +73,32 @@ class HFSegmenter(PeerModel):
         return self.net(pixel_values=x, labels=target).loss
 
 
+class HFUperNet(HFSegmenter):
+    """transformers' UperNet, whose forward computes its auxiliary head in eval mode too: inference here
+    is that forward without it (backbone, decode head), the work ours does."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return super().forward(x)
+        features = self.net.backbone.forward_with_filtered_kwargs(x).feature_maps
+        return resize(self.net.decode_head(features), x.shape)
+
+
 class TorchvisionSegmenter(PeerModel):
-    """torchvision's ``FCN``/``DeepLabV3``: its ``{"out", "aux"}`` dict, already at input resolution."""
+    """torchvision's ``FCN``/``DeepLabV3``: its ``{"out", "aux"}`` dict, already at input resolution. Its
+    forward computes the auxiliary head in eval mode too: inference here is the same class built without
+    it (on the same modules), the work ours does."""
 
     def __init__(self, net: nn.Module, aux_weight: float):
         super().__init__(net)
         self.aux_weight = aux_weight
+        self.inference_net = type(net)(net.backbone, net.classifier, None) if net.aux_classifier is not None else None
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        if not self.training:
+            return (self.inference_net or self.net)(x)["out"]
         out = self.net(x)
-        if self.training and "aux" in out:
-            return {"out": out["out"], "aux": out["aux"]}
-        return out["out"]
+        return {"out": out["out"], "aux": out["aux"]} if "aux" in out else out["out"]
 
 
 class SMPSegmenter(PeerModel):
@@ -280,7 +294,7 @@ def _upernet_swin_peer(model: nn.Module, num_classes: int, in_channels: int) -> 
         loss_ignore_index=255,
     )
     return Peer("transformers UperNetForSemanticSegmentation (Swin)",
-                HFSegmenter(UperNetForSemanticSegmentation(config)), own_loss=True)
+                HFUperNet(UperNetForSemanticSegmentation(config)), own_loss=True)
 
 
 # arch -> (the module that must import, its package's name, builder)

@@ -14,7 +14,11 @@ How the figures are taken, and why:
 - A training step is the engine's (:class:`segbench.engine.step.TrainStep`): forward + the run's
   loss + backward + optimizer step (segbench's optimizer for the architecture's family: SGD for CNNs,
   AdamW for transformers; the peer gets the same optimizer and computes its library's own loss). Inference is
-  an eval-mode forward under ``torch.inference_mode`` returning logits at input resolution.
+  an eval-mode forward under ``torch.inference_mode`` returning logits at input resolution: segbench's as
+  ``segbench predict`` runs it, with its BatchNorms folded into the convolutions before them
+  (:mod:`segbench.models.fold`; the row's note says how many), a peer's as its library runs it, except that
+  a peer whose forward computes its auxiliary head in eval mode too (torchvision's FCN/DeepLabV3,
+  transformers' UperNet) is run without it, as ours.
 - FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, 2 per
   multiply-add; the training step counts forward + backward). FLOP/s = FLOPs / median time, and the
   "% matmul" column divides it by the median rate of a dense matmul **in the dtype the model computes
@@ -46,6 +50,7 @@ from segbench.bench.measure.peers import PeerModel, build_peer
 from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
 from segbench.engine.step import TrainStep
+from segbench.models.fold import fold_batchnorm
 from segbench.bench.measure.flops import count_flops_of
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
@@ -127,9 +132,11 @@ def _prepare(model: nn.Module, channels_last: bool, device: torch.device) -> nn.
 
 
 def _compile_in_place(model: nn.Module) -> None:
-    """``torch.compile`` the module that does the work, in place (a peer wrapper's inner model, so its
-    own loss path is compiled too)."""
-    (model.net if isinstance(model, PeerModel) else model).compile()
+    """``torch.compile`` the model in place; for a peer its library's network too, which its own loss
+    path calls directly (a compiled module called from a compiled one is inlined)."""
+    model.compile()
+    if isinstance(model, PeerModel):
+        model.net.compile()
 
 
 def _onnx_contender(model: nn.Module, settings: SpeedSettings, x: Tensor) -> tuple[Callable | None, dict]:
@@ -210,7 +217,11 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
         else:
             closures["onnx.infer"] = onnx_infer
     for name, model in contenders.items():
-        model = _prepare(model, channels_last, device)
+        model = infer_model = _prepare(model, channels_last, device)
+        if name == "segbench":  # inference as `segbench predict` runs it; a peer runs as its library does
+            folded = fold_batchnorm(model, x)
+            infer_model = _prepare(folded.model, channels_last, device)
+            result["notes"].append(f"segbench inference: {folded.describe()}")
         entry = result["impls"][name] = {"params": count_parameters(model), "precision": precision.name}
         progress(f"{arch}: counting FLOPs ({name})")
         kinds = ("train", "infer") if settings.train else ("infer",)
@@ -225,9 +236,11 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
                                        f"{', ...' if len(unused) > 4 else ''})")
             closures[f"{name}.train"] = lambda step=step: step(x, target)
         entry["infer_flops"] = count_flops_of(inference_fn(model, x))
-        closures[f"{name}.infer"] = inference_fn(model, x, precision)
+        closures[f"{name}.infer"] = inference_fn(infer_model, x, precision)
         if settings.compile:
             _compile_in_place(model)
+            if infer_model is not model:
+                _compile_in_place(infer_model)
             for kind in kinds:
                 start = time.perf_counter()
                 closures[f"{name}.{kind}"]()
