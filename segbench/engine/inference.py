@@ -5,17 +5,72 @@ Sliding window (MMSegmentation's ``slide`` mode; nnU-Net's Gaussian weighting): 
 the logits of overlapping windows are blended with a constant ("mean") or Gaussian weight map
 (sigma = window / 8, nnU-Net), which trusts each window's centre more than its borders.
 Flip TTA averages the logits of the image and of its flips (flipped back).
+
+The network itself (``inference_network``) is the trained one made cheaper without changing what it
+computes: an eval-mode copy with its BatchNorms folded into the convolutions before them
+(:mod:`segbench.models.fold`: the same function up to float rounding), and, under autocast, the weights of
+its convolutions and linear layers stored in the autocast dtype. Autocast casts exactly those weights to
+that dtype on every call, so storing them cast gives bit-identical outputs (checked on the probe) without
+the copies (measured here: 2-3% of a bf16 forward of FCN-ResNet50, UPerNet-Swin, SegFormer). ``segbench
+predict`` and every inference time segbench reports use it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["InferenceSettings", "predict_logits", "sliding_window_logits", "window_positions", "gaussian_weights"]
+from segbench.engine.device import Precision
+from segbench.models.fold import Folded, fold_batchnorm
+
+__all__ = ["InferenceSettings", "predict_logits", "sliding_window_logits", "window_positions", "gaussian_weights",
+           "InferenceNetwork", "inference_network"]
+
+# The layers whose weights autocast casts to its dtype on every call (lower-precision ops on CPU and CUDA).
+AUTOCAST_CAST_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                        nn.Linear)
+
+
+@dataclass
+class InferenceNetwork:
+    """The network segbench infers with (run it under ``precision.autocast()``), and what was done to it."""
+
+    model: nn.Module
+    fold: Folded
+    stored_in: str = ""  # the autocast dtype the conv/linear weights are stored in ('' when kept in fp32)
+    note: str = ""  # why they were kept, when autocast is on
+
+    def describe(self) -> str:
+        stored = (f"; convolution and linear weights stored in {self.stored_in} (as autocast casts them)"
+                  if self.stored_in else f"; {self.note}" if self.note else "")
+        return self.fold.describe() + stored
+
+
+def inference_network(model: nn.Module, example: Tensor, precision: Precision) -> InferenceNetwork:
+    """An eval-mode copy of ``model`` with BatchNorm folded and, under autocast, conv/linear weights
+    stored in its dtype, both read off and checked on ``example`` (see the module docstring); ``model``
+    itself is left as it was."""
+    fold = fold_batchnorm(model, example)
+    if precision.dtype is None:
+        return InferenceNetwork(fold.model, fold)
+    stored = copy.deepcopy(fold.model)
+    for module in stored.modules():
+        if isinstance(module, AUTOCAST_CAST_LAYERS):
+            module.to(precision.dtype)
+    with torch.inference_mode(), precision.autocast():
+        same = all(torch.equal(a, b) for a, b in zip(_outputs(fold.model(example)), _outputs(stored(example))))
+    if not same:
+        return InferenceNetwork(fold.model, fold, note=f"weights kept in fp32: storing them in {precision.name} changed "
+                                                       "the output on the probe")
+    return InferenceNetwork(stored, fold, stored_in=precision.name)
+
+
+def _outputs(output: object) -> list[Tensor]:
+    return list(output.values()) if isinstance(output, dict) else [output]
 
 
 @dataclass(frozen=True)

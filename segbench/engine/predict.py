@@ -4,9 +4,9 @@ Inputs are prepared exactly as training prepared its data (the run's ``config.ya
 info): same channel handling, resize and normalisation; NIfTI volumes are reoriented to RAS+,
 cut along the training ``slice_axis``, and the predicted labels are put back into the input's own
 voxel grid, affine and header. Logits are computed at the network's input size and resized back
-to the image's before the arg-max. The PyTorch engine runs the network with its BatchNorms folded
-into the convolutions before them (``segbench.models.fold``: the same function up to float rounding,
-one pass over the activations fewer per BatchNorm).
+to the image's before the arg-max. The PyTorch engine runs ``segbench.engine.inference.inference_network``:
+BatchNorms folded into the convolutions before them (the same function up to float rounding, one pass
+over the activations fewer per BatchNorm), conv/linear weights stored in the autocast dtype.
 
 Outputs per input ``STEM``: 2D images -> ``STEM_mask.png`` (palette PNG whose pixel values are the
 class ids) and ``STEM_overlay.png`` (classes in colour over the image, background left clear);
@@ -31,8 +31,7 @@ from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
-from segbench.engine.inference import predict_logits
-from segbench.models.fold import fold_batchnorm
+from segbench.engine.inference import inference_network, predict_logits
 from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE
 
 __all__ = ["PredictError", "collect_inputs", "default_palette", "predict_files"]
@@ -106,9 +105,9 @@ class _Runner:
         if engine == "torch":
             model, self.cfg, self.info = load_run_model(run_dir, which)
             self.device = resolve_device("auto")
-            probe = torch.randn(1, self.info.in_channels, *PROBE_SIZE, generator=torch.Generator().manual_seed(0))
-            self.model = fold_batchnorm(model.to(self.device), probe.to(self.device)).model
             self.precision = inference_precision(self.cfg.train.amp, self.device)
+            probe = torch.randn(1, self.info.in_channels, *PROBE_SIZE, generator=torch.Generator().manual_seed(0))
+            self.model = inference_network(model.to(self.device), probe.to(self.device), self.precision).model
         elif engine == "onnx":
             from segbench.engine.onnx_runtime import load_onnx_model  # optional dependency: onnxruntime
 

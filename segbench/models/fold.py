@@ -42,13 +42,16 @@ class Folded:
 
     model: nn.Module
     folded: int  # BatchNorms folded away
-    batchnorms: int  # BatchNorm modules the model has
+    ran: int  # BatchNorms the eval-mode forward runs
+    batchnorms: int  # BatchNorm modules the model has (an auxiliary head's run only in training)
     reason: str = ""  # why nothing was folded despite qualifying pairs ('' when the fold held)
 
     def describe(self) -> str:
         if self.reason:
             return f"BatchNorm not folded: {self.reason}"
-        return f"{self.folded} of {self.batchnorms} BatchNorms folded into their convolutions"
+        idle = self.batchnorms - self.ran
+        return (f"{self.folded} of the {self.ran} BatchNorms inference runs folded into their convolutions"
+                + (f" ({idle} more run only in training)" if idle else ""))
 
 
 def _tensors(output: object) -> list[Tensor]:
@@ -80,8 +83,9 @@ def _consumers(roots: list[Tensor]) -> Counter:
     return count
 
 
-def _foldable_pairs(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, str]], list[Tensor]]:
-    """The (conv name, BN name) pairs that qualify (see the module docstring), and the probe's outputs."""
+def _foldable_pairs(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, str]], int, list[Tensor]]:
+    """The (conv name, BN name) pairs that qualify (see the module docstring), how many BatchNorms ran,
+    and the probe's outputs."""
     names: dict[nn.Module, list[str]] = defaultdict(list)
     for name, module in model.named_modules(remove_duplicate=False):
         names[module].append(name)
@@ -116,7 +120,8 @@ def _foldable_pairs(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, 
         if (conv_name is not None and calls[bn_name] == 1 and consumers[node] == 1 and bn.running_mean is not None
                 and modules[conv_name].out_channels == bn.num_features):
             pairs.append((conv_name, bn_name))
-    return pairs, [t.detach() for t in outputs]
+    ran = sum(isinstance(modules[name], nn.modules.batchnorm._BatchNorm) for name in calls)
+    return pairs, ran, [t.detach() for t in outputs]
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -132,12 +137,12 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> Folded:
     was_training = model.training
     model.eval()
     try:
-        pairs, reference = _foldable_pairs(model, example)
+        pairs, ran, reference = _foldable_pairs(model, example)
     finally:
         model.train(was_training)
     folded = copy.deepcopy(model).eval()
     if not pairs:
-        return Folded(folded, 0, batchnorms)
+        return Folded(folded, 0, ran, batchnorms)
     modules = dict(folded.named_modules())
     for conv_name, bn_name in pairs:
         _replace(folded, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
@@ -148,6 +153,6 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> Folded:
         scale = theirs.abs().max().item()
         off = (ours - theirs).abs().max().item()
         if ours.shape != theirs.shape or not off <= FOLD_RTOL * max(scale, 1e-12):
-            return Folded(copy.deepcopy(model).eval(), 0, batchnorms,
+            return Folded(copy.deepcopy(model).eval(), 0, ran, batchnorms,
                           reason=f"the folded model's output is {off:.3g} off at scale {scale:.3g} on the probe")
-    return Folded(folded, len(pairs), batchnorms)
+    return Folded(folded, len(pairs), ran, batchnorms)

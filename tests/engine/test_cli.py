@@ -101,7 +101,7 @@ def test_predict_runs_the_network_with_batchnorm_folded(run_dir, tiny_env):
     model, _, _ = load_run_model(run_dir)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     images = np.stack([tiny_env.TinySegmentation(4, seed=3)[i]["image"].numpy() for i in range(4)])
-    with torch.no_grad():
+    with torch.no_grad(), runner.precision.autocast():
         unfolded = model(torch.from_numpy(images)).argmax(1).numpy()
     labels = runner.labels(images, (16, 16))
     assert (labels == unfolded).mean() > 0.999 and len(np.unique(labels)) > 1

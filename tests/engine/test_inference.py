@@ -72,3 +72,48 @@ def test_dict_outputs_are_unwrapped():
 
     image = torch.randn(1, 3, 4, 4)
     torch.testing.assert_close(predict_logits(WithAux(), image), image[:, :2])
+
+
+# --- the network segbench infers with ---------------------------------------------------------------
+
+
+class _WeightInTheOutput(torch.nn.Module):
+    """Uses its conv's weight outside the convolution too, where autocast leaves it in fp32."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) * (1 + self.conv.weight.mean())
+
+
+def test_inference_network_stores_weights_in_the_autocast_dtype_with_identical_outputs():
+    from segbench.engine.device import Precision
+    from segbench.engine.inference import inference_network
+    from segbench.models import build_model
+    from tests.numerics import randomise_constants
+
+    model = randomise_constants(build_model("deeplabv3plus", 3, encoder="resnet18")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    bf16 = Precision(torch.bfloat16, "cpu")
+    network = inference_network(model, x, bf16)
+    assert network.stored_in == "bf16" and network.fold.folded == network.fold.ran > 0
+    convs = [m for m in network.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert "weights stored in bf16" in network.describe()
+    with torch.inference_mode(), bf16.autocast():
+        assert torch.equal(network.model(x), network.fold.model(x))  # autocast casts them so on every call
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the trained model is left alone
+
+    fp32 = inference_network(model, x, Precision(None, "cpu"))
+    assert not fp32.stored_in and all(p.dtype == torch.float32 for p in fp32.model.parameters())
+
+
+def test_inference_network_keeps_fp32_weights_where_storing_them_would_change_the_output():
+    from segbench.engine.device import Precision
+    from segbench.engine.inference import inference_network
+
+    network = inference_network(_WeightInTheOutput(), torch.randn(1, 3, 8, 8), Precision(torch.bfloat16, "cpu"))
+    assert not network.stored_in and "changed the output" in network.note
+    assert network.model.conv.weight.dtype == torch.float32

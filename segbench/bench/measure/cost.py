@@ -8,9 +8,9 @@ Every number says how it was obtained, because each has a trap:
   so twice the "MACs" some papers call FLOPs) and ignores element-wise work (BN, activations, resizing).
 - Latency (batch 1) is timed by the one harness, :mod:`segbench.bench.measure.timing` (warm-up until
   stable, median with its interquartile range, re-measured and then marked when noisy), in eval mode
-  under ``torch.inference_mode``, at the precision and in the memory format the run trains in, with the
-  BatchNorms folded into their convolutions as ``segbench predict`` runs the network
-  (``segbench.models.fold``; ``batchnorm_folded`` says how many).
+  under ``torch.inference_mode``, at the precision and in the memory format the run trains in, on the
+  network ``segbench predict`` runs (``segbench.engine.inference.inference_network``: BatchNorms folded,
+  ``batchnorm_folded`` says how many; conv/linear weights stored in the autocast dtype, ``inference_weights``).
   Throughput is not measured here: it is the Speed section's batch inference time
   (:mod:`segbench.bench.protocol.review_speed`), so the table and the section show one measurement, not two
   that a shared machine's drift between them would make disagree.
@@ -42,7 +42,7 @@ from torch import nn
 from segbench.bench.measure.timing import time_interleaved
 from segbench.engine.device import Precision
 from segbench.bench.measure.flops import count_flops, count_parameters
-from segbench.models.fold import fold_batchnorm
+from segbench.engine.inference import inference_network
 
 __all__ = [
     "inference_fn",
@@ -158,8 +158,8 @@ def measure_inference(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
     single = _sample(1, in_channels, size, device, memory_format)
-    folded = fold_batchnorm(model, single)  # inference as `segbench predict` runs it
-    predictor = folded.model.to(memory_format=memory_format)
+    network = inference_network(model, single, precision or Precision(None, device.type))  # as `segbench predict`
+    predictor = network.model
     with peak_memory(device) as memory:
         # The memory figure covers a batch-1 forward pass, the latency setting.
         inference_fn(predictor, single, precision)()
@@ -179,7 +179,8 @@ def measure_inference(
         "timing_rounds": latency.get("rounds"),
         "measure_precision": precision.name if precision is not None else "fp32",
         "channels_last": channels_last,
-        "batchnorm_folded": folded.folded,
+        "batchnorm_folded": network.fold.folded,
+        "inference_weights": network.stored_in or "fp32",
         "infer_peak_mb": memory.megabytes,
         "memory_method": memory.method,
     }

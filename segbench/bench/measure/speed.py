@@ -15,8 +15,9 @@ How the figures are taken, and why:
   loss + backward + optimizer step (segbench's optimizer for the architecture's family: SGD for CNNs,
   AdamW for transformers; the peer gets the same optimizer and computes its library's own loss). Inference is
   an eval-mode forward under ``torch.inference_mode`` returning logits at input resolution: segbench's as
-  ``segbench predict`` runs it, with its BatchNorms folded into the convolutions before them
-  (:mod:`segbench.models.fold`; the row's note says how many), a peer's as its library runs it, except that
+  ``segbench predict`` runs it (:func:`segbench.engine.inference.inference_network`: BatchNorms folded into
+  the convolutions before them, conv/linear weights stored in the autocast dtype; the row's note says what
+  was done), a peer's as its library runs it, except that
   a peer whose forward computes its auxiliary head in eval mode too (torchvision's FCN/DeepLabV3,
   transformers' UperNet) is run without it, as ours.
 - FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, 2 per
@@ -50,7 +51,7 @@ from segbench.bench.measure.peers import PeerModel, build_peer
 from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
 from segbench.engine.step import TrainStep
-from segbench.models.fold import fold_batchnorm
+from segbench.engine.inference import inference_network
 from segbench.bench.measure.flops import count_flops_of
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
@@ -219,9 +220,9 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
     for name, model in contenders.items():
         model = infer_model = _prepare(model, channels_last, device)
         if name == "segbench":  # inference as `segbench predict` runs it; a peer runs as its library does
-            folded = fold_batchnorm(model, x)
-            infer_model = _prepare(folded.model, channels_last, device)
-            result["notes"].append(f"segbench inference: {folded.describe()}")
+            network = inference_network(model, x, precision)
+            infer_model = network.model
+            result["notes"].append(f"segbench inference: {network.describe()}")
         entry = result["impls"][name] = {"params": count_parameters(model), "precision": precision.name}
         progress(f"{arch}: counting FLOPs ({name})")
         kinds = ("train", "infer") if settings.train else ("infer",)
