@@ -3,8 +3,9 @@
 A tool must never delete what it cannot prove it wrote: ``segbench train --out .`` in a project
 folder used to delete that folder's own ``config.yaml`` and ``eval_*.json``. So a run folder carries a
 marker, ``segbench_run.json``, whose ``files`` list every file name the run (training, ``eval``, a
-sweep) may write there. Starting over deletes those files and nothing else; a non-empty folder
-without the marker is refused. Folders written before the marker existed are recognised by a
+sweep) may write there. Starting over deletes those files and nothing else, bar its ``inputs``: files
+written for the run to read (the sweep's ``sweep_run.json``), which the run's start must not take away
+from what it describes. A non-empty folder without the marker is refused. Folders written before the marker existed are recognised by a
 ``last.pt`` that loads as a segbench checkpoint and adopted.
 """
 
@@ -48,9 +49,10 @@ def _read_marker(run_dir: Path) -> dict | None:
     return values if isinstance(values, dict) and isinstance(values.get("files"), list) else None
 
 
-def _write_marker(run_dir: Path, files: list[str]) -> None:
+def _write_marker(run_dir: Path, files: list[str], inputs: list[str] = ()) -> None:
     tmp = run_dir / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"segbench_run": 1, "files": sorted(set(files))}, indent=1) + "\n")
+    marker = {"segbench_run": 1, "files": sorted(set(files) | set(inputs)), "inputs": sorted(set(inputs))}
+    tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.rename(tmp, run_dir / MARKER)  # atomic on POSIX, as os.replace
 
 
@@ -74,21 +76,23 @@ def is_run_folder(run_dir: str | Path) -> bool:
     return _read_marker(run_dir) is not None or _legacy_run(run_dir)
 
 
-def claim(run_dir: str | Path, files: tuple[str, ...] | list[str] = ()) -> None:
-    """Create ``run_dir`` if needed and mark it as a segbench run that writes ``files`` (plus RUN_FILES).
+def claim(run_dir: str | Path, files: tuple[str, ...] | list[str] = (), inputs: tuple[str, ...] | list[str] = ()) -> None:
+    """Create ``run_dir`` if needed and mark it as a segbench run that writes ``files`` (plus RUN_FILES)
+    and ``inputs`` (kept when the run starts over).
 
-    Refuses a non-empty folder that is not already a segbench run, unless it holds only ``files``
-    (a sweep's own records, written by an older segbench before the marker existed)."""
+    Refuses a non-empty folder that is not already a segbench run, unless it holds only ``files`` and
+    ``inputs`` (a sweep's own records, written by an older segbench before the marker existed)."""
     run_dir = Path(run_dir)
     marker = _read_marker(run_dir)
     if marker is None:
-        foreign = [p for p in run_dir.iterdir() if p.name not in files] if run_dir.is_dir() else []
+        foreign = [p for p in run_dir.iterdir() if p.name not in (*files, *inputs)] if run_dir.is_dir() else []
         if foreign and not _legacy_run(run_dir):
             raise _not_ours(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         known = [p.name for p in run_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("eval_")]
         marker = {"files": known}
-    _write_marker(run_dir, list(marker["files"]) + list(RUN_FILES) + list(files))
+    _write_marker(run_dir, list(marker["files"]) + list(RUN_FILES) + list(files),
+                  list(marker.get("inputs", [])) + list(inputs))
 
 
 def record(run_dir: str | Path, *names: str) -> None:
@@ -96,7 +100,7 @@ def record(run_dir: str | Path, *names: str) -> None:
     run_dir = Path(run_dir)
     marker = _read_marker(run_dir)
     if marker is not None and not set(names) <= set(marker["files"]):
-        _write_marker(run_dir, list(marker["files"]) + list(names))
+        _write_marker(run_dir, list(marker["files"]) + list(names), marker.get("inputs", []))
 
 
 def _not_ours(run_dir: Path) -> RunFolderError:
@@ -109,8 +113,9 @@ def _not_ours(run_dir: Path) -> RunFolderError:
 
 
 def _delete_own_files(run_dir: Path, marker: dict) -> None:
+    keep = set(marker.get("inputs", []))
     for name in marker["files"]:
-        if name == MARKER or "/" in name or name in ("", ".", ".."):
+        if name == MARKER or name in keep or "/" in name or name in ("", ".", ".."):
             continue
         (run_dir / name).unlink(missing_ok=True)
         for pattern in _TEMPORARY:
@@ -122,7 +127,7 @@ def open_for_training(run_dir: str | Path, *, resume: bool, is_main: bool = True
 
     - a missing or empty folder: a new run;
     - a segbench run: resumed when ``resume`` and it has ``last.pt``, else started over, deleting only the
-      files its marker lists;
+      files its marker lists (its inputs kept);
     - anything else: RunFolderError (nothing is deleted).
 
     Only ``is_main`` (rank 0 under torchrun) creates or deletes anything; every process checks."""

@@ -28,6 +28,7 @@ from segbench.bench.report.columns import COLUMNS
 from segbench.bench.report.results import read_results_csv
 from segbench.bench.review import write_review
 from segbench.bench.protocol.runs import run_record
+from segbench.bench.protocol.record import is_sweep_run
 from segbench.bench.protocol.sweep import _write_spec, plan_sweep, run_sweep
 from segbench.commands.run import run
 
@@ -93,8 +94,10 @@ def test_every_file_exists(sweep):
     run_dirs = sorted(p.name for p in sweep["out"].iterdir() if p.is_dir() and p.name != "report")
     assert [re.sub(r"-[0-9a-f]{10}$", "", n) for n in run_dirs] == sorted(f"{a}-s0" for a in ARCHS)
     for name in run_dirs:
-        for file in ("config.yaml", "log.jsonl", "metrics.json", "best.pt", "bench.json", "preview.npz", "per_case_val.csv"):
+        for file in ("config.yaml", "log.jsonl", "metrics.json", "best.pt", "bench.json", "preview.npz", "per_case_val.csv",
+                     "sweep_run.json"):  # the spec too: training's fresh start keeps it
             assert (sweep["out"] / name / file).is_file(), (name, file)
+        assert is_sweep_run(sweep["out"] / name)
         # The best checkpoint's per-case rows: the per-case means of metrics.json come from them.
         val = json.loads((sweep["out"] / name / "metrics.json").read_text())["val"]
         with open(sweep["out"] / name / "per_case_val.csv") as f:

@@ -82,3 +82,18 @@ def test_a_rank_that_checks_while_rank_0_writes_the_marker_sees_a_new_run(tmp_pa
     (run / "x.txt").write_text("x")  # beside someone else's file it is still someone else's folder
     with pytest.raises(RunFolderError, match="holds no segbench run"):
         open_for_training(run, resume=True, is_main=False)
+
+
+def test_starting_over_keeps_the_runs_inputs(tmp_path):
+    # The sweep writes sweep_run.json for its worker, whose training then starts the run over: deleting the spec
+    # there left finished review runs unrecognisable as such (`segbench run` no longer saw them).
+    from segbench.engine.run_folder import open_for_training
+
+    run = tmp_path / "run"
+    claim(run, files=("bench.json", "spec.json"), inputs=("spec.json",))
+    for name in ("bench.json", "spec.json", "metrics.json"):
+        (run / name).write_text("{}")
+    claim(run, files=("bench.json",))  # a later claim keeps what earlier ones declared
+    assert open_for_training(run, resume=True) is False  # no last.pt: a fresh start
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "spec.json"]
+    assert json.loads((run / MARKER).read_text())["inputs"] == ["spec.json"]

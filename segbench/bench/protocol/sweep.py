@@ -264,8 +264,9 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
 
 
 def _write_spec(run: PlannedRun, profile: Profile) -> None:
-    # The sweep's own records are the run's files too: starting the run over may delete them.
-    run_folder.claim(run.run_dir, files=SWEEP_FILES)
+    # The sweep's records are the run's files too: starting the run over deletes its result and preview,
+    # not the spec it was started from (it says what the folder is: ``is_sweep_run``).
+    run_folder.claim(run.run_dir, files=SWEEP_FILES, inputs=(SPEC_FILE,))
     spec = {
         "hash": run.config_hash,
         "config": config_to_dict(run.config),
