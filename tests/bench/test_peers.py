@@ -51,7 +51,7 @@ def test_every_row_has_a_ratio_a_different_configuration_or_no_peer(tmp_path, pe
         row = next(line for line in lines if re.match(rf"{arch}\s+segbench\s", line))
         impls = figures[arch]["impls"]
         if EXPECTED[arch] == "ratio":
-            assert re.search(r"train \d+\.\d\d, infer \d+\.\d\d$", row), row
+            assert re.search(r"train \d+\.\d\d( \[[\d.]+-[\d.]+\])?, infer \d+\.\d\d( \[[\d.]+-[\d.]+\])?$", row), row
             assert figures[arch]["ratio"]["train"] > 0
         elif EXPECTED[arch] == "different configuration":
             assert row.endswith("different configuration") and "ratio" not in figures[arch]

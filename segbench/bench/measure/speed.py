@@ -29,13 +29,16 @@ How the figures are taken, and why:
   such a share is an upper bound on useful work, not a measurement error.
 - A **peer** (:mod:`segbench.bench.measure.peers`) is configured from our model; the two are compared by
   the parameters their training step uses (a parameter left without a gradient, such as a final norm a
-  library keeps but never applies, is held, not used). Equal counts: the ratio segbench/peer. Unequal:
+  library keeps but never applies, is held, not used). Equal counts: the ratio segbench/peer, the geometric
+  mean of the per-round ratios (each round times the two back to back, so a slow spell of a shared machine
+  hits both) with its 95% percentile bootstrap interval (:func:`paired_ratio`). Unequal:
   "different configuration", both counts and no ratio. No peer: the reason, and the matmul share is the
   only yardstick (:func:`compare_with_peer` words all three, for this table and the review's).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -52,11 +55,12 @@ from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
 from segbench.engine.step import TrainStep
 from segbench.engine.inference import inference_network
+from segbench.stats import bootstrap_ci
 from segbench.bench.measure.flops import count_flops_of
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
            "format_rate", "OVER_100_NOTE", "PeerComparison", "compare_with_peer", "compared_params",
-           "DIFFERENT_CONFIGURATION", "NO_PEER"]
+           "DIFFERENT_CONFIGURATION", "NO_PEER", "paired_ratio"]
 
 MATMUL_SIZE = 2048
 DIFFERENT_CONFIGURATION = "different configuration"
@@ -289,8 +293,24 @@ def _summarise(result: dict, times: dict[str, Timing]) -> None:
             entry[f"{kind}_flops_per_s"] = flops / entry[f"{kind}_s"]
             entry[f"{kind}_matmul_fraction"] = entry[f"{kind}_flops_per_s"] / rates[entry["precision"]]
     if result.get("same_configuration"):
-        ours, peer = result["impls"]["segbench"], result["impls"]["peer"]
-        result["ratio"] = {kind: ours[f"{kind}_s"] / peer[f"{kind}_s"] for kind in ("train", "infer") if f"{kind}_s" in ours}
+        result["ratio"], result["ratio_interval"] = {}, {}
+        for kind in ("train", "infer"):
+            if f"segbench.{kind}" in times:
+                ratio, interval = paired_ratio(times[f"segbench.{kind}"], times[f"peer.{kind}"])
+                result["ratio"][kind] = ratio
+                if interval:
+                    result["ratio_interval"][kind] = interval
+
+
+def paired_ratio(ours: Timing, peer: Timing, confidence: float = 0.95) -> tuple[float, list[float] | None]:
+    """segbench time / peer time: the geometric mean of the per-round ratios, with its percentile
+    bootstrap interval (``segbench.stats.bootstrap_ci`` on the log ratios), when the two were timed back to
+    back in the same rounds; else the ratio of the medians, without an interval."""
+    if ours.attempt != peer.attempt or len(ours.times) != len(peer.times) or len(ours.times) < 2:
+        return ours.median / peer.median, None
+    logs = [math.log(a / b) for a, b in zip(ours.times, peer.times)]
+    mean, low, high = bootstrap_ci(logs, confidence=confidence)
+    return math.exp(mean), [math.exp(low), math.exp(high)]
 
 
 def compared_params(entry: dict) -> int:
@@ -310,12 +330,15 @@ class PeerComparison:
     peer_params: int | None = None
     ratio: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    interval: dict[str, list[float]] = field(default_factory=dict)  # the ratio's 95% interval, where paired
 
     @property
     def cell(self) -> str:
-        """The table's cell: the ratios, or the status."""
+        """The table's cell: the ratios (with their intervals), or the status."""
         if self.status == "ratio":
-            return ", ".join(f"{kind} {value:.2f}" for kind, value in self.ratio.items())
+            return ", ".join(f"{kind} {value:.2f}" + (" [{:.2f}-{:.2f}]".format(*self.interval[kind])
+                                                      if kind in self.interval else "")
+                             for kind, value in self.ratio.items())
         return self.status
 
     @property
@@ -341,7 +364,8 @@ def compare_with_peer(result: dict) -> PeerComparison:
     params, peer_params = compared_params(ours), compared_params(peer)
     if params != peer_params:
         return PeerComparison(DIFFERENT_CONFIGURATION, name, params, peer_params)
-    return PeerComparison("ratio", name, params, peer_params, dict(result.get("ratio", {})))
+    return PeerComparison("ratio", name, params, peer_params, dict(result.get("ratio", {})),
+                          interval=dict(result.get("ratio_interval", {})))
 
 
 def run_speed(archs: list[str], settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -436,8 +460,9 @@ def format_table(results: dict) -> str:
                      f"{'on' if math['tf32_conv'] else 'off'}, cuDNN autotuner {'on' if math['cudnn_benchmark'] else 'off'}")
     lines.append("times: median ms ± half the interquartile range as a share of it; 'noisy': still above "
                  f"{NOISY_ABOVE:.0%} after re-measuring. params: those the training step uses. segbench/peer: "
-                 "segbench time / peer time (below 1: segbench is faster), given only when both use the same "
-                 f"number of parameters, else '{DIFFERENT_CONFIGURATION}'. % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "
+                 "segbench time / peer time (below 1: segbench is faster), the geometric mean of the rounds' "
+                 "ratios (each round times both back to back) with its 95% bootstrap interval; given only when both "
+                 f"use the same number of parameters, else '{DIFFERENT_CONFIGURATION}'. % matmul = FLOP/s (convolutions and matmuls, 2 per multiply-add) over the matmul rate "
                  "in the contender's precision; * marks a share above 100% (" + OVER_100_NOTE + ").")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)

@@ -140,6 +140,8 @@ def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[dict]:
         row.update(peer=peer, params=compared_params(ours),
                    peer_params=comparison.peer_params, precision=ours.get("precision", "fp32"),
                    train_ratio=comparison.ratio.get("train"), infer_ratio=comparison.ratio.get("infer"))
+        for kind, (low, high) in comparison.interval.items():
+            row.update({f"{kind}_ratio_low": low, f"{kind}_ratio_high": high})
         for kind in ("train", "infer"):
             row.update({f"{kind}_ms": _ms(ours.get(f"{kind}_s")), f"{kind}_q1_ms": _ms(ours.get(f"{kind}_q1_s")),
                         f"{kind}_q3_ms": _ms(ours.get(f"{kind}_q3_s")), f"{kind}_noisy": bool(ours.get(f"{kind}_noisy"))})

@@ -97,8 +97,12 @@ SPEED_COLUMNS: tuple[Column, ...] = (
     Column("params", "Params", "", 0, "", "parameters segbench's training step uses"),
     Column("peer_params", "Peer params", "", 0, "", "parameters the peer's training step uses; a count unlike "
            "segbench's is a different configuration, which gets no ratio"),
-    Column("train_ratio", "Train ratio", "lower", 2, "", "segbench's training step time / the peer's (below 1: faster)"),
-    Column("infer_ratio", "Inference ratio", "lower", 2, "", "segbench's inference time / the peer's (below 1: faster)"),
+    Column("train_ratio", "Train ratio", "lower", 2, "", "segbench's training step time / the peer's (below 1: faster): "
+           "the geometric mean of the rounds' paired ratios [95% bootstrap interval]",
+           spread=("train_ratio_low", "train_ratio_high")),
+    Column("infer_ratio", "Inference ratio", "lower", 2, "", "segbench's inference time / the peer's (below 1: faster): "
+           "the geometric mean of the rounds' paired ratios [95% bootstrap interval]",
+           spread=("infer_ratio_low", "infer_ratio_high")),
     Column("data_wait_pct", "Data wait", "lower", 1, "%", "share of the training run's step time spent waiting for data"),
     Column("metrics_pct", "Metrics", "lower", 1, "%", "share of the run's validation time spent computing metrics"),
 )
