@@ -25,7 +25,8 @@ def _figures(arch: str, *, peer: bool) -> dict:
     }
     if peer:
         result["impls"]["peer"] = {"params": 3_000_000, "train_s": 0.625, "infer_s": 0.1}
-        result.update(peer_name="transformers Peer", ratio={"train": 0.8, "infer": 1.25})
+        result.update(peer_name="transformers Peer", ratio={"train": 0.8, "infer": 1.25},
+                      ratio_interval={"train": [0.75, 0.86]})  # inference's rounds did not pair: no interval
     return result
 
 
@@ -43,6 +44,8 @@ def test_speed_rows_carry_known_figures_under_the_columns_keys(tmp_path):
     assert segformer["infer_noisy"] is True and segformer["train_noisy"] is False
     assert (segformer["train_gflops_per_s"], segformer["infer_matmul_pct"]) == pytest.approx((100.0, 125.0))
     assert (segformer["train_ratio"], segformer["infer_ratio"]) == (0.8, 1.25)
+    assert (segformer["train_ratio_low"], segformer["train_ratio_high"]) == (0.75, 0.86)
+    assert "infer_ratio_low" not in segformer
     assert (segformer["data_wait_pct"], segformer["metrics_pct"]) == pytest.approx((5.0, 2.5))
     assert unet["peer"] == "no peer" and unet["train_ratio"] is None and unet["data_wait_pct"] is None
     assert deeplabv3plus["peer"] == "transformers Peer: different configuration" and deeplabv3plus["train_ratio"] is None
@@ -54,8 +57,8 @@ def test_speed_rows_carry_known_figures_under_the_columns_keys(tmp_path):
                           speed={"intro": "i", "rows": rows, "notes": []})
     text = write_markdown(inputs, tmp_path / "r.md", []).read_text()
     line = next(line for line in text.splitlines() if line.startswith("| segformer"))
-    assert "| 500.0 [490.0–510.0] |" in line and "| 125.0 [120.0–130.0] noisy |" in line and "| 0.80 |" in line
-    assert "| 3,000,000 | 3,000,000 | 0.80 | 1.25 |" in line
+    assert "| 500.0 [490.0–510.0] |" in line and "| 125.0 [120.0–130.0] noisy |" in line
+    assert "| 3,000,000 | 3,000,000 | 0.80 [0.75–0.86] | 1.25 |" in line
     line = next(line for line in text.splitlines() if line.startswith("| deeplabv3plus"))
     assert "| transformers Peer: different configuration |" in line and "| 3,000,000 | 2,500,000 | – | – |" in line
     assert "| pspnet | failed: RuntimeError: out of memory |" in text

@@ -174,7 +174,13 @@ def test_speed_section_is_measured_with_the_review_settings(sweep):
             assert re.fullmatch(r"[\d,]+\.\d<br><small>\[[\d,]+\.\d–[\d,]+\.\d\]( noisy)?</small>", cell), cell
         assert re.fullmatch(r"\d+\.\d", row[-2]) and re.fullmatch(r"\d+\.\d", row[-1])  # data wait, metrics (%)
     assert rows[1][9] == rows[1][10] != "–"  # Params, Peer params: the same configuration, so a ratio
-    assert float(rows[1][11]) == round(segformer["ratio"]["train"], 2)
+    # The ratio, with its interval when the rounds paired up (both kept the same measurement attempt).
+    ratio = re.fullmatch(r"(\d+\.\d\d)(<br><small>\[(\d+\.\d\d)–(\d+\.\d\d)\]</small>)?", rows[1][11])
+    assert ratio and float(ratio[1]) == round(segformer["ratio"]["train"], 2), rows[1][11]
+    interval = segformer.get("ratio_interval", {}).get("train")
+    assert (ratio[2] is None) == (interval is None)
+    if interval:
+        assert [float(ratio[3]), float(ratio[4])] == [round(v, 2) for v in sorted(interval)]
     assert "## Speed" in (sweep["out"] / "report" / "report.md").read_text()
     # One measurement for the table's throughput and the section's inference time.
     for result in csv_rows:

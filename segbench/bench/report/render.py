@@ -76,7 +76,8 @@ def _std(row: dict, col: Column) -> str | None:
 
 
 def _spread(row: dict, col: Column) -> str | None:
-    """A timed figure's interquartile range as ``[low–high]`` (``noisy`` added when it stayed noisy)."""
+    """A figure's range as ``[low–high]``: a timed figure's interquartile range (``noisy`` added when it stayed
+    noisy), a ratio's 95% interval."""
     if not col.spread or not all(isinstance(row.get(k), (int, float)) for k in col.spread):
         return None
     low, high = sorted(row[k] for k in col.spread)
