@@ -71,14 +71,17 @@ def test_a_noisy_figure_is_measured_again_and_the_steadiest_attempt_kept():
     assert timing.attempts == 2 and not timing.noisy and timing.times == (1.0,) * 4
 
 
-def test_each_contender_records_the_attempt_it_kept():
+def test_every_attempts_rounds_are_kept_beside_the_steadiest():
     clock = FakeClock()
     # "a" is spread in the first attempt and steady in the second; "b" is steadiest in the first.
     a = itertools.chain([1.0, 1.0], [1.0, 3.0, 1.0, 3.0], itertools.repeat(1.0))
     b = itertools.chain([2.0, 2.0], [2.0, 2.0, 2.0, 2.0], [2.0, 2.2, 2.0, 2.2], itertools.repeat(2.0))
     timings = time_interleaved({"a": clock.closure(a), "b": clock.closure(b)}, rounds=4, min_warmup=2, clock=clock)
     assert timings["a"].attempts == timings["b"].attempts == 2
-    assert (timings["a"].attempt, timings["b"].attempt) == (2, 1)  # not paired round by round
+    assert timings["a"].times == pytest.approx((1.0,) * 4) and timings["b"].times == pytest.approx((2.0,) * 4)
+    # Round k of "a" ran beside round k of "b", in each attempt (each kept its steadiest for its median).
+    assert [pytest.approx(t) for t in timings["a"].attempt_times] == [(1.0, 3.0, 1.0, 3.0), (1.0,) * 4]
+    assert [pytest.approx(t) for t in timings["b"].attempt_times] == [(2.0,) * 4, (2.0, 2.2, 2.0, 2.2)]
 
 
 def test_a_figure_that_stays_noisy_is_marked():

@@ -31,7 +31,8 @@ How the figures are taken, and why:
   the parameters their training step uses (a parameter left without a gradient, such as a final norm a
   library keeps but never applies, is held, not used). Equal counts: the ratio segbench/peer, the geometric
   mean of the per-round ratios (each round times the two back to back, so a slow spell of a shared machine
-  hits both) with its 95% percentile bootstrap interval (:func:`paired_ratio`). Unequal:
+  hits both; the rounds of every measurement attempt) with its 95% percentile bootstrap interval
+  (:func:`paired_ratio`). Unequal:
   "different configuration", both counts and no ratio. No peer: the reason, and the matmul share is the
   only yardstick (:func:`compare_with_peer` words all three, for this table and the review's).
 """
@@ -303,12 +304,15 @@ def _summarise(result: dict, times: dict[str, Timing]) -> None:
 
 
 def paired_ratio(ours: Timing, peer: Timing, confidence: float = 0.95) -> tuple[float, list[float] | None]:
-    """segbench time / peer time: the geometric mean of the per-round ratios, with its percentile
-    bootstrap interval (``segbench.stats.bootstrap_ci`` on the log ratios), when the two were timed back to
-    back in the same rounds; else the ratio of the medians, without an interval."""
-    if ours.attempt != peer.attempt or len(ours.times) != len(peer.times) or len(ours.times) < 2:
+    """segbench time / peer time: the geometric mean of the per-round ratios over every measurement attempt
+    (each round ran the two back to back), with its percentile bootstrap interval
+    (``segbench.stats.bootstrap_ci`` on the log ratios); the ratio of the medians, without an interval,
+    when fewer than two rounds pair up."""
+    pairs = [(a, b) for mine, theirs in zip(ours.attempt_times, peer.attempt_times) if len(mine) == len(theirs)
+             for a, b in zip(mine, theirs)]
+    if len(ours.attempt_times) != len(peer.attempt_times) or len(pairs) < 2:
         return ours.median / peer.median, None
-    logs = [math.log(a / b) for a, b in zip(ours.times, peer.times)]
+    logs = [math.log(a / b) for a, b in pairs]
     mean, low, high = bootstrap_ci(logs, confidence=confidence)
     return math.exp(mean), [math.exp(low), math.exp(high)]
 

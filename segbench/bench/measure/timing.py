@@ -16,9 +16,9 @@ How, and why:
   to the median. A contender whose spread exceeds ``noisy_above`` is measured again (all contenders
   together, to keep the interleaving), up to ``attempts`` times; the attempt with the smallest spread
   is kept, and one still above the limit is marked ``noisy`` so the report says so rather than
-  printing it silently. Which attempt each contender kept is recorded: two contenders that kept the same
-  one were timed back to back in every round, so their per-round ratios pair up (``segbench speed``'s
-  segbench/peer ratio and its interval).
+  printing it silently. Every attempt's rounds are recorded too: in each round every contender ran back to
+  back with the others, so two contenders' rounds pair up across all attempts (``segbench speed``'s
+  segbench/peer ratio and its interval), whichever attempt each kept for its median.
 - CUDA work is asynchronous: the device is synchronised after every call before the clock is read.
 """
 
@@ -65,7 +65,9 @@ class Timing:
     settled: bool  # warm-up ended because timings agreed, not because it hit its bound
     attempts: int  # measurement attempts made (more than 1: re-measured because of noise)
     noisy: bool  # the kept attempt's spread is still above the limit
-    attempt: int = 1  # which attempt was kept: two contenders' rounds pair up when they kept the same one
+    # Every attempt's timed rounds, the kept one among them: round k of one contender and round k of
+    # another ran back to back, so across all attempts their rounds pair up.
+    attempt_times: tuple[tuple[float, ...], ...] = ()
 
     @property
     def median(self) -> float:
@@ -131,15 +133,16 @@ def time_interleaved(
     settled = all(_stable(t, stable_within) for t in warm.values()) or max_warmup == 0
 
     best: dict[str, tuple[float, ...]] = {}
-    kept: dict[str, int] = {}
+    every: dict[str, list[tuple[float, ...]]] = {name: [] for name in closures}
     made = 0
     for made in range(1, max(attempts, 1) + 1):
         times: dict[str, list[float]] = {name: [] for name in closures}
         for _ in range(rounds):
             _round(closures, device, times, clock)
         for name, values in times.items():
+            every[name].append(tuple(values))
             if name not in best or _spread(tuple(values)) < _spread(best[name]):
-                best[name], kept[name] = tuple(values), made
+                best[name] = tuple(values)
         if all(_spread(t) <= noisy_above for t in best.values()):
             break
-    return {name: Timing(t, warmup, settled, made, _spread(t) > noisy_above, kept[name]) for name, t in best.items()}
+    return {name: Timing(t, warmup, settled, made, _spread(t) > noisy_above, tuple(every[name])) for name, t in best.items()}
