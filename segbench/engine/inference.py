@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from segbench.engine.device import Precision
-from segbench.models.fold import Folded, fold_batchnorm
+from segbench.models.fold import Folded, fold_batchnorm, output_tensors
 
 __all__ = ["InferenceSettings", "predict_logits", "sliding_window_logits", "window_positions", "gaussian_weights",
            "InferenceNetwork", "inference_network"]
@@ -62,15 +62,13 @@ def inference_network(model: nn.Module, example: Tensor, precision: Precision) -
         if isinstance(module, AUTOCAST_CAST_LAYERS):
             module.to(precision.dtype)
     with torch.inference_mode(), precision.autocast():
-        same = all(torch.equal(a, b) for a, b in zip(_outputs(fold.model(example)), _outputs(stored(example))))
+        same = all(torch.equal(a, b)
+                   for a, b in zip(output_tensors(fold.model(example)), output_tensors(stored(example))))
     if not same:
         return InferenceNetwork(fold.model, fold, note=f"weights kept in fp32: storing them in {precision.name} changed "
                                                        "the output on the probe")
     return InferenceNetwork(stored, fold, stored_in=precision.name)
 
-
-def _outputs(output: object) -> list[Tensor]:
-    return list(output.values()) if isinstance(output, dict) else [output]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["Folded", "fold_batchnorm", "FOLD_RTOL"]
+__all__ = ["Folded", "fold_batchnorm", "output_tensors", "FOLD_RTOL"]
 
 # Folded and unfolded outputs agree to float rounding: ~1e-6 of the output's scale in fp32 through a
 # ResNet-50 (measured 3e-6); a missed second reader of a folded conv changes the output by O(1).
@@ -54,13 +54,14 @@ class Folded:
                 + (f" ({idle} more run only in training)" if idle else ""))
 
 
-def _tensors(output: object) -> list[Tensor]:
+def output_tensors(output: object) -> list[Tensor]:
+    """The tensors of a model's output: a tensor, or a dict, list or tuple of them (nested)."""
     if isinstance(output, Tensor):
         return [output]
     if isinstance(output, dict):
         output = list(output.values())
     if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _tensors(item)]
+        return [t for item in output for t in output_tensors(item)]
     return []
 
 
@@ -106,7 +107,7 @@ def _foldable_pairs(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, 
                if len(found) == 1 and isinstance(module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm))]
     try:
         with torch.enable_grad():
-            outputs = _tensors(model(example.detach().clone().requires_grad_(True)))
+            outputs = output_tensors(model(example.detach().clone().requires_grad_(True)))
     finally:
         for handle in handles:
             handle.remove()
@@ -132,15 +133,10 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def fold_batchnorm(model: nn.Module, example: Tensor) -> Folded:
     """An eval-mode copy of ``model`` with every qualifying BatchNorm folded into its convolution,
     read off and checked on ``example`` (a batch the model takes, on its device, in its dtype).
-    ``model`` itself is left as it was (its train/eval mode included)."""
+    ``model`` itself is left as it was (every module's train/eval mode included)."""
     batchnorms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    was_training = model.training
-    model.eval()
-    try:
-        pairs, ran, reference = _foldable_pairs(model, example)
-    finally:
-        model.train(was_training)
-    folded = copy.deepcopy(model).eval()
+    folded = copy.deepcopy(model).eval()  # read off the copy: the model keeps its modes and has no hooks
+    pairs, ran, reference = _foldable_pairs(folded, example)
     if not pairs:
         return Folded(folded, 0, ran, batchnorms)
     modules = dict(folded.named_modules())
@@ -148,7 +144,7 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> Folded:
         _replace(folded, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
         _replace(folded, bn_name, nn.Identity())
     with torch.no_grad():
-        outputs = _tensors(folded(example))
+        outputs = output_tensors(folded(example))
     for ours, theirs in zip(outputs, reference):
         scale = theirs.abs().max().item()
         off = (ours - theirs).abs().max().item()

@@ -33,9 +33,10 @@ def test_every_architecture_folds_to_the_same_function(arch):
     torch.manual_seed(0)
     model = randomise_constants(build_model(arch, 3, **small_options(arch)))  # BN statistics away from 0/1
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = model.encoder.eval()  # a part in eval mode inside a model in training mode (a frozen encoder)
     x = torch.randn(2, 3, 64, 64)
     folded = fold_batchnorm(model, x)
-    assert model.training  # the model passed in is left as it was
+    assert model.training and not any(m.training for m in frozen.modules())  # left as it was, every module's mode
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
     assert not folded.reason
