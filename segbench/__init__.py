@@ -12,6 +12,9 @@ Packages, and the one direction they import in (``tests/test_import_rules.py`` e
   ``bench.report`` (columns, tables, statistics, plots, HTML/Markdown) imports no torch and reads only
   the typed records of ``bench.protocol.record``; ``bench.review`` assembles the report from them;
 - ``commands`` (the CLI) may import anything, and nothing imports ``commands``. No package cycles.
+
+Leaves anyone may import: ``jsonio``, ``run_files``, ``stats`` and ``comparison`` (numpy and scipy only: the
+statistics the verdict runs), and ``bench.protocol.record``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("segbench.commands.convert", "convert"),
     "speed": ("segbench.commands.speed", "speed"),
     "export": ("segbench.commands.export", "export"),
+    "calibrate": ("segbench.commands.calibrate", "calibrate"),
 }
 
 

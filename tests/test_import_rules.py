@@ -12,7 +12,7 @@ import segbench
 
 ROOT = Path(segbench.__file__).parent
 # Standard library / numpy / scipy only (the run records import only jsonio): anyone may use them.
-LEAVES = {"segbench.jsonio", "segbench.stats", "segbench.run_files", "segbench.bench.protocol.record"}
+LEAVES = {"segbench.jsonio", "segbench.stats", "segbench.comparison", "segbench.run_files", "segbench.bench.protocol.record"}
 LOWER = {"segbench.models", "segbench.checkpoints", "segbench.data", "segbench.config"}
 # Layer -> the layers it may import (besides itself and the leaves).
 ALLOWED: dict[str, set[str]] = {
@@ -121,7 +121,9 @@ def test_the_checks_catch_a_breach():
 
 def test_the_report_and_its_records_import_no_torch():
     modules = ["segbench.bench.protocol.record", "segbench.bench.report.columns", "segbench.bench.report.results",
-               "segbench.bench.report.findings", "segbench.bench.report.render", "segbench.stats", "segbench.jsonio"]
+               "segbench.bench.report.findings", "segbench.bench.report.render", "segbench.bench.report.evidence",
+               "segbench.bench.report.verdict", "segbench.bench.report.calibrate", "segbench.comparison", "segbench.stats",
+               "segbench.jsonio"]
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

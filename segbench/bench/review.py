@@ -20,7 +20,7 @@ from segbench.bench.protocol.review_speed import read_review_speed, speed_sectio
 from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
-from segbench.bench.report.evidence import Evidence, gather, read_run_scores, write_evidence
+from segbench.bench.report.evidence import MARGIN, Evidence, RunKey, gather, read_run_scores, write_evidence
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
@@ -45,17 +45,23 @@ def _budget_text(t) -> str:
 
 
 def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
-    """The table's per-unit Dice with its interval and the p against the best (columns.py names them)."""
-    if evidence is None:
-        return
-    results = {r.name: r for r in evidence.top.results} if evidence.top else {}
+    """The table's headline accuracy (the evidence's one quantity) with its interval, and each architecture's
+    difference from the leader with its simultaneous interval and answer (columns.py names them)."""
+    comparison = evidence.comparison if evidence is not None else None
+    standings = {s.name: s for s in comparison.standings} if comparison is not None else {}
     for row in table:
-        interval = evidence.intervals.get(row["arch"])
-        if interval is not None:
-            row.update(val_unit_dice=interval.mean, val_unit_dice_low=interval.low, val_unit_dice_high=interval.high)
-        result = results.get(row["arch"])
-        if result is not None and result.tested:
-            row["val_p_vs_best"] = result.adjusted_pvalue
+        s = standings.get(row["arch"])
+        if s is None:
+            continue
+        row.update(val_unit_dice=s.mean, val_unit_dice_low=_number(s.low), val_unit_dice_high=_number(s.high))
+        if s.status != "leader":
+            row.update(val_vs_leader=s.diff, val_vs_leader_low=_number(s.diff_low), val_vs_leader_high=_number(s.diff_high))
+        if comparison.inferential and len(standings) > 1:
+            row["val_answer"] = "not shown learned" if not s.learned else s.status
+
+
+def _number(value: float) -> float | None:
+    return None if value != value else value
 
 
 def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
@@ -116,10 +122,13 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
     precisions = ", ".join(sorted({str(r["precision"]) for r in rows if r.get("precision")})) or "fp32"
     return [
         "Accuracy: each architecture's best checkpoint, chosen on the validation split by mean foreground Dice "
-        "per case (dice_fg_per_case; a volume's slices form one case, a 2D image is its own case). mIoU: "
-        "dataset-level confusion matrix over all classes including background (MMSegmentation's IoUMetric). "
-        "HD95: 95th-percentile symmetric surface distance per case and foreground class, in pixels of the "
-        "evaluated resolution; cases where a side is empty are left out.",
+        "per case. Val Dice: the mean over validation units (a case; a lone volume's blocks of contiguous slices) "
+        "of each unit's mean foreground Dice over the classes present in reference or prediction, a unit with "
+        "nothing in either scoring 1, a missed or invented structure 0; the verdict ranks and tests this one "
+        "quantity. mIoU: dataset-level confusion matrix over all classes including background (MMSegmentation's "
+        "IoUMetric). HD95: MedPy's pooled 95th-percentile surface distance per case and foreground class, in mm "
+        "where the data has a voxel spacing and in pixels otherwise; a missed or invented structure counts as the "
+        "diagonal of the case's extent, a structure absent from both is left out.",
         f"Seeds: {seeds} per architecture; seed k sets weight initialisation, batch order and dropout. The "
         "data split is the same for every run.",
         f"Backbone weights: {', '.join(pretrained)}. The papers start from ImageNet weights; from-scratch "
@@ -145,10 +154,11 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
 
 
 def write_review(
-    plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = ()
+    plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
+    margin: float = MARGIN,
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
-    command line's ``--set`` values, printed with the profile's settings."""
+    command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin."""
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     rows = [run_record(run).row() for run in plan]
@@ -173,9 +183,9 @@ def write_review(
     table = aggregate(rows, keys)
     per_arch: dict[str, dict] = {}
     for run, row in zip(plan, rows):
-        if row["status"] == "ok":
-            per_arch.setdefault(run.label, {})[run.name] = read_run_scores(run.run_dir)
-    evidence = gather(per_arch)
+        scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
+        per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
+    evidence = gather(per_arch, margin=margin)
     _add_evidence(table, evidence)
     write_evidence(evidence, per_arch, report_dir)
     write_results(table, report_dir, "summary")  # per architecture: means over runs, intervals, p vs best
@@ -191,14 +201,15 @@ def write_review(
         figures[title] = plots.training_curves(curves, "Dice (fg, per case)", report_dir / "training_curves.png")
     if dice_keys and table:
         figures["Per-class Dice (val)"] = plots.class_heatmap(table, dice_keys, fg_names, report_dir / "class_dice.png")
-    if evidence is not None and evidence.top is not None:
+    comparison = evidence.comparison if evidence is not None else None
+    if comparison is not None and comparison.inferential and len(comparison.standings) > 1:
         label = f"{evidence.metric} per {evidence.unit} (95% interval)"
         figures["Accuracy with its uncertainty"] = plots.intervals(
-            {a: tuple(i) for a, i in evidence.intervals.items()}, set(evidence.top.members), label,
+            {s.name: (s.mean, s.low, s.high) for s in comparison.standings}, set(comparison.best_set), label,
             report_dir / "accuracy_intervals.png")
-    if evidence is not None and evidence.ranks is not None:
         figures["Ranking robustness (bootstrap)"] = plots.rank_distribution(
-            evidence.ranks.rank_counts, evidence.ranks.observed_rank, report_dir / "rank_distribution.png")
+            comparison.rank_counts, {s.name: float(i) for i, s in enumerate(comparison.standings, 1)},
+            report_dir / "rank_distribution.png")
     grid, grid_notes = _prediction_grid(ok_runs, class_names, report_dir / "predictions.png")
     if grid is not None:
         figures["Predictions on the same validation images (best checkpoint)"] = grid

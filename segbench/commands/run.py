@@ -105,7 +105,10 @@ def _connect_ray(plan, out: str, options: dict):
               "paper: papers' settings at 512x512, GPUs.")
 @click.option("--archs", help="Comma-separated architectures (default: the ten of the review; `segbench models` lists all).")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per architecture (default: the profile's). "
-              "With several, the report gives mean ± std.")
+              "With several, intervals and tests include seed-to-seed variation.")
+@click.option("--margin", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Equivalence margin in Dice: an architecture whose simultaneous interval of the difference from the "
+              "leader lies inside +-MARGIN is called equivalent (the verdict names the cheapest of those).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/review", show_default=True,
               help="Sweep folder: one run folder per architecture x seed, and report/.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Training iterations (default: the profile's).")
@@ -146,7 +149,7 @@ def _connect_ray(plan, out: str, options: dict):
 @click.option("--max-retries", type=click.IntRange(min=0), default=None,
               help="With --launcher ray: how often a run whose worker or node was lost is retried (default 3; it "
                    "resumes from its last.pt).")
-def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
+def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
         lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, max_retries) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
@@ -205,7 +208,7 @@ def run(data, profile, archs, seeds, out, iterations, pretrained, overrides, rep
             if runner is not None:
                 runner.close()
     _mention_other_runs(plan, out, report_only)
-    html = write_review(plan, chosen, out, command, overrides)
+    html = write_review(plan, chosen, out, command, overrides, margin=margin)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))
     if not report_only and counts["failed"]:

@@ -85,7 +85,7 @@ SURFACE_METRICS = ("hd95_fg", "nsd_fg")
 # ``compute()["distance_unit"]``).
 PER_CASE_COLUMNS = ("case", "class", "dice", "iou", "nsd", "hd95", "ref_empty", "pred_empty")
 # The columns of ``per_slice_rows``: each slice of a volume scored as a 2D image.
-PER_SLICE_COLUMNS = ("case", "slice", "class", "dice")
+PER_SLICE_COLUMNS = ("case", "slice", "class", "dice", "ref_empty")
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
@@ -152,9 +152,9 @@ class CaseScores:
     pred_empty: list[bool]
     nsd: list[float] | None = None  # None: surface distances not computed
     hd95: list[float] | None = None
-    # A volume's slices, each scored alone (index, Dice per foreground class): the units of the review's
-    # statistics when a split holds a single volume (its slices, with that caveat). Empty for a 2D image.
-    slices: list[tuple[int, list[float]]] = field(default_factory=list)
+    # A volume's slices, each scored alone (index, Dice per foreground class, whether the reference is empty
+    # there per class): the review's units when a split holds a single volume. Empty for a 2D image.
+    slices: list[tuple[int, list[float], list[bool]]] = field(default_factory=list)
 
 
 def _case_spacing(spacing: tuple[float, ...] | None, ndim: int, case: str) -> tuple[float, ...] | None:
@@ -247,7 +247,7 @@ class SegmentationMetrics:
         spacing = _case_spacing(self._spacing, pred.ndim, self._case)
         record = CaseScores(self._case, spacing, [], [], [], [], [] if self.compute_hd95 else None,
                             [] if self.compute_hd95 else None)
-        slice_dice = []  # per foreground class, each slice's Dice (a stacked volume only)
+        slice_dice, slice_empty = [], []  # per foreground class, each slice's Dice and empty reference (volumes)
         for c in self.foreground:
             p, t = pred == c, target == c
             dice, iou = _overlap(p, t)
@@ -261,8 +261,9 @@ class SegmentationMetrics:
                 record.nsd.append(surface_dice)
             if pred.ndim == 3:
                 slice_dice.append([_overlap(p[k], t[k])[0] for k in range(len(p))])
+                slice_empty.append([not t[k].any() for k in range(len(t))])
         if slice_dice:
-            record.slices = [(index, [per_class[k] for per_class in slice_dice])
+            record.slices = [(index, [per_class[k] for per_class in slice_dice], [per_class[k] for per_class in slice_empty])
                              for k, (index, _, _) in enumerate(self._slices)]
         self.cases.append(record)
         self._done_cases.add(self._case)
@@ -348,10 +349,11 @@ class SegmentationMetrics:
 
     def per_slice_rows(self) -> list[dict]:
         """One row per (volume slice, foreground class) with the ``PER_SLICE_COLUMNS``: each slice's Dice
-        alone (NaN where the class is absent from both). Empty when every case is a 2D image."""
+        alone (NaN where the class is absent from both) and whether the reference lacks the class there.
+        Empty when every case is a 2D image."""
         self._finish_case()
-        return [{"case": record.case, "slice": index, "class": self.class_names[c], "dice": scores[j]}
-                for record in self.cases for index, scores in record.slices for j, c in enumerate(self.foreground)]
+        return [{"case": record.case, "slice": index, "class": self.class_names[c], "dice": scores[j], "ref_empty": empty[j]}
+                for record in self.cases for index, scores, empty in record.slices for j, c in enumerate(self.foreground)]
 
 
 def write_per_case_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = PER_CASE_COLUMNS) -> None:

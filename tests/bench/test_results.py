@@ -37,10 +37,10 @@ def test_aggregate_mean_std_and_failures():
     table = {r["arch"]: r for r in aggregate(_rows(), ["val_dice_fg_per_case", "gflops"])}
     assert table["a"]["val_dice_fg_per_case"] == pytest.approx(0.82)
     assert table["a"]["val_dice_fg_per_case_std"] == pytest.approx(math.sqrt(((0.02**2) * 2) / 1))
-    assert table["a"]["seeds"] == 2 and table["a"]["failed_seeds"] == 0
+    assert table["a"]["runs"] == 2 and table["a"]["seeds"] == 2 and table["a"]["failed_runs"] == 0
     assert table["b"]["val_dice_fg_per_case"] == pytest.approx(0.70) and table["b"]["val_dice_fg_per_case_std"] == 0.0
-    assert table["b"]["seeds"] == 1 and table["b"]["failed_seeds"] == 1 and table["b"]["error"] == ""
-    assert table["c"]["seeds"] == 0 and table["c"]["val_dice_fg_per_case"] is None and table["c"]["error"] == "boom"
+    assert table["b"]["runs"] == 1 and table["b"]["failed_runs"] == 1 and table["b"]["error"] == ""
+    assert table["c"]["runs"] == 0 and table["c"]["val_dice_fg_per_case"] is None and table["c"]["error"] == "boom"
     assert table["a"]["backbone"] == "r18"
 
 
@@ -70,12 +70,12 @@ def test_class_key_sanitises_names():
 
 def _table():
     # Three CNNs and a transformer with known numbers.
-    base = {"seeds": 1, "failed_seeds": 0}
+    base = {"runs": 1, "seeds": 1, "failed_runs": 0}
     return [
-        dict(base, arch="fcn8s", recipe="cnn", val_dice_fg_per_case=0.70, gflops=10.0, latency_ms=20.0, params_m=130.0, infer_peak_mb=300.0),
-        dict(base, arch="unet", recipe="cnn", val_dice_fg_per_case=0.85, gflops=4.0, latency_ms=8.0, params_m=2.0, infer_peak_mb=120.0),
-        dict(base, arch="segnet", recipe="cnn", val_dice_fg_per_case=0.80, gflops=5.0, latency_ms=9.0, params_m=29.0, infer_peak_mb=60.0),
-        dict(base, arch="segformer", recipe="transformer", val_dice_fg_per_case=0.83, gflops=1.0, latency_ms=12.0, params_m=3.7, infer_peak_mb=40.0),
+        dict(base, arch="fcn8s", recipe="cnn", val_unit_dice=0.70, gflops=10.0, latency_ms=20.0, params_m=130.0, infer_peak_mb=300.0),
+        dict(base, arch="unet", recipe="cnn", val_unit_dice=0.85, gflops=4.0, latency_ms=8.0, params_m=2.0, infer_peak_mb=120.0),
+        dict(base, arch="segnet", recipe="cnn", val_unit_dice=0.80, gflops=5.0, latency_ms=9.0, params_m=29.0, infer_peak_mb=60.0),
+        dict(base, arch="segformer", recipe="transformer", val_unit_dice=0.83, gflops=1.0, latency_ms=12.0, params_m=3.7, infer_peak_mb=40.0),
     ]
 
 
@@ -99,8 +99,8 @@ def test_findings_seed_noise_and_failures():
     table = _table()
     for r in table:
         r["seeds"] = 3
-        r["val_dice_fg_per_case_std"] = 0.04
-    table.append({"arch": "pspnet", "recipe": "cnn", "seeds": 0, "val_dice_fg_per_case": None, "error": "out of memory"})
+        r["val_unit_dice_std"] = 0.04
+    table.append({"arch": "pspnet", "recipe": "cnn", "runs": 0, "seeds": 0, "val_unit_dice": None, "error": "out of memory"})
     notes = findings(table)
     assert "the gap is within the spread between seeds" in notes["segnet"][0]  # 0.05 <= hypot(.04, .04)
     assert "the gap exceeds the spread between seeds" in notes["fcn8s"][0]  # 0.15 > 0.057

@@ -126,12 +126,19 @@ def test_table_has_a_number_in_every_cell(sweep):
     cells = _table_cells(html)
     assert len(cells) == len(ARCHS)
     statistics = json.loads((sweep["out"] / "report" / "statistics.json").read_text())
-    tested = any(test["tested"] for test in statistics["top_group"]["tests"].values())
+    comparison = statistics["comparison"]
+    answers = {"leader", "worse", "equivalent", "inconclusive", "not shown learned"}
     for row in cells:
-        # architecture, backbone, then numbers only: every column (p vs best only when a test was possible)
-        assert len(row) == 3 + len(COLUMNS) - (not tested)
+        # architecture, backbone, then numbers only: every column (the answer only where a claim was possible),
+        # bar the text of the answer and the leader's empty difference from itself
+        assert len(row) == 3 + len(COLUMNS) - (not comparison["inferential"])
+        texts = [value for value in row[2:] if value in answers]
+        assert len(texts) == comparison["inferential"]
+        empty = [value for value in row[2:] if value == ""]
+        assert len(empty) == (row[0] == comparison["leader"])
         for value in row[2:]:
-            float(value)
+            if value not in answers and value != "":
+                float(value)
 
 
 def test_json_matches_csv(sweep):
@@ -144,13 +151,15 @@ def test_json_matches_csv(sweep):
 def test_report_is_self_contained_and_describes_the_run(sweep):
     html = (sweep["out"] / "report" / "index.html").read_text()
     assert "<link" not in html and not re.search(r'src="(?!data:)', html)
-    assert html.count('src="data:image/png;base64,') == 7  # with the intervals and the rank distribution
+    statistics = json.loads((sweep["out"] / "report" / "statistics.json").read_text())
+    # the intervals and the rank distribution only where the comparison could make a claim
+    assert html.count('src="data:image/png;base64,') == 5 + 2 * statistics["comparison"]["inferential"]
     for arch in ARCHS:
         assert f'id="arch-{arch}"' in html
     assert "Main innovation" in html and "Measured in this run" in html
     assert "Intel" in html or "device_name" in html  # the machine is printed
     md = (sweep["out"] / "report" / "report.md").read_text()
-    assert "| Architecture | Backbone | Seeds |" in md and "`iterations`: 30" in md
+    assert "| Architecture | Backbone | Runs |" in md and "`iterations`: 30" in md
     assert "data.resize=[32,32]" in md  # the command-line override is printed with the settings
 
 
@@ -311,24 +320,26 @@ def test_html_opens_in_headless_chromium_and_sorts(sweep, tmp_path):
 def test_the_verdict_is_generated_from_the_statistics(sweep):
     report = sweep["out"] / "report"
     statistics = json.loads((report / "statistics.json").read_text())
-    top = statistics["top_group"]
-    assert statistics["unit"] in ("case", "slice") and set(top["members"]) <= set(ARCHS) and top["best"] in top["members"]
-    for arch, figures in statistics["architectures"].items():
-        assert figures["ci_low"] <= figures["mean"] <= figures["ci_high"], arch
+    comparison = statistics["comparison"]
+    assert statistics["unit"] in ("case", "block") and comparison["leader"] in ARCHS
+    assert set(comparison["architectures"]) == set(ARCHS)
     markdown = (report / "report.md").read_text()
     verdict = markdown.split("## Verdict", 1)[1].split("## Findings", 1)[0]
-    best = statistics["architectures"][top["best"]]
-    assert f"{top['best']} {best['mean']:.4f} [{best['ci_low']:.4f}–{best['ci_high']:.4f}]" in verdict
-    if len(top["members"]) > 1:  # the tests do not separate them: no single winner is named
-        assert "No single winner" in verdict or "No architecture can be told apart" in verdict
-    else:
-        assert "every other architecture is significantly worse" in verdict
+    lead = comparison["architectures"][comparison["leader"]]
+    if comparison["inferential"]:
+        for arch, figures in comparison["architectures"].items():
+            assert figures["ci_low"] <= figures["mean"] <= figures["ci_high"], arch
+        assert f"{comparison['leader']} {lead['mean']:.4f} [{lead['ci_low']:.4f}–{lead['ci_high']:.4f}]" in verdict
+    else:  # too few units for any claim: the means only, and no best
+        assert "No interval or test" in verdict and "Best:" not in verdict
     with open(report / "per_case.csv") as f:
         assert {row["arch"] for row in csv.DictReader(f)} == set(ARCHS)
     summary = {row["arch"]: row for row in read_results_csv(report / "summary.csv")}
-    for arch, figures in statistics["architectures"].items():  # the table's intervals, in the CSV too
-        assert (summary[arch]["val_unit_dice_low"], summary[arch]["val_unit_dice_high"]) == pytest.approx(
-            (figures["ci_low"], figures["ci_high"]))
+    for arch, figures in comparison["architectures"].items():  # the table's headline is the verdict's quantity
+        assert summary[arch]["val_unit_dice"] == pytest.approx(figures["mean"])
+        interval = (summary[arch]["val_unit_dice_low"], summary[arch]["val_unit_dice_high"])
+        expected = (figures["ci_low"], figures["ci_high"])
+        assert interval == (pytest.approx(expected) if None not in expected else expected)
     assert 'id="verdict"' in (report / "index.html").read_text()
 
 
@@ -346,4 +357,6 @@ def test_cross_validation_runs_every_fold_and_scores_every_case_once(tmp_path, m
     assert sorted(r["case"] for r in rows) == sorted(f"{i}" for i in range(12))  # each case in one fold
     assert {r["run"] for r in rows} == {"fold 0 seed 0", "fold 1 seed 0", "fold 2 seed 0"}
     statistics = json.loads((out / "report" / "statistics.json").read_text())
-    assert statistics["architectures"]["unet"]["runs"] == 3 and statistics["architectures"]["unet"]["units"] == 12
+    assert statistics["folds"] == 3 and statistics["seeds"] == {"unet": 1} and statistics["n_units"] == 12
+    results = read_results_csv(out / "report" / "results.csv")
+    assert sorted(r["fold"] for r in results) == [0, 1, 2]  # each run's fold, not three rows of "seed 0"

@@ -114,6 +114,7 @@ class RunRecord:
 
     arch: str  # the row's label: the architecture, ``+in1k`` when it starts from ImageNet weights
     seed: int
+    fold: int | None  # the cross-validation fold it validated on; None without cross-validation
     status: str
     error: str
     recipe: str  # the optimiser recipe it followed: "cnn" or "transformer"

@@ -40,7 +40,7 @@ def run_record(run: PlannedRun) -> RunRecord:
     cfg = run.config
     result = WorkerResult.read(run.run_dir) or WorkerResult(hash=run.config_hash, error="never ran")
     return RunRecord(
-        arch=run.label, seed=run.seed, status=result.status, error=result.error if not result.ok else "",
+        arch=run.label, seed=run.seed, fold=run.fold, status=result.status, error=result.error if not result.ok else "",
         recipe=entry.recipe, year=entry.year,
         backbone=backbone_label(run.arch, cfg.model.options) + _weights_note(cfg.model.pretrained),
         model_options=json.dumps(cfg.model.options, sort_keys=True),

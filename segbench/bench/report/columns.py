@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 __all__ = ["Column", "COLUMNS", "SPEED_COLUMNS", "ACCURACY_KEY", "column"]
 
-# The score the review ranks by: mean foreground Dice per case on the validation split.
-ACCURACY_KEY = "val_dice_fg_per_case"
+# The score the review ranks, tests and names a best by: the mean over validation units of each unit's
+# foreground Dice, empty structures scored by Metrics Reloaded's rules (segbench.bench.report.evidence).
+ACCURACY_KEY = "val_unit_dice"
 
 
 @dataclass(frozen=True)
@@ -45,20 +46,22 @@ class Column:
 
 # The comparison table, in display order. Accuracy first, then cost.
 COLUMNS: tuple[Column, ...] = (
-    Column("val_dice_fg_per_case", "Val Dice", "higher", 4, help="mean foreground Dice per image/case, validation split"),
-    Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split"),
-    Column("val_unit_dice", "Dice per unit", "higher", 4, help="mean foreground Dice per validation unit (a case; the "
-           "slices of a lone volume) [95% bootstrap interval over units and runs] (segbench.bench.report.evidence)",
-           spread=("val_unit_dice_low", "val_unit_dice_high"), per_run=False),
-    Column("val_p_vs_best", "p vs best", "", 3, help="paired Wilcoxon signed-rank p against the best on the same units, "
-           "Holm-adjusted; below 0.05: significantly worse than the best", per_run=False, floor=0.001),
+    Column("val_unit_dice", "Val Dice", "higher", 4, help="mean over validation units (cases; blocks of contiguous "
+           "slices of a lone volume) of each unit's mean foreground Dice, a unit with nothing in reference and "
+           "prediction scoring 1 [95% bootstrap interval over units and seeds] (segbench.bench.report.evidence): the "
+           "one quantity the verdict ranks and tests", spread=("val_unit_dice_low", "val_unit_dice_high"), per_run=False),
+    Column("val_vs_leader", "vs leader", "", 4, help="difference from the leader's Val Dice [simultaneous 95% "
+           "interval] (segbench.comparison)", spread=("val_vs_leader_low", "val_vs_leader_high"), per_run=False),
+    Column("val_answer", "Answer", "", help="against the leader: worse, equivalent within the margin, inconclusive; "
+           "'not shown learned' when not shown better than predicting background everywhere", per_run=False),
+    Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split (dataset confusion matrix)"),
     Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance (MedPy's pooled definition), "
            "foreground classes; a missed or invented structure counts as the image diagonal", unit_key="val_distance_unit"),
     Column("val_nsd_fg", "Val NSD", "higher", 4, help="normalised surface distance (surface Dice) at eval.nsd_tolerance, "
            "foreground classes"),
     Column("val_hd95_worst_case", "Missed/invented", "lower", 0, "", "case-class pairs where a structure was missed or "
            "invented (HD95 = the image diagonal there, Dice and NSD 0)"),
-    Column("test_dice_fg_per_case", "Test Dice", "higher", 4, help="as Val Dice, on the test split"),
+    Column("test_dice_fg_per_case", "Test Dice", "higher", 4, help="mean foreground Dice per case, test split"),
     Column("test_mIoU", "Test mIoU", "higher", 4),
     Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),
     Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)"),

@@ -1,17 +1,26 @@
-"""The review's evidence: every run's per-case scores, and what ``segbench.stats`` says about them.
+"""The review's evidence: every run's per-case scores, turned into one score per unit, and what
+``segbench.comparison`` says about them. The table's headline accuracy, its interval, the comparisons,
+the ranking and the verdict all read this one quantity.
 
-**Units.** The statistics resample the validation split's *cases* (an image, or a volume with its slices
-scored together), the unit Metrics Reloaded asks for. A unit's score is the mean of its foreground
-classes' Dice (a class absent from both prediction and reference is skipped; a case where every class
-is absent has no score). When the split holds a single volume (the built-in ``brain-mri`` slab) there is
-one case and nothing to resample: the units become that volume's slices, each scored alone, and the
-report says so: such intervals and tests describe slices of one subject, not new subjects.
+**A unit's score** (Metrics Reloaded's rules for empty structures, applied before any pairing): the mean
+Dice of the foreground classes present in the reference or the prediction; a unit where no foreground
+class is present in either scores 1 (nothing to find, nothing found: a correct empty prediction). So a
+structure invented on an empty reference scores 0 against the 1 of the model that predicted nothing,
+and every architecture is scored on every unit.
 
-**Per architecture** (a row of the table: one architecture and start): the mean over its runs and units
-with a 95% hierarchical bootstrap interval (runs, then units within a run: ``hierarchical_bootstrap_ci``;
-one run is the plain case bootstrap). **Between architectures**: each unit averaged over the runs
-(``case_means``), the best by mean, every other one Wilcoxon-tested against it on the common units,
-Holm-corrected (``top_group``); ranking robustness by resampling the common units (``rank_bootstrap``).
+**Units.** The validation split's cases (an image, or a volume with its slices scored together). When the
+split holds a single volume (the built-in ``brain-mri`` slab) the units are blocks of contiguous slices:
+neighbouring slices are correlated (the built-in slab's seed differences: lag-1 autocorrelation 0.53), so
+single slices are not independent units; ``BLOCKS`` blocks of at least ``BLOCK_SLICES`` slices each
+(non-overlapping block bootstrap, Carlstein 1986), or no inferential claim when the volume is too short.
+
+**Runs.** Seeds are crossed with units (every seed scores every unit); with cross-validation each unit is
+scored by the fold model that held it out, so seed s of an architecture is its seed-s model of every fold.
+A seed missing a fold (a failed run) is left out of that architecture's figures and named; an
+architecture with no complete seed is failed and named, never compared.
+
+**The floor**: predicting background everywhere, scored by the same rule (1 on a unit whose reference is
+empty, else 0).
 """
 
 from __future__ import annotations
@@ -21,26 +30,43 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segbench import stats
+import numpy as np
+
+from segbench import comparison
 from segbench.jsonio import write_json
 from segbench.run_files import per_case_file, per_slice_file
 
-__all__ = ["RunScores", "Evidence", "read_run_scores", "unit_scores", "gather", "write_evidence", "STATISTICS_FILE",
-           "PER_CASE_FILE"]
+__all__ = ["RunKey", "RunScores", "Evidence", "read_run_scores", "unit_scores", "floor_scores", "gather",
+           "write_evidence", "STATISTICS_FILE", "PER_CASE_FILE", "METRIC", "MARGIN"]
 
 STATISTICS_FILE = "statistics.json"  # in OUT/report/: the evidence, as the report shows it
 PER_CASE_FILE = "per_case.csv"  # in OUT/report/: every run's per-case rows, with its architecture and run
+METRIC = "mean foreground Dice"  # what a unit's score is
 ALPHA = 0.05
-CONFIDENCE = 0.95
 RESAMPLES = 2000
+MARGIN = 0.01  # default equivalence margin, in Dice (``segbench run --margin``)
+BLOCKS = comparison.MIN_UNITS  # a lone volume's slices form this many blocks...
+BLOCK_SLICES = 8  # ...of at least this many contiguous slices (fewer slices: fewer blocks, no inference)
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """A run among its architecture's runs."""
+
+    fold: int | None
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return (f"fold {self.fold} " if self.fold is not None else "") + f"seed {self.seed}"
 
 
 @dataclass(frozen=True)
 class RunScores:
-    """One run's per-(case, class) and per-(slice, class) Dice rows of a split, as its files hold them."""
+    """One run's per-(case, class) and per-(slice, class) rows of a split, as its files hold them."""
 
-    cases: list[dict]  # case, class, dice (float or NaN)
-    slices: list[dict]  # case, slice, class, dice
+    cases: list[dict]  # case, class, dice (float or NaN), ref_empty (bool or None when not recorded)
+    slices: list[dict]  # case, slice, class, dice, ref_empty
 
 
 def _read_rows(path: Path, keys: tuple[str, ...]) -> list[dict]:
@@ -48,7 +74,8 @@ def _read_rows(path: Path, keys: tuple[str, ...]) -> list[dict]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{**{k: row[k] for k in keys}, "dice": float(row["dice"]) if row["dice"] else math.nan} for row in rows]
+    return [{**{k: row[k] for k in keys}, "dice": float(row["dice"]) if row["dice"] else math.nan,
+             "ref_empty": {"True": True, "False": False}.get(row.get("ref_empty"))} for row in rows]
 
 
 def read_run_scores(run_dir: str | Path, split: str = "val") -> RunScores:
@@ -58,103 +85,155 @@ def read_run_scores(run_dir: str | Path, split: str = "val") -> RunScores:
                      _read_rows(run_dir / per_slice_file(split), ("case", "slice", "class")))
 
 
-def _mean_over_classes(rows: list[dict], key) -> dict[str, float]:
-    by_unit: dict[str, list[float]] = {}
-    for row in rows:
-        by_unit.setdefault(key(row), []).append(row["dice"])
-    out = {}
-    for unit, values in by_unit.items():
-        finite = [v for v in values if not math.isnan(v)]
-        out[unit] = math.fsum(finite) / len(finite) if finite else math.nan
-    return out
+def _unit_of(row: dict, unit: str) -> str:
+    return f"{row['case']}#{row['slice']}" if unit == "slice" else row["case"]
 
 
 def unit_scores(scores: RunScores, unit: str) -> dict[str, float]:
-    """unit id -> mean foreground Dice: ``unit`` "case" (the case id) or "slice" (``case#slice``)."""
-    if unit == "slice":
-        return _mean_over_classes(scores.slices, lambda r: f"{r['case']}#{r['slice']}")
-    return _mean_over_classes(scores.cases, lambda r: r["case"])
+    """unit id -> its score (module docstring): ``unit`` "case" (the case id) or "slice" (``case#slice``)."""
+    by_unit: dict[str, list[float]] = {}
+    for row in scores.slices if unit == "slice" else scores.cases:
+        by_unit.setdefault(_unit_of(row, unit), []).append(row["dice"])
+    out = {}
+    for key, values in by_unit.items():
+        present = [v for v in values if not math.isnan(v)]  # NaN: the class is in neither
+        out[key] = math.fsum(present) / len(present) if present else 1.0
+    return out
+
+
+def floor_scores(scores: RunScores, unit: str) -> dict[str, float] | None:
+    """unit id -> the score of predicting background everywhere: 1 where the reference is empty, else 0.
+    None when the rows do not record whether the reference was empty (files of an older segbench)."""
+    empty: dict[str, bool] = {}
+    for row in scores.slices if unit == "slice" else scores.cases:
+        if row["ref_empty"] is None:
+            return None
+        key = _unit_of(row, unit)
+        empty[key] = empty.get(key, True) and row["ref_empty"]
+    return {key: 1.0 if value else 0.0 for key, value in empty.items()}
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the review can say about accuracy beyond one number per architecture."""
+    """What the review can say about accuracy: one score per unit, compared across architectures."""
 
-    metric: str  # what a unit's score is
-    unit: str  # "case" or "slice"
+    metric: str
+    unit: str  # "case" or "block" (contiguous slices of a lone volume)
     n_cases: int  # distinct validation cases over every run
-    units: dict[str, int]  # architecture -> distinct units with a score
-    runs: dict[str, int]  # architecture -> runs with per-case scores
-    intervals: dict[str, stats.Interval]  # architecture -> mean with its hierarchical bootstrap CI
-    top: stats.TopGroup | None  # None with fewer than two architectures
-    ranks: stats.RankStability | None  # None with fewer than two architectures or two common units
-    notes: list[str] = field(default_factory=list)
+    n_units: int
+    block_slices: tuple[int, ...]  # slices per block (a lone volume); empty otherwise
+    volume: str  # the lone volume's case id; empty otherwise
+    folds: int  # cross-validation folds (0: none)
+    seeds: dict[str, int]  # architecture -> complete seeds compared
+    comparison: comparison.Comparison | None  # None when no architecture has a complete seed
+    failures: list[str] = field(default_factory=list)  # what failed and was left out, as phrases
+    floor_missing: bool = False  # the rows did not say where the reference was empty
 
     @property
-    def one_subject(self) -> bool:
-        return self.unit == "slice"
+    def one_seed(self) -> bool:
+        return bool(self.seeds) and max(self.seeds.values()) == 1
 
 
-def gather(per_arch: dict[str, dict[str, RunScores]]) -> Evidence | None:
-    """The evidence from ``per_arch`` (architecture -> run name -> its scores); None without any score."""
-    per_arch = {arch: {run: s for run, s in runs.items() if s.cases} for arch, runs in per_arch.items()}
-    per_arch = {arch: runs for arch, runs in per_arch.items() if runs}
-    if not per_arch:
+def _blocks(n_slices: int) -> list[np.ndarray]:
+    count = max(1, min(BLOCKS, n_slices // BLOCK_SLICES))
+    return np.array_split(np.arange(n_slices), count)
+
+
+def _unit_matrix(per_seed: dict[int, dict[str, float]], units: list[str], blocks: list[np.ndarray] | None) -> np.ndarray:
+    x = np.array([[scores[u] for u in units] for scores in per_seed.values()])
+    return x if blocks is None else np.stack([x[:, block].mean(axis=1) for block in blocks], axis=1)
+
+
+def _complete_seeds(arch: str, runs: dict[RunKey, RunScores | None], unit: str, units: list[str],
+                    failures: list[str]) -> dict[int, dict[str, float]]:
+    """Seed -> unit scores over every fold, for the seeds that cover every unit; the others named in ``failures``."""
+    per_seed: dict[int, dict[str, float]] = {}
+    broken: dict[int, list[str]] = {}
+    for key, scores in sorted(runs.items()):
+        if scores is None or not scores.cases:
+            broken.setdefault(key.seed, []).append(key.name)
+        else:
+            per_seed.setdefault(key.seed, {}).update(unit_scores(scores, unit))
+    complete = {}
+    for seed, scores in per_seed.items():
+        if seed not in broken and set(units) <= scores.keys():
+            complete[seed] = scores
+        elif seed not in broken:
+            broken[seed] = ["its runs do not score every validation unit"]
+    if broken and complete:
+        failures += [f"{arch} seed {seed} ({', '.join(what)} failed; that seed is left out)" for seed, what in sorted(broken.items())]
+    elif broken:
+        failures.append(f"{arch} (every seed has a failed run: {', '.join(sorted({w for ws in broken.values() for w in ws}))}; "
+                        "left out of every comparison)")
+    return complete
+
+
+def gather(per_arch: dict[str, dict[RunKey, RunScores | None]], *, margin: float = MARGIN, alpha: float = ALPHA,
+           n_resamples: int = RESAMPLES) -> Evidence | None:
+    """The evidence from ``per_arch`` (architecture -> run -> its scores, None for a failed run); None when
+    no run left per-case scores."""
+    scored = [s for runs in per_arch.values() for s in runs.values() if s is not None and s.cases]
+    if not scored:
         return None
-    cases = {row["case"] for runs in per_arch.values() for s in runs.values() for row in s.cases}
-    has_slices = all(s.slices for runs in per_arch.values() for s in runs.values())
-    unit = "slice" if len(cases) == 1 and has_slices else "case"
-    scores = {arch: {run: unit_scores(s, unit) for run, s in runs.items()} for arch, runs in per_arch.items()}
-    intervals = {arch: stats.hierarchical_bootstrap_ci(runs, confidence=CONFIDENCE, n_resamples=RESAMPLES)
-                 for arch, runs in scores.items()}
-    means = {arch: stats.case_means(runs) for arch, runs in scores.items()}
-    units = {arch: sum(not math.isnan(v) for v in m.values()) for arch, m in means.items()}
-    top = ranks = None
-    if len(means) >= 2:
-        top = stats.top_group(means, alpha=ALPHA, confidence=CONFIDENCE, n_resamples=RESAMPLES)
-        common = set.intersection(*({u for u, v in m.items() if not math.isnan(v)} for m in means.values()))
-        if len(common) >= 2:
-            ranks = stats.rank_bootstrap(means, n_resamples=RESAMPLES)
-    notes = []
-    if unit == "slice":
-        notes.append(f"the validation split holds one volume ({next(iter(cases))}): the units are its slices, "
-                     "so intervals and tests describe slices of one subject, not new subjects")
-    return Evidence(metric="mean foreground Dice", unit=unit, n_cases=len(cases), units=units,
-                    runs={arch: len(runs) for arch, runs in scores.items()}, intervals=intervals, top=top,
-                    ranks=ranks, notes=notes)
+    cases = sorted({row["case"] for s in scored for row in s.cases})
+    lone_volume = len(cases) == 1 and all(s.slices for s in scored)
+    unit = "slice" if lone_volume else "case"
+    units = sorted({_unit_of(row, unit) for s in scored for row in (s.slices if lone_volume else s.cases)},
+                   key=lambda u: (u.rsplit("#", 1)[0], int(u.rsplit("#", 1)[1])) if lone_volume else u)
+    blocks = _blocks(len(units)) if lone_volume else None
+    failures: list[str] = []
+    matrices = {}
+    for arch, runs in per_arch.items():
+        complete = _complete_seeds(arch, runs, unit, units, failures)
+        if complete:
+            matrices[arch] = _unit_matrix(complete, units, blocks)
+    floor = None
+    floors = [floor_scores(s, unit) for s in scored]
+    if all(f is not None for f in floors):
+        merged = {u: v for f in floors for u, v in f.items()}
+        floor = _unit_matrix({0: merged}, units, blocks)[0] if set(units) <= merged.keys() else None
+    folds = {key.fold for runs in per_arch.values() for key in runs} - {None}
+    result = comparison.compare(matrices, floor=floor, margin=margin, alpha=alpha, n_resamples=n_resamples) if matrices else None
+    return Evidence(
+        metric=METRIC, unit="block" if lone_volume else "case", n_cases=len(cases),
+        n_units=len(blocks) if blocks is not None else len(units),
+        block_slices=tuple(len(b) for b in blocks) if blocks is not None else (),
+        volume=cases[0] if lone_volume else "", folds=len(folds),
+        seeds={arch: x.shape[0] for arch, x in matrices.items()}, comparison=result, failures=failures,
+        floor_missing=floor is None)
 
 
-def write_evidence(evidence: Evidence | None, per_arch: dict[str, dict[str, RunScores]], report_dir: str | Path) -> None:
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def write_evidence(evidence: Evidence | None, per_arch: dict[str, dict[RunKey, RunScores | None]],
+                   report_dir: str | Path) -> None:
     """``statistics.json`` (the evidence) and ``per_case.csv`` (every run's per-case rows) in ``report_dir``."""
     report_dir = Path(report_dir)
     with open(report_dir / PER_CASE_FILE, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["arch", "run", "case", "class", "dice"])
+        writer.writerow(["arch", "run", "case", "class", "dice", "ref_empty"])
         for arch, runs in per_arch.items():
-            for run, scores in runs.items():
-                writer.writerows([arch, run, r["case"], r["class"], "" if math.isnan(r["dice"]) else repr(r["dice"])]
-                                 for r in scores.cases)
+            for key, scores in runs.items():
+                writer.writerows([arch, key.name, r["case"], r["class"], "" if math.isnan(r["dice"]) else repr(r["dice"]),
+                                  "" if r["ref_empty"] is None else r["ref_empty"]] for r in (scores.cases if scores else []))
     if evidence is None:
         (report_dir / STATISTICS_FILE).unlink(missing_ok=True)
         return
-    top = evidence.top
+    c = evidence.comparison
     write_json({
-        "metric": evidence.metric, "unit": evidence.unit, "n_cases": evidence.n_cases, "alpha": ALPHA,
-        "confidence": CONFIDENCE, "resamples": RESAMPLES, "notes": evidence.notes,
-        "architectures": {
-            arch: {"mean": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
-                   "units": evidence.units[arch], "runs": evidence.runs[arch]}
-            for arch, interval in evidence.intervals.items()
-        },
-        "top_group": None if top is None else {
-            "best": top.best, "members": list(top.members),
-            "tests": {r.name: {"n_paired": r.n_paired, "p": r.pvalue, "p_holm": r.adjusted_pvalue, "tested": r.tested,
-                               "in_top_group": r.in_top_group, "reason": r.reason} for r in top.results},
-        },
-        "ranks": None if evidence.ranks is None else {
-            "observed": evidence.ranks.observed_rank,
-            "counts": {a: {str(k): v for k, v in c.items()} for a, c in evidence.ranks.rank_counts.items()},
-            "kendall_tau_median": evidence.ranks.tau_median, "kendall_tau_q1": evidence.ranks.tau_q1,
-            "kendall_tau_q3": evidence.ranks.tau_q3, "common_units": evidence.ranks.n_cases,
+        "metric": evidence.metric, "unit": evidence.unit, "n_cases": evidence.n_cases, "n_units": evidence.n_units,
+        "block_slices": list(evidence.block_slices), "folds": evidence.folds, "seeds": evidence.seeds,
+        "failures": evidence.failures, "alpha": ALPHA, "resamples": RESAMPLES,
+        "comparison": None if c is None else {
+            "margin": c.margin, "inferential": c.inferential, "critical_value": _number(c.critical),
+            "floor_mean": _number(c.floor_mean), "leader": c.leader, "best": c.best, "best_set": list(c.best_set),
+            "architectures": {s.name: {
+                "mean": s.mean, "ci_low": _number(s.low), "ci_high": _number(s.high), "seeds": s.seeds,
+                "status": s.status, "difference": s.diff, "difference_low": _number(s.diff_low),
+                "difference_high": _number(s.diff_high), "detectable_difference": _number(s.detectable),
+                "learned": s.learned, "floor_difference_low": _number(s.floor_low), "in_best_set": s.in_best_set,
+                "first_share": _number(s.first_share)} for s in c.standings},
         },
     }, report_dir / STATISTICS_FILE)

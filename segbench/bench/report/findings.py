@@ -63,7 +63,7 @@ def _fmt(row: dict, col: Column) -> str:
 
 def _within_noise(a: dict, b: dict, key: str) -> bool | None:
     """True if |mean_a - mean_b| is below the combined seed standard deviation; None with one seed."""
-    if min(a.get("seeds", 0), b.get("seeds", 0)) < 2:
+    if min(a.get("seeds", 0), b.get("seeds", 0)) < 2 or a.get("folds") or b.get("folds"):
         return None
     spread = math.hypot(a.get(f"{key}_std") or 0.0, b.get(f"{key}_std") or 0.0)
     return abs(a[key] - b[key]) <= spread
@@ -157,7 +157,11 @@ def overall_findings(table: list[dict], accuracy_key: str = ACCURACY_KEY) -> lis
             if front:
                 lines.append(f"Pareto front, {acc.label} vs {name}: " + " -> ".join(rows[i]["arch"] for i in front) + ".")
         seeds = sorted({r.get("seeds", 0) for r in rows})
-        if seeds == [1]:
+        folds = sorted({r.get("folds", 0) for r in rows})
+        if folds != [0]:
+            lines.append(f"Cross-validation folds: {', '.join(map(str, folds))}; seeds per architecture: "
+                         f"{', '.join(map(str, seeds))}; run figures are the mean over folds and seeds.")
+        elif seeds == [1]:
             lines.append("One seed per architecture: differences between architectures cannot be told apart from seed noise.")
         else:
             lines.append(f"Seeds per architecture: {', '.join(map(str, seeds))}; values are mean ± sample std.")

@@ -51,7 +51,8 @@ def table_columns(table: list[dict], keys: list[str]) -> list[Column]:
     rows name where the data decides it (``Column.unit_key``)."""
     present = []
     for key in keys:
-        if any(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in table):
+        if any((isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool))
+               or (isinstance(r.get(key), str) and r.get(key)) for r in table):
             col = column(key)
             units = {r[col.unit_key] for r in table if col.unit_key and r.get(col.unit_key)}
             present.append(dataclasses.replace(col, unit=units.pop()) if len(units) == 1 else col)
@@ -70,7 +71,7 @@ def _best_arch(table: list[dict], col: Column) -> str | None:
 def _std(row: dict, col: Column) -> str | None:
     """The seeds' standard deviation as text, or None with one seed or none at all (parameters, FLOPs)."""
     std = row.get(f"{col.key}_std")
-    if row.get("seeds", 1) > 1 and isinstance(std, (int, float)) and std > 0:
+    if row.get("runs", 1) > 1 and isinstance(std, (int, float)) and std > 0:
         return format_value(std, col.digits)
     return None
 
@@ -195,28 +196,28 @@ def _backbone(inputs: ReportInputs, row: dict) -> str:
 
 def _results_table_html(inputs: ReportInputs, columns: list[Column]) -> str:
     best = {c.key: _best_arch(inputs.table, c) for c in columns}
-    head = ['<th>Architecture</th>', '<th class="text">Backbone</th>', '<th>Seeds</th>']
+    head = ['<th>Architecture</th>', '<th class="text">Backbone</th>', '<th title="successful runs: seeds x folds">Runs</th>']
     head += [f'<th title="{_e(_tooltip(c))}">{_e(_header(c))}</th>' for c in columns]
     body = []
     for r in inputs.table:
         cells = [
             f'<td data-v="{_e(r["arch"])}"><a href="#arch-{_e(r["arch"])}">{_e(r["arch"])}</a></td>',
             f'<td class="text" data-v="{_e(r.get("backbone", ""))}">{_e(_backbone(inputs, r))}</td>',
-            f'<td data-v="{r.get("seeds", 0)}">{r.get("seeds", 0)}</td>',
+            f'<td data-v="{r.get("runs", 0)}">{r.get("runs", 0)}</td>',
         ]
-        if not r.get("seeds"):
+        if not r.get("runs"):
             cells.append(f'<td class="error text" colspan="{len(columns)}">failed: {_e(r.get("error", ""))}</td>')
         else:
             for c in columns:
                 value = r.get(c.key)
                 mark = ' class="best"' if best[c.key] == r["arch"] else ""
-                sort_value = value if isinstance(value, (int, float)) else ""
+                sort_value = _e(value) if isinstance(value, (int, float, str)) else ""
                 cells.append(f'<td{mark} data-v="{sort_value}">{_cell_html(r, c)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
         f'<div class="scroll"><table id="results"><thead><tr>{"".join(head)}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table></div>'
-        '<p class="muted">Click a header to sort. Green: best in the column. Values are the mean over seeds'
+        '<p class="muted">Click a header to sort. Green: best in the column. Values are the mean over runs'
         " (± sample standard deviation when there are several).</p>"
     )
 
@@ -330,17 +331,17 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
     lines += ["## Findings", ""]
     lines += [f"- {_md(f)}" for f in inputs.overall] + [""]
     lines += ["## Comparison", ""]
-    lines.append("| Architecture | Backbone | Seeds | " + " | ".join(_md(_header(c)) for c in columns) + " |")
+    lines.append("| Architecture | Backbone | Runs | " + " | ".join(_md(_header(c)) for c in columns) + " |")
     lines.append("|---|---|---:|" + "---:|" * len(columns))
     for r in inputs.table:
-        if not r.get("seeds"):
+        if not r.get("runs"):
             cells = [f"failed: {_md(r.get('error', ''))[:200]}"] + [""] * (len(columns) - 1)
         else:
             cells = [
                 f"**{_md(_cell(r, c))}**" if best[c.key] == r["arch"] else _md(_cell(r, c)) for c in columns
             ]
-        lines.append(f"| {r['arch']} | {_md(_backbone(inputs, r))} | {r.get('seeds', 0)} | " + " | ".join(cells) + " |")
-    lines += ["", "Bold: best in the column. Mean over seeds (± sample std when several).", ""]
+        lines.append(f"| {r['arch']} | {_md(_backbone(inputs, r))} | {r.get('runs', 0)} | " + " | ".join(cells) + " |")
+    lines += ["", "Bold: best in the column. Mean over runs (± sample std when several).", ""]
     if inputs.speed:
         lines += ["## Speed", "", _md(inputs.speed["intro"]), ""]
         lines.append("| Architecture | " + " | ".join(_header(c) for c in SPEED_COLUMNS) + " |")

@@ -30,9 +30,10 @@ def _is_number(value: Any) -> bool:
 
 
 def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
-    """One row per architecture (in first-seen order): ``<key>`` the mean over its successful seeds,
-    ``<key>_std`` the sample standard deviation (0 with one seed), ``seeds`` how many succeeded,
-    ``failed_seeds`` how many failed and ``error`` the first failure's message."""
+    """One row per architecture (in first-seen order): ``<key>`` the mean over its successful runs,
+    ``<key>_std`` the sample standard deviation (0 with one run), ``runs`` how many succeeded (seeds x
+    folds), ``seeds`` and ``folds`` how many distinct ones among them, ``failed_runs`` how many failed and
+    ``error`` the first failure's message when none succeeded."""
     keys = list(keys)
     by_arch: dict[str, list[dict]] = {}
     for row in rows:
@@ -42,9 +43,11 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
         ok = [r for r in group if r.get("status") == "ok"]
         failed = [r for r in group if r.get("status") != "ok"]
         first = (ok or group)[0]
-        out = {k: v for k, v in first.items() if not _is_number(v) or k in ("seed",)}
+        out = {k: v for k, v in first.items() if not _is_number(v) or k in ("seed", "fold")}
         out.pop("seed", None)
-        out.update(arch=arch, seeds=len(ok), failed_seeds=len(failed))
+        out.pop("fold", None)
+        out.update(arch=arch, runs=len(ok), seeds=len({r.get("seed") for r in ok}),
+                   folds=len({r.get("fold") for r in ok} - {None}), failed_runs=len(failed))
         out["error"] = failed[0].get("error", "") if failed and not ok else ""
         for key in keys:
             values = [float(r[key]) for r in ok if _is_number(r.get(key)) or isinstance(r.get(key), bool)]

@@ -1,30 +1,35 @@
-"""The verdict at the top of the report: sentences generated from the evidence and the table, each one
-only where the numbers support it.
+"""The verdict at the top of the report: sentences generated from the evidence and the table, each one a
+claim that ``segbench.comparison`` makes at its family-wise level (calibrated by ``segbench calibrate``).
 
-In order: which architectures the paired tests cannot separate from the best (the top group, with their
-intervals), the cheapest of them by FLOPs, latency and memory, the runs whose best validation was their
-last (still improving when the budget ended), how stable the ranking is under resampling, and the
-caveats (too few units for a test to separate anything; units that are slices of one subject).
+In order: what failed and was left out; whether anything learned (against predicting background
+everywhere); the best, or the confidence set for the best; each other architecture's answer against the
+leader (worse / equivalent within the margin / inconclusive, with the difference it could have detected);
+the cheapest of those shown equivalent; the runs still improving when the budget ended; how often the
+leader leads over resamples; the caveats (one seed, one subject, too few units).
 """
 
 from __future__ import annotations
 
 import math
 
-from segbench.bench.report.evidence import ALPHA, Evidence
+from segbench.bench.report.evidence import Evidence
 from segbench.bench.report.results import format_value
+from segbench.comparison import MIN_UNITS, POWER, Comparison, Standing
 
 __all__ = ["verdict"]
 
-# Cost columns the verdict names the cheapest top-group member by: key, what, unit, digits.
+# Cost columns the verdict names the cheapest equivalent architecture by: key, what, unit, digits.
 COSTS = (("gflops", "FLOPs", "GFLOPs", 2), ("latency_ms", "latency", "ms", 2), ("infer_peak_mb", "inference memory", "MB", 1))
 
 
-def _ci(evidence: Evidence, arch: str) -> str:
-    interval = evidence.intervals[arch]
-    if math.isnan(interval.low):
-        return f"{arch} {interval.mean:.4f}"
-    return f"{arch} {interval.mean:.4f} [{interval.low:.4f}–{interval.high:.4f}]"
+def _ci(s: Standing) -> str:
+    if math.isnan(s.low):
+        return f"{s.name} {s.mean:.4f}"
+    return f"{s.name} {s.mean:.4f} [{s.low:.4f}–{s.high:.4f}]"
+
+
+def _diff(s: Standing) -> str:
+    return f"{s.name} {s.diff:+.4f} [{s.diff_low:+.4f}, {s.diff_high:+.4f}]"
 
 
 def _names(names: list[str]) -> str:
@@ -35,7 +40,8 @@ def _cheapest(members: list[str], table: list[dict]) -> list[str]:
     rows = {r["arch"]: r for r in table if r["arch"] in members}
     parts = []
     for key, what, unit, digits in COSTS:
-        values = [(rows[a][key], a) for a in members if a in rows and isinstance(rows[a].get(key), (int, float))]
+        values = [(rows[a][key], a) for a in members if a in rows and isinstance(rows[a].get(key), (int, float))
+                  and not isinstance(rows[a].get(key), bool)]
         if len(values) >= 2:
             value, arch = min(values)
             parts.append(f"{arch} in {what} ({format_value(value, digits)} {unit})")
@@ -56,50 +62,110 @@ def _still_improving(runs: list[dict]) -> list[str]:
     return late
 
 
+def _units(evidence: Evidence) -> str:
+    return f"{evidence.n_units} {evidence.unit}{'s' if evidence.n_units != 1 else ''}"
+
+
+def _how(evidence: Evidence, c: Comparison) -> str:
+    over = "units and seeds" if not evidence.one_seed else "units"
+    return (f"{evidence.metric} per {evidence.unit}; simultaneous {1 - c.alpha:.0%} intervals over {_units(evidence)}, "
+            f"bootstrap over {over}")
+
+
+def _learning(c: Comparison) -> tuple[list[str], bool]:
+    """Sentences on the floor; and whether any architecture learned."""
+    if math.isnan(c.floor_mean):
+        return [], True
+    others = list(c.standings)
+    not_learned = [s.name for s in others if not s.learned]
+    if len(not_learned) == len(others):
+        return [f"Nothing shown learned: no architecture is shown better than predicting background everywhere (the "
+                f"floor scores {c.floor_mean:.4f}), so no best is named. Means: {'; '.join(_ci(s) for s in others)}."], False
+    if not_learned:
+        return [f"Not shown to have learned: {_names(not_learned)} (not shown better than predicting background "
+                f"everywhere, which scores {c.floor_mean:.4f}); never named best or equivalent."], True
+    return [], True
+
+
+def _answers(evidence: Evidence, c: Comparison, table: list[dict]) -> list[str]:
+    """The best (or the confidence set for it), then every other architecture's answer against the leader."""
+    lead = c.standings[0]
+    out = []
+    if c.best is not None:
+        out.append(f"Best: {_ci(lead)} ({_how(evidence, c)}); every other architecture is shown worse.")
+    else:
+        members = [s for s in c.standings if s.in_best_set]
+        out.append(f"No single winner: the best is one of {_names([s.name for s in members])} (a {1 - c.alpha:.0%} "
+                   f"confidence set: no other architecture is shown better than them; {_how(evidence, c)}). "
+                   f"Highest mean: {_ci(lead)}.")
+    rest = [s for s in c.standings[1:] if s.learned]
+    worse = [s for s in rest if s.status == "worse"]
+    equivalent = [s for s in rest if s.status == "equivalent"]
+    inconclusive = [s for s in rest if s.status == "inconclusive"]
+    if worse and c.best is None:
+        out.append(f"Worse than {lead.name} (difference [simultaneous interval]): {'; '.join(_diff(s) for s in worse)}.")
+    if equivalent:
+        out.append(f"Equivalent to {lead.name} within ±{c.margin:g}: {'; '.join(_diff(s) for s in equivalent)}.")
+    if inconclusive:
+        detectable = max(s.detectable for s in inconclusive)
+        out.append(f"Inconclusive against {lead.name}, neither shown worse nor equivalent within ±{c.margin:g}: "
+                   f"{'; '.join(_diff(s) for s in inconclusive)}. With these {evidence.unit}s a difference of about "
+                   f"{detectable:.3f} would be detected with {POWER:.0%} power; smaller ones may be there unseen.")
+    if equivalent:
+        cheap = _cheapest([lead.name] + [s.name for s in equivalent], table)
+        if cheap:
+            out.append(f"Cheapest of {lead.name} and those equivalent to it: {_names(cheap)}.")
+    elif inconclusive:
+        out.append(f"No architecture is shown equivalent to {lead.name}, so no cheaper alternative is named: the "
+                   "inconclusive ones may be as good, or worse.")
+    return out
+
+
+def _caveats(evidence: Evidence, c: Comparison) -> list[str]:
+    out = []
+    if evidence.one_seed:
+        out.append("One seed per architecture: seed-to-seed variation was not measured, so intervals and tests cover "
+                   "the choice of units only, and a different seed may reorder close architectures.")
+    if evidence.folds:
+        out.append(f"{evidence.folds}-fold cross-validation: each case is scored by the fold model that held it out.")
+    if evidence.unit == "block":
+        sizes = sorted(set(evidence.block_slices))
+        out.append(f"The validation split holds one volume ({evidence.volume}): the units are {evidence.n_units} "
+                   f"blocks of {'-'.join(map(str, sizes))} contiguous slices (neighbouring slices are correlated), and "
+                   "whatever is said here describes this one subject, not new subjects.")
+    if evidence.floor_missing:
+        out.append("The per-case files do not say where the reference is empty (an older segbench wrote them), so "
+                   "the floor was not scored and learning is not tested.")
+    return out
+
+
 def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict]) -> list[str]:
     """The verdict's sentences. ``table``: one aggregated row per architecture; ``runs``: one row per run."""
-    if evidence is None:
-        return ["No run left per-case scores, so nothing here can rank the architectures with an uncertainty."]
-    out = []
-    unit = evidence.unit
-    n = max(evidence.units.values())
-    top = evidence.top
-    if top is None:
-        arch = next(iter(evidence.intervals))
-        out.append(f"One architecture: {_ci(evidence, arch)} ({evidence.metric} over {n} {unit}s, 95% bootstrap "
-                   "interval); nothing to compare it with.")
+    if evidence is None or evidence.comparison is None:
+        failed = f" Failed: {'; '.join(evidence.failures)}." if evidence is not None and evidence.failures else ""
+        return ["No run left per-case scores, so nothing here can rank the architectures with an uncertainty." + failed]
+    c = evidence.comparison
+    out = [f"Failed and left out: {'; '.join(evidence.failures)}."] if evidence.failures else []
+    if len(c.standings) == 1:
+        out.append(f"One architecture: {_ci(c.standings[0])} ({evidence.metric} over {_units(evidence)}); nothing to "
+                   "compare it with.")
+    elif not c.inferential:
+        out.append(f"No interval or test: {_units(evidence)} (fewer than {MIN_UNITS}) cannot support one, so the table's "
+                   f"order is not evidence of a difference. Means: {'; '.join(_ci(s) for s in c.standings)}.")
     else:
-        members = list(top.members)
-        tested = [r for r in top.results if r.tested]
-        untested = [r.name for r in top.results if r.name != top.best and not r.tested]
-        how = (f"paired Wilcoxon signed-rank tests on the same {unit}s against the best, Holm-corrected, "
-               f"alpha {ALPHA}")
-        if not tested:
-            out.append(f"No architecture can be told apart from another: with {n} {unit}(s) no paired test can "
-                       f"reach significance at alpha {ALPHA}, so the table's order is not evidence of a difference. "
-                       f"Means: {'; '.join(_ci(evidence, a) for a in members)}.")
-        elif len(members) == 1:
-            out.append(f"Best: {_ci(evidence, top.best)} ({evidence.metric}, 95% interval over {unit}s and runs); "
-                       f"every other architecture is significantly worse on the same {n} {unit}s ({how}).")
-        else:
-            out.append(f"No single winner: {len(members)} architectures cannot be separated from the best, "
-                       f"{top.best} ({how}). Top group: {'; '.join(_ci(evidence, a) for a in members)}.")
-            cheap = _cheapest(members, table)
-            if cheap:
-                out.append(f"Cheapest in the top group: {_names(cheap)}.")
-            if untested and tested:
-                out.append(f"{_names(untested)}: too few {unit}s with a difference to test, so counted in the top "
-                           "group untested.")
+        learning, learned = _learning(c)
+        out += learning
+        if learned:
+            out += _answers(evidence, c, table)
+    if len(c.standings) == 1 and c.inferential:
+        out += _learning(c)[0]
     late = _still_improving(runs)
     if late:
         out.append(f"Not converged, still improving when the budget ended: {_names(late)}; "
                    "their rank reflects learning speed at this budget, not what they can reach.")
-    ranks = evidence.ranks
-    if ranks is not None and not math.isnan(ranks.tau_median):
-        first = max(ranks.rank_counts, key=lambda a: ranks.rank_counts[a].get(1.0, 0))
-        share = ranks.rank_counts[first].get(1.0, 0) / ranks.n_resamples
-        out.append(f"Ranking stability over {ranks.n_resamples} resamples of the {ranks.n_cases} common {unit}s: "
-                   f"Kendall's tau with the observed ranking, median {ranks.tau_median:.2f} "
-                   f"[IQR {ranks.tau_q1:.2f}–{ranks.tau_q3:.2f}]; {first} ranks first in {share:.0%} of them.")
-    out += [f"Caveat: {note}." for note in evidence.notes]
+    if c.inferential and len(c.standings) > 1 and not math.isnan(c.standings[0].first_share):
+        lead = c.standings[0]
+        out.append(f"{lead.name} has the highest mean in {lead.first_share:.0%} of {c.n_resamples} bootstrap resamples.")
+    out += [f"Caveat: {text}" for text in _caveats(evidence, c)]
     return out
+
