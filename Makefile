@@ -14,7 +14,7 @@ PEERS_BIN  := $(PEERS_VENV)/bin
 # e.g. --system-site-packages, to use a torch/torchvision pair installed outside the venv
 PEERS_VENV_ARGS ?=
 
-.PHONY: install demo test peers clean
+.PHONY: install demo test peers wheelhouse clean
 
 $(BIN)/segbench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,19 @@ $(PEERS_BIN)/segbench: pyproject.toml
 
 peers: $(PEERS_BIN)/segbench
 
+# Wheels for an offline GPU machine's own Python (scripts/gpu_check.sh WHEELHOUSE=wheelhouse): by default what a
+# PyTorch image tends to lack (nibabel, nilearn, onnx and onnx's newer requirements; 24 MB for 3.12). The
+# script's check prints the WHEELHOUSE_PACKAGES line for what a given machine lacks. Any pip downloads them.
+PY_VERSION          ?= 3.12
+PLATFORM            ?= manylinux_2_28_x86_64
+WHEELHOUSE          ?= wheelhouse
+WHEELHOUSE_PACKAGES ?= nibabel nilearn onnx ml_dtypes protobuf
+DOWNLOAD_PY         ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+
+wheelhouse:
+	$(DOWNLOAD_PY) scripts/offline_deps.py download --dest $(WHEELHOUSE) --python-version $(PY_VERSION) \
+		--platform $(PLATFORM) $(WHEELHOUSE_PACKAGES)
+
 demo: install
 	$(BIN)/segbench run
 
@@ -47,4 +60,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PEERS_VENV) runs .pytest_cache wheelhouse .venv-gpu
