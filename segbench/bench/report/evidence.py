@@ -23,7 +23,7 @@ from pathlib import Path
 
 from segbench import stats
 from segbench.jsonio import write_json
-from segbench.run_files import per_case_file, per_slice_file
+from segbench.run_files import per_case_file, per_slice_file, writable
 
 __all__ = ["RunScores", "Evidence", "read_run_scores", "unit_scores", "gather", "write_evidence", "STATISTICS_FILE",
            "PER_CASE_FILE"]
@@ -127,7 +127,7 @@ def gather(per_arch: dict[str, dict[str, RunScores]]) -> Evidence | None:
 def write_evidence(evidence: Evidence | None, per_arch: dict[str, dict[str, RunScores]], report_dir: str | Path) -> None:
     """``statistics.json`` (the evidence) and ``per_case.csv`` (every run's per-case rows) in ``report_dir``."""
     report_dir = Path(report_dir)
-    with open(report_dir / PER_CASE_FILE, "w", newline="") as f:
+    with open(writable(report_dir / PER_CASE_FILE), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", "run", "case", "class", "dice"])
         for arch, runs in per_arch.items():
