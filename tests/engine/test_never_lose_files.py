@@ -207,3 +207,18 @@ def test_a_full_cache_disk_in_check_does_not_mention_out():
 
     message = _message(OSError(errno.ENOSPC, "No space left on device", "/cache/x/000000_image.npy"))
     assert "--out" not in message and "no space left on /" in message and "000000_image.npy" in message
+
+
+# --- item 6: a damaged ImageNet weights cache is converted again, never a traceback ----------------------------
+
+
+@pytest.mark.parametrize("damage", [b"garbage bytes, not a torch file", b""])
+def test_a_damaged_converted_weights_cache_is_not_trusted(tmp_path, monkeypatch, damage):
+    from segbench.checkpoints.imagenet import WeightsUnavailableError, cache_dir, imagenet_state_dict
+
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SEGBENCH_OFFLINE", "1")  # converting again needs the published file: offline, named
+    cache_dir().mkdir(parents=True)
+    (cache_dir() / "resnet18.segbench.pt").write_bytes(damage)
+    with pytest.raises(WeightsUnavailableError, match="resnet18"):
+        imagenet_state_dict("resnet18")
