@@ -1,6 +1,7 @@
 """Strict JSON files, written atomically: the one writer of every JSON file segbench leaves in a run
-folder or report (``metrics.json``, ``bench.json``, ``speed.json``, ...). Imports nothing but the
-standard library, so any layer may use it."""
+folder or report (``metrics.json``, ``bench.json``, ``speed.json``, ...), through ``run_files.writable``
+(no links, no file of the user's). Imports nothing but the standard library and ``segbench.run_files``
+(standard library only), so any layer may use it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from segbench.run_files import writable
 
 __all__ = ["json_safe", "write_json"]
 
@@ -28,7 +31,7 @@ def json_safe(value: Any) -> Any:
 def write_json(values: Any, path: str | Path) -> None:
     """Write strict JSON atomically: a temporary file in the same folder, then ``os.replace``, so a
     process killed mid-write leaves the previous file (or none), never half of one."""
-    path = Path(path)
+    path = writable(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(json_safe(values), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)

@@ -198,7 +198,7 @@ def imagenet_state_dict(encoder: str) -> tuple[dict[str, Tensor], dict[str, str]
     if converted.is_file():
         try:
             payload = torch.load(converted, map_location="cpu", weights_only=True)
-        except RuntimeError:  # unreadable (a damaged disk, a foreign file): converted again below
+        except Exception:  # noqa: BLE001 - empty (EOFError), garbage (UnpicklingError), truncated: converted again
             payload = {}
         if not isinstance(payload, dict):
             payload = {}

@@ -42,29 +42,31 @@ def check(
     cache_dir: str | None,
 ) -> None:
     """Check the dataset DATA (a directory, or the built-in 'brain-mri') and print its report."""
+    from segbench.commands.errors import user_errors
     from segbench.data import DataConfig, DataError, load_data
 
-    try:
-        cfg = DataConfig(
-            source=data,
-            format=format_,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            reduce_zero_label=reduce_zero_label,
-            split_file=split_file,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            slice_axis=slice_axis,
-            normalize=normalize,
-            strict=strict,
-            cache_dir=cache_dir,
-            replace_nonfinite=replace_nonfinite,
-        )
-        loaded = load_data(cfg)
-    except DataError as exc:
-        raise click.ClickException(f"data check failed: {exc}") from None
-    except ValueError as exc:  # a bad option value, not bad data
-        raise click.BadParameter(str(exc)) from None
+    with user_errors():  # a full or read-only cache disk: one line naming the file (check has no --out)
+        try:
+            cfg = DataConfig(
+                source=data,
+                format=format_,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                reduce_zero_label=reduce_zero_label,
+                split_file=split_file,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                slice_axis=slice_axis,
+                normalize=normalize,
+                strict=strict,
+                cache_dir=cache_dir,
+                replace_nonfinite=replace_nonfinite,
+            )
+            loaded = load_data(cfg)
+        except DataError as exc:
+            raise click.ClickException(f"data check failed: {exc}") from None
+        except ValueError as exc:  # a bad option value, not bad data
+            raise click.BadParameter(str(exc)) from None
     click.echo(str(loaded.report))
     click.echo("")
     verdict = "OK" if not loaded.notices else f"OK with {len(loaded.notices)} notice(s) (see above)"

@@ -14,6 +14,8 @@ from typing import Iterator
 
 import click
 
+from segbench.run_files import DiskFull
+
 __all__ = ["user_errors", "one_line", "debugging"]
 
 # A disk that is full or may not be written: the user's environment, not a bug.
@@ -53,10 +55,13 @@ def _message(err: BaseException) -> str | None:
     """The one-line message for a user error, or None for a bug."""
     if isinstance(err, _user_error_types()):
         return one_line(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
+        full = err if isinstance(err, DiskFull) else DiskFull(err.filename)
+        return f"{full}; free disk space there, then run the same command again"
     if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
-        where = err.filename or "the output folder"
-        return (f"cannot write {where}: {err.strerror or err}; free disk space or choose a writable folder "
-                "(--out), then run the same command again")
+        where = err.filename or "a file"
+        return (f"cannot write {where}: {err.strerror or err}; free disk space or make the folder writable, "
+                "then run the same command again")
     if isinstance(err, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
     if isinstance(err, KeyError):  # the registries: KeyError("unknown architecture ... Valid names: ...")

@@ -36,6 +36,18 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
         click.echo("note: no finished run matches these settings yet; the report lists them as not run", err=True)
 
 
+def _claim_sweep_folder(out: str) -> None:
+    """OUT is new, empty, or a sweep (its marker, or run folders from an older segbench): never a folder of
+    the user's whose report/index.html the review would overwrite."""
+    from segbench.bench.protocol.review_speed import SPEED_FILE
+    from segbench.engine.run_folder import RunFolderError, claim_output
+
+    try:
+        claim_output(out, "sweep", files=("report/", SPEED_FILE), legacy=("report", SPEED_FILE))
+    except RunFolderError as err:
+        raise click.ClickException(str(err)) from None
+
+
 def _check_data(plan) -> None:
     """Check each dataset of the plan once, before any run: bad data is one error, not one per architecture."""
     from segbench.commands.errors import user_errors
@@ -189,6 +201,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
                f"{len({r.seed for r in plan})} seed(s)" + (f" x {folds} folds" if folds else "") +
                f", {len(plan)} run(s) ({imagenet} from ImageNet weights), "
                f"data {data}, out {out}", err=True)
+    _claim_sweep_folder(out)
     started = time.perf_counter()
     if not report_only:
         _check_data(plan)

@@ -70,7 +70,8 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
 
     --out must be a new or empty folder, or a segbench run: that run resumes (or starts over with
     --overwrite). A folder holding other files is refused; segbench deletes only what it wrote.
-    Without CONFIG, --arch, --data or --set, an existing run in --out resumes with its saved config.
+    Without CONFIG, --arch, --data or --set, an existing run in --out resumes (or starts over) with its
+    saved config.
     """
     from segbench.config import apply_overrides, config_from_dict, load_config, read_preset
     from segbench.engine import train as train_run
@@ -79,10 +80,11 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
     out_dir = Path(out)
     resume = resume and not overwrite
     with _user_errors():
-        if not (config or arch or data_source or overrides) and resume and (out_dir / CONFIG_FILE).is_file() \
+        if not (config or arch or data_source or overrides) and (out_dir / CONFIG_FILE).is_file() \
                 and is_run_folder(out_dir):
+            # --overwrite too: starting over a run means its configuration, never the defaults.
             cfg = load_config(out_dir / CONFIG_FILE)
-            click.echo(f"resuming with {out_dir / 'config.yaml'}", err=True)
+            click.echo(f"{'resuming' if resume else 'starting over'} with {out_dir / CONFIG_FILE}", err=True)
         else:
             values = read_preset(config) if config else {}
             preset_model = values.get("model") or {}

@@ -98,7 +98,7 @@ class CacheStore:
         if array is None:
             try:
                 array = self._arrays[name] = np.load(self.folder / name, mmap_mode="r")
-            except (OSError, ValueError) as err:  # truncated or overwritten by something else
+            except (OSError, ValueError, EOFError) as err:  # truncated, emptied or overwritten by something else
                 raise DataError(f"cache file {self.folder / name} is damaged ({' '.join(str(err).split())}); delete "
                                 f"{self.folder} and it is rebuilt from the data") from None
             while len(self._arrays) > self.MAX_OPEN:
@@ -217,6 +217,18 @@ def _build(folder: Path, source: Source, cfg: DataConfig, reader, key: str) -> N
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
+def _verified(store: CacheStore) -> CacheStore:
+    """``store`` once every case's arrays open with the shapes ``meta.json`` records (headers only, memory-mapped):
+    a damaged cache is rebuilt, never trusted (``segbench check`` used to pass over emptied slice files)."""
+    for i, case in enumerate(store.meta["cases"]):
+        expected = (case["slices"], *case["size"])
+        image = np.load(store.folder / f"{i:06d}_image.npy", mmap_mode="r")
+        mask = np.load(store.folder / f"{i:06d}_mask.npy", mmap_mode="r")
+        if mask.shape != expected or image.shape[0] != expected[0] or image.shape[2:] != expected[1:]:
+            raise ValueError(f"case {i} of {store.folder} holds shapes {image.shape}, {mask.shape}; expected {expected}")
+    return store
+
+
 def open_or_build(source: Source, cfg: DataConfig, reader, bake_volume_norm: bool, salt: object = None) -> CacheStore:
     """Open the cache for (source, cfg), building it (and running every check) when absent."""
     key = cache_key(source, cfg, bake_volume_norm, salt)
@@ -225,8 +237,8 @@ def open_or_build(source: Source, cfg: DataConfig, reader, bake_volume_norm: boo
     final = root / f"{safe_name}-{key}"
     if (final / "meta.json").is_file():
         try:
-            return CacheStore(final)
-        except (OSError, ValueError):  # a damaged meta.json: the folder is ours to rebuild
+            return _verified(CacheStore(final))
+        except (OSError, ValueError, EOFError, KeyError, TypeError):  # a damaged file: the folder is ours to rebuild
             shutil.rmtree(final, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".building-{safe_name}-{key}-", dir=root))

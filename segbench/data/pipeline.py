@@ -135,8 +135,11 @@ def _check_foreground(stats: dict[str, SplitStats], splits: SplitPlan, meta: dic
     Class 0 is background. A train split without any foreground pixel teaches nothing (and used to
     fail at the first validation with a reshape error); a val split without one makes every
     foreground metric undefined, so no checkpoint could ever be the best one."""
-    if meta["num_classes"] < 2:
-        return []
+    if meta["num_classes"] < 2:  # every mask background: nothing to tell apart (train and run used to fail later)
+        masks = [case["mask"] for case in meta["cases"]]
+        raise DataError(f"every mask ({', '.join(masks[:3])}{' and more' if len(masks) > 3 else ''}) holds one value, "
+                        "class 0 (background): there is no foreground to learn. Check that the masks hold the labels, "
+                        "or give data.num_classes if a class is absent on purpose")
     warnings = []
     for name in ("train", "val"):
         if name not in stats or sum(stats[name].class_pixels[1:]) > 0:

@@ -13,6 +13,7 @@ is atomic), so a run killed mid-write still has its previous checkpoint intact.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -26,7 +27,7 @@ from torch import nn
 
 from segbench.config import Config, config_from_dict
 from segbench.checkpoints.io import CheckpointError, load_torch_file
-from segbench.run_files import LAST_FILE
+from segbench.run_files import LAST_FILE, DiskFull, writable
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -81,17 +82,48 @@ class DataInfo:
         )
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    path = Path(path)
+class _Recorded:
+    """A file passing writes through and keeping the OSError one raised: torch's zip writer replaces it by
+    ``RuntimeError: [enforce fail ...] unexpected pos``, which says nothing of a full disk."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, None
+
+    def write(self, data) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, *, open_file=open) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file, fsync, ``os.replace``). A full disk is
+    ``DiskFull`` naming the device and the file. ``open_file``: how the temporary is opened (tests give a
+    disk that fills up)."""
+    path = writable(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
+        with open_file(tmp, "wb") as f:
+            recorded = _Recorded(f)
+            try:
+                torch.save(state, recorded)
+            except RuntimeError as err:
+                if recorded.error is not None:
+                    raise recorded.error from err
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full or read-only disk, or a kill: leave no half-written .tmp behind
+    except OSError as err:  # a full or read-only disk: leave no half-written .tmp behind
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from None
+        raise
+    except BaseException:  # a kill: no half-written .tmp either
         tmp.unlink(missing_ok=True)
         raise
 
@@ -155,6 +187,18 @@ def restore_rng_state(state: dict[str, Any]) -> str | None:
     return None
 
 
+def _missing_best_hint(run_dir: Path) -> str:
+    """Why best.pt is absent: no defined best metric, or the file is gone though last.pt records a best."""
+    try:
+        best = load_checkpoint(run_dir / LAST_FILE).get("best") or {}
+    except (OSError, ValueError):
+        best = {}
+    if best.get("iteration") is not None:
+        return (f" although last.pt records a best at iteration {best['iteration']}: the file was deleted or moved; "
+                "restore it, use --which last, or train again with --overwrite")
+    return " (no validation gave a defined best metric; use --which last)"
+
+
 def load_run_model(
     run_dir: str | Path, which: str = "best", map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Config, DataInfo]:
@@ -171,7 +215,7 @@ def load_run_model(
     if not path.is_file():
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run folder at {run_dir}")
-        hint = " (no validation gave a defined best metric; use --which last)" if (run_dir / LAST_FILE).is_file() else \
+        hint = _missing_best_hint(run_dir) if (run_dir / LAST_FILE).is_file() else \
             "; has training run and validated at least once?"
         raise FileNotFoundError(f"{run_dir} has no {which}.pt{hint}")
     state = load_checkpoint(path, map_location)

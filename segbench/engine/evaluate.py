@@ -209,7 +209,7 @@ def evaluate_run(
     metrics = evaluate(model, data.splits[split], info, cfg.eval, device, precision, progress=progress, desc=split,
                        num_workers=loader_workers(cfg.train.num_workers, device), per_case=rows)
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
+    run_folder.record(run_dir, eval_file(split), eval_per_case_file(split))  # listed before written; starting over deletes them
     write_json(result, run_dir / eval_file(split))
     write_per_case_csv(run_dir / eval_per_case_file(split), rows)
-    run_folder.record(run_dir, eval_file(split), eval_per_case_file(split))  # starting over may delete them
     return result

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from segbench.engine.surface import hd95, nsd, surface_scores
+from segbench.run_files import writable
 
 __all__ = [
     "SCALAR_METRICS",
@@ -359,7 +360,7 @@ class SegmentationMetrics:
 def write_per_case_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] = PER_CASE_COLUMNS) -> None:
     """Write ``per_case_rows()`` (or ``per_slice_rows()`` with ``PER_SLICE_COLUMNS``) as CSV, atomically.
     Undefined figures (NaN) are empty cells; floats are written with ``repr``, so they read back exactly."""
-    path = Path(path)
+    path = writable(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

@@ -32,7 +32,8 @@ from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import inference_network, predict_logits
-from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE
+from segbench.engine import run_folder
+from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, writable
 
 __all__ = ["PredictError", "collect_inputs", "default_palette", "predict_files"]
 
@@ -89,13 +90,13 @@ def _write_mask(labels: np.ndarray, palette: list, path: Path) -> None:
     mask = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = [v for colour in palette for v in colour]
     mask.putpalette(flat + [0] * (768 - len(flat)))
-    mask.save(path)
+    mask.save(writable(path))
 
 
 def _write_overlay(display: np.ndarray, labels: np.ndarray, palette: list, background: int | None, path: Path) -> None:
     colours = np.asarray(palette, dtype=np.float32)[labels]
     alpha = np.where(labels != background, 0.5, 0.0)[..., None] if background is not None else 0.5
-    Image.fromarray((display * (1 - alpha) + colours * alpha).astype(np.uint8)).save(path)
+    Image.fromarray((display * (1 - alpha) + colours * alpha).astype(np.uint8)).save(writable(path))
 
 
 class _Runner:
@@ -161,7 +162,7 @@ def _predict_volume(runner: _Runner, path: Path, out_base: Path, palette: list) 
     labels = np.concatenate([runner.labels(slices[i : i + batch], in_plane_size) for i in range(0, len(slices), batch)])
     volume = volumes.restore_volume(labels, prepared)
     seg_path = out_base.with_name(out_base.name + "_seg.nii.gz")
-    volumes.write_labels(volume, prepared, seg_path)
+    volumes.write_labels(volume, prepared, writable(seg_path))
     # A quick look: the slice with the most foreground, in the network's orientation.
     in_plane = volumes.labels_to_slices(volumes.to_canonical(volume, prepared.affine), runner.cfg.data.slice_axis)
     background = runner.cfg.eval.background
@@ -169,6 +170,22 @@ def _predict_volume(runner: _Runner, path: Path, out_base: Path, palette: list) 
     overlay_path = out_base.with_name(out_base.name + "_overlay.png")
     _write_overlay(_display(stored[k]), in_plane[k], palette, background, overlay_path)
     return [seg_path, overlay_path]
+
+
+def _outputs(out_base: Path, path: Path) -> list[Path]:
+    """The files predicting ``path`` writes (``_predict_image`` / ``_predict_volume``)."""
+    kinds = ("_seg.nii.gz", "_overlay.png") if is_nifti(path) else ("_mask.png", "_overlay.png")
+    return [out_base.with_name(out_base.name + kind) for kind in kinds]
+
+
+def _claim_outputs(out_dir: Path, outputs: list[list[Path]]) -> None:
+    """Before the first write: every output is new or one an earlier predict wrote (``run_folder``); then
+    listed in ``OUT/segbench_run.json``, so predicting again into OUT may replace them."""
+    names = [p.relative_to(out_dir).as_posix() for group in outputs for p in group]
+    for path in (p for group in outputs for p in group):
+        writable(path, managed=out_dir)
+    run_folder.claim_output(out_dir, "predict")
+    run_folder.record(out_dir, *names)
 
 
 def predict_files(
@@ -180,6 +197,7 @@ def predict_files(
     files = collect_inputs(inputs)
     runner = _Runner(run_dir, engine, which)
     palette = [tuple(c) for c in runner.info.palette] if runner.info.palette else default_palette(runner.info.num_classes)
+    _claim_outputs(out_dir, [_outputs(out_dir / relative.parent / nifti_stem(path), path) for path, relative in files])
     written = []
     for path, relative in tqdm(files, desc="predict", disable=not progress, dynamic_ncols=True):
         out_base = out_dir / relative.parent / nifti_stem(path)

@@ -23,35 +23,30 @@ __all__ = [
     "RunFolderError",
     "is_run_folder",
     "claim",
+    "claim_output",
     "record",
     "open_for_training",
     "write_split_record",
     "compare_split_record",
 ]
 
-from segbench.run_files import MARKER, PER_CASE_FILES, RUN_FILES, SPLIT_FILE, per_case_file, per_slice_file  # noqa: F401
+from segbench.run_files import (  # noqa: F401
+    CONFIG_FILE, DATA_INFO_FILE, LOG_FILE, LR_FIND_FILE, MARKER, METRICS_FILE, PER_CASE_FILES, RUN_FILES, SPLIT_FILE,
+    RunFolderError, per_case_file, per_slice_file, read_marker, writable,
+)  # fmt: skip
 # Left behind by an atomic write that was interrupted; ours when the file they stand for is.
 _TEMPORARY = (".{}.tmp",)
 
 
-class RunFolderError(ValueError):
-    """The output folder is not one segbench may write into (or start over in)."""
-
-
 def _read_marker(run_dir: Path) -> dict | None:
-    path = run_dir / MARKER
-    if not path.is_file():
-        return None
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return values if isinstance(values, dict) and isinstance(values.get("files"), list) else None
+    """A run's marker (a sweep's or predict's folder marker is not a run's)."""
+    marker = read_marker(run_dir)
+    return marker if marker is not None and marker.get("kind", "run") == "run" else None
 
 
-def _write_marker(run_dir: Path, files: list[str], inputs: list[str] = ()) -> None:
-    tmp = run_dir / f".{MARKER}.tmp"
-    marker = {"segbench_run": 1, "files": sorted(set(files) | set(inputs)), "inputs": sorted(set(inputs))}
+def _write_marker(run_dir: Path, files: list[str], inputs: list[str] = (), kind: str = "run") -> None:
+    tmp = writable(run_dir / MARKER).with_name(f".{MARKER}.tmp")
+    marker = {"segbench_run": 1, "kind": kind, "files": sorted(set(files) | set(inputs)), "inputs": sorted(set(inputs))}
     tmp.write_text(json.dumps(marker, indent=1) + "\n")
     os.rename(tmp, run_dir / MARKER)  # atomic on POSIX, as os.replace
 
@@ -81,7 +76,9 @@ def claim(run_dir: str | Path, files: tuple[str, ...] | list[str] = (), inputs: 
     and ``inputs`` (kept when the run starts over).
 
     Refuses a non-empty folder that is not already a segbench run, unless it holds only ``files`` and
-    ``inputs`` (a sweep's own records, written by an older segbench before the marker existed)."""
+    ``inputs`` (a sweep's own records, written by an older segbench before the marker existed). A name
+    is added to the marker only while no file bears it, or when it is listed already: a file of the
+    user's that bears one of segbench's names (their own config.yaml) is never adopted."""
     run_dir = Path(run_dir)
     marker = _read_marker(run_dir)
     if marker is None:
@@ -89,25 +86,106 @@ def claim(run_dir: str | Path, files: tuple[str, ...] | list[str] = (), inputs: 
         if foreign and not _legacy_run(run_dir):
             raise _not_ours(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        known = [p.name for p in run_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("eval_")]
-        marker = {"files": known}
-    _write_marker(run_dir, list(marker["files"]) + list(RUN_FILES) + list(files),
-                  list(marker.get("inputs", [])) + list(inputs))
+        marker = {"files": [*_proven_files(run_dir, {p.name for p in run_dir.iterdir()}), *files]}
+    owned = list(marker["files"])
+    owned += [name for name in (*RUN_FILES, *files) if name not in owned and not (run_dir / name).exists()]
+    _write_marker(run_dir, owned, list(marker.get("inputs", [])) + list(inputs))
+
+
+def _proven_files(run_dir: Path, present: set[str]) -> list[str]:
+    """The files of an older run (no marker) that segbench provably wrote: its checkpoints, a config.yaml
+    equal to the checkpoint's configuration, and JSON files holding the keys segbench writes."""
+    from segbench.engine.checkpoint import load_checkpoint
+
+    proven, saved = [], None
+    for name in (LAST_FILE, BEST_FILE):
+        if name in present:
+            try:
+                saved = load_checkpoint(run_dir / name)
+                proven.append(name)
+            except (OSError, ValueError):
+                pass
+    if CONFIG_FILE in present and saved is not None and _same_config(run_dir / CONFIG_FILE, saved.get("config")):
+        proven.append(CONFIG_FILE)
+    keys = {METRICS_FILE: "best_metric", DATA_INFO_FILE: "class_names", SPLIT_FILE: "splits", LR_FIND_FILE: "picked",
+            **{f"eval_{split}.json": "per_class" for split in ("val", "test", "train")}}
+    for name, key in keys.items():
+        if name in present and _json_with(run_dir / name, key):
+            proven.append(name)
+    if LOG_FILE in present and _json_with(run_dir / LOG_FILE, "event", first_line=True):
+        proven.append(LOG_FILE)
+    tables = [*PER_CASE_FILES, *(f"eval_per_case_{split}.csv" for split in ("val", "test", "train"))]
+    proven += [name for name in tables if name in present and _first_line(run_dir / name).startswith("case,")]
+    return proven
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path) as f:
+            return f.readline()
+    except (OSError, ValueError):
+        return ""
+
+
+def _same_config(path: Path, saved: dict | None) -> bool:
+    from segbench.config import config_from_dict, config_to_dict, load_config
+
+    try:
+        return saved is not None and config_to_dict(load_config(path)) == config_to_dict(config_from_dict(saved))
+    except Exception:  # noqa: BLE001 - any file that is not the checkpoint's configuration is the user's
+        return False
+
+
+def _json_with(path: Path, key: str, first_line: bool = False) -> bool:
+    try:
+        text = path.read_text()
+        values = json.loads(text.splitlines()[0] if first_line else text)
+    except (OSError, ValueError, IndexError):
+        return False
+    return isinstance(values, dict) and key in values
 
 
 def record(run_dir: str | Path, *names: str) -> None:
-    """Add ``names`` to the files the run owns (e.g. ``eval_test.json`` written by ``segbench eval``)."""
+    """Add ``names`` to the files the folder's marker lists (e.g. ``eval_test.json`` written by ``segbench
+    eval``), before they are written; a name that is a file the marker does not list is refused."""
     run_dir = Path(run_dir)
-    marker = _read_marker(run_dir)
+    marker = read_marker(run_dir)
     if marker is not None and not set(names) <= set(marker["files"]):
-        _write_marker(run_dir, list(marker["files"]) + list(names), marker.get("inputs", []))
+        for name in names:
+            writable(run_dir / name)
+        _write_marker(run_dir, list(marker["files"]) + list(names), marker.get("inputs", []),
+                      marker.get("kind", "run"))
 
 
-def _not_ours(run_dir: Path) -> RunFolderError:
+def claim_output(folder: str | Path, kind: str, files: tuple[str, ...] = (),
+                 legacy: tuple[str, ...] | None = None) -> None:
+    """Mark ``folder`` as the output of ``kind`` ("predict", "sweep"), which writes ``files`` (an entry
+    ending in "/" is a whole subfolder) and the names it records before writing them.
+
+    Without a marker: ``legacy`` None adopts nothing (an existing file is then refused when the command
+    would write it: predict into a folder of other files); else the folder must be empty, or hold only
+    names in ``legacy`` and at least one segbench run folder (a sweep from before the marker)."""
+    folder = Path(folder)
+    marker = read_marker(folder)
+    if marker is None and legacy is not None and folder.is_dir():
+        entries = list(folder.iterdir())
+        runs = [p for p in entries if p.is_dir() and is_run_folder(p)]
+        foreign = [p for p in entries if p not in runs and p.name.rstrip("/") not in legacy]
+        if entries and (foreign or not runs):
+            raise _not_ours(folder, kind)
+    if marker is not None and set(files) <= set(marker["files"]):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = list(marker["files"]) if marker else []
+    _write_marker(folder, listed + list(files), marker.get("inputs", []) if marker else [],
+                  marker.get("kind", kind) if marker else kind)
+
+
+def _not_ours(run_dir: Path, what: str = "run") -> RunFolderError:
     entries = sorted(p.name for p in run_dir.iterdir())
     shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
     return RunFolderError(
-        f"--out {run_dir} is not empty ({shown}) and holds no segbench run (no {MARKER}); segbench deletes only "
+        f"--out {run_dir} is not empty ({shown}) and holds no segbench {what} (no {MARKER}); segbench deletes only "
         "files it wrote, so it will not write there: give a new or empty folder"
     )
 
@@ -142,6 +220,9 @@ def open_for_training(run_dir: str | Path, *, resume: bool, is_main: bool = True
     resuming = resume and (run_dir / LAST_FILE).is_file()
     if is_main:
         claim(run_dir)
+        # Before anything is deleted: every file training will write must be the run's own.
+        for name in RUN_FILES:
+            writable(run_dir / name)
         if not resuming:
             _delete_own_files(run_dir, _read_marker(run_dir) or {"files": []})
     return resuming
@@ -150,7 +231,7 @@ def open_for_training(run_dir: str | Path, *, resume: bool, is_main: bool = True
 def write_split_record(run_dir: str | Path, record: dict | None) -> None:
     """Save which cases each split held, and the data's content hash, for ``compare_split_record``."""
     if record is not None:
-        path = Path(run_dir) / SPLIT_FILE
+        path = writable(Path(run_dir) / SPLIT_FILE)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.rename(tmp, path)
@@ -167,7 +248,12 @@ def compare_split_record(run_dir: str | Path, record: dict | None, split: str) -
     path = Path(run_dir) / SPLIT_FILE
     if record is None or not path.is_file():
         return []
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+        saved["splits"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{path} is damaged ({type(err).__name__}: {err}), so whether the data changed since "
+                        f"{run_dir} was trained cannot be checked; delete it to evaluate without that check") from None
     if saved.get("class_names") != record["class_names"]:
         raise DataError(f"the data's classes changed since {run_dir} was trained: {saved.get('class_names')} -> "
                         f"{record['class_names']}; train again on the new classes")

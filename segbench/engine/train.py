@@ -89,7 +89,7 @@ from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
 from segbench.checkpoints import build_model
 from segbench.models.registry import model_recipe
-from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, LAST_FILE, LOG_FILE, METRICS_FILE
+from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, LAST_FILE, LOG_FILE, METRICS_FILE, writable
 
 __all__ = ["train", "TrainState", "TrainingDiverged", "ConfigMismatch", "OutOfMemory"]
 
@@ -374,7 +374,10 @@ def _resume(run: _Run) -> dict | None:
     run.log.truncate(checkpoint["log_offset"])  # forget lines written after the checkpoint
     ended = run.state.stopped_by is not None or run.resumed_from >= run.cfg.train.iterations
     if ended and (run.run_dir / METRICS_FILE).is_file():
-        return json.loads((run.run_dir / METRICS_FILE).read_text())
+        try:
+            return json.loads((run.run_dir / METRICS_FILE).read_text())
+        except ValueError as err:  # empty or damaged: the run's own file, written again from its checkpoints
+            run.say(f"{run.run_dir / METRICS_FILE} is damaged ({err}); writing it again")
     run.say(f"resuming {run.run_dir} at iteration {run.resumed_from}")
     return None
 
@@ -383,7 +386,7 @@ def _write_run_files(run: _Run) -> None:
     """``config.yaml``, ``data_info.json`` (what predict needs without a checkpoint) and, for a new run,
     ``data_split.json`` (the split it trains on; eval compares the data with it)."""
     if run.info.is_main:
-        (run.run_dir / CONFIG_FILE).write_text(to_yaml(run.cfg))
+        writable(run.run_dir / CONFIG_FILE).write_text(to_yaml(run.cfg))
         write_json(run.data_info.to_dict(), run.run_dir / DATA_INFO_FILE)
         if run.resumed_from is None:
             run_folder.write_split_record(run.run_dir, split_record(run.data))

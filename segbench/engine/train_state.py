@@ -13,6 +13,7 @@ import torch
 from segbench.engine.distributed import DistInfo
 from segbench.engine.metrics import lower_is_better
 from segbench.jsonio import json_safe
+from segbench.run_files import writable
 
 __all__ = ["TrainState", "RunLog", "LossWindow", "PLAN_AFTER", "note_validation", "plan_iterations"]
 
@@ -54,7 +55,7 @@ class RunLog:
 
     def write(self, **record) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
+            with open(writable(self.path), "a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
 
     def offset(self) -> int:
@@ -62,7 +63,7 @@ class RunLog:
 
     def truncate(self, offset: int) -> None:
         if self.enabled and self.path.exists():
-            with open(self.path, "r+") as f:
+            with open(writable(self.path), "r+") as f:
                 f.truncate(offset)
 
 

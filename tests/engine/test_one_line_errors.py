@@ -108,9 +108,14 @@ def test_corrupt_cache_file_names_it(tmp_path, monkeypatch):
         Image.fromarray(mask * 100).save(tmp_path / "ds" / "images" / f"i{k}.png")
     data = load_data(DataConfig(source=str(tmp_path / "ds")))
     store = data.splits["train"].store
-    (store.folder / "000000_image.npy").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="000000_image.npy is damaged"):
-        load_data(DataConfig(source=str(tmp_path / "ds"))).splits["train"].store.image(0, 0)
+    from segbench.data.cache import CacheStore
+
+    for damage in (b"garbage", b""):  # issue 26: an emptied slice file ended in a bare "Aborted!"
+        (store.folder / "000000_image.npy").write_bytes(damage)
+        with pytest.raises(DataError, match="000000_image.npy is damaged"):  # read while damaged: named
+            CacheStore(store.folder).image(0, 0)
+        # a new load (check, train) never trusts it: the cache is rebuilt from the data
+        assert load_data(DataConfig(source=str(tmp_path / "ds"))).splits["train"].store.image(0, 0).shape == (1, 8, 8)
     (store.folder / "meta.json").write_text("{ not json")
     assert load_data(DataConfig(source=str(tmp_path / "ds"))).num_classes == 2  # rebuilt
 

@@ -40,7 +40,8 @@ def test_overwrite_deletes_only_the_runs_own_files(tiny_env, tmp_path):
     run = tmp_path / "run"
     assert _invoke("train", "--out", run, *TINY).exit_code == 0
     assert is_run_folder(run) and (run / MARKER).is_file()
-    assert _invoke("eval", run).exit_code == 0
+    result = _invoke("eval", run)
+    assert result.exit_code == 0, result.output
     assert "eval_val.json" in json.loads((run / MARKER).read_text())["files"]
     (run / "notes.txt").write_text("mine")
     (run / "eval_mine.json").write_text("{}")  # a name like segbench's, but not written by it

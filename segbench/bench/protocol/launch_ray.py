@@ -45,7 +45,7 @@ from segbench.bench.protocol.sweep import PlannedRun, SweepState, _write_spec
 from segbench.bench.protocol.worker import run_worker_process
 from segbench.run_files import LOG_FILE
 
-__all__ = ["RAY_MISSING", "LauncherError", "WorkerLost", "RayOptions", "RayLauncher", "check_shared_storage",
+__all__ = ["RAY_MISSING", "LauncherError", "WorkerLost", "RayOptions", "RayLauncher", "check_shared_storage", "probe_address",
            "run_resources"]
 
 RAY_MISSING = "--launcher ray needs Ray: pip install 'segbench[ray]'"
@@ -147,6 +147,37 @@ def _probe(out: str, token: str, data_folders: list[str]) -> dict:
 
 
 # --- on the driver -------------------------------------------------------------------------------
+
+
+def connect_timeout() -> float:
+    """``SEGBENCH_RAY_CONNECT_TIMEOUT_S`` (default 15): how long ``--ray-address`` may take to answer."""
+    raw = os.environ.get("SEGBENCH_RAY_CONNECT_TIMEOUT_S", "15")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise LauncherError(f"SEGBENCH_RAY_CONNECT_TIMEOUT_S must be a positive number of seconds, got {raw!r}")
+    return seconds
+
+
+def probe_address(address: str) -> None:
+    """``LauncherError`` within ``connect_timeout()`` seconds unless something accepts a connection at
+    ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``): Ray's own connect retries for minutes, printing
+    warnings, where the host is unknown or nothing listens."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise LauncherError(f"--ray-address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    timeout = connect_timeout()
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:  # refused, unknown host (gaierror), timed out
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise LauncherError(f"--ray-address {address}: no Ray cluster answers there within {timeout:g} s ({reason}); "
+                            "start one with `ray start --head` or give its address (SEGBENCH_RAY_CONNECT_TIMEOUT_S "
+                            "sets the wait)") from None
 
 
 def _alive_nodes(ray) -> list[dict]:
@@ -326,6 +357,8 @@ class RayLauncher:
         """Join the cluster (``--ray-address``; a running one found the usual way, else a new one on this
         machine), decide what each run asks for, check that a node can hold a run and that ``out`` is
         shared with every such node. Raises ``LauncherError``."""
+        if self.options.address not in (None, "auto"):
+            probe_address(self.options.address)  # ray.init retries an unreachable address for minutes
         ray = self.ray = _import_ray()
         if not ray.is_initialized():
             import logging

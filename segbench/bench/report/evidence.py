@@ -34,7 +34,7 @@ import numpy as np
 
 from segbench import comparison
 from segbench.jsonio import write_json
-from segbench.run_files import per_case_file, per_slice_file
+from segbench.run_files import per_case_file, per_slice_file, writable
 
 __all__ = ["RunKey", "RunScores", "Evidence", "read_run_scores", "unit_scores", "floor_scores", "gather",
            "write_evidence", "STATISTICS_FILE", "PER_CASE_FILE", "METRIC", "MARGIN"]
@@ -211,7 +211,7 @@ def write_evidence(evidence: Evidence | None, per_arch: dict[str, dict[RunKey, R
                    report_dir: str | Path) -> None:
     """``statistics.json`` (the evidence) and ``per_case.csv`` (every run's per-case rows) in ``report_dir``."""
     report_dir = Path(report_dir)
-    with open(report_dir / PER_CASE_FILE, "w", newline="") as f:
+    with open(writable(report_dir / PER_CASE_FILE), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arch", "run", "case", "class", "dice", "ref_empty"])
         for arch, runs in per_arch.items():

@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from segbench.bench.report.columns import column  # noqa: E402
 from segbench.bench.report.results import pareto_front  # noqa: E402
+from segbench.run_files import writable  # noqa: E402
 
 __all__ = ["pareto_scatter", "training_curves", "class_heatmap", "prediction_grid", "class_colours", "intervals",
            "rank_distribution"]
@@ -33,7 +34,7 @@ def _ok(value) -> bool:
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(writable(path), dpi=_DPI)
     plt.close(fig)
     return path
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from segbench.bench.report.columns import SPEED_COLUMNS, Column, column
 from segbench.bench.report.results import format_value
+from segbench.run_files import writable
 
 __all__ = ["ReportInputs", "table_columns", "write_html", "write_markdown", "JS_MARKER", "JS_ERRORS"]
 
@@ -309,7 +310,7 @@ def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) ->
 <script>{_JS}</script>
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    writable(path).write_text(page, encoding="utf-8")
     return path
 
 
@@ -369,5 +370,5 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
     lines += ["Data:", ""] + [f"- {k}: {_md(_plain(v))}" for k, v in inputs.data.items()] + [""]
     lines += ["Machine:", ""] + [f"- {k}: {_md(_plain(v))}" for k, v in inputs.machine.items()] + [""]
     lines += ["How it was measured:", ""] + [f"- {_md(n)}" for n in inputs.notes] + [""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    writable(path).write_text("\n".join(lines), encoding="utf-8")
     return path

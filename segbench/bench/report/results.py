@@ -15,6 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
+from segbench.run_files import writable
+
 
 __all__ = [
     "aggregate",
@@ -95,12 +97,12 @@ def write_results(rows: list[dict], out_dir: str | Path, name: str = "results") 
             if isinstance(value, (dict, list, tuple)):
                 raise TypeError(f"results rows must be flat; {key!r} holds a {type(value).__name__}")
     csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
-    with open(csv_path, "w", newline="") as f:
+    with open(writable(csv_path), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else _csv_value(row.get(k))) for k in names})
-    with open(json_path, "w") as f:
+    with open(writable(json_path), "w") as f:
         json.dump([{k: _json_value(row.get(k)) for k in names} for row in rows], f, indent=1)
     return csv_path, json_path
 
