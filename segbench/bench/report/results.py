@@ -1,5 +1,6 @@
 """The results table: one flat row per (architecture, seed), the columns the review compares, the
-per-architecture aggregate over seeds (mean and sample standard deviation), and the CSV/JSON files.
+per-architecture aggregate over seeds (mean and sample standard deviation; costs: median and range), and
+the CSV/JSON files.
 
 Rows are flat dicts of str/int/float/None so that ``results.csv`` and ``results.json`` hold exactly
 the same values (the tests check it). Per-class scores are columns ``val_dice_<class>``,
@@ -15,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
+from segbench.bench.report.columns import COLUMNS
 
 __all__ = [
     "aggregate",
@@ -29,11 +31,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
+def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] | None = None) -> list[dict]:
     """One row per architecture (in first-seen order): ``<key>`` the mean over its successful seeds,
     ``<key>_std`` the sample standard deviation (0 with one seed), ``seeds`` how many succeeded,
-    ``failed_seeds`` how many failed and ``error`` the first failure's message."""
+    ``failed_seeds`` how many failed and ``error`` the first failure's message. Keys in ``medians``
+    (default: those of the columns aggregated ``over_runs="median"``) get the median instead, with
+    ``<key>_min`` and ``<key>_max`` and no std."""
     keys = list(keys)
+    medians = {k for c in COLUMNS if c.over_runs == "median" for k in c.keys} if medians is None else set(medians)
     by_arch: dict[str, list[dict]] = {}
     for row in rows:
         by_arch.setdefault(row["arch"], []).append(row)
@@ -48,6 +53,11 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
         out["error"] = failed[0].get("error", "") if failed and not ok else ""
         for key in keys:
             values = [float(r[key]) for r in ok if _is_number(r.get(key)) or isinstance(r.get(key), bool)]
+            if key in medians:
+                out[key] = statistics.median(values) if values else None
+                out[f"{key}_min"], out[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
+                out[f"{key}_std"] = None
+                continue
             out[key] = statistics.fmean(values) if values else None
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
         table.append(out)
