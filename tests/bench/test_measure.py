@@ -67,6 +67,7 @@ def test_measure_inference_known_model():
     assert "throughput_ips" not in result  # one producer: the Speed section's inference measurement
     assert result["measure_precision"] == "fp32" and result["channels_last"] is True
     # The 4-channel 16x20 float32 output at least (the input and weights were held before).
+    assert isinstance(result["machine_busy"], bool) and result["machine_load"].startswith("machine ")
     assert result["infer_peak_mb"] * 2**20 >= 4 * 16 * 20 * 4 and result["memory_method"] == CPU_ALLOCATED_METHOD
 
 

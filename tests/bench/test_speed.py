@@ -115,7 +115,7 @@ def test_a_failing_peer_leaves_segbenchs_own_figures_in_place(builder, why):
     ours = result["impls"]["segbench"]
     assert ours["infer_s"] > 0 and ours["infer_flops"] > 0
     assert "peer" not in result["impls"] and "peer_name" not in result
-    assert result["no_peer"] == why and result["peer_failed"] is True
+    assert result["no_peer"] == why and result["peer_failed"] is True and isinstance(result["machine_busy"], bool)
     row = speed_rows({"archs": {"unet": result}}, {})[0]
     assert "error" not in row and row["peer"] == why and row["infer_ms"] == ours["infer_s"] * 1e3
 

@@ -48,6 +48,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from segbench.bench.measure.load import watch_load
 from segbench.bench.measure.timing import time_interleaved
 from segbench.engine.device import Precision
 from segbench.bench.measure.flops import count_flops, count_parameters
@@ -229,8 +230,9 @@ def measure_inference(
         inference_fn(predictor, single, precision)()
     with torch.inference_mode():
         flops = count_flops(model, (1, in_channels, *size))
-    latency = time_interleaved({"latency": inference_fn(predictor, single, precision)}, rounds=rounds,
-                               max_warmup=max_warmup, device=device)["latency"].summary(1e3)
+    with watch_load() as load:  # other processes' CPU time during the timing: "machine busy" when it is high
+        latency = time_interleaved({"latency": inference_fn(predictor, single, precision)}, rounds=rounds,
+                                   max_warmup=max_warmup, device=device)["latency"].summary(1e3)
     return {
         "params": (params := count_parameters(model)),
         "params_m": params / 1e6,
@@ -247,6 +249,7 @@ def measure_inference(
         "inference_weights": network.stored_in or "fp32",
         "infer_peak_mb": memory.megabytes,
         "memory_method": memory.method,
+        **load.load.record(),  # machine_busy, machine_load_1min, machine_other_cpus, machine_cpus, machine_load
     }
 
 

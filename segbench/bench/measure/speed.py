@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from segbench.bench.measure.cost import inference_fn
+from segbench.bench.measure.load import watch_load
 from segbench.bench.measure.peers import Peer, PeerFailed, PeerModel, PeerSpec, build_peer
 from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
@@ -321,7 +322,12 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
     for name, dtype in ceilings.items():
         closures[f"matmul.{name}"] = _matmul_closure(device, dtype)
     progress(f"{arch}: timing {len(closures)} contenders x {settings.rounds} rounds")
-    times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
+    with watch_load() as load:
+        times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
+    result.update(load.load.record())
+    if load.load.busy:  # the times were taken beside other work: say so under the table and in the log
+        result["notes"].append(load.load.describe())
+        progress(f"{arch}: {load.load.describe()}")
 
     if settings.breakdown and settings.train:
         from segbench.bench.measure.op_profile import profile_step
