@@ -39,6 +39,7 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] 
     ``<key>_min`` and ``<key>_max`` and no std."""
     keys = list(keys)
     medians = {k for c in COLUMNS if c.over_runs == "median" for k in c.keys} if medians is None else set(medians)
+    noisy = [c.noisy for c in COLUMNS if c.noisy and c.key in keys]  # marked when any run's figure stayed noisy
     by_arch: dict[str, list[dict]] = {}
     for row in rows:
         by_arch.setdefault(row["arch"], []).append(row)
@@ -51,6 +52,7 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] 
         out.pop("seed", None)
         out.update(arch=arch, seeds=len(ok), failed_seeds=len(failed))
         out["error"] = failed[0].get("error", "") if failed and not ok else ""
+        out.update({flag: any(bool(r.get(flag)) for r in ok) for flag in noisy if any(flag in r for r in ok)})
         for key in keys:
             values = [float(r[key]) for r in ok if _is_number(r.get(key)) or isinstance(r.get(key), bool)]
             if key in medians:
