@@ -144,7 +144,8 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
         "section's inference time at the training batch, the same harness (one measurement, shown in both "
         "places); empty with --no-speed.",
         "Inference memory: " + ("; ".join(methods) or "not measured") + ", for one batch-1 forward pass "
-        "(weights already resident). Training memory: the same method around the whole training call "
+        "(weights already resident). Training memory: " + ("; ".join(sorted({r["train_memory_method"] for r in rows
+        if r.get("train_memory_method")})) or "not measured") + ", around the whole training call "
         "(model, optimiser state, activations, data); for a run resumed after an "
         "interruption, the peak of its last session.",
         "Training time: seconds in training steps (data loading included, validation and checkpoint writes "

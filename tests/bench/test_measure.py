@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.bench.measure.cost import inference_fn, machine_info, measure_inference, peak_memory
+from segbench.bench.measure.cost import (CPU_ALLOCATED_METHOD, allocated_peak, inference_fn, machine_info,
+                                        measure_inference, peak_memory)
 from segbench.engine.device import Precision
 
 
@@ -18,6 +19,32 @@ def test_peak_memory_sees_a_temporary_allocation():
     assert memory.method.startswith("process")
     # Freed again before the end: only a peak measurement can see it.
     assert memory.megabytes >= 60, memory
+
+
+class _Allocates(nn.Module):
+    """A forward pass that holds two known buffers at once: its peak is at least their sum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = torch.ones(2**18)  # 1 MiB of float32
+        second = first * 2  # another MiB while the first is alive
+        return x + second.sum()
+
+
+def test_cpu_inference_memory_is_the_peak_of_allocated_tensor_bytes_and_deterministic():
+    model, x = _Allocates(), torch.zeros(1)
+    peaks = []
+    for _ in range(2):
+        with allocated_peak("cpu") as memory:
+            inference_fn(model, x)()
+        peaks.append(memory.bytes)
+    assert memory.method == CPU_ALLOCATED_METHOD
+    assert peaks[0] == peaks[1] >= 2 * 2**20  # both buffers were alive together; the same sequence both times
+
+
+def test_a_peak_that_saw_nothing_is_missing_not_zero():
+    with allocated_peak("cpu") as memory:
+        pass  # allocates nothing: the profiler sees no event
+    assert memory.bytes is None and memory.megabytes is None and memory.method.startswith("not measured")
 
 
 def test_inference_fn_runs_in_eval_mode_without_grad_and_under_the_precision():
@@ -39,7 +66,9 @@ def test_measure_inference_known_model():
     assert 0 < result["latency_q1_ms"] <= result["latency_ms"] <= result["latency_q3_ms"]
     assert "throughput_ips" not in result  # one producer: the Speed section's inference measurement
     assert result["measure_precision"] == "fp32" and result["channels_last"] is True
-    assert result["infer_peak_mb"] is not None and result["memory_method"]
+    # The 4-channel 16x20 float32 output at least (the input and weights were held before).
+    assert isinstance(result["machine_busy"], bool) and result["machine_load"].startswith("machine ")
+    assert result["infer_peak_mb"] * 2**20 >= 4 * 16 * 20 * 4 and result["memory_method"] == CPU_ALLOCATED_METHOD
 
 
 def test_machine_info_names_the_machine():

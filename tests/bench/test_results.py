@@ -125,3 +125,35 @@ def test_other_sweep_runs_in_out_are_mentioned_and_nothing_else(tmp_path, capsys
     _mention_other_runs(plan, str(tmp_path), report_only=False)
     err = capsys.readouterr().err
     assert "1 run folder(s) of other settings (e.g. pspnet-s0-abcdefabcd)" in err and "my-notes" not in err
+
+
+def test_costs_over_runs_are_the_median_with_the_runs_range_not_mean_and_std():
+    from segbench.bench.report.columns import column
+    from segbench.bench.report.render import _best_arch, _cell
+
+    # Issue 25: one seed measured ~530 ms on a busy machine, the other ~4 ms.
+    rows = [{"arch": "unet", "status": "ok", "latency_ms": 530.0, "latency_q1_ms": 529.0, "latency_q3_ms": 531.0,
+             "latency_noisy": False, "infer_peak_mb": None},
+            {"arch": "unet", "status": "ok", "latency_ms": 4.0, "latency_q1_ms": 3.9, "latency_q3_ms": 4.1,
+             "latency_noisy": True, "infer_peak_mb": None},
+            {"arch": "fcn", "status": "ok", "latency_ms": 9.0, "latency_q1_ms": 8.5, "latency_q3_ms": 9.5,
+             "infer_peak_mb": 12.5}]
+    keys = [*column("latency_ms").keys, "infer_peak_mb"]
+    table = {r["arch"]: r for r in aggregate(rows, keys)}
+    unet = table["unet"]
+    assert (unet["latency_ms"], unet["latency_ms_min"], unet["latency_ms_max"]) == (267.0, 4.0, 530.0)
+    assert unet["latency_ms_std"] is None
+    # Marked when any run's figure stayed noisy after re-measuring, not only when the first one did.
+    assert _cell(unet, column("latency_ms")) == "267.00 [4.00–530.00] over 2 runs noisy"
+    # One run: its interquartile range, as before.
+    assert _cell(table["fcn"], column("latency_ms")) == "9.00 [8.50–9.50]"
+    # Not measured: an empty cell, never the column's best.
+    assert unet["infer_peak_mb"] is None and _cell(unet, column("infer_peak_mb")) == "–"
+    assert _best_arch(list(table.values()), column("infer_peak_mb")) == "fcn"
+
+
+def test_a_zero_memory_in_an_older_bench_json_reads_as_not_measured():
+    from segbench.bench.protocol.record import WorkerResult, figures_of
+
+    figures = figures_of(WorkerResult(hash="h", measure={"infer_peak_mb": 0.0, "latency_ms": 4.0}, train_peak_mb=0.0))
+    assert figures["infer_peak_mb"] is None and figures["train_peak_mb"] is None and figures["latency_ms"] == 4.0

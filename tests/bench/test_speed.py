@@ -11,11 +11,14 @@ from click.testing import CliRunner
 from torch import nn
 
 import segbench
-from segbench.bench.measure.speed import SpeedSettings, _train_flops, format_table, train_step
+from segbench.bench.measure.peers import Peer, PeerModel, PeerSpec
+from segbench.bench.measure.speed import SpeedSettings, _train_flops, benchmark_arch, format_table, train_step
+from segbench.bench.protocol.review_speed import speed_rows
 from segbench.engine.device import Precision
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep
 from segbench.bench.measure.flops import count_flops_of
+from tests.small_configs import small_options
 from tests.test_export import small_model
 
 
@@ -83,6 +86,38 @@ def test_a_peer_gets_a_ratio_only_with_the_same_parameter_count():
     none = compare_with_peer(_compared(None, no_peer="no peer: needs torchvision: run `make peers`"))
     assert none.cell == "no peer" and none.note == ("no peer: needs torchvision: run `make peers`; the matmul share "
                                                     "is the only yardstick")
+
+
+def _lazy_import_fails(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    # What transformers does when the class's own module does not import (its lazy import).
+    raise ModuleNotFoundError("Could not import module 'FakeSegmenter'")
+
+
+class _BrokenForward(PeerModel):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the peer's forward broke")
+
+
+def _builds_a_broken_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    return Peer("fakelib Broken", _BrokenForward(nn.Conv2d(in_channels, num_classes, 1)))
+
+
+@pytest.mark.parametrize("builder, why", [
+    (_lazy_import_fails, "no peer: json import failed (ModuleNotFoundError: Could not import module 'FakeSegmenter')"),
+    (_builds_a_broken_peer, "no peer: fakelib Broken failed (RuntimeError: the peer's forward broke)"),
+])
+def test_a_failing_peer_leaves_segbenchs_own_figures_in_place(builder, why):
+    # A real peer table with one entry whose library imports (json) but whose peer fails.
+    peers = {"unet": PeerSpec("json", "fakelib", builder, encoder=None)}
+    settings = SpeedSettings(size=(32, 32), batch=2, amp="off", rounds=1, max_warmup=0, num_classes=2,
+                             in_channels=1, options={"unet": small_options("unet")}, train=False)
+    result = benchmark_arch("unet", settings, peers=peers)
+    ours = result["impls"]["segbench"]
+    assert ours["infer_s"] > 0 and ours["infer_flops"] > 0
+    assert "peer" not in result["impls"] and "peer_name" not in result
+    assert result["no_peer"] == why and result["peer_failed"] is True and isinstance(result["machine_busy"], bool)
+    row = speed_rows({"archs": {"unet": result}}, {})[0]
+    assert "error" not in row and row["peer"] == why and row["infer_ms"] == ours["infer_s"] * 1e3
 
 
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "pspnet", "segformer"])

@@ -14,14 +14,23 @@ Every number says how it was obtained, because each has a trap:
   Throughput is not measured here: it is the Speed section's batch inference time
   (:mod:`segbench.bench.protocol.review_speed`), so the table and the section show one measurement, not two
   that a shared machine's drift between them would make disagree.
-- Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache).
-  On CPU the growth of the process's peak resident set (``VmHWM`` in ``/proc/self/status``, reset by
-  writing 5 to ``/proc/self/clear_refs``) over its resident set just before the measured code. That
-  counts everything the code touched (weights excepted when already resident, activations, scratch
-  buffers), and it is only meaningful in a fresh process: memory freed by an earlier model stays in
-  the allocator's pools and would hide the next one's. The sweep therefore measures each architecture
-  in its own worker process. Where the peak cannot be reset, the lifetime peak is used and the method
-  string says so.
+- Inference memory (:func:`allocated_peak`): the peak of the bytes held by tensors during one forward
+  pass, over those held at its start (the weights, the input). On CUDA ``torch.cuda.max_memory_allocated``
+  after ``reset_peak_memory_stats`` (tensors only, not the allocator's cache). On CPU torch's allocator
+  keeps no peak, so the forward runs once under ``torch.profiler`` with ``profile_memory``: every
+  allocation and free through the CPU allocator is an event, and the running sum of their sizes in time
+  order has a maximum, the same quantity as on CUDA. It is deterministic (the same model and input
+  allocate the same sequence) and does not depend on which pages the process already holds; memory a
+  library allocates outside torch's allocator (oneDNN's own scratch space) is not in it.
+- Training memory (:func:`peak_memory`): on CUDA the same; on CPU profiling a whole training run would
+  cost too much, so it is the growth of the process's peak resident set (``VmHWM`` in
+  ``/proc/self/status``, reset by writing 5 to ``/proc/self/clear_refs``) over its resident set just
+  before the training. That counts everything the code touched, and it is only meaningful in a fresh
+  process: memory freed earlier stays in the allocator's pools and hides the next use, which the sweep
+  avoids by training each run in its own worker process. Where the peak cannot be reset, the lifetime
+  peak is used and the method string says so.
+- A figure that was not measured is None, never 0, and its method string says why: a forward pass or
+  a training run always allocates something, so a zero means the method could not see it.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from segbench.bench.measure.load import watch_load
 from segbench.bench.measure.timing import time_interleaved
 from segbench.engine.device import Precision
 from segbench.bench.measure.flops import count_flops, count_parameters
@@ -49,6 +59,7 @@ __all__ = [
     "measure_inference",
     "PeakMemory",
     "peak_memory",
+    "allocated_peak",
     "machine_info",
 ]
 
@@ -110,18 +121,32 @@ class PeakMemory:
 
 
 @contextmanager
+def _cuda_peak(device: torch.device, result: PeakMemory) -> Iterator[None]:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    yield
+    torch.cuda.synchronize(device)
+    result.bytes = torch.cuda.max_memory_allocated(device) - start
+    result.method = "torch.cuda.max_memory_allocated over the allocation at start"
+
+
+def _not_zero(result: PeakMemory) -> None:
+    """A peak of 0 bytes is a method that saw nothing, not a measurement: None, and the method says so."""
+    if result.bytes is not None and result.bytes <= 0:
+        result.bytes = None
+        result.method = f"not measured: {result.method} saw no growth"
+
+
+@contextmanager
 def peak_memory(device: torch.device | str) -> Iterator[PeakMemory]:
     """Measure the peak memory the body adds (CUDA: allocated tensors; CPU: resident set, see above)."""
     device = torch.device(device)
     result = PeakMemory()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        yield result
-        torch.cuda.synchronize(device)
-        result.bytes = torch.cuda.max_memory_allocated(device) - start
-        result.method = "torch.cuda.max_memory_allocated over the allocation at start"
+        with _cuda_peak(device, result):
+            yield result
+        _not_zero(result)
         return
     start_kib = _proc_status_kib("VmRSS")
     reset = _reset_peak_rss()
@@ -130,11 +155,51 @@ def peak_memory(device: torch.device | str) -> Iterator[PeakMemory]:
     if start_kib is None or peak_kib is None:
         result.method = "unavailable (no /proc/self/status on this system)"
         return
-    result.bytes = max(peak_kib - start_kib, 0) * 1024
+    result.bytes = (peak_kib - start_kib) * 1024
     if reset:
         result.method = "process peak RSS (VmHWM, reset via /proc/self/clear_refs) over RSS at start"
     else:
         result.method = "process lifetime peak RSS (VmHWM; reset not permitted) over RSS at start: an upper bound"
+    _not_zero(result)
+
+
+CPU_ALLOCATED_METHOD = "peak of tensor bytes allocated through torch's CPU allocator (torch.profiler memory events)"
+
+
+def _peak_of_events(events: list[tuple[int, int]]) -> int:
+    """The running maximum of the bytes held, from (time, +allocated / -freed bytes) events."""
+    held = peak = 0
+    for _, nbytes in sorted(events):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+@contextmanager
+def allocated_peak(device: torch.device | str) -> Iterator[PeakMemory]:
+    """The peak of tensor bytes the body holds over those held at its start: CUDA from the allocator's
+    statistics, CPU from the profiler's allocation events (see the module docstring). Meant for one
+    forward pass; profiling a long body costs time and memory."""
+    device = torch.device(device)
+    result = PeakMemory()
+    if device.type == "cuda":
+        with _cuda_peak(device, result):
+            yield result
+        _not_zero(result)
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield result
+    try:  # the profiler's raw events: the public summaries attribute memory to operators, not to time
+        events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    except (AttributeError, RuntimeError) as err:
+        result.method = f"unavailable (torch.profiler gave no memory events: {type(err).__name__}: {err})"
+        return
+    result.bytes = _peak_of_events(events)
+    result.method = CPU_ALLOCATED_METHOD
+    _not_zero(result)
 
 
 # --- everything at once --------------------------------------------------------------------------
@@ -160,13 +225,14 @@ def measure_inference(
     single = _sample(1, in_channels, size, device, memory_format)
     network = inference_network(model, single, precision or Precision(None, device.type))  # as `segbench predict`
     predictor = network.model
-    with peak_memory(device) as memory:
+    with allocated_peak(device) as memory:
         # The memory figure covers a batch-1 forward pass, the latency setting.
         inference_fn(predictor, single, precision)()
     with torch.inference_mode():
         flops = count_flops(model, (1, in_channels, *size))
-    latency = time_interleaved({"latency": inference_fn(predictor, single, precision)}, rounds=rounds,
-                               max_warmup=max_warmup, device=device)["latency"].summary(1e3)
+    with watch_load() as load:  # other processes' CPU time during the timing: "machine busy" when it is high
+        latency = time_interleaved({"latency": inference_fn(predictor, single, precision)}, rounds=rounds,
+                                   max_warmup=max_warmup, device=device)["latency"].summary(1e3)
     return {
         "params": (params := count_parameters(model)),
         "params_m": params / 1e6,
@@ -183,6 +249,7 @@ def measure_inference(
         "inference_weights": network.stored_in or "fp32",
         "infer_peak_mb": memory.megabytes,
         "memory_method": memory.method,
+        **load.load.record(),  # machine_busy, machine_load_1min, machine_other_cpus, machine_cpus, machine_load
     }
 
 

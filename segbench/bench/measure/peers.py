@@ -20,8 +20,11 @@ torchvision's ResNet is built with ``replace_stride_with_dilation`` where torchv
 the strides, paddings and dilations of its convolutions are set to segbench's, conv by conv (the module
 names are the same): the same weights computing the same function, which the note on the row says.
 U-Net (the paper's own contracting path), SegNet, FCN-8s and DeepLab v1/v2 have no peer in these
-libraries. The libraries are imported only when a peer is asked for, and only when they import: a
-torchvision missing, or built for another torch, names ``make peers`` instead of failing the run.
+libraries. The libraries are imported only when a peer is asked for: a library that is not installed
+names ``make peers``; one that is installed but does not import (a torchvision built for another torch,
+a transformers whose lazy import of the class fails) or a peer that cannot be built raises
+:class:`PeerFailed`, which the caller turns into the row's "no peer: ... failed (...)" while keeping
+segbench's own figures. Tests inject their own ``PeerSpec`` table through ``build_peer(specs=...)``.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from torch import Tensor, nn
 
 from segbench.models.blocks import resize
+from segbench.models.encoders.mit import MixTransformer
+from segbench.models.encoders.resnet import ResNet
+from segbench.models.encoders.swin import SwinTransformer
 
-__all__ = ["Peer", "PeerModel", "build_peer", "NO_PEER", "MAKE_PEERS"]
+__all__ = ["Peer", "PeerModel", "PeerSpec", "PeerFailed", "build_peer", "NO_PEER", "MAKE_PEERS"]
 
 MAKE_PEERS = "run `make peers` (or pip install 'segbench[peers]' with the torchvision built for this torch)"
 # Architectures no library here implements, and why.
@@ -116,15 +122,25 @@ class Peer:
     note: str = ""
 
 
+class PeerFailed(Exception):
+    """The peer's library is installed but the peer could not be imported or built (its message says
+    which and why): the row has no peer, never a failed measurement of segbench's own."""
+
+
+def _failure(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err)[:160]}"
+
+
 def _importable(module: str, package: str) -> str:
-    """'' when ``module`` imports here, else why not and how to get it. A torchvision built for another
-    torch fails at import (its C++ operators do not load): caught here, never a failed run."""
+    """'' when ``module`` imports here, else (not installed) why not and how to get it. Installed but
+    failing at import (a torchvision built for another torch: its C++ operators do not load) raises
+    :class:`PeerFailed`."""
     if importlib.util.find_spec(module) is None:
         return f"needs {package}: {MAKE_PEERS}"
     try:
         importlib.import_module(module)
     except Exception as err:  # noqa: BLE001 - any failure to import means: no peer, and why
-        return f"needs {package} that imports ({type(err).__name__}: {str(err)[:120]}): {MAKE_PEERS}"
+        raise PeerFailed(f"{module} import failed ({_failure(err)}); {MAKE_PEERS}") from err
     return ""
 
 
@@ -297,34 +313,49 @@ def _upernet_swin_peer(model: nn.Module, num_classes: int, in_channels: int) -> 
                 HFUperNet(UperNetForSemanticSegmentation(config)), own_loss=True)
 
 
-# arch -> (the module that must import, its package's name, builder)
-_PEERS: dict[str, tuple[str, str, Callable[[nn.Module, int, int], Peer]]] = {
-    "fcn": ("torchvision", "torchvision", _fcn_peer),
-    "deeplabv3": ("torchvision", "torchvision", _deeplabv3_peer),
-    "pspnet": ("segmentation_models_pytorch", "segmentation_models_pytorch (and torchvision)", _pspnet_peer),
-    "deeplabv3plus": ("segmentation_models_pytorch", "segmentation_models_pytorch (and torchvision)",
-                      _deeplabv3plus_peer),
-    "segformer": ("transformers", "transformers", _segformer_peer),
-    "upernet": ("transformers", "transformers", _upernet_swin_peer),
+@dataclass(frozen=True)
+class PeerSpec:
+    """How to get an architecture's peer: the module that must import, its package's name, the builder,
+    and the encoder class the builder reads its configuration off (None: any)."""
+
+    module: str
+    package: str
+    builder: Callable[[nn.Module, int, int], Peer]
+    encoder: type | None = ResNet
+
+
+_SMP = "segmentation_models_pytorch (and torchvision)"
+_PEERS: dict[str, PeerSpec] = {
+    "fcn": PeerSpec("torchvision", "torchvision", _fcn_peer),
+    "deeplabv3": PeerSpec("torchvision", "torchvision", _deeplabv3_peer),
+    "pspnet": PeerSpec("segmentation_models_pytorch", _SMP, _pspnet_peer),
+    "deeplabv3plus": PeerSpec("segmentation_models_pytorch", _SMP, _deeplabv3plus_peer),
+    "segformer": PeerSpec("transformers", "transformers", _segformer_peer, MixTransformer),
+    "upernet": PeerSpec("transformers", "transformers", _upernet_swin_peer, SwinTransformer),
 }
 
 
-def build_peer(arch: str, model: nn.Module, *, num_classes: int, in_channels: int) -> tuple[Peer | None, str]:
-    """The peer of ``model`` (a segbench ``arch``) at the same size, or None and why there is none."""
-    from segbench.models.encoders.mit import MixTransformer
-    from segbench.models.encoders.resnet import ResNet
-    from segbench.models.encoders.swin import SwinTransformer
-
-    if arch not in _PEERS:
+def build_peer(arch: str, model: nn.Module, *, num_classes: int, in_channels: int,
+               specs: Mapping[str, PeerSpec] | None = None) -> tuple[Peer | None, str]:
+    """The peer of ``model`` (a segbench ``arch``) at the same size, or None and why there is none
+    (no library has it, it is not installed, it cannot be configured like ours). Raises
+    :class:`PeerFailed` when the library is installed but the peer does not import or build.
+    ``specs``: the peers to choose from (default: the table above)."""
+    specs = _PEERS if specs is None else specs
+    if arch not in specs:
         return None, "no peer: " + NO_PEER.get(arch, "no other library here implements it")
-    wanted = {"segformer": MixTransformer, "upernet": SwinTransformer}.get(arch, ResNet)
-    if not isinstance(model.encoder, wanted):
-        return None, f"no peer for {arch} on a {type(model.encoder).__name__} encoder (the peer is set up with {wanted.__name__})"
-    module, package, builder = _PEERS[arch]
-    missing = _importable(module, package)
+    spec = specs[arch]
+    if spec.encoder is not None and not isinstance(getattr(model, "encoder", None), spec.encoder):
+        encoder = type(getattr(model, "encoder", None)).__name__
+        return None, f"no peer for {arch} on a {encoder} encoder (the peer is set up with {spec.encoder.__name__})"
+    missing = _importable(spec.module, spec.package)
     if missing:
         return None, f"no peer: {missing}"
     try:
-        return builder(model, num_classes, in_channels), ""
+        return spec.builder(model, num_classes, in_channels), ""
     except (AttributeError, IndexError, TypeError, ValueError, NotImplementedError) as err:
         return None, f"no peer: could not configure it from the segbench model ({type(err).__name__}: {err})"
+    except ImportError as err:  # transformers imports its classes lazily: the class's own import fails here
+        raise PeerFailed(f"{spec.module} import failed ({_failure(err)})") from err
+    except Exception as err:  # noqa: BLE001 - the peer's failure, not the row's
+        raise PeerFailed(f"{spec.module} peer could not be built ({_failure(err)})") from err

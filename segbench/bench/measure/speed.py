@@ -45,13 +45,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from segbench.bench.measure.cost import inference_fn
-from segbench.bench.measure.peers import PeerModel, build_peer
+from segbench.bench.measure.load import watch_load
+from segbench.bench.measure.peers import Peer, PeerFailed, PeerModel, PeerSpec, build_peer
 from segbench.bench.measure.timing import NOISY_ABOVE, Timing, synchronize, time_interleaved
 from segbench.engine.device import Precision, cuda_math, math_settings, resolve_channels_last, resolve_precision
 from segbench.engine.step import TrainStep
@@ -168,17 +169,94 @@ def _onnx_contender(model: nn.Module, settings: SpeedSettings, x: Tensor) -> tup
     return (lambda: onnx_model(x_cpu)), meta
 
 
-def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None) -> dict:
+def benchmark_arch(arch: str, settings: SpeedSettings, *, progress: Callable[[str], None] = lambda s: None,
+                   peers: Mapping[str, PeerSpec] | None = None) -> dict:
     """Time one architecture (ours, its peer, ONNX Runtime) interleaved with the matmul yardstick,
-    under the math settings training uses on CUDA (TF32 for matmuls and convolutions alike)."""
+    under the math settings training uses on CUDA (TF32 for matmuls and convolutions alike). ``peers``:
+    where to find the peer (default: :mod:`segbench.bench.measure.peers`' table)."""
     with cuda_math():
-        result = _benchmark_arch(arch, settings, progress)
+        result = _benchmark_arch(arch, settings, progress, peers)
         result["math"] = math_settings(settings.device)
     return result
 
 
-def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None]) -> dict:
+@dataclass(frozen=True)
+class _Bench:
+    """What every contender of one architecture is set up with."""
+
+    settings: SpeedSettings
+    family: str
+    precision: Precision
+    channels_last: bool
+    device: torch.device
+    x: Tensor
+    target: Tensor
+
+
+def _contender(bench: _Bench, name: str, model: nn.Module, own_loss: bool, label: str
+               ) -> tuple[dict, dict[str, Callable[[], object]], list[str]]:
+    """One implementation's entry (parameters, FLOPs, compile times), its timed closures and its notes."""
     from segbench.bench.measure.cost import count_parameters
+
+    settings, precision, x, target = bench.settings, bench.precision, bench.x, bench.target
+    closures: dict[str, Callable[[], object]] = {}
+    notes: list[str] = []
+    model = infer_model = _prepare(model, bench.channels_last, bench.device)
+    if name == "segbench":  # inference as `segbench predict` runs it; a peer runs as its library does
+        network = inference_network(model, x, precision)
+        infer_model = network.model
+        notes.append(f"segbench inference: {network.describe()}")
+    entry = {"params": count_parameters(model), "precision": precision.name}
+    kinds = ("train", "infer") if settings.train else ("infer",)
+    if settings.train:
+        step = train_step(model, bench.family, settings, precision, own_loss=own_loss)
+        entry["train_flops"], unused = _train_flops(step, x, target)
+        entry["params_unused"] = sum(p.numel() for n, p in model.named_parameters() if n in unused)
+        if unused:
+            notes.append(f"{label}: {entry['params_unused']:,} parameters its training step leaves "
+                         f"without a gradient are not counted ({', '.join(unused[:4])}"
+                         f"{', ...' if len(unused) > 4 else ''})")
+        closures[f"{name}.train"] = lambda step=step: step(x, target)
+    entry["infer_flops"] = count_flops_of(inference_fn(model, x))
+    closures[f"{name}.infer"] = inference_fn(infer_model, x, precision)
+    if settings.compile:
+        _compile_in_place(model)
+        if infer_model is not model:
+            _compile_in_place(infer_model)
+        for kind in kinds:
+            start = time.perf_counter()
+            closures[f"{name}.{kind}"]()
+            synchronize(bench.device)
+            entry[f"compile_{kind}_s"] = time.perf_counter() - start
+    return entry, closures, notes
+
+
+def _no_peer(result: dict, why: str, progress: Callable[[str], None]) -> None:
+    """The peer failed: the row keeps segbench's figures and says why there is no peer."""
+    result.pop("peer_name", None)
+    result["no_peer"], result["peer_failed"] = f"{NO_PEER}: {why}", True
+    progress(f"{result['arch']}: {result['no_peer']}")
+
+
+def _peer_contender(bench: _Bench, peer: Peer, result: dict, progress: Callable[[str], None]
+                    ) -> dict[str, Callable[[], object]]:
+    """The peer's closures, each called once before timing (a failure inside the timing would take
+    segbench's figures with it); none, and the reason in ``result``, when any step of it fails."""
+    try:
+        entry, closures, notes = _contender(bench, "peer", peer.model, peer.own_loss, peer.name)
+        for fn in closures.values():
+            fn()
+            synchronize(bench.device)
+    except Exception as err:  # noqa: BLE001 - the peer's failure, never segbench's measurement
+        _no_peer(result, f"{peer.name} failed ({type(err).__name__}: {str(err)[:160]})", progress)
+        return {}
+    result["impls"]["peer"] = entry
+    result["notes"] += ([f"peer: {peer.note}"] if peer.note else []) + notes
+    return closures
+
+
+def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None],
+                    peers: Mapping[str, PeerSpec] | None) -> dict:
     from segbench.models.registry import build_model, model_recipe
 
     device = torch.device(settings.device)
@@ -195,22 +273,24 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
     x, target = x.to(device), target.to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    bench = _Bench(settings, family, precision, channels_last, device, x, target)
 
     result: dict = {"arch": arch, "family": family, "options": options, "channels_last": channels_last,
                     "precision": precision.name, "impls": {}, "notes": []}
     if channels_last and settings.channels_last is None:
         result["notes"].append("channels-last memory format (the default for CNN-family models)")
-    contenders: dict[str, nn.Module] = {"segbench": ours}
-    own_loss = {"segbench": False}
+    peer = None
     if settings.peers:
-        peer, why = build_peer(arch, ours, num_classes=settings.num_classes, in_channels=settings.in_channels)
-        if peer is None:
-            result["no_peer"] = why
+        try:
+            peer, why = build_peer(arch, ours, num_classes=settings.num_classes, in_channels=settings.in_channels,
+                                   specs=peers)
+        except PeerFailed as err:
+            _no_peer(result, str(err), progress)
         else:
-            contenders["peer"], own_loss["peer"] = peer.model, peer.own_loss
-            result["peer_name"] = peer.name
-            if peer.note:
-                result["notes"].append(f"peer: {peer.note}")
+            if peer is None:
+                result["no_peer"] = why
+            else:
+                result["peer_name"] = peer.name
     else:
         result["no_peer"] = "not timed (--no-peers)"
 
@@ -222,36 +302,14 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
             result["notes"].append(f"ONNX: {onnx_meta['note']}")
         else:
             closures["onnx.infer"] = onnx_infer
-    for name, model in contenders.items():
-        model = infer_model = _prepare(model, channels_last, device)
-        if name == "segbench":  # inference as `segbench predict` runs it; a peer runs as its library does
-            network = inference_network(model, x, precision)
-            infer_model = network.model
-            result["notes"].append(f"segbench inference: {network.describe()}")
-        entry = result["impls"][name] = {"params": count_parameters(model), "precision": precision.name}
-        progress(f"{arch}: counting FLOPs ({name})")
-        kinds = ("train", "infer") if settings.train else ("infer",)
-        if settings.train:
-            step = train_step(model, family, settings, precision, own_loss=own_loss[name])
-            entry["train_flops"], unused = _train_flops(step, x, target)
-            entry["params_unused"] = sum(p.numel() for n, p in model.named_parameters() if n in unused)
-            if unused:
-                label = result.get("peer_name", "peer") if name == "peer" else name
-                result["notes"].append(f"{label}: {entry['params_unused']:,} parameters its training step leaves "
-                                       f"without a gradient are not counted ({', '.join(unused[:4])}"
-                                       f"{', ...' if len(unused) > 4 else ''})")
-            closures[f"{name}.train"] = lambda step=step: step(x, target)
-        entry["infer_flops"] = count_flops_of(inference_fn(model, x))
-        closures[f"{name}.infer"] = inference_fn(infer_model, x, precision)
-        if settings.compile:
-            _compile_in_place(model)
-            if infer_model is not model:
-                _compile_in_place(infer_model)
-            for kind in kinds:
-                start = time.perf_counter()
-                closures[f"{name}.{kind}"]()
-                synchronize(device)
-                entry[f"compile_{kind}_s"] = time.perf_counter() - start
+    # segbench first and on its own: nothing the peer does can take segbench's figures with it.
+    progress(f"{arch}: counting FLOPs (segbench)")
+    result["impls"]["segbench"], ours_closures, notes = _contender(bench, "segbench", ours, False, "segbench")
+    closures.update(ours_closures)
+    result["notes"] += notes
+    if peer is not None:
+        progress(f"{arch}: counting FLOPs (peer)")
+        closures.update(_peer_contender(bench, peer, result, progress))
     if "onnx.infer" in closures:
         segbench_entry = result["impls"]["segbench"]
         result["impls"]["onnx"] = {"params": segbench_entry["params"], "infer_flops": segbench_entry["infer_flops"],
@@ -264,7 +322,12 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
     for name, dtype in ceilings.items():
         closures[f"matmul.{name}"] = _matmul_closure(device, dtype)
     progress(f"{arch}: timing {len(closures)} contenders x {settings.rounds} rounds")
-    times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
+    with watch_load() as load:
+        times = time_interleaved(closures, rounds=settings.rounds, max_warmup=settings.max_warmup, device=device)
+    result.update(load.load.record())
+    if load.load.busy:  # the times were taken beside other work: say so under the table and in the log
+        result["notes"].append(load.load.describe())
+        progress(f"{arch}: {load.load.describe()}")
 
     if settings.breakdown and settings.train:
         from segbench.bench.measure.op_profile import profile_step

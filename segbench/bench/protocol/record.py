@@ -92,6 +92,9 @@ def figures_of(result: WorkerResult) -> dict[str, Scalar]:
             out[key] = value
     for key in ("train_peak_mb", "train_memory_method"):
         out[key] = getattr(result, key)
+    for key in ("infer_peak_mb", "train_peak_mb"):  # a 0 from a bench.json of before: the method saw nothing
+        if out.get(key) == 0:
+            out[key] = None
     for key in ("host", "device", "device_name", "torch", "torch_threads"):
         out[key] = result.machine.get(key)
     for key, value in result.metrics.items():

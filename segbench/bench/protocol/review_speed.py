@@ -137,6 +137,8 @@ def speed_rows(speed: dict | None, pipeline: dict[str, dict]) -> list[dict]:
             continue
         ours, comparison = result["impls"]["segbench"], compare_with_peer(result)
         peer = {"ratio": comparison.peer, NO_PEER: NO_PEER}.get(comparison.status, f"{comparison.peer}: {comparison.status}")
+        if result.get("peer_failed"):  # a peer that failed says so in its cell; segbench's figures stay
+            peer = comparison.reason
         row.update(peer=peer, params=compared_params(ours),
                    peer_params=comparison.peer_params, precision=ours.get("precision", "fp32"),
                    train_ratio=comparison.ratio.get("train"), infer_ratio=comparison.ratio.get("infer"))

@@ -176,6 +176,8 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
                     rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
                 )
                 result.measure["math"] = math_settings(device)
+            if result.measure.get("machine_busy"):  # the latency was timed beside other processes' work
+                print(f"segbench worker: {run_dir.name}: {result.measure['machine_load']}", file=sys.stderr)
             del model
             gc.collect()
             if device.type == "cuda":

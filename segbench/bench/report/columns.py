@@ -37,6 +37,9 @@ class Column:
     per_run: bool = True
     # Values below this print as "<floor" (p-values: "<0.001" rather than a row of zeros).
     floor: float | None = None
+    # Over an architecture's runs: "mean" (± sample std) or "median" (with the runs' [min–max]): costs,
+    # where one run on a busy machine would inflate a mean and its std (segbench.bench.report.results.aggregate).
+    over_runs: str = "mean"
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -63,15 +66,17 @@ COLUMNS: tuple[Column, ...] = (
            "invented (HD95 = the image diagonal there, Dice and NSD 0)"),
     Column("test_dice_fg_per_case", "Test Dice", "higher", 4, help="mean foreground Dice per case, test split"),
     Column("test_mIoU", "Test mIoU", "higher", 4),
-    Column("params_m", "Params", "lower", 2, "M", "all parameters, millions"),
-    Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)"),
+    Column("params_m", "Params", "lower", 2, "M", "all parameters, millions", over_runs="median"),
+    Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)",
+           over_runs="median"),
     Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
-           spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy"),
+           spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy", over_runs="median"),
     Column("throughput_ips", "Throughput", "higher", 1, "img/s",
            "images/s of inference at the training batch: the Speed section's measurement [from its quartiles]",
-           spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy"),
-    Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak memory added by a batch-1 forward pass"),
-    Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training"),
+           spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy", over_runs="median"),
+    Column("infer_peak_mb", "Infer mem", "lower", 1, "MB", "peak tensor memory of a batch-1 forward pass over what it "
+           "started with; empty where it could not be measured", over_runs="median"),
+    Column("train_peak_mb", "Train mem", "lower", 1, "MB", "peak memory added by training", over_runs="median"),
     Column("train_time_s", "Train time", "lower", 1, "s", "seconds in training steps (data loading included, validation excluded)"),
     Column("train_images_per_s", "Train speed", "higher", 1, "img/s", "training images per second"),
     Column("lr", "LR", "", 5, "", "peak learning rate the run trained with (the recipe's, or the range test's pick)"),

@@ -78,8 +78,12 @@ def _std(row: dict, col: Column) -> str | None:
 
 
 def _spread(row: dict, col: Column) -> str | None:
-    """A figure's range as ``[low–high]``: a timed figure's interquartile range (``noisy`` added when it stayed
-    noisy), a ratio's 95% interval."""
+    """A figure's range as ``[low–high]``: a median's over runs that differ, else a timed figure's interquartile
+    range (``noisy`` added when it stayed noisy), a ratio's 95% interval."""
+    low, high = row.get(f"{col.key}_min"), row.get(f"{col.key}_max")
+    if col.over_runs == "median" and isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high:
+        text = f"[{format_value(low, col.digits)}–{format_value(high, col.digits)}] over {row.get('seeds')} runs"
+        return text + (" noisy" if col.noisy and row.get(col.noisy) else "")
     if not col.spread or not all(isinstance(row.get(k), (int, float)) for k in col.spread):
         return None
     low, high = sorted(row[k] for k in col.spread)
@@ -219,7 +223,8 @@ def _results_table_html(inputs: ReportInputs, columns: list[Column]) -> str:
         f'<div class="scroll"><table id="results"><thead><tr>{"".join(head)}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table></div>'
         '<p class="muted">Click a header to sort. Green: best in the column. Values are the mean over runs'
-        " (± sample standard deviation when there are several).</p>"
+        " (± sample standard deviation when there are several); costs are the median over runs [their range"
+        " when they differ]; an empty cost was not measured.</p>"
     )
 
 
@@ -342,7 +347,8 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
                 f"**{_md(_cell(r, c))}**" if best[c.key] == r["arch"] else _md(_cell(r, c)) for c in columns
             ]
         lines.append(f"| {r['arch']} | {_md(_backbone(inputs, r))} | {r.get('runs', 0)} | " + " | ".join(cells) + " |")
-    lines += ["", "Bold: best in the column. Mean over runs (± sample std when several).", ""]
+    lines += ["", "Bold: best in the column. Mean over runs (± sample std when several); costs: median over runs "
+              "[their range when they differ]; an empty cost was not measured.", ""]
     if inputs.speed:
         lines += ["## Speed", "", _md(inputs.speed["intro"]), ""]
         lines.append("| Architecture | " + " | ".join(_header(c) for c in SPEED_COLUMNS) + " |")

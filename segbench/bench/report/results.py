@@ -1,5 +1,6 @@
 """The results table: one flat row per (architecture, seed), the columns the review compares, the
-per-architecture aggregate over seeds (mean and sample standard deviation), and the CSV/JSON files.
+per-architecture aggregate over seeds (mean and sample standard deviation; costs: median and range), and
+the CSV/JSON files.
 
 Rows are flat dicts of str/int/float/None so that ``results.csv`` and ``results.json`` hold exactly
 the same values (the tests check it). Per-class scores are columns ``val_dice_<class>``,
@@ -15,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
+from segbench.bench.report.columns import COLUMNS
 from segbench.run_files import writable
 
 
@@ -31,12 +33,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
+def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] | None = None) -> list[dict]:
     """One row per architecture (in first-seen order): ``<key>`` the mean over its successful runs,
     ``<key>_std`` the sample standard deviation (0 with one run), ``runs`` how many succeeded (seeds x
     folds), ``seeds`` and ``folds`` how many distinct ones among them, ``failed_runs`` how many failed and
-    ``error`` the first failure's message when none succeeded."""
+    ``error`` the first failure's message when none succeeded. Keys in ``medians``
+    (default: those of the columns aggregated ``over_runs="median"``) get the median instead, with
+    ``<key>_min`` and ``<key>_max`` and no std."""
     keys = list(keys)
+    medians = {k for c in COLUMNS if c.over_runs == "median" for k in c.keys} if medians is None else set(medians)
+    noisy = [c.noisy for c in COLUMNS if c.noisy and c.key in keys]  # marked when any run's figure stayed noisy
     by_arch: dict[str, list[dict]] = {}
     for row in rows:
         by_arch.setdefault(row["arch"], []).append(row)
@@ -51,8 +57,14 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str]) -> list[dict]:
         out.update(arch=arch, runs=len(ok), seeds=len({r.get("seed") for r in ok}),
                    folds=len({r.get("fold") for r in ok} - {None}), failed_runs=len(failed))
         out["error"] = failed[0].get("error", "") if failed and not ok else ""
+        out.update({flag: any(bool(r.get(flag)) for r in ok) for flag in noisy if any(flag in r for r in ok)})
         for key in keys:
             values = [float(r[key]) for r in ok if _is_number(r.get(key)) or isinstance(r.get(key), bool)]
+            if key in medians:
+                out[key] = statistics.median(values) if values else None
+                out[f"{key}_min"], out[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
+                out[f"{key}_std"] = None
+                continue
             out[key] = statistics.fmean(values) if values else None
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
         table.append(out)
