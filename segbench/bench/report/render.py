@@ -82,7 +82,7 @@ def _spread(row: dict, col: Column) -> str | None:
     range (``noisy`` added when it stayed noisy), a ratio's 95% interval."""
     low, high = row.get(f"{col.key}_min"), row.get(f"{col.key}_max")
     if col.over_runs == "median" and isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high:
-        text = f"[{format_value(low, col.digits)}–{format_value(high, col.digits)}] over {row.get('seeds')} runs"
+        text = f"[{format_value(low, col.digits)}–{format_value(high, col.digits)}] over {row.get('runs')} runs"
         return text + (" noisy" if col.noisy and row.get(col.noisy) else "")
     if not col.spread or not all(isinstance(row.get(k), (int, float)) for k in col.spread):
         return None
