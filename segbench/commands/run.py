@@ -201,12 +201,16 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
                f"{len({r.seed for r in plan})} seed(s)" + (f" x {folds} folds" if folds else "") +
                f", {len(plan)} run(s) ({imagenet} from ImageNet weights), "
                f"data {data}, out {out}", err=True)
-    _claim_sweep_folder(out)
     started = time.perf_counter()
-    if not report_only:
+    if report_only:
+        _claim_sweep_folder(out)
+    else:
         _check_data(plan)
+        # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused
+        # command leaves OUT as it found it.
         runner = _connect_ray(plan, out, ray_options) if launcher == "ray" else None
         try:
+            _claim_sweep_folder(out)
             try:
                 counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True),
                                    launcher=runner)
