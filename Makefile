@@ -14,7 +14,7 @@ PEERS_BIN  := $(PEERS_VENV)/bin
 # e.g. --system-site-packages, to use a torch/torchvision pair installed outside the venv
 PEERS_VENV_ARGS ?=
 
-.PHONY: install demo test peers wheelhouse clean
+.PHONY: install demo test docs peers wheelhouse clean
 
 $(BIN)/segbench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,5 +59,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link, a missing page or an API
+# page naming a function that no longer exists fails the build.
+docs: install
+	$(BIN)/python -c "import material, mkdocstrings_handlers.python" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) runs .pytest_cache wheelhouse .venv-gpu
+	rm -rf $(VENV) $(PEERS_VENV) runs .pytest_cache wheelhouse .venv-gpu site
