@@ -1,20 +1,10 @@
 """segbench: faithful semantic-segmentation architectures, trained and reviewed under one protocol.
 
-Packages, and the one direction they import in (``tests/test_import_rules.py`` enforces it):
-
-- ``models`` (architectures, encoders, registry) imports only torch;
-- ``checkpoints`` (reading, converting and loading weights) may import ``models``;
-- ``data`` (layouts, checks, cache, splits, datasets) imports neither;  ``config`` may import ``data``;
-- ``engine`` (training, evaluation, inference) may import ``models``, ``checkpoints``, ``data``, ``config``;
-- ``export`` (ONNX) may import the engine's neighbours below it (``models``, ``config``, ``data``);
-- ``bench.measure`` (the timing harness, FLOPs, speed, peers) may import ``engine`` and ``export``;
-  ``bench.protocol`` (profiles, sweep, workers, typed run records) may import ``bench.measure``;
-  ``bench.report`` (columns, tables, statistics, plots, HTML/Markdown) imports no torch and reads only
-  the typed records of ``bench.protocol.record``; ``bench.review`` assembles the report from them;
-- ``commands`` (the CLI) may import anything, and nothing imports ``commands``. No package cycles.
-
-Leaves anyone may import: ``jsonio``, ``run_files``, ``stats`` and ``comparison`` (numpy and scipy only: the
-statistics the verdict runs), and ``bench.protocol.record``.
+Packages by role: ``models`` (architectures, encoders, registry), ``checkpoints`` (reading, converting and
+loading weights), ``data`` and ``config``, ``engine`` (training, evaluation, inference), ``export`` (ONNX),
+``bench`` (``measure`` times and counts, ``protocol`` plans and runs the review, ``report`` writes it) and
+``commands`` (the CLI). What may import what is written once, in ``segbench/house_rules.py``, which
+``tests/test_import_rules.py`` enforces.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from segbench.data import DataConfig
+from segbench.metric_defs import HEADLINE
 
 __all__ = [
     "ConfigError",
@@ -123,8 +124,9 @@ class TrainConfig:
     log_interval: int = 20
     # Save the resumable "last" checkpoint every this many iterations (and after every validation).
     checkpoint_interval: int = 100
-    # Metric that selects the best checkpoint (a key of the validation metrics; hd95* is minimised).
-    best_metric: str = "mDice_fg"
+    # Metric that selects the best checkpoint (a key of segbench.metric_defs.METRICS; its direction is defined
+    # there): by default the headline, mean foreground Dice per case.
+    best_metric: str = HEADLINE
     # DataLoader worker processes (augmentation is seeded per item, so results do not depend on it).
     # "auto": none on CPU (the workers would take the cores the model computes on), on CUDA
     # min(8, CPU cores / processes on this node) so the GPU does not wait for data.

@@ -1,4 +1,4 @@
-"""The house rules of what may import what (``segbench/__init__.py`` states them), checked on the source:
+"""The house rules of what may import what (``segbench/house_rules.py`` states them, once), checked on the source:
 every ``import`` of a segbench module, at module level or inside a function, counts."""
 
 from __future__ import annotations
@@ -10,29 +10,9 @@ from pathlib import Path
 
 import segbench
 
+from segbench.house_rules import ALLOWED, LEAVES
+
 ROOT = Path(segbench.__file__).parent
-# Standard library / numpy / scipy only (the run records import only jsonio): anyone may use them.
-LEAVES = {"segbench.jsonio", "segbench.stats", "segbench.comparison", "segbench.run_files", "segbench.bench.protocol.record"}
-LOWER = {"segbench.models", "segbench.checkpoints", "segbench.data", "segbench.config"}
-# Layer -> the layers it may import (besides itself and the leaves).
-ALLOWED: dict[str, set[str]] = {
-    "segbench.models": set(),
-    "segbench.checkpoints": {"segbench.models"},
-    "segbench.data": set(),
-    "segbench.config": {"segbench.data"},
-    "segbench.engine": set(LOWER),
-    "segbench.export": LOWER | {"segbench.engine"},
-    "segbench.bench.measure": LOWER | {"segbench.engine", "segbench.export"},
-    "segbench.bench.protocol": LOWER | {"segbench.engine", "segbench.export", "segbench.bench.measure"},
-    "segbench.bench.report": set(),  # and the leaves: it reads the typed run records
-    "segbench.bench.review": LOWER | {"segbench.bench.measure", "segbench.bench.protocol", "segbench.bench.report"},
-    "segbench.commands": LOWER | {"segbench", "segbench.engine", "segbench.export", "segbench.bench", "segbench.bench.measure",
-                                  "segbench.bench.protocol", "segbench.bench.report", "segbench.bench.review"},
-    "segbench.cli": {"segbench.commands"},
-    "segbench.__main__": {"segbench.cli"},
-    "segbench": {"segbench.models", "segbench.checkpoints"},
-    "segbench.bench": set(),
-}
 LAYERS = sorted(ALLOWED, key=len, reverse=True)  # the most specific layer first
 
 
@@ -77,7 +57,7 @@ def graph() -> dict[str, set[str]]:
 def violations(edges: dict[str, set[str]]) -> list[str]:
     out = []
     for source, targets in edges.items():
-        allowed = (LEAVES - {source}) if source in LEAVES else ALLOWED[source] | LEAVES
+        allowed = (LEAVES - {source}) if source in LEAVES else set(ALLOWED[source]) | LEAVES
         out += [f"{source} imports {t}" for t in sorted(targets - allowed - {source})]
     return out
 

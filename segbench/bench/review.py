@@ -27,6 +27,7 @@ from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
 
+from segbench.metric_defs import HEADLINE, metric
 from segbench.models.registry import ARCHITECTURES
 from segbench.run_files import LOG_FILE
 
@@ -125,10 +126,8 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
         "per case. Val Dice: the mean over validation units (a case; a lone volume's blocks of contiguous slices) "
         "of each unit's mean foreground Dice over the classes present in reference or prediction, a unit with "
         "nothing in either scoring 1, a missed or invented structure 0; the verdict ranks and tests this one "
-        "quantity. mIoU: dataset-level confusion matrix over all classes including background (MMSegmentation's "
-        "IoUMetric). HD95: MedPy's pooled 95th-percentile surface distance per case and foreground class, in mm "
-        "where the data has a voxel spacing and in pixels otherwise; a missed or invented structure counts as the "
-        "diagonal of the case's extent, a structure absent from both is left out.",
+        f"quantity. mIoU: {metric('mIoU').help}. HD95: {metric('hd95_fg').help}; in mm where the data has a voxel "
+        f"spacing, in pixels otherwise. NSD: {metric('nsd_fg').help}.",
         f"Seeds: {seeds} per architecture; seed k sets weight initialisation, batch order and dropout. The "
         "data split is the same for every run.",
         f"Backbone weights: {', '.join(pretrained)}. The papers start from ImageNet weights; from-scratch "
@@ -195,11 +194,12 @@ def write_review(
     figures: dict[str, Path] = {}
     figures["Accuracy vs FLOPs"] = plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png")
     figures["Accuracy vs latency"] = plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY, report_dir / "accuracy_vs_latency.png")
-    curves = _curves(ok_runs, rows, "dice_fg_per_case")
+    curves = _curves(ok_runs, rows, HEADLINE)
     if curves:
         title = ("Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
                  + ": ring, last real gain; end square, converged; end triangle, cut by the budget while improving")
-        figures[title] = plots.training_curves(curves, "Dice (fg, per case)", report_dir / "training_curves.png")
+        figures[title] = plots.training_curves(curves, f"Val {metric(HEADLINE).label} (fg, per case)",
+                                               report_dir / "training_curves.png")
     if dice_keys and table:
         figures["Per-class Dice (val)"] = plots.class_heatmap(table, dice_keys, fg_names, report_dir / "class_dice.png")
     comparison = evidence.comparison if evidence is not None else None

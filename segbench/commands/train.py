@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+from segbench.metric_defs import HEADLINE, metric
 from segbench.run_files import BEST_FILE, CONFIG_FILE, LAST_FILE, LOG_FILE, METRICS_FILE
 
 __all__ = ["train", "format_metrics"]
@@ -32,9 +33,9 @@ def _fmt(value) -> str:
 def format_metrics(metrics: dict) -> str:
     """A readable block: the headline figures, then a per-class table."""
     lines = []
-    headline = ("aAcc", "mIoU", "mIoU_fg", "mDice", "mDice_fg", "dice_fg_per_case", "hd95_fg", "nsd_fg")
-    unit = {"hd95_fg": f" {metrics.get('distance_unit', 'px')}"}
-    lines.append("  ".join(f"{key} {_fmt(metrics.get(key))}{unit.get(key, '')}" for key in headline if key in metrics))
+    shown = ("aAcc", "mIoU", "mIoU_fg", "mDice", "mDice_fg", HEADLINE, "hd95_fg", "nsd_fg")
+    unit = {key: f" {metrics.get('distance_unit', 'px')}" for key in shown if metric(key).unit == "distance"}
+    lines.append("  ".join(f"{key} {_fmt(metrics.get(key))}{unit.get(key, '')}" for key in shown if key in metrics))
     per_class = metrics.get("per_class") or {}
     if per_class:
         names = list(per_class["IoU"])

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from segbench.engine.surface import hd95, nsd, surface_scores
+from segbench.metric_defs import METRICS, lower_is_better
 from segbench.run_files import writable
 
 __all__ = [
@@ -72,14 +73,9 @@ __all__ = [
     "lower_is_better",
 ]
 
-# The single-number figures of ``SegmentationMetrics.compute`` (candidates for ``train.best_metric``).
-SCALAR_METRICS = (
-    "aAcc",
-    *(f"m{name}{suffix}" for name in ("IoU", "Dice", "Acc", "Fscore", "Precision", "Recall") for suffix in ("", "_fg")),
-    "dice_fg_per_case",
-    "hd95_fg",
-    "nsd_fg",
-)
+# The single-number figures of ``SegmentationMetrics.compute`` (candidates for ``train.best_metric``); their
+# labels, units and directions are in ``segbench.metric_defs``, the one vocabulary.
+SCALAR_METRICS = tuple(key for key, m in METRICS.items() if m.selectable)
 # Surface-distance figures: computed only with ``compute_hd95`` (``eval.hd95``).
 SURFACE_METRICS = ("hd95_fg", "nsd_fg")
 # The columns of ``per_case_rows`` and of the CSV ``write_per_case_csv`` writes (distances in
@@ -384,8 +380,3 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
     if best is None or math.isnan(best):
         return True
     return value < best if lower_is_better(metric) else value > best
-
-
-def lower_is_better(metric: str) -> bool:
-    """Distances (``hd95*``) improve downwards; every other figure (overlaps, NSD, accuracies) upwards."""
-    return metric.startswith("hd95")

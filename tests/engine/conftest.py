@@ -39,5 +39,5 @@ def tiny_cli_run(tmp_path_factory):
         result = CliRunner().invoke(main, ["train", "--arch", "tiny", "--out", str(out), "--quiet", *TINY_CLI_SETTINGS],
                                     catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "tiny on tiny: best mDice_fg" in result.output and "square" in result.output
+    assert "tiny on tiny: best dice_fg_per_case" in result.output and "square" in result.output
     return out

@@ -43,6 +43,7 @@ from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.record import WorkerResult
 from segbench.bench.protocol.sweep import PlannedRun, SweepState, _write_spec
 from segbench.bench.protocol.worker import run_worker_process
+from segbench.metric_defs import metric as metric_definition
 from segbench.run_files import LOG_FILE
 
 __all__ = ["RAY_MISSING", "LauncherError", "WorkerLost", "RayOptions", "RayLauncher", "check_shared_storage", "probe_address",
@@ -312,7 +313,7 @@ class _Display:
             host, _ = self.starts[run_dir][-1]
             metric = run.config.train.best_metric
             latest = _latest_val(run.run_dir, metric)
-            name = "Dice" if metric == "dice_fg_per_case" else metric
+            name = metric_definition(metric).label
             shown = f"val {name} {latest[1]:.4f} at it {latest[0]}" if latest else "no validation yet"
             retry = f", attempt {len(self.starts[run_dir])}" if len(self.starts[run_dir]) > 1 else ""
             parts.append(f"{run.label} {run.name} on {host}{retry}: {shown}")

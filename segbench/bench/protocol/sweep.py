@@ -40,6 +40,7 @@ from segbench.checkpoints.load import (
     IMAGENET_WEIGHTS, HashMismatchError, WeightsUnavailableError, imagenet_state_dict, imagenet_weights_fit,
 )  # fmt: skip
 from segbench.models.registry import list_models, model_options
+from segbench.metric_defs import HEADLINE, metric
 from segbench.run_files import LAST_FILE
 
 __all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX",
@@ -116,8 +117,7 @@ def _base_values(profile: Profile, data: str, iterations: int) -> dict:
             "val_interval": max(1, iterations // max(1, profile.validations)),
             "log_interval": max(1, iterations // 100),
             "checkpoint_interval": max(1, min(500, iterations // 10)),
-            # The headline metric of the review: mean foreground Dice per image/case.
-            "best_metric": "dice_fg_per_case",
+            "best_metric": HEADLINE,  # the review's headline (segbench.metric_defs)
         },
     }
     if profile.resize_inputs:
@@ -346,9 +346,9 @@ class SweepState:
         written when its worker died before writing one."""
         self.counts["ran"] += 1
         if result.ok:
-            value = (result.metrics.get("val") or {}).get("dice_fg_per_case")
+            value = (result.metrics.get("val") or {}).get(run.config.train.best_metric)
             shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
-            self.say(f"{self.label(run)}: done in {elapsed:.0f} s, val Dice {shown}")
+            self.say(f"{self.label(run)}: done in {elapsed:.0f} s, val {metric(run.config.train.best_metric).label} {shown}")
             return
         self.counts["failed"] += 1
         if not (run.run_dir / RESULT_FILE).is_file():  # the worker died before writing it

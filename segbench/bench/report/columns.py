@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Column", "COLUMNS", "SPEED_COLUMNS", "ACCURACY_KEY", "column"]
+from segbench.metric_defs import metric
+
+__all__ = ["Column", "COLUMNS", "SPEED_COLUMNS", "ACCURACY_KEY", "column", "metric_column"]
 
 # The score the review ranks, tests and names a best by: the mean over validation units of each unit's
 # foreground Dice, empty structures scored by Metrics Reloaded's rules (segbench.bench.report.evidence).
@@ -47,6 +49,15 @@ class Column:
         return (self.key, *(self.spread or ()))
 
 
+def metric_column(key: str, label: str, digits: int, **extra) -> Column:
+    """The column of a split's metric (``val_nsd_fg``): direction, unit and help from ``segbench.metric_defs``."""
+    m = metric(key)
+    unit = "px" if m.unit == "distance" else m.unit
+    split = key.split("_", 1)[0]
+    unit_key = f"{split}_distance_unit" if m.unit == "distance" else None
+    return Column(key, label, m.better, digits, unit, f"{m.help}; {split} split", unit_key=unit_key, **extra)
+
+
 # The comparison table, in display order. Accuracy first, then cost.
 COLUMNS: tuple[Column, ...] = (
     Column("val_unit_dice", "Val Dice", "higher", 4, help="mean over validation units (cases; blocks of contiguous "
@@ -57,15 +68,12 @@ COLUMNS: tuple[Column, ...] = (
            "interval] (segbench.comparison)", spread=("val_vs_leader_low", "val_vs_leader_high"), per_run=False),
     Column("val_answer", "Answer", "", help="against the leader: worse, equivalent within the margin, inconclusive; "
            "'not shown learned' when not shown better than predicting background everywhere", per_run=False),
-    Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split (dataset confusion matrix)"),
-    Column("val_hd95_fg", "Val HD95", "lower", 2, "px", "95th-percentile Hausdorff distance (MedPy's pooled definition), "
-           "foreground classes; a missed or invented structure counts as the image diagonal", unit_key="val_distance_unit"),
-    Column("val_nsd_fg", "Val NSD", "higher", 4, help="normalised surface distance (surface Dice) at eval.nsd_tolerance, "
-           "foreground classes"),
-    Column("val_hd95_worst_case", "Missed/invented", "lower", 0, "", "case-class pairs where a structure was missed or "
-           "invented (HD95 = the image diagonal there, Dice and NSD 0)"),
-    Column("test_dice_fg_per_case", "Test Dice", "higher", 4, help="mean foreground Dice per case, test split"),
-    Column("test_mIoU", "Test mIoU", "higher", 4),
+    metric_column("val_mIoU", "Val mIoU", 4),
+    metric_column("val_hd95_fg", "Val HD95", 2),
+    metric_column("val_nsd_fg", "Val NSD", 4),
+    metric_column("val_hd95_worst_case", "Missed/invented", 0),
+    metric_column("test_dice_fg_per_case", "Test Dice", 4),
+    metric_column("test_mIoU", "Test mIoU", 4),
     Column("params_m", "Params", "lower", 2, "M", "all parameters, millions", over_runs="median"),
     Column("gflops", "FLOPs", "lower", 2, "GFLOPs", "one forward pass, batch 1, profile input size (FlopCounterMode)",
            over_runs="median"),
@@ -122,7 +130,7 @@ def column(key: str) -> Column:
         return _BY_KEY[key]
     match = re.fullmatch(r"(val|test)_(dice|iou)_(.+)", key)
     if match:
-        split, metric, name = match.groups()
-        label = {"dice": "Dice", "iou": "IoU"}[metric]
+        split, kind, name = match.groups()
+        label = {"dice": "Dice", "iou": "IoU"}[kind]
         return Column(key, f"{split.capitalize()} {label} {name}", "higher", 4)
     raise KeyError(f"no column {key!r}; known: {', '.join(_BY_KEY)}")
