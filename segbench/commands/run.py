@@ -64,44 +64,49 @@ def _check_data(plan) -> None:
 
 
 def _measure_speed(plan, profile, out: str, launcher) -> None:
-    """The report's speed figures (reused from OUT/speed.json where the settings match); with Ray, in one
-    task with a run's resources, so they come from a device like the runs' rather than the driver's."""
+    """The report's speed figures (reused from OUT/speed.json where the settings match), measured where the
+    launcher runs a run (with Ray: in one task with a run's resources, so they come from a device like the
+    runs' rather than the driver's)."""
     from pathlib import Path
 
     from segbench.bench.protocol.review_speed import data_facts, measure_review_speed
+    from segbench.bench.protocol.sweep import LauncherError
 
     data = data_facts(plan)
     if data is None:
         click.echo("speed: skipped, no run finished (the data's classes and channels come from one)", err=True)
         return
     started = time.perf_counter()
+    if launcher.where:
+        click.echo(f"speed: measuring {launcher.where}", err=True)
     try:
-        if launcher is None:
-            measure_review_speed(plan, profile, out, data, say=lambda m: click.echo(m, err=True))
-        else:
-            from segbench.bench.protocol.launch_ray import LauncherError
-
-            click.echo("speed: measuring in one Ray task with a run's resources (its messages are in Ray's logs)",
-                       err=True)
-            try:
-                launcher.call(measure_review_speed, plan, profile, str(Path(out).resolve()), data)
-            except LauncherError as err:
-                click.echo(f"speed: not measured: {err}", err=True)
-                return
+        launcher.call(measure_review_speed, plan, profile, str(Path(out).resolve()), data,
+                      say=lambda m: click.echo(m, err=True))
+    except LauncherError as err:
+        click.echo(f"speed: not measured: {err}", err=True)
+        return
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run the same command again to finish the speed figures and the report", err=True)
         sys.exit(130)
     click.echo(f"speed: {time.perf_counter() - started:.0f} s", err=True)
 
 
-def _connect_ray(plan, out: str, options: dict):
-    """The Ray launcher, joined to its cluster with ``--out`` checked (one-line errors otherwise).
-    ``options``: the command line's ``--ray-address``, ``--gpus-per-run``, ... (None: the default)."""
-    from segbench.bench.protocol.launch_ray import LauncherError, RayLauncher, RayOptions
+def _launcher(name: str, options: dict):
+    """The launcher ``name`` (``--launcher``) with the command line's launcher options (``--ray-address``, ...;
+    None: not given); a usage error for an option it does not take."""
+    from segbench.bench.protocol.sweep import make_launcher
 
     given = {k: v for k, v in options.items() if v is not None}
-    runner = RayLauncher(RayOptions(address=given.pop("ray_address", None), **given),
-                         say=lambda m: click.echo(m, err=True))
+    try:
+        return make_launcher(name, given, say=lambda m: click.echo(m, err=True))
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def _connect(runner, plan, out: str):
+    """``runner`` connected, with ``--out`` checked (a one-line error otherwise)."""
+    from segbench.bench.protocol.sweep import LauncherError
+
     try:
         runner.connect(plan, out)
     except LauncherError as err:
@@ -145,7 +150,7 @@ def _connect_ray(plan, out: str, options: dict):
 @click.option("--folds", type=click.IntRange(min=0), default=None,
               help="Cross-validation: K >= 2 folds over cases (a lone volume: slabs), one run per architecture, fold "
                    "and seed; results and statistics over every fold.")
-@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--launcher", metavar="local|ray", default="local", show_default=True,
               help="local: one run after the other on this machine. ray: every run a Ray task with its own GPU(s) "
                    "or CPUs, as many at once as the machine or cluster holds (pip install 'segbench[ray]'); --out "
                    "must then be storage every node sees.")
@@ -177,11 +182,8 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     from segbench.config import ConfigError
 
     chosen = get_profile(profile)
-    ray_options = dict(ray_address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
-                       max_retries=max_retries)
-    given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]
-    if launcher != "ray" and given:
-        raise click.UsageError(f"{', '.join(given)} only with --launcher ray")
+    runner = _launcher(launcher, dict(ray_address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                                      max_retries=max_retries))
     settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
                     iterations=iterations, overrides=list(overrides), budget=budget, lr=lr,
                     folds=folds or None)  # fmt: skip
@@ -208,7 +210,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
         _check_data(plan)
         # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused
         # command leaves OUT as it found it.
-        runner = _connect_ray(plan, out, ray_options) if launcher == "ray" else None
+        _connect(runner, plan, out)
         try:
             _claim_sweep_folder(out)
             try:
@@ -222,8 +224,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
             if speed:
                 _measure_speed(plan, chosen, out, runner)
         finally:
-            if runner is not None:
-                runner.close()
+            runner.close()
     _mention_other_runs(plan, out, report_only)
     html = write_review(plan, chosen, out, command, overrides, margin=margin)
     click.echo(f"report: {html}", err=True)

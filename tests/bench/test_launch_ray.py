@@ -286,6 +286,6 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "Error: --launcher ray needs Ray: pip install 'segbench[ray]'" in result.output
     result = CliRunner().invoke(run, _args(data, tmp_path / "out", "--gpus-per-run", "1"))
-    assert result.exit_code == 2 and "--gpus-per-run only with --launcher ray" in result.output
+    assert result.exit_code == 2 and "--gpus-per-run: not an option of --launcher local" in result.output
 
 

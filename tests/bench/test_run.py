@@ -29,7 +29,7 @@ from segbench.bench.report.results import read_results_csv
 from segbench.bench.review import write_review
 from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.record import is_sweep_run
-from segbench.bench.protocol.sweep import _write_spec, plan_sweep, run_sweep
+from segbench.bench.protocol.sweep import write_spec, plan_sweep, run_sweep
 from segbench.commands.run import run
 
 ARCHS = ("unet", "segformer")
@@ -260,7 +260,7 @@ def test_killed_run_resumes_where_it_stopped(sweep, tmp_path):
     plan = plan_sweep(data=str(sweep["data"]), profile=profile, out=tmp_path / "out", archs=["unet"], iterations=60,
                       overrides=["data.resize=[32,32]", "train.checkpoint_interval=5"])
     run_dir = plan[0].run_dir
-    _write_spec(plan[0], profile)
+    write_spec(plan[0], profile)
     worker = subprocess.Popen([sys.executable, "-m", "segbench.bench.protocol.worker", str(run_dir), "--no-progress"])
     try:
         deadline = time.monotonic() + 120

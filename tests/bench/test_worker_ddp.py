@@ -5,7 +5,7 @@ Checked here with 2 CPU processes (Gloo), as the engine's DDP tests are."""
 import json
 
 from segbench.bench.protocol.profiles import get_profile
-from segbench.bench.protocol.sweep import _write_spec, plan_sweep
+from segbench.bench.protocol.sweep import write_spec, plan_sweep
 from segbench.bench.protocol.worker import run_worker_process, worker_command
 from tests.bench.test_run import write_synthetic_data
 
@@ -17,7 +17,7 @@ def test_a_run_of_two_processes_under_torchrun(tmp_path, monkeypatch):
     profile = get_profile("quick")
     run = plan_sweep(data=str(data), profile=profile, out=tmp_path / "out", archs=["unet"], iterations=6,
                      overrides=["data.resize=[32,32]", "train.device=cpu"])[0]
-    _write_spec(run, profile)
+    write_spec(run, profile)
     command = worker_command(run.run_dir, progress=False, processes=2)
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     result, lost = run_worker_process(run.run_dir, run.config_hash, progress=False, processes=2)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.record import WorkerResult
-from segbench.bench.protocol.sweep import PlannedRun, SweepState, _write_spec
+from segbench.bench.protocol.sweep import LauncherError, PlannedRun, SweepState, write_spec
 from segbench.bench.protocol.worker import run_worker_process
 from segbench.metric_defs import metric as metric_definition
 from segbench.run_files import LOG_FILE
@@ -54,11 +54,6 @@ PROBE_PREFIX = ".segbench-shared-check-"  # the markers of the shared-storage ch
 PROBE_TIMEOUT_S = 300  # for every node to answer the check (a cold worker start on a busy cluster)
 REFRESH_S = 2.0  # how often the driver's display reads the running runs' logs
 SHOWN_RUNNING = 4  # running runs the display names (with their latest validation)
-
-
-class LauncherError(RuntimeError):
-    """A problem that stops the sweep before any run starts (no Ray, no node fits, ``--out`` not shared);
-    its message is the one line the command prints."""
 
 
 class WorkerLost(RuntimeError):
@@ -109,7 +104,7 @@ def _run_task(run: PlannedRun, profile: Profile, processes: int, events: Any) ->
     try:
         # Written again by every attempt: the engine deletes the sweep's files when a run starts afresh,
         # and the local sweep writes the spec before every start as well.
-        _write_spec(run, profile)
+        write_spec(run, profile)
         started = time.perf_counter()
         result, lost = run_worker_process(run.run_dir, run.config_hash, progress=False, processes=processes)
     finally:
@@ -344,10 +339,15 @@ class _Display:
 
 
 class RayLauncher:
-    """Runs a sweep's runs as Ray tasks (``sweep.Launcher``). ``connect`` before, ``close`` after."""
+    """Runs a sweep's runs as Ray tasks (``sweep.Launcher``). ``connect`` before, ``close`` after. The keywords
+    are ``segbench run``'s ``--ray-address``, ``--gpus-per-run``, ``--cpus-per-run``, ``--max-retries``."""
 
-    def __init__(self, options: RayOptions, say: Callable[[str], None] = print):
-        self.options = options
+    where = "in one Ray task with a run's resources (its messages are in Ray's logs)"
+
+    def __init__(self, say: Callable[[str], None] = print, *, ray_address: str | None = None,
+                 gpus_per_run: int | None = None, cpus_per_run: int | None = None, max_retries: int | None = None):
+        retries = {} if max_retries is None else {"max_retries": max_retries}
+        self.options = RayOptions(address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, **retries)
         self.say = say
         self.ray = None
         self.owned = False  # this launcher connected (or started Ray), so it disconnects
@@ -481,4 +481,5 @@ class RayLauncher:
     def close(self) -> None:
         if self.owned and self.ray is not None:
             self.ray.shutdown()
+            self.owned = False
         self.owned = False

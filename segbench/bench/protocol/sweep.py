@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
 from segbench.bench.protocol.record import RESULT_FILE, SPEC_FILE, SWEEP_FILES, WorkerResult
@@ -44,7 +44,7 @@ from segbench.metric_defs import HEADLINE, metric
 from segbench.run_files import LAST_FILE
 
 __all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX",
-           "SweepState", "Launcher", "LocalLauncher"]
+           "SweepState", "Launcher", "LauncherError", "LocalLauncher", "LAUNCHERS", "make_launcher", "write_spec"]
 
 IMAGENET_SUFFIX = "+in1k"  # the label of a run whose backbone starts from ImageNet-1k weights
 
@@ -263,9 +263,10 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
     return tuple(size or profile.input_size)
 
 
-def _write_spec(run: PlannedRun, profile: Profile) -> None:
-    # The sweep's records are the run's files too: starting the run over deletes its result and preview,
-    # not the spec it was started from (it says what the folder is: ``is_sweep_run``).
+def write_spec(run: PlannedRun, profile: Profile) -> None:
+    """Write ``run``'s spec (``sweep_run.json``: what its worker process runs) before every start, by every
+    launcher. The sweep's records are the run's files too: starting the run over deletes its result and
+    preview, not the spec it was started from (it says what the folder is: ``is_sweep_run``)."""
     run_folder.claim(run.run_dir, files=SWEEP_FILES, inputs=(SPEC_FILE,))
     spec = {
         "hash": run.config_hash,
@@ -338,7 +339,7 @@ class SweepState:
             self.say(f"{self.label(run)}: queued" + (" (it resumes from its last.pt)" if resuming else ""))
         else:
             self.say(f"{self.label(run)}: {'resuming' if resuming else 'starting'}")
-        _write_spec(run, self.profile)
+        write_spec(run, self.profile)
         return None
 
     def record(self, run: PlannedRun, result: WorkerResult, elapsed: float) -> None:
@@ -357,23 +358,84 @@ class SweepState:
         self.say(f"{self.label(run)}: FAILED after {elapsed:.0f} s: {result.error}")
 
 
+class LauncherError(RuntimeError):
+    """A problem that stops the sweep before any run starts (no Ray, no node fits, ``--out`` not shared), or
+    a launcher's ``call`` that failed; its message is the one line the command prints."""
+
+
 class Launcher(Protocol):
-    """Where and when the runs of a sweep execute (``LocalLauncher``; ``launch_ray.RayLauncher``)."""
+    """Where and when the runs of a sweep execute: ``LocalLauncher`` here, ``launch_ray.RayLauncher`` as Ray
+    tasks. ``segbench run`` calls ``connect``, then ``launch``, then ``call`` for the speed section, and
+    ``close`` at the end whatever happened; it knows no launcher by name (``make_launcher`` builds one). A new
+    launcher is a module with a class of these methods and a line in ``LAUNCHERS``."""
+
+    # How ``call`` runs its function, for the command's messages ("" where it runs right here).
+    where: str
+
+    def connect(self, plan: list[PlannedRun], out: str | Path) -> None:
+        """Get ready to run ``plan`` writing under ``out`` (join a cluster, check shared storage); raises
+        ``LauncherError`` with the one line to print."""
 
     def launch(self, runs: list[PlannedRun], state: SweepState) -> None:
         """Execute every run of ``runs`` (none finished before), calling ``state.prepare`` before each
         starts and ``state.record`` when it ends."""
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` where a run would execute (the review's speed section is measured on a
+        device like the runs'); ``LauncherError`` when it could not run there."""
+
+    def close(self) -> None:
+        """Release what ``connect`` took (idempotent)."""
 
 
 class LocalLauncher:
     """``segbench run --launcher local`` (the default): one run after the other, each in a worker
     process on this machine."""
 
+    where = ""
+
+    def __init__(self, say: Callable[[str], None] = print) -> None:
+        self.say = say
+
+    def connect(self, plan: list[PlannedRun], out: str | Path) -> None:
+        pass
+
     def launch(self, runs: list[PlannedRun], state: SweepState) -> None:
         for run in runs:
             started = time.perf_counter()
             result = state.prepare(run) or _execute(run, state.progress)
             state.record(run, result, time.perf_counter() - started)
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+# ``--launcher NAME`` -> "module:class"; imported only when chosen (Ray is an optional extra). Each class takes
+# ``say`` and its own options as keywords (``segbench run`` passes the ones given on its command line).
+LAUNCHERS: dict[str, str] = {
+    "local": "segbench.bench.protocol.sweep:LocalLauncher",
+    "ray": "segbench.bench.protocol.launch_ray:RayLauncher",
+}
+
+
+def make_launcher(name: str, options: dict[str, Any], say: Callable[[str], None] = print) -> Launcher:
+    """The launcher ``name`` with ``options`` (those given; the launcher's defaults for the rest). A launcher
+    that takes none of them refuses them: ``ValueError`` naming the options."""
+    import importlib
+    import inspect
+
+    if name not in LAUNCHERS:
+        raise ValueError(f"no launcher {name!r}; known: {', '.join(LAUNCHERS)}")
+    module, _, cls_name = LAUNCHERS[name].partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    accepted = set(inspect.signature(cls).parameters) - {"say"}
+    refused = [f"--{k.replace('_', '-')}" for k in options if k not in accepted]
+    if refused:
+        raise ValueError(f"{', '.join(refused)}: not an option of --launcher {name}")
+    return cls(say=say, **options)
 
 
 def run_sweep(
