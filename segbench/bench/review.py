@@ -8,6 +8,7 @@ never leaks them into the report.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from segbench.bench.protocol.review_speed import read_review_speed, speed_sectio
 from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
-from segbench.bench.report.evidence import MARGIN, Evidence, RunKey, gather, read_run_scores, write_evidence
+from segbench.bench.report.evidence import (
+    MARGIN, Evidence, RunKey, RunScores, evidence_figures, gather, read_run_scores, write_evidence,
+)  # fmt: skip
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
@@ -43,26 +46,6 @@ def _budget_text(t) -> str:
         return (f"until {t.best_metric} gains at most {t.min_delta} over {t.patience} validations "
                 f"(at most {t.iterations} iterations)")
     return f"{t.iterations} iterations"
-
-
-def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
-    """The table's headline accuracy (the evidence's one quantity) with its interval, and each architecture's
-    difference from the leader with its simultaneous interval and answer (columns.py names them)."""
-    comparison = evidence.comparison if evidence is not None else None
-    standings = {s.name: s for s in comparison.standings} if comparison is not None else {}
-    for row in table:
-        s = standings.get(row["arch"])
-        if s is None:
-            continue
-        row.update(val_unit_dice=s.mean, val_unit_dice_low=_number(s.low), val_unit_dice_high=_number(s.high))
-        if s.status != "leader":
-            row.update(val_vs_leader=s.diff, val_vs_leader_low=_number(s.diff_low), val_vs_leader_high=_number(s.diff_high))
-        if comparison.inferential and len(standings) > 1:
-            row["val_answer"] = "not shown learned" if not s.learned else s.status
-
-
-def _number(value: float) -> float | None:
-    return None if value != value else value
 
 
 def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
@@ -153,127 +136,174 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
     ]
 
 
+@dataclass(frozen=True)
+class Runs:
+    """What the sweep's run folders hold, read once: one results row per run (the Speed section's throughput
+    in it), each architecture's first successful run, and the facts of the data and machine."""
+
+    plan: list[PlannedRun]
+    rows: list[dict]
+    ok: dict[str, PlannedRun]  # per architecture, the run whose curves and predictions are drawn
+    first: WorkerResult  # data and machine facts: a successful run's (any run's if none succeeded)
+
+
+@dataclass(frozen=True)
+class Classes:
+    names: list[str]
+    foreground: list[str]
+    dice_keys: list[str]  # per foreground class, the validation Dice's row key
+    iou_keys: list[str]
+
+
+def _read_runs(plan: list[PlannedRun], out: str | Path) -> Runs:
+    throughput = throughput_figures(read_review_speed(out))  # the Speed section's inference, one measurement
+    rows = []
+    for run in plan:
+        row = run_record(run).row()
+        rows.append({**row, **throughput.get(run.arch, {})} if row["status"] == "ok" else row)
+    ok = _first_ok(plan, rows)
+    source = next(iter(ok.values()), plan[0] if plan else None)
+    first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
+    return Runs(plan, rows, ok, first)
+
+
+def _classes(runs: Runs) -> Classes:
+    names = list(runs.first.data.get("class_names") or [])
+    background = runs.plan[0].config.eval.background if runs.plan else 0
+    foreground = [n for i, n in enumerate(names) if i != background]
+    return Classes(names, foreground, [class_key("val", "dice", n) for n in foreground],
+                   [class_key("val", "iou", n) for n in names])
+
+
+def _evidence(runs: Runs, margin: float) -> tuple[Evidence | None, dict[str, dict[RunKey, RunScores | None]]]:
+    """The statistics' input (every run's per-unit scores, by architecture and (fold, seed)) and what they show."""
+    per_arch: dict[str, dict[RunKey, RunScores | None]] = {}
+    for run, row in zip(runs.plan, runs.rows):
+        scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
+        per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
+    return gather(per_arch, margin=margin), per_arch
+
+
+def _table(runs: Runs, classes: Classes, evidence: Evidence | None) -> list[dict]:
+    """One row per architecture, built once: the runs' figures over runs, the evidence's, and (where the runs
+    came from several device models) each architecture's devices."""
+    keys = [k for c in COLUMNS for k in c.keys] + classes.dice_keys + classes.iou_keys
+    extra = evidence_figures(evidence)
+    if mixed_devices_warning(runs.rows):
+        for arch, devices in arch_devices(runs.rows).items():
+            extra.setdefault(arch, {})["device_name"] = devices
+    return aggregate(runs.rows, keys, extra=extra)
+
+
+def _figures(runs: Runs, classes: Classes, table: list[dict], evidence: Evidence | None,
+             report_dir: Path) -> tuple[dict[str, Path], list[str]]:
+    """The report's figures by title, and notes on what could not be drawn."""
+    figures = {
+        "Accuracy vs FLOPs": plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png"),
+        "Accuracy vs latency": plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY,
+                                                    report_dir / "accuracy_vs_latency.png"),
+    }
+    curves = _curves(runs.ok, runs.rows, HEADLINE)
+    if curves:
+        title = ("Training curves" + (" (first seed)" if len({r.seed for r in runs.plan}) > 1 else "")
+                 + ": ring, last real gain; end square, converged; end triangle, cut by the budget while improving")
+        figures[title] = plots.training_curves(curves, f"Val {metric(HEADLINE).label} (fg, per case)",
+                                               report_dir / "training_curves.png")
+    if classes.dice_keys and table:
+        figures["Per-class Dice (val)"] = plots.class_heatmap(table, classes.dice_keys, classes.foreground,
+                                                              report_dir / "class_dice.png")
+    figures.update(_uncertainty_figures(evidence, report_dir))
+    grid, notes = _prediction_grid(runs.ok, classes.names, report_dir / "predictions.png")
+    if grid is not None:
+        figures["Predictions on the same validation images (best checkpoint)"] = grid
+    return figures, notes
+
+
+def _uncertainty_figures(evidence: Evidence | None, report_dir: Path) -> dict[str, Path]:
+    comparison = evidence.comparison if evidence is not None else None
+    if comparison is None or not comparison.inferential or len(comparison.standings) < 2:
+        return {}
+    return {
+        "Accuracy with its uncertainty": plots.intervals(
+            {s.name: (s.mean, s.low, s.high) for s in comparison.standings}, set(comparison.best_set),
+            f"{evidence.metric} per {evidence.unit} (95% interval)", report_dir / "accuracy_intervals.png"),
+        "Ranking robustness (bootstrap)": plots.rank_distribution(
+            comparison.rank_counts, {s.name: float(i) for i, s in enumerate(comparison.standings, 1)},
+            report_dir / "rank_distribution.png"),
+    }
+
+
+def _machine(runs: Runs) -> dict:
+    """The machine section: the first run's, with every device model and host where runs came from several."""
+    machine = dict(runs.first.machine)
+    if mixed_devices_warning(runs.rows):
+        machine["device_name"] = "; ".join(device_runs(runs.rows))
+    hosts = sorted({str(r["host"]) for r in runs.rows if r.get("status") == "ok" and r.get("host")})
+    if len(hosts) > 1:
+        machine["host"] = ", ".join(hosts)
+    return machine
+
+
+def _profile_info(plan: list[PlannedRun], profile: Profile, overrides: list[str] | tuple[str, ...]) -> dict:
+    """The profile's settings as they actually ran (the command line may have changed its values)."""
+    settings = profile.settings()
+    if plan:
+        cfg = plan[0].config
+        height, width = input_size(cfg, profile)
+        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations, budget=_budget_text(cfg.train),
+                        batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
+                        convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
+                                    f"{cfg.train.patience} validations")
+    folds = {r.fold for r in plan} - {None}
+    settings.update(seeds=len({r.seed for r in plan}), command_line_overrides=list(overrides) or "none",
+                    cross_validation=f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none")
+    return {"name": profile.name, "description": profile.description, "settings": settings,
+            "arch_options": {run.arch: run.config.model.options for run in plan if run.seed == 0}}
+
+
+def _data_info(runs: Runs, classes: Classes) -> dict:
+    data = runs.first.data
+    return {"source": runs.plan[0].config.data.source if runs.plan else "", "name": data.get("name", ""),
+            "classes": ", ".join(classes.names), "in_channels": data.get("in_channels", ""),
+            "splits": data.get("splits", {}), "notices": data.get("notices", [])}
+
+
+def _architectures(plan: list[PlannedRun]) -> dict[str, dict]:
+    """Per row label, what the registry says of the architecture (its paper, blocks, strengths, weaknesses)."""
+    return {r.label: {k: getattr(ARCHITECTURES[r.arch], k) for k in ("paper", "year", "summary", "blocks",
+                                                                     "strengths", "weaknesses")} for r in plan}
+
+
 def write_review(
     plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
     margin: float = MARGIN,
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
-    command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin."""
+    command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin.
+
+    The steps: the run folders read once (``_read_runs``) -> the evidence (per-unit scores, the comparison)
+    -> one row per architecture (``_table``) -> figures -> the verdict and findings -> HTML and Markdown."""
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    rows = [run_record(run).row() for run in plan]
-    throughput = throughput_figures(read_review_speed(out))  # the Speed section's inference, one measurement
-    for run, row in zip(plan, rows):
-        if row["status"] == "ok":
-            row.update(throughput.get(run.arch, {}))
-    write_results(rows, report_dir)
-
-    ok_runs = _first_ok(plan, rows)
-    # Data and machine facts come from a successful run (any run if none succeeded).
-    source = next(iter(ok_runs.values()), plan[0] if plan else None)
-    first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
-    data = first.data
-    class_names = list(data.get("class_names") or [])
-    background = plan[0].config.eval.background if plan else 0
-    fg_names = [n for i, n in enumerate(class_names) if i != background]
-    dice_keys = [class_key("val", "dice", n) for n in fg_names]
-    iou_keys = [class_key("val", "iou", n) for n in class_names]
-
-    keys = [k for c in COLUMNS for k in c.keys] + dice_keys + iou_keys
-    table = aggregate(rows, keys)
-    per_arch: dict[str, dict] = {}
-    for run, row in zip(plan, rows):
-        scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
-        per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
-    evidence = gather(per_arch, margin=margin)
-    _add_evidence(table, evidence)
+    runs = _read_runs(plan, out)
+    write_results(runs.rows, report_dir)
+    classes = _classes(runs)
+    evidence, per_arch = _evidence(runs, margin)
     write_evidence(evidence, per_arch, report_dir)
-    write_results(table, report_dir, "summary")  # per architecture: means over runs, intervals, p vs best
-    columns = table_columns(table, [c.key for c in COLUMNS])
-
-    figures: dict[str, Path] = {}
-    figures["Accuracy vs FLOPs"] = plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png")
-    figures["Accuracy vs latency"] = plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY, report_dir / "accuracy_vs_latency.png")
-    curves = _curves(ok_runs, rows, HEADLINE)
-    if curves:
-        title = ("Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
-                 + ": ring, last real gain; end square, converged; end triangle, cut by the budget while improving")
-        figures[title] = plots.training_curves(curves, f"Val {metric(HEADLINE).label} (fg, per case)",
-                                               report_dir / "training_curves.png")
-    if dice_keys and table:
-        figures["Per-class Dice (val)"] = plots.class_heatmap(table, dice_keys, fg_names, report_dir / "class_dice.png")
-    comparison = evidence.comparison if evidence is not None else None
-    if comparison is not None and comparison.inferential and len(comparison.standings) > 1:
-        label = f"{evidence.metric} per {evidence.unit} (95% interval)"
-        figures["Accuracy with its uncertainty"] = plots.intervals(
-            {s.name: (s.mean, s.low, s.high) for s in comparison.standings}, set(comparison.best_set), label,
-            report_dir / "accuracy_intervals.png")
-        figures["Ranking robustness (bootstrap)"] = plots.rank_distribution(
-            comparison.rank_counts, {s.name: float(i) for i, s in enumerate(comparison.standings, 1)},
-            report_dir / "rank_distribution.png")
-    grid, grid_notes = _prediction_grid(ok_runs, class_names, report_dir / "predictions.png")
-    if grid is not None:
-        figures["Predictions on the same validation images (best checkpoint)"] = grid
-
-    seeds = len({r.seed for r in plan})
-    machine = dict(first.machine)
-    devices = mixed_devices_warning(rows)
-    if devices:  # the table names each row's device; the machine section every model and host
-        for row in table:
-            row["device_name"] = arch_devices(rows).get(row["arch"], row.get("device_name"))
-        machine["device_name"] = "; ".join(device_runs(rows))
-    hosts = sorted({str(r["host"]) for r in rows if r.get("status") == "ok" and r.get("host")})
-    if len(hosts) > 1:
-        machine["host"] = ", ".join(hosts)
-    settings = profile.settings()
-    if plan:  # what actually ran: the command line may have changed the profile's values
-        cfg = plan[0].config
-        height, width = input_size(cfg, profile)
-        budget = _budget_text(cfg.train)
-        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations, budget=budget,
-                        batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
-                        convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
-                                    f"{cfg.train.patience} validations")
-    folds = {r.fold for r in plan} - {None}
-    settings.update(seeds=seeds, command_line_overrides=list(overrides) or "none",
-                    cross_validation=f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none")
-    profile_info = {
-        "name": profile.name,
-        "description": profile.description,
-        "settings": settings,
-        "arch_options": {run.arch: run.config.model.options for run in plan if run.seed == 0},
-    }
-    data_info = {
-        "source": plan[0].config.data.source if plan else "",
-        "name": data.get("name", ""),
-        "classes": ", ".join(class_names),
-        "in_channels": data.get("in_channels", ""),
-        "splits": data.get("splits", {}),
-        "notices": data.get("notices", []),
-    }
+    table = _table(runs, classes, evidence)
+    write_results(table, report_dir, "summary")  # per architecture: figures over runs, the statistics' intervals
+    figures, grid_notes = _figures(runs, classes, table, evidence, report_dir)
+    devices = mixed_devices_warning(runs.rows)
     inputs = ReportInputs(
-        title=f"segbench review: {data.get('name') or 'data'}, profile {profile.name}",
-        command=command,
-        profile=profile_info,
-        machine=machine,
-        data=data_info,
-        table=table,
-        accuracy_key=ACCURACY_KEY,
-        class_keys=dice_keys,
-        class_names=fg_names,
-        figures=figures,
-        architectures={
-            r.label: {k: getattr(ARCHITECTURES[r.arch], k)
-                      for k in ("paper", "year", "summary", "blocks", "strengths", "weaknesses")}
-            for r in plan
-        },
-        findings=findings(table, ACCURACY_KEY),
-        overall=overall_findings(table, ACCURACY_KEY),
-        notes=_measurement_notes(rows, profile, seeds) + grid_notes,
-        warnings=[devices] if devices else [],
-        show_devices=bool(devices),
-        speed=speed_section(out, plan, rows),
-        verdict=verdict(evidence, table, rows),
+        title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {profile.name}",
+        command=command, profile=_profile_info(plan, profile, overrides), machine=_machine(runs),
+        data=_data_info(runs, classes), table=table, accuracy_key=ACCURACY_KEY, class_keys=classes.dice_keys,
+        class_names=classes.foreground, figures=figures, architectures=_architectures(plan),
+        findings=findings(table, ACCURACY_KEY), overall=overall_findings(table, ACCURACY_KEY),
+        notes=_measurement_notes(runs.rows, profile, len({r.seed for r in plan})) + grid_notes,
+        warnings=[devices] if devices else [], show_devices=bool(devices), speed=speed_section(out, plan, runs.rows),
+        verdict=verdict(evidence, table, runs.rows),
     )
+    columns = table_columns(table, [c.key for c in COLUMNS])
     write_markdown(inputs, report_dir / "report.md", columns)
     return write_html(inputs, report_dir / "index.html", columns)

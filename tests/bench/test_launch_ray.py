@@ -254,7 +254,7 @@ def test_task_resources_and_environment(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGBENCH_TEST_FORWARDED", "yes")  # set after Ray started: only the launcher can pass it on
     plan = plan_sweep(data=str(cluster["data"]), profile=get_profile("quick"), out=tmp_path, archs=["unet"],
                       iterations=2)
-    launcher = RayLauncher(RayOptions(cpus_per_run=1), say=lambda message: None)
+    launcher = RayLauncher(say=lambda message: None, cpus_per_run=1)
     launcher.connect(plan, tmp_path)
     # A task gets what a run gets: its CPUs as threads, and the driver's SEGBENCH_* settings.
     assert launcher.call(os.getenv, "OMP_NUM_THREADS") == "1"

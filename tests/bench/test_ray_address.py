@@ -11,7 +11,7 @@ from segbench.bench.protocol.launch_ray import LauncherError, RayLauncher, RayOp
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "notahost.invalid:6379"])
 def test_an_unreachable_ray_address_fails_fast_naming_it(address, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGBENCH_RAY_CONNECT_TIMEOUT_S", "2")
-    launcher = RayLauncher(RayOptions(address=address), say=lambda message: None)
+    launcher = RayLauncher(say=lambda message: None, ray_address=address)
     started = time.perf_counter()
     with pytest.raises(LauncherError) as caught:
         launcher.connect([], tmp_path)

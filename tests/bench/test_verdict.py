@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from segbench.bench.report.evidence import RunKey, RunScores, floor_scores, gather, unit_scores
+from segbench.bench.report.evidence import RunKey, RunScores, evidence_figures, floor_scores, gather, unit_scores
 from segbench.bench.report.findings import overall_findings
 from segbench.bench.report.results import aggregate
 from segbench.bench.report.verdict import verdict
-from segbench.bench.review import _add_evidence
 
 S0 = RunKey(None, 0)
 
@@ -185,8 +184,8 @@ def test_9_the_table_the_findings_and_the_verdict_read_one_quantity():
     a = {f"c{i}": [float(v), 0.9] for i, v in enumerate(case)}
     b = {f"c{i}": [float(v) + 0.05, math.nan if i % 2 else 0.2] for i, v in enumerate(case)}
     evidence = gather({"a": {S0: _scores(a)}, "b": {S0: _scores(b)}})
-    table = [{"arch": "a", "runs": 1, "seeds": 1}, {"arch": "b", "runs": 1, "seeds": 1}]
-    _add_evidence(table, evidence)
+    figures = evidence_figures(evidence)
+    table = [{"arch": "a", "runs": 1, "seeds": 1, **figures["a"]}, {"arch": "b", "runs": 1, "seeds": 1, **figures["b"]}]
     c = evidence.comparison
     assert {r["arch"]: r["val_unit_dice"] for r in table} == {s.name: s.mean for s in c.standings}
     highest = overall_findings(table)[0]

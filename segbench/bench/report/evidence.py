@@ -37,7 +37,7 @@ from segbench.jsonio import write_json
 from segbench.run_files import per_case_file, per_slice_file, writable
 
 __all__ = ["RunKey", "RunScores", "Evidence", "read_run_scores", "unit_scores", "floor_scores", "gather",
-           "write_evidence", "STATISTICS_FILE", "PER_CASE_FILE", "METRIC", "MARGIN"]
+           "write_evidence", "STATISTICS_FILE", "PER_CASE_FILE", "METRIC", "MARGIN", "evidence_figures"]
 
 STATISTICS_FILE = "statistics.json"  # in OUT/report/: the evidence, as the report shows it
 PER_CASE_FILE = "per_case.csv"  # in OUT/report/: every run's per-case rows, with its architecture and run
@@ -205,6 +205,24 @@ def gather(per_arch: dict[str, dict[RunKey, RunScores | None]], *, margin: float
 
 def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def evidence_figures(evidence: Evidence | None) -> dict[str, dict]:
+    """Per architecture, the table's figures from the evidence (the keys of ``columns.py``): the headline
+    accuracy with its interval, the difference from the leader with its simultaneous interval, the answer."""
+    comparison = evidence.comparison if evidence is not None else None
+    if comparison is None:
+        return {}
+    out = {}
+    for s in comparison.standings:
+        figures = dict(val_unit_dice=s.mean, val_unit_dice_low=_number(s.low), val_unit_dice_high=_number(s.high))
+        if s.status != "leader":
+            figures.update(val_vs_leader=s.diff, val_vs_leader_low=_number(s.diff_low),
+                           val_vs_leader_high=_number(s.diff_high))
+        if comparison.inferential and len(comparison.standings) > 1:
+            figures["val_answer"] = "not shown learned" if not s.learned else s.status
+        out[s.name] = figures
+    return out
 
 
 def write_evidence(evidence: Evidence | None, per_arch: dict[str, dict[RunKey, RunScores | None]],

@@ -33,13 +33,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] | None = None) -> list[dict]:
+def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] | None = None,
+              extra: dict[str, dict] | None = None) -> list[dict]:
     """One row per architecture (in first-seen order): ``<key>`` the mean over its successful runs,
     ``<key>_std`` the sample standard deviation (0 with one run), ``runs`` how many succeeded (seeds x
     folds), ``seeds`` and ``folds`` how many distinct ones among them, ``failed_runs`` how many failed and
     ``error`` the first failure's message when none succeeded. Keys in ``medians``
     (default: those of the columns aggregated ``over_runs="median"``) get the median instead, with
-    ``<key>_min`` and ``<key>_max`` and no std."""
+    ``<key>_min`` and ``<key>_max`` and no std. ``extra``: per architecture, figures of the architecture as a
+    whole (the statistics' intervals, its devices), added to its row as they are."""
     keys = list(keys)
     medians = {k for c in COLUMNS if c.over_runs == "median" for k in c.keys} if medians is None else set(medians)
     noisy = [c.noisy for c in COLUMNS if c.noisy and c.key in keys]  # marked when any run's figure stayed noisy
@@ -67,6 +69,7 @@ def aggregate(rows: Iterable[dict], keys: Iterable[str], medians: Iterable[str] 
                 continue
             out[key] = statistics.fmean(values) if values else None
             out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        out.update((extra or {}).get(arch, {}))
         table.append(out)
     return table
 
