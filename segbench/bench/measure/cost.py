@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -189,8 +190,14 @@ def allocated_peak(device: torch.device | str) -> Iterator[PeakMemory]:
         return
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():  # kineto prints "USDT: ... profiler_start/stop" lines on every start and stop
+        prof.__enter__()
+    try:
         yield result
+    finally:
+        with _quiet_native_stderr():
+            prof.__exit__(None, None, None)
     try:  # the profiler's raw events: the public summaries attribute memory to operators, not to time
         events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                   if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
@@ -200,6 +207,25 @@ def allocated_peak(device: torch.device | str) -> Iterator[PeakMemory]:
     result.bytes = _peak_of_events(events)
     result.method = CPU_ALLOCATED_METHOD
     _not_zero(result)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the body (a native library's own lines; Python's are flushed
+    first). Only around the profiler's start and stop, never around the measured work."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to redirect: nothing to quiet
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # --- everything at once --------------------------------------------------------------------------
