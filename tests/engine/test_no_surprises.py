@@ -1,0 +1,77 @@
+"""Issue 26, item 10: nothing silently surprising. Conflicting options are refused, data problems that
+falsify a run are said in `train` (with or without --quiet) and before a sweep, not only in `check`."""
+
+import json
+import pickle
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from segbench.cli import main
+
+QUIET_TRAIN = ["--quiet", "--set", "train.iterations=2", "--set", "train.val_interval=2", "--set", "train.batch_size=4",
+               "--set", "train.device=cpu", "--set", "eval.test_at_end=false"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def tiny_arch(tiny_module, monkeypatch, tmp_path):
+    """The tiny architecture registered, real data loading (unlike ``tiny_env``), a private cache."""
+    from segbench.models.registry import ARCHITECTURES, list_models
+
+    list_models()
+    monkeypatch.setitem(ARCHITECTURES, "tiny", tiny_module.TINY_ENTRY)
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+
+
+def _volumes(root, label_affine=None, voxel=1.0, cases=3):
+    """imagesTr/ + labelsTr/: a bright box (class 1) in each 12 x 12 x 8 volume of ``voxel`` mm voxels; the
+    labels' affine is ``label_affine`` (default: the image's)."""
+    affine = np.diag([voxel, voxel, voxel, 1.0])
+    for k in range(cases):
+        labels = np.zeros((12, 12, 8), np.uint8)
+        labels[3 + k : 8 + k, 4:9, 2:6] = 1
+        image = (100 + 50 * labels + np.random.default_rng(k).normal(0, 5, labels.shape)).astype(np.float32)
+        for sub, array, matrix in (("imagesTr", image, affine), ("labelsTr", labels, label_affine)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine if matrix is None else matrix), str(root / sub / f"case{k}.nii.gz"))
+    return root
+
+
+def _pngs(root, split, count, labels):
+    for k in range(count):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[2:8, 2:8] = 1
+        if 2 in labels:
+            mask[10:14, 10:14] = 2
+        for sub, array in (("images", (mask * 60 + 30).astype(np.uint8)), ("masks", mask)):
+            (root / sub / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / sub / split / f"{split}{k}.png")
+    return root
+
+
+# --- --iterations and --budget iterations:N that disagree ----------------------------------------------------
+
+
+def test_iterations_and_a_budget_of_other_iterations_are_refused(tmp_path):
+    out = tmp_path / "sweep"
+    result = _invoke("run", "--archs", "unet", "--iterations", 2, "--budget", "iterations:5", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "--iterations 2 and --budget iterations:5" in result.output and not out.exists()
+
+
