@@ -282,7 +282,9 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
     device = resolve_device(cfg.train.device, info.local_rank)
     precision = resolve_precision(cfg.train.amp, device)
     say = functools.partial(_say, info, progress)
-    data = _load(cfg, info, data, say)
+    # What the data check noticed (an affine that disagrees, a class only in val) is said without a progress
+    # bar too: --quiet hides the bar, not warnings.
+    data = _load(cfg, info, data, functools.partial(_say, info, True))
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
     pretrained = cfg.model.pretrained
     if pretrained and resuming:

@@ -75,3 +75,36 @@ def test_iterations_and_a_budget_of_other_iterations_are_refused(tmp_path):
     assert "--iterations 2 and --budget iterations:5" in result.output and not out.exists()
 
 
+# --- a NIfTI label whose affine disagrees with its image ------------------------------------------------------
+
+
+def test_a_label_placed_elsewhere_than_its_image_is_warned_in_quiet_train(tiny_arch, tmp_path):
+    shifted = np.diag([1.0, 1.0, 1.0, 1.0])
+    shifted[0, 3] = 3.0  # the label's voxels 3 mm (3 voxels) right of the image's
+    data = _volumes(tmp_path / "vols", label_affine=shifted)
+    result = _invoke("train", "--arch", "tiny", "--data", data, "--out", tmp_path / "run", "--set",
+                     "data.val_fraction=0.34", *QUIET_TRAIN)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if "disagree on where their voxels are" in line]
+    assert warning and warning[0].startswith("data: warning: image ") and "labelsTr/case" in warning[0], result.output
+    assert "3 voxel(s) apart" in warning[0] and "(3 images in all)" in warning[0]
+
+
+def test_a_label_in_another_orientation_that_disagrees_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])  # the same voxels, stored as if x ran right to left
+    message = _one_line_error(_invoke("check", _volumes(tmp_path / "vols", label_affine=flipped)))
+    assert "different orientations (RAS and LAS)" in message and "labelsTr/case0.nii.gz" in message
+
+
+@pytest.mark.parametrize("voxel, shift, warned", [(0.001, 0.0009, True), (10.0, 0.01, False)])
+def test_the_affine_tolerance_is_relative_to_the_voxel_size(tmp_path, monkeypatch, voxel, shift, warned):
+    """0.9 um at 1 um voxels misplaces the label by 0.9 voxel; 0.01 mm at 10 mm voxels is header rounding."""
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    label_affine = np.diag([voxel, voxel, voxel, 1.0])
+    label_affine[0, 3] = shift
+    result = _invoke("check", _volumes(tmp_path / "vols", label_affine=label_affine, voxel=voxel))
+    assert result.exit_code == 0, result.output
+    assert ("affines" in result.output) is warned, result.output  # the warning, or any notice about the affines
+
+
