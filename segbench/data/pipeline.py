@@ -156,6 +156,22 @@ def _check_foreground(stats: dict[str, SplitStats], splits: SplitPlan, meta: dic
     return warnings
 
 
+def _classes_only_held_out(stats: dict[str, SplitStats], class_names: list[str]) -> list[str]:
+    """A class that val or test hold but train never shows cannot be learned: its scores there will be 0,
+    whatever the architecture. Said by check, train and before a sweep, not only in check's histogram."""
+    if "train" not in stats:
+        return []
+    warnings = []
+    for k, name in enumerate(class_names):
+        held_out = {split: s.class_pixels[k] for split, s in stats.items() if split != "train" and s.class_pixels[k]}
+        if stats["train"].class_pixels[k] == 0 and held_out:
+            where = ", ".join(f"{split} ({pixels} px)" for split, pixels in held_out.items())
+            warnings.append(f"warning: class {name!r} is in {where} but never in train: no model can learn it, so its "
+                            "scores there will be 0. Put cases that hold it in train (data.split_file, data.seed or "
+                            "data.val_fraction)")
+    return warnings
+
+
 def load(cfg: DataConfig) -> SegmentationData:
     """Implementation of ``segbench.data.load_data``."""
     source, reader, salt = resolve_source(cfg)
@@ -179,7 +195,8 @@ def load(cfg: DataConfig) -> SegmentationData:
         else:
             datasets[name] = SliceDataset(store, items, normalization)
     split_stats = {name: _split_stats(store, ranges, meta["num_classes"]) for name, ranges in splits.ranges.items()}
-    notices = list(meta["notices"]) + splits.notices + _check_foreground(split_stats, splits, meta)
+    notices = (list(meta["notices"]) + splits.notices + _check_foreground(split_stats, splits, meta)
+               + _classes_only_held_out(split_stats, meta["class_names"]))
     sizes = [tuple(c["size"]) for c in cases]
     report = DataReport(
         name=meta["name"],

@@ -108,3 +108,13 @@ def test_the_affine_tolerance_is_relative_to_the_voxel_size(tmp_path, monkeypatc
     assert ("affines" in result.output) is warned, result.output  # the warning, or any notice about the affines
 
 
+# --- a class present only in validation ------------------------------------------------------------------------
+
+
+def test_a_class_only_in_validation_is_warned_in_quiet_train(tiny_arch, tmp_path):
+    data = _pngs(_pngs(tmp_path / "pngs", "train", 4, labels=(1,)), "val", 2, labels=(1, 2))
+    result = _invoke("train", "--arch", "tiny", "--data", data, "--out", tmp_path / "run", *QUIET_TRAIN)
+    assert result.exit_code == 0, result.output
+    assert "warning: class 'class_2' is in val (32 px) but never in train" in result.output, result.output
+
+
