@@ -118,3 +118,17 @@ def test_a_class_only_in_validation_is_warned_in_quiet_train(tiny_arch, tmp_path
     assert "warning: class 'class_2' is in val (32 px) but never in train" in result.output, result.output
 
 
+# --- eval after a case was added -------------------------------------------------------------------------------
+
+
+def test_eval_after_a_case_was_added_does_not_say_same_cases(tmp_path):
+    from segbench.engine.run_folder import SPLIT_FILE, compare_split_record
+
+    saved = {"class_names": ["a", "b"], "splits": {"train": ["x", "y"], "val": ["v"]}, "content_hash": "before"}
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(saved))
+    now = {"class_names": ["a", "b"], "splits": {"train": ["x", "y", "new"], "val": ["v"]}, "content_hash": "after"}
+    [warning] = compare_split_record(tmp_path, now, "val")
+    assert "same cases" not in warning and "1 case(s) added to train (e.g. new)" in warning
+    assert "the val split holds the cases it held" in warning
+
+
