@@ -16,7 +16,7 @@ from segbench.data.readers import BrainReader, ImageReader2D, VolumeReader
 from segbench.data.report import DataReport, SplitStats
 from segbench.data.splits import SplitPlan, plan_splits
 
-__all__ = ["load", "resolve_source", "check_batchable", "split_record"]
+__all__ = ["load", "resolve_source", "check_batchable", "check_batch_fits", "split_record"]
 
 
 def split_record(data: SegmentationData) -> dict | None:
@@ -40,6 +40,18 @@ def check_batchable(data: SegmentationData, batch_size: int, crop_size: tuple[in
         raise DataError(
             f"{data.name}: images range from {h0}x{w0} to {h1}x{w1} (HxW) and train.batch_size={batch_size} stacks "
             "several per step; set data.resize=[H,W] or data.augment.crop_size=[H,W], or train.batch_size=1"
+        )
+
+
+def check_batch_fits(data: SegmentationData, batch_size: int) -> None:
+    """A training split smaller than one batch gives no step (the incomplete last batch is dropped): say so
+    before training, and once before a sweep, rather than in every run's loop."""
+    count = len(data.splits["train"])
+    if count < batch_size:
+        raise DataError(
+            f"{data.name}: the train split serves {count} image(s) per epoch, fewer than train.batch_size={batch_size}, "
+            f"and an incomplete batch is dropped, so no training step could be taken; set train.batch_size={count} or "
+            f"lower (--set train.batch_size={count}), or give it more training cases"
         )
 
 

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from segbench.config import Config, TrainConfig, config_to_dict, to_yaml
 from segbench.data import SegmentationData, load_data
-from segbench.data.pipeline import check_batchable, split_record
+from segbench.data.pipeline import check_batch_fits, check_batchable, split_record
 from segbench.engine import run_folder
 from segbench.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -271,6 +271,7 @@ def _load(cfg: Config, info: DistInfo, data: SegmentationData | None, say) -> Se
     for split in ("train", "val"):
         if split not in data.splits or len(data.splits[split]) == 0:
             raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
+    check_batch_fits(data, cfg.train.batch_size)
     if data.report is not None:
         check_batchable(data, max(1, cfg.train.batch_size // info.world_size), cfg.data.augment.crop_size)
     return data

@@ -132,3 +132,17 @@ def test_eval_after_a_case_was_added_does_not_say_same_cases(tmp_path):
     assert "the val split holds the cases it held" in warning
 
 
+# --- a batch larger than the training split --------------------------------------------------------------------
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_once_before_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    data = _pngs(_pngs(tmp_path / "pngs", "train", 5, labels=(1,)), "val", 2, labels=(1,))
+    out = tmp_path / "sweep"
+    result = _invoke("run", data, "--archs", "unet,segnet", "--iterations", 2, "--no-speed", "--no-progress",
+                     "--out", out)
+    message = _one_line_error(result)  # once, not once per architecture
+    assert "serves 5 image(s) per epoch, fewer than train.batch_size=8" in message
+    assert "--set train.batch_size=5" in message and not out.exists()  # no run started, OUT untouched
+
+
