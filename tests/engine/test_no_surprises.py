@@ -146,3 +146,14 @@ def test_a_batch_larger_than_the_training_split_is_refused_once_before_the_sweep
     assert "--set train.batch_size=5" in message and not out.exists()  # no run started, OUT untouched
 
 
+# --- converting a plain pickle -----------------------------------------------------------------------------------
+
+
+def test_converting_a_plain_pickle_says_what_it_is_without_torchs_warning(tmp_path):
+    source = tmp_path / "weights.pkl"
+    source.write_bytes(pickle.dumps({"conv.weight": torch.zeros(2)}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _invoke("convert", source, tmp_path / "out.pt", "--from", "torchvision", "--arch", "fcn")
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]
+    assert "a plain Python pickle (pickle.dump)" in _one_line_error(result) and not (tmp_path / "out.pt").exists()
