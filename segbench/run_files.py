@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["MARKER", "SPLIT_FILE", "LAST_FILE", "BEST_FILE", "LOG_FILE", "METRICS_FILE", "CONFIG_FILE", "DATA_INFO_FILE",
            "ONNX_FILE", "PER_CASE_FILES", "LR_FIND_FILE", "RUN_FILES", "per_case_file", "per_slice_file", "eval_file",
-           "eval_per_case_file", "RunFolderError", "DiskFull", "read_marker", "listed", "writable"]
+           "eval_per_case_file", "RunFolderError", "DiskFull", "WRITE_ERRNOS", "read_marker", "listed", "writable"]
 
 LAST_FILE = "last.pt"  # everything needed to resume exactly
 BEST_FILE = "best.pt"  # the weights of the best validation
@@ -58,6 +58,10 @@ def eval_per_case_file(split: str) -> str:
 
 class RunFolderError(ValueError):
     """The output folder is not one segbench may write into (or start over in), or a path in it is not ours."""
+
+
+# A disk that is full or may not be written: the user's environment, not a bug.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG})
 
 
 class DiskFull(OSError):

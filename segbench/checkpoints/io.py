@@ -7,6 +7,7 @@ never executes code) and ``unwrap_state_dict`` takes the tensors out of the usua
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,44 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
     would execute whatever the file holds: never print that advice to a user."""
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A pickle of another protocol than torch.save's (a plain pickle.dump) makes torch warn in two
+            # lines before it fails; the one-line error below says what the file is.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except EOFError:  # click would print a bare "Aborted!" for it
         raise CheckpointError(f"{path} is empty ({path.stat().st_size} bytes): not a checkpoint; "
                               "write it again (train again, or download it again)") from None
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err) or "weights_only" in str(err) and "GLOBAL" in str(err):
-            reason = "it holds Python objects other than tensors, which segbench never unpickles"
+            reason = "it holds Python objects other than tensors, which segbench never unpickles; use the original file"
+        elif _plain_pickle(path):
+            reason = ("it is a plain Python pickle (pickle.dump), not a file torch.save wrote, and segbench never "
+                      "unpickles those (they can run code); save its tensors with torch.save or as safetensors")
         else:
-            reason = "it is not a torch checkpoint (garbage or another format)"
-        raise CheckpointError(f"{path} cannot be read as a checkpoint: {reason}; use the original file") from None
+            reason = "it is not a torch checkpoint (garbage or another format); use the original file"
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: {reason}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError):  # these name the file already
         raise
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails on damaged bytes in many ways
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} cannot be read as a checkpoint (truncated or damaged: {first.split('. ')[0]}); "
                               "use a complete copy, or train again") from None
+
+
+# torch.save's files: a zip archive, or (before torch 1.6) a pickle of this magic number first.
+_ZIP_START = b"PK"
+_LEGACY_TORCH_START = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def _plain_pickle(path: Path) -> bool:
+    """Whether ``path`` starts as a pickle (protocol 2 or later) but is not one torch.save wrote."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_START))
+    except OSError:
+        return False
+    return head[:1] == b"\x80" and not head.startswith((_ZIP_START, _LEGACY_TORCH_START))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

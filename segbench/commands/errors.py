@@ -14,12 +14,9 @@ from typing import Iterator
 
 import click
 
-from segbench.run_files import DiskFull
+from segbench.run_files import WRITE_ERRNOS, DiskFull
 
 __all__ = ["user_errors", "one_line", "debugging"]
-
-# A disk that is full or may not be written: the user's environment, not a bug.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 def debugging() -> bool:
@@ -58,7 +55,7 @@ def _message(err: BaseException) -> str | None:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
         full = err if isinstance(err, DiskFull) else DiskFull(err.filename)
         return f"{full}; free disk space there, then run the same command again"
-    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
         where = err.filename or "a file"
         return (f"cannot write {where}: {err.strerror or err}; free disk space or make the folder writable, "
                 "then run the same command again")

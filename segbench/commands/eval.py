@@ -20,7 +20,12 @@ __all__ = ["evaluate"]
 def evaluate(run_dir, split, which, overrides) -> None:
     """Evaluate a trained run on a split (writes RUN_DIR/eval_<split>.json)."""
     from segbench.engine import evaluate_run
+    from segbench.engine.evaluate import EvaluationNotSaved
 
     with user_errors():
-        metrics = evaluate_run(run_dir, split, which=which, overrides=overrides, progress=True)
+        try:
+            metrics = evaluate_run(run_dir, split, which=which, overrides=overrides, progress=True)
+        except EvaluationNotSaved as err:  # a read-only or full run folder: the figures, then why they were not saved
+            click.echo(f"{split} ({which} checkpoint):\n" + format_metrics(err.result))
+            raise click.ClickException(str(err)) from None
     click.echo(f"{split} ({which} checkpoint):\n" + format_metrics(metrics))

@@ -49,18 +49,23 @@ def _claim_sweep_folder(out: str) -> None:
 
 
 def _check_data(plan) -> None:
-    """Check each dataset of the plan once, before any run: bad data is one error, not one per architecture."""
+    """Check each dataset of the plan once, before any run: bad data, or a training split smaller than the
+    batch, is one error, not one per architecture; its warnings are said once."""
     from segbench.commands.errors import user_errors
     from segbench.data import load_data
+    from segbench.data.pipeline import check_batch_fits
 
-    checked = set()
+    loaded, batches = {}, set()
     for run in plan:
         key = repr(run.config.data)
-        if key in checked:
-            continue
-        checked.add(key)
         with user_errors():  # a DataError: one line, exit status 1
-            load_data(run.config.data)
+            if key not in loaded:
+                loaded[key] = load_data(run.config.data)
+                for notice in loaded[key].notices:
+                    click.echo(f"data: {notice}", err=True)
+            if (key, run.config.train.batch_size) not in batches:
+                batches.add((key, run.config.train.batch_size))
+                check_batch_fits(loaded[key], run.config.train.batch_size)
 
 
 def _measure_speed(plan, profile, out: str, launcher) -> None:

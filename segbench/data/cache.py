@@ -115,8 +115,16 @@ class CacheStore:
         return np.array(self._array(f"{case:06d}_mask.npy")[index])
 
 
+def _named(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path``: a write that fails (a full disk) names no file, so the error would not say which."""
+    return err if err.filename else OSError(err.errno, err.strerror or str(err), str(path))
+
+
 def _save(folder: Path, name: str, array: np.ndarray) -> None:
-    np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
+    try:
+        np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
+    except OSError as err:
+        raise _named(err, folder / name) from None
 
 
 def _mask_dtype(plan: LabelPlan) -> np.dtype:
@@ -214,7 +222,10 @@ def _build(folder: Path, source: Source, cfg: DataConfig, reader, key: str) -> N
         "notices": notices,
         "cases": records,
     }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    except OSError as err:
+        raise _named(err, folder / "meta.json") from None
 
 
 def _verified(store: CacheStore) -> CacheStore:

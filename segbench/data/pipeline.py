@@ -16,7 +16,7 @@ from segbench.data.readers import BrainReader, ImageReader2D, VolumeReader
 from segbench.data.report import DataReport, SplitStats
 from segbench.data.splits import SplitPlan, plan_splits
 
-__all__ = ["load", "resolve_source", "check_batchable", "split_record"]
+__all__ = ["load", "resolve_source", "check_batchable", "check_batch_fits", "split_record"]
 
 
 def split_record(data: SegmentationData) -> dict | None:
@@ -40,6 +40,18 @@ def check_batchable(data: SegmentationData, batch_size: int, crop_size: tuple[in
         raise DataError(
             f"{data.name}: images range from {h0}x{w0} to {h1}x{w1} (HxW) and train.batch_size={batch_size} stacks "
             "several per step; set data.resize=[H,W] or data.augment.crop_size=[H,W], or train.batch_size=1"
+        )
+
+
+def check_batch_fits(data: SegmentationData, batch_size: int) -> None:
+    """A training split smaller than one batch gives no step (the incomplete last batch is dropped): say so
+    before training, and once before a sweep, rather than in every run's loop."""
+    count = len(data.splits["train"])
+    if count < batch_size:
+        raise DataError(
+            f"{data.name}: the train split serves {count} image(s) per epoch, fewer than train.batch_size={batch_size}, "
+            f"and an incomplete batch is dropped, so no training step could be taken; set train.batch_size={count} or "
+            f"lower (--set train.batch_size={count}), or give it more training cases"
         )
 
 
@@ -156,6 +168,22 @@ def _check_foreground(stats: dict[str, SplitStats], splits: SplitPlan, meta: dic
     return warnings
 
 
+def _classes_only_held_out(stats: dict[str, SplitStats], class_names: list[str]) -> list[str]:
+    """A class that val or test hold but train never shows cannot be learned: its scores there will be 0,
+    whatever the architecture. Said by check, train and before a sweep, not only in check's histogram."""
+    if "train" not in stats:
+        return []
+    warnings = []
+    for k, name in enumerate(class_names):
+        held_out = {split: s.class_pixels[k] for split, s in stats.items() if split != "train" and s.class_pixels[k]}
+        if stats["train"].class_pixels[k] == 0 and held_out:
+            where = ", ".join(f"{split} ({pixels} px)" for split, pixels in held_out.items())
+            warnings.append(f"warning: class {name!r} is in {where} but never in train: no model can learn it, so its "
+                            "scores there will be 0. Put cases that hold it in train (data.split_file, data.seed or "
+                            "data.val_fraction)")
+    return warnings
+
+
 def load(cfg: DataConfig) -> SegmentationData:
     """Implementation of ``segbench.data.load_data``."""
     source, reader, salt = resolve_source(cfg)
@@ -179,7 +207,8 @@ def load(cfg: DataConfig) -> SegmentationData:
         else:
             datasets[name] = SliceDataset(store, items, normalization)
     split_stats = {name: _split_stats(store, ranges, meta["num_classes"]) for name, ranges in splits.ranges.items()}
-    notices = list(meta["notices"]) + splits.notices + _check_foreground(split_stats, splits, meta)
+    notices = (list(meta["notices"]) + splits.notices + _check_foreground(split_stats, splits, meta)
+               + _classes_only_held_out(split_stats, meta["class_names"]))
     sizes = [tuple(c["size"]) for c in cases]
     report = DataReport(
         name=meta["name"],

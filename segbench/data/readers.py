@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nibabel import orientations
 
 from segbench.data import brain, imageio, volumes
 from segbench.data.config import DataConfig, DataError
@@ -84,6 +85,10 @@ class ImageReader2D:
         return None  # 2D images carry no physical pixel size we trust: distances stay in pixels
 
 
+# How far apart (in voxels) an image and its label may place their voxels without a word: header rounding.
+GRID_TOLERANCE = 0.1
+
+
 def _spatial(shape: tuple[int, ...], affine: np.ndarray) -> tuple[int, ...]:
     """Shape of the first three axes after RAS+ reorientation (header-only: no data read)."""
     return tuple(volumes.to_canonical(np.empty(shape[:3], dtype=np.uint8), affine).shape)
@@ -97,6 +102,9 @@ class VolumeReader:
         self.normalize_volumes = normalize_volumes
         self.notices: list[str] = []
         self._affines: dict[str, np.ndarray] = {}
+        # Images whose label places its voxels elsewhere: one notice (at this index) names the first, counts all.
+        self._misaligned: list[str] = []
+        self._misaligned_at: int | None = None
 
     def mask(self, case: CaseFiles) -> tuple[np.ndarray, MaskSummary]:
         labels, affine, _ = volumes.read_volume(case.mask)
@@ -125,13 +133,37 @@ class VolumeReader:
             shape, affine = volumes.probe_volume(path)
             if _spatial(shape, affine) != _spatial(expected, label_affine):
                 raise DataError(f"size mismatch: image {path} has shape {shape} but label {case.mask} has shape {expected}")
-            if not np.allclose(affine, label_affine, atol=1e-3):
-                message = f"image {path} and label {case.mask} have different affines (voxel-to-world); reading both in voxel order"
-                if self.cfg.strict:
-                    raise DataError(message)
-                self.notices.append(message)
+            self._check_alignment(path, shape, affine, case.mask, expected, label_affine)
             channels += shape[3] if len(shape) == 4 else 1
         return Probe(channels, "float32")
+
+    def _check_alignment(self, path, shape, affine, mask, mask_shape, mask_affine) -> None:
+        """Image and label must describe one voxel grid, to a tolerance relative to the voxel size (a header's
+        rounding is no disagreement; at 1 um voxels a 1 um shift is).
+
+        Stored in the same orientation, each label voxel is paired with the image voxel stored at its
+        index (a loud warning: a header bug, or a label drawn on another image; refused with ``strict``).
+        In another orientation the two are reoriented differently, so a disagreement misaligns them: refused."""
+        offset = volumes.grid_offset(shape, affine, mask_shape, mask_affine)
+        if offset <= GRID_TOLERANCE:
+            return
+        codes = ["".join(orientations.aff2axcodes(a)) for a in (affine, mask_affine)]
+        where = (f"image {path} and label {mask} disagree on where their voxels are: their affines place the voxels "
+                 f"segbench pairs up to {offset:.3g} voxel(s) apart")
+        if codes[0] != codes[1]:
+            raise DataError(f"{where}, and they are stored in different orientations ({codes[0]} and {codes[1]}), so "
+                            "reading each in RAS+ order would misalign them. Give the label the image's affine (if it "
+                            "was drawn on this image) or resample it onto the image's grid")
+        message = (f"warning: {where}; each label voxel is paired with the image voxel stored at the same index. "
+                   "Check that the label belongs to this image, and give it the image's affine")
+        if self.cfg.strict:
+            raise DataError(message.removeprefix("warning: "))
+        self._misaligned.append(message)
+        if self._misaligned_at is None:
+            self._misaligned_at = len(self.notices)
+            self.notices.append(message)
+        else:  # one line for the dataset: the first pair named, the others counted
+            self.notices[self._misaligned_at] = f"{self._misaligned[0]} ({len(self._misaligned)} images in all)"
 
     def image(self, case: CaseFiles, channels: int, dtype: str) -> np.ndarray:
         parts = []

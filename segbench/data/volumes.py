@@ -28,6 +28,7 @@ __all__ = [
     "to_canonical",
     "from_canonical",
     "canonical_zooms",
+    "grid_offset",
     "slice_spacing",
     "normalize_volume",
     "volume_to_slices",
@@ -100,6 +101,23 @@ def canonical_zooms(affine: np.ndarray) -> tuple[float, float, float]:
     for stored_axis, (canonical_axis, _flip) in enumerate(_canonical_transform(affine)):
         zooms[int(canonical_axis)] = float(sizes[stored_axis])
     return zooms[0], zooms[1], zooms[2]
+
+
+def _canonical_affine(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The affine of ``to_canonical``'s output for a stored volume of ``shape``."""
+    return np.asarray(affine, dtype=np.float64) @ orientations.inv_ornt_aff(_canonical_transform(affine), shape[:3])
+
+
+def grid_offset(image_shape: tuple[int, ...], image_affine: np.ndarray, label_shape: tuple[int, ...],
+                label_affine: np.ndarray) -> float:
+    """How far apart (in the image's smallest voxel size) an image and its label place the voxels segbench
+    pairs: voxel (i, j, k) of each volume reoriented to RAS+. The largest world distance over the grid's
+    corners, so a shift, a scale, a rotation and a flip all count; 0 when the two describe one grid."""
+    image, label = _canonical_affine(image_shape, image_affine), _canonical_affine(label_shape, label_affine)
+    size = to_canonical(np.empty(image_shape[:3], dtype=np.uint8), image_affine).shape
+    corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    distance = np.linalg.norm(((image - label) @ corners.T)[:3], axis=0).max()
+    return float(distance / max(min(canonical_zooms(image_affine)), 1e-12))
 
 
 def slice_spacing(zooms: tuple[float, float, float], slice_axis: int) -> tuple[float, float, float]:

@@ -10,6 +10,7 @@ order, into the same figures one process computes alone.
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from pathlib import Path
@@ -30,9 +31,25 @@ from segbench.engine.device import Precision, inference_precision, resolve_devic
 from segbench.engine.hardware import loader_workers
 from segbench.engine.inference import InferenceSettings, predict_logits
 from segbench.engine.metrics import CaseScores, SegmentationMetrics, write_per_case_csv
-from segbench.run_files import eval_file, eval_per_case_file
+from segbench.run_files import WRITE_ERRNOS, DiskFull, eval_file, eval_per_case_file
 
-__all__ = ["inference_settings", "merge_shards", "evaluate", "evaluate_run", "json_safe", "write_json"]
+__all__ = ["inference_settings", "merge_shards", "evaluate", "evaluate_run", "EvaluationNotSaved", "json_safe",
+           "write_json"]
+
+
+class EvaluationNotSaved(OSError):
+    """``evaluate_run`` measured the figures (``result``) but could not write them into the run folder."""
+
+    def __init__(self, path: Path, cause: OSError, result: dict):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.result = result
+        full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        self.reason = str(DiskFull(cause.filename or path)) if full else \
+            f"cannot write {cause.filename or path}: {cause.strerror or cause}"
+
+    def __str__(self) -> str:
+        return (f"{self.reason}, so {self.filename} was not saved (the figures were measured); make the run folder "
+                "writable (or free space on its disk) and run the same command again to save them")
 
 
 def inference_settings(cfg: EvalConfig) -> InferenceSettings:
@@ -184,7 +201,8 @@ def evaluate_run(
     """Metrics of a run's ``which`` checkpoint on ``split``; also written to ``run_dir/eval_<split>.json``.
 
     ``overrides`` (``eval.KEY=VALUE``) change how it is evaluated, e.g. ``eval.mode=slide`` or
-    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own.
+    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own. A run folder that cannot
+    be written (read-only, full) raises ``EvaluationNotSaved``, which holds the figures.
     """
     from segbench.data import load_data
 
@@ -209,7 +227,12 @@ def evaluate_run(
     metrics = evaluate(model, data.splits[split], info, cfg.eval, device, precision, progress=progress, desc=split,
                        num_workers=loader_workers(cfg.train.num_workers, device), per_case=rows)
     result = {"split": split, "checkpoint": which, "eval": config_to_dict(cfg)["eval"], **metrics}
-    run_folder.record(run_dir, eval_file(split), eval_per_case_file(split))  # listed before written; starting over deletes them
-    write_json(result, run_dir / eval_file(split))
-    write_per_case_csv(run_dir / eval_per_case_file(split), rows)
+    try:  # listed before written; starting over deletes them
+        run_folder.record(run_dir, eval_file(split), eval_per_case_file(split))
+        write_json(result, run_dir / eval_file(split))
+        write_per_case_csv(run_dir / eval_per_case_file(split), rows)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:  # a read-only or full run folder: the figures exist, not the file
+            raise
+        raise EvaluationNotSaved(run_dir / eval_file(split), err, result) from err
     return result

@@ -241,8 +241,8 @@ def compare_split_record(run_dir: str | Path, record: dict | None, split: str) -
     """Compare the data now with what the run trained on; returns warnings, raises on what falsifies ``split``.
 
     Refused: other classes (a class added since training would silently be left out), or a ``split``
-    holding cases other than those recorded (e.g. training images moved into val). Warned: the same
-    cases with changed content (files rewritten or touched)."""
+    holding cases other than those recorded (e.g. training images moved into val). Warned, saying what
+    changed: cases added to or removed from another split, or the same cases with changed content."""
     from segbench.data import DataError
 
     path = Path(run_dir) / SPLIT_FILE
@@ -268,6 +268,23 @@ def compare_split_record(run_dir: str | Path, record: dict | None, split: str) -
         raise DataError(f"the {split} split changed since {run_dir} was trained ({SPLIT_FILE}): "
                         + "; ".join(p for p in parts if p) + ". Evaluate on the data it was trained with, or train again")
     if saved.get("content_hash") != record["content_hash"]:
-        return [f"warning: the data's files changed since {run_dir} was trained (same cases, other content hash); "
-                "the figures are for the data as it is now"]
+        return [f"warning: {_what_changed(saved, record, split, run_dir)}; the figures are for the data as it is now"]
     return []
+
+
+def _what_changed(saved: dict, record: dict, split: str, run_dir: str | Path) -> str:
+    """What changed when ``split`` holds the cases it held: cases added to or removed from another split,
+    or only the files' contents (the content hash covers every file of every split)."""
+    changes = []
+    for name in sorted(set(saved["splits"]) | set(record["splits"])):
+        before, now = set(saved["splits"].get(name, [])), set(record["splits"].get(name, []))
+        added, removed = sorted(now - before), sorted(before - now)
+        if added:
+            changes.append(f"{len(added)} case(s) added to {name} (e.g. {', '.join(added[:3])})")
+        if removed:
+            changes.append(f"{len(removed)} case(s) removed from {name} (e.g. {', '.join(removed[:3])})")
+    if changes:
+        return (f"the data changed since {run_dir} was trained: " + "; ".join(changes)
+                + f" ({SPLIT_FILE}); the {split} split holds the cases it held")
+    return (f"the data's files changed since {run_dir} was trained (every split holds the cases it held; files were "
+            "rewritten or touched: another content hash)")

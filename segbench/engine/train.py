@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from segbench.config import Config, TrainConfig, config_to_dict, to_yaml
 from segbench.data import SegmentationData, load_data
-from segbench.data.pipeline import check_batchable, split_record
+from segbench.data.pipeline import check_batch_fits, check_batchable, split_record
 from segbench.engine import run_folder
 from segbench.engine.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -271,6 +271,7 @@ def _load(cfg: Config, info: DistInfo, data: SegmentationData | None, say) -> Se
     for split in ("train", "val"):
         if split not in data.splits or len(data.splits[split]) == 0:
             raise ValueError(f"the data has no {split!r} split (splits: {', '.join(data.splits) or 'none'})")
+    check_batch_fits(data, cfg.train.batch_size)
     if data.report is not None:
         check_batchable(data, max(1, cfg.train.batch_size // info.world_size), cfg.data.augment.crop_size)
     return data
@@ -282,7 +283,9 @@ def _setup(cfg: Config, run_dir: Path, info: DistInfo, progress: bool, data: Seg
     device = resolve_device(cfg.train.device, info.local_rank)
     precision = resolve_precision(cfg.train.amp, device)
     say = functools.partial(_say, info, progress)
-    data = _load(cfg, info, data, say)
+    # What the data check noticed (an affine that disagrees, a class only in val) is said without a progress
+    # bar too: --quiet hides the bar, not warnings.
+    data = _load(cfg, info, data, functools.partial(_say, info, True))
     _seed_everything(cfg.train.seed)  # the same initial weights on every rank
     pretrained = cfg.model.pretrained
     if pretrained and resuming:

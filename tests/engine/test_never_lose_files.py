@@ -209,6 +209,37 @@ def test_a_full_cache_disk_in_check_does_not_mention_out():
     assert "--out" not in message and "no space left on /" in message and "000000_image.npy" in message
 
 
+def test_eval_on_a_read_only_run_folder_prints_its_figures_and_says_why_they_were_not_saved(trained, monkeypatch):
+    import segbench.engine.run_folder as run_folder
+
+    def read_only(run_dir, *names):  # the first write of eval, into a folder on a read-only file system
+        raise OSError(errno.EROFS, "Read-only file system", str(run_dir / f".{MARKER}.tmp"))
+
+    monkeypatch.setattr(run_folder, "record", read_only)
+    result = _invoke("eval", trained)
+    message = _one_line_error(result)
+    assert "mDice_fg" in result.output and "val (best checkpoint)" in result.output  # the figures it measured
+    assert "eval_val.json was not saved" in message and "Read-only file system" in message and "--out" not in message
+    assert not (trained / "eval_val.json").exists()
+
+
+def test_a_full_cache_disk_in_check_names_the_cache_file(tmp_path, monkeypatch):
+    # A write that fails on a full disk raises OSError(ENOSPC) naming no file.
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    folder = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / "images" / f"c{i}.png")
+        Image.fromarray(np.eye(8, dtype=np.uint8)).save(folder / "masks" / f"c{i}.png")
+    message = _one_line_error(_invoke("check", folder, "--cache-dir", tmp_path / "cache"))
+    assert "no space left on /" in message and str(tmp_path / "cache") in message and ".npy" in message
+    assert "--out" not in message
+
+
 # --- item 6: a damaged ImageNet weights cache is converted again, never a traceback ----------------------------
 
 

@@ -187,6 +187,10 @@ def plan_sweep(
         raise ValueError(f"--folds must be >= 2 (or 0: no cross-validation), got {folds}")
     # An explicit --iterations N without --budget asks for N iterations, whatever the profile's budget.
     kind, value = parse_budget(budget or ("iterations" if iterations is not None else profile.budget))
+    if kind == "iterations" and value is not None and iterations is not None and value != iterations:
+        # Two numbers for one thing: the run would train one of them without a word about the other.
+        raise ValueError(f"--iterations {iterations} and --budget {budget} ask for different numbers of iterations; "
+                         "give one of them")
     if kind == "iterations" and value is not None:
         iterations = value if iterations is None else iterations
     iterations = profile.iterations if iterations is None else iterations
