@@ -34,6 +34,7 @@ from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
 from segbench.bench.protocol.record import RESULT_FILE, SPEC_FILE, SWEEP_FILES, WorkerResult
 from segbench.bench.protocol.worker import run_worker_process
 from segbench.engine import run_folder
+from segbench.engine.tracking import TrackingContext
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
 from segbench.checkpoints.load import (
@@ -80,10 +81,16 @@ class PlannedRun:
         return result is not None and result.ok and result.hash == self.config_hash
 
 
+# Settings that change no result: left out of the hash, so turning tracking on reuses finished runs.
+UNHASHED_TRAIN_KEYS = ("trackers", "tracking_uri")
+
+
 def config_hash(cfg: Config, measure: dict) -> str:
-    """Ten hex digits of the SHA-256 of the resolved configuration and the measurement settings
-    (sorted-key JSON): any change to either gives a new run folder."""
-    text = json.dumps({"config": config_to_dict(cfg), "measure": measure}, sort_keys=True, separators=(",", ":"))
+    """Ten hex digits of the SHA-256 of the resolved configuration (but ``UNHASHED_TRAIN_KEYS``) and the
+    measurement settings (sorted-key JSON): any change to either gives a new run folder."""
+    values = config_to_dict(cfg)
+    values["train"] = {key: value for key, value in values["train"].items() if key not in UNHASHED_TRAIN_KEYS}
+    text = json.dumps({"config": values, "measure": measure}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -263,7 +270,7 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
     return tuple(size or profile.input_size)
 
 
-def _write_spec(run: PlannedRun, profile: Profile) -> None:
+def _write_spec(run: PlannedRun, profile: Profile, tracking: TrackingContext | None = None) -> None:
     # The sweep's records are the run's files too: starting the run over deletes its result and preview,
     # not the spec it was started from (it says what the folder is: ``is_sweep_run``).
     run_folder.claim(run.run_dir, files=SWEEP_FILES, inputs=(SPEC_FILE,))
@@ -272,6 +279,8 @@ def _write_spec(run: PlannedRun, profile: Profile) -> None:
         "config": config_to_dict(run.config),
         "measure": run.measure,
         "preview_images": profile.preview_images,
+        # Where the run's tracker run belongs (a review's MLflow parent); not part of the hash.
+        "tracking": (tracking or TrackingContext()).to_dict(),
     }
     (run.run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
@@ -316,6 +325,7 @@ class SweepState:
     say: Callable[[str], None]
     counts: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "ran": 0, "failed": 0})
     weights_problem: dict[str, str | None] = field(default_factory=dict)  # per encoder: why its weights cannot be had
+    tracking: TrackingContext | None = None  # the review's MLflow parent run and tags, for each run's trackers
 
     def label(self, run: PlannedRun) -> str:
         """``[2/4] unet seed 1 (unet-s1-<hash>)``: the run among the plan's, for messages."""
@@ -338,7 +348,7 @@ class SweepState:
             self.say(f"{self.label(run)}: queued" + (" (it resumes from its last.pt)" if resuming else ""))
         else:
             self.say(f"{self.label(run)}: {'resuming' if resuming else 'starting'}")
-        _write_spec(run, self.profile)
+        _write_spec(run, self.profile, self.tracking)
         return None
 
     def record(self, run: PlannedRun, result: WorkerResult, elapsed: float) -> None:
@@ -378,11 +388,12 @@ class LocalLauncher:
 
 def run_sweep(
     plan: list[PlannedRun], profile: Profile, *, progress: bool = True, say: Callable[[str], None] = print,
-    launcher: Launcher | None = None,
+    launcher: Launcher | None = None, tracking: TrackingContext | None = None,
 ) -> dict[str, int]:
     """Run every planned run not finished before, with ``launcher`` (default: ``LocalLauncher``);
-    returns counts: ``skipped``, ``ran``, ``failed``."""
-    state = SweepState(plan, profile, progress, say)
+    returns counts: ``skipped``, ``ran``, ``failed``. ``tracking``: the review's parent run for the runs'
+    trackers (``review_tracking``)."""
+    state = SweepState(plan, profile, progress, say, tracking=tracking)
     todo = []
     for run in plan:
         if run.finished:
