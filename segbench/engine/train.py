@@ -570,7 +570,7 @@ def _loop(run: _Run) -> None:
                 speed = state.images_seen / max(state.train_time_s, 1e-9)
                 run.log.write(event="train", iteration=iteration, epoch=state.epoch, loss=mean_loss, lr=lr,
                               images_per_s=speed, train_time_s=state.train_time_s, data_time_s=state.data_time_s,
-                              data_share=state.data_time_s / max(state.train_time_s, 1e-9))
+                              data_time_share=state.data_time_s / max(state.train_time_s, 1e-9))
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 window = LossWindow(run.device)
             if validating:

@@ -23,7 +23,7 @@ def review(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     data, out = write_synthetic_data(root / "data"), root / "out"
     args = [str(data), "--archs", "unet", "--seeds", "2", "--iterations", "8", "--out", str(out), "--no-speed",
-            "--no-progress", "--set", "data.resize=[32,32]", "--tracker", "mlflow", "--tracker", "tensorboard"]
+            "--no-progress", "--lr", "paper", "--set", "data.resize=[32,32]", "--tracker", "mlflow", "--tracker", "tensorboard"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEGBENCH_HOME", str(root / "home"))
         first = CliRunner().invoke(run, args, catch_exceptions=False)

@@ -46,7 +46,7 @@ def test_tensorboard_holds_the_logged_scalars_at_their_steps(tiny_env, tmp_path)
     pytest.importorskip("tensorboard")
     metrics = train(tiny_config("train.trackers=[tensorboard]"), tmp_path, progress=False)
     logged = scalars(tmp_path / "tensorboard")
-    for key in ("loss", "lr", "images_per_s", "data_share"):
+    for key in ("loss", "lr", "images_per_s", "data_time_share"):
         expected = [(e["iteration"], e[key]) for e in log_events(tmp_path, "train")]
         assert [step for step, _ in expected] == list(range(2, 13, 2))
         assert_series(logged[f"train/{key}"], expected)
