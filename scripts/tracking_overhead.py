@@ -64,7 +64,11 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--replay-only", metavar="RUN", help="Time only the trackers, on the records of RUN (a "
+                        "finished run folder, e.g. OUT/none-0 of an earlier call): no training.")
     args = parser.parse_args()
+    if args.replay_only:
+        return replay(Path(args.replay_only), Path(args.out), args.repeats)
 
     from segbench.config import load_config
     from segbench.engine import train
@@ -86,14 +90,19 @@ def main() -> int:
     for name, runs in results.items():
         print(f"{name:<12} {statistics.median(r['wall_time_s'] for r in runs):>16.2f} "
               f"{statistics.median(r['train_time_s'] for r in runs):>17.2f}")
-    log = out / "none-0" / "log.jsonl"
+    return replay(out / "none-0", out, args.repeats)
+
+
+def replay(run: Path, out: Path, repeats: int) -> int:
+    """The trackers alone on the records of ``run``, interleaved, ``repeats`` times each."""
+    log = run / "log.jsonl"
     lines = sum(1 for _ in log.open())
     alone = {name: [] for name in SETTINGS if name != "none"}
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         for name in alone:
             alone[name].append(replay_seconds(SETTINGS[name], log, out / f"replay-{name}-{repeat}"))
-    print(f"\ntrackers alone, one run's {lines} log records (median of {args.repeats}):")
-    steps = statistics.median(r["train_time_s"] for r in results["none"])
+    print(f"\ntrackers alone, one run's {lines} log records (median of {repeats}):")
+    steps = json.loads((run / "metrics.json").read_text())["train_time_s"]
     for name, pairs in alone.items():
         opening, logging = (statistics.median(p[k] for p in pairs) for k in (0, 1))
         print(f"{name:<12} open {opening:.2f} s (a new store), log {logging:.2f} s = {1000 * logging / lines:.1f} ms "

@@ -280,11 +280,11 @@ def open_trackers(names: tuple[str, ...] | list[str], run_dir: Path, *, resumed_
 
                 uri = tracking_uri or default_tracking_uri(run_dir)
                 previous = stored.get("mlflow") or {}
+                path = writable(run_dir / TRACKING_FILE)  # checked before a run is created that it would not name
                 slot.tracker = MLflowTracker.open(
                     uri, run_id=previous.get("run_id") if previous.get("tracking_uri") == uri else None,
                     run_name=run_dir.name, parent_run_id=context.parent_run_id, tags={**(tags or {}), **context.tags})
                 stored["mlflow"] = {"tracking_uri": uri, "run_id": slot.tracker.run_id}
-                path = writable(run_dir / TRACKING_FILE)
                 path.write_text(json.dumps(stored, indent=1) + "\n")
         except Exception as err:  # noqa: BLE001 - a tracker never stops training
             slot.fail(err)
