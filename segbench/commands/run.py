@@ -197,9 +197,14 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     chosen = get_profile(profile)
     try:
         trackers = parse_trackers(trackers) or ()
-        tracking = tracking_overrides(trackers, tracking_uri, out)
-    except (ConfigError, TrackerMissing) as err:
+    except ConfigError as err:
         raise click.UsageError(str(err)) from None
+    if tracking_uri and "mlflow" not in trackers:
+        raise click.UsageError("--tracking-uri only with --tracker mlflow")
+    try:
+        tracking = tracking_overrides(trackers, tracking_uri, out)
+    except TrackerMissing as err:  # one line naming the pip command
+        raise click.ClickException(str(err)) from None
     ray_options = dict(ray_address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
                        max_retries=max_retries)
     given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]

@@ -162,3 +162,15 @@ def test_trackers_change_no_result_a_run_resumes_with_others(tiny_env, tmp_path)
     train(cfg, tmp_path, progress=False)
     longer = tiny_config("train.iterations=8", "train.trackers=[tensorboard]")
     assert train(longer, tmp_path, progress=False)["iterations_run"] == 8  # resumed (finished): no ConfigMismatch
+
+
+def test_review_refuses_a_missing_tracker_in_one_line_before_any_run(tmp_path, monkeypatch):
+    from segbench.commands.run import run
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if it were not installed
+    result = CliRunner().invoke(run, ["--archs", "unet", "--out", str(tmp_path / "out"), "--tracker", "mlflow"])
+    assert result.exit_code == 1 and not (tmp_path / "out").exists()
+    line = result.output.strip().splitlines()[-1]  # sqlalchemy and alembic too where they are missing as well
+    assert line.startswith("Error: --tracker mlflow needs mlflow") and line.endswith(": pip install 'segbench[mlflow]'")
+    result = CliRunner().invoke(run, ["--archs", "unet", "--out", str(tmp_path / "out"), "--tracking-uri", "sqlite:///x.db"])
+    assert result.exit_code == 2 and "--tracking-uri only with --tracker mlflow" in result.output
