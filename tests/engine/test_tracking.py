@@ -174,3 +174,19 @@ def test_review_refuses_a_missing_tracker_in_one_line_before_any_run(tmp_path, m
     assert line.startswith("Error: --tracker mlflow needs mlflow") and line.endswith(": pip install 'segbench[mlflow]'")
     result = CliRunner().invoke(run, ["--archs", "unet", "--out", str(tmp_path / "out"), "--tracking-uri", "sqlite:///x.db"])
     assert result.exit_code == 2 and "--tracking-uri only with --tracker mlflow" in result.output
+
+
+def test_data_parallel_ranks_log_once_from_rank_0(tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from tests.engine.test_distributed import _train_two_ranks
+
+    rank0, _ = _train_two_ranks(tmp_path, "train.trackers=[tensorboard,mlflow]")
+    run_dir = tmp_path / "run"
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer: rank 0
+    logged = scalars(run_dir / "tensorboard")
+    assert_series(logged["train/loss"], [(e["iteration"], e["loss"]) for e in log_events(run_dir, "train")])
+    client, runs = _runs(f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
+    assert runs[0].data.metrics["best/mDice_fg"] == rank0["metrics"]["val"]["mDice_fg"]
