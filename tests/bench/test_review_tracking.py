@@ -13,13 +13,23 @@ from segbench.bench.protocol.record import WorkerResult
 from segbench.commands.run import run
 from tests.bench.test_run import write_synthetic_data
 
-pytest.importorskip("mlflow")
-pytest.importorskip("sqlalchemy")
-pytest.importorskip("tensorboard")
+
+
+def test_trackers_leave_the_run_folders_and_hashes_as_they_were():
+    from segbench.bench.protocol.profiles import get_profile
+    from segbench.bench.protocol.sweep import plan_sweep
+
+    plain = plan_sweep(data="brain-mri", profile=get_profile("quick"), out="review", archs=["unet", "segformer"])
+    tracked = plan_sweep(data="brain-mri", profile=get_profile("quick"), out="review", archs=["unet", "segformer"],
+                         overrides=["train.trackers=[mlflow,tensorboard]", 'train.tracking_uri="http://127.0.0.1:5000"'])
+    assert [r.run_dir for r in tracked] == [r.run_dir for r in plain]  # finished runs are reused
+    assert tracked[0].config.train.trackers == ("mlflow", "tensorboard")
 
 
 @pytest.fixture(scope="module")
 def review(tmp_path_factory):
+    for package in ("mlflow", "sqlalchemy", "tensorboard"):
+        pytest.importorskip(package)
     root = tmp_path_factory.mktemp("tracked")
     data, out = write_synthetic_data(root / "data"), root / "out"
     args = [str(data), "--archs", "unet", "--seeds", "2", "--iterations", "8", "--out", str(out), "--no-speed",
