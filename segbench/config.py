@@ -143,6 +143,8 @@ class TrainConfig:
     # MLflow tracking URI (a server's http://..., sqlite:///..., databricks); None: sqlite:///RUN/mlflow.db
     # (segbench run: OUT/mlflow.db).
     tracking_uri: str | None = None
+    # Also keep best.pt as an MLflow artifact (a copy of the weights in the artifact store).
+    track_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         # Zero or negative counts used to fail deep in the loop (a division by zero, an empty run).

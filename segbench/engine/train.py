@@ -117,7 +117,7 @@ def _seed_everything(seed: int) -> None:
 
 
 # Settings a run's results do not depend on: they may change between a run and its resumption.
-RESULT_NEUTRAL_KEYS = ("train.num_workers", "train.trackers", "train.tracking_uri")
+RESULT_NEUTRAL_KEYS = ("train.num_workers", "train.trackers", "train.tracking_uri", "train.track_checkpoint")
 
 
 def _same_folder(a, b) -> bool:
@@ -596,7 +596,8 @@ def _track_results(run: _Run, result: dict) -> None:
     """``metrics.json`` to the trackers (``best/``, ``test/``, ``run/`` figures at the last iteration) and the
     files a tracker keeps as artifacts."""
     run.log.tracker.log_metrics(final_metrics(json_safe(result)), run.state.iteration)
-    for name in (CONFIG_FILE, METRICS_FILE, run_folder.per_case_file("val")):
+    names = (CONFIG_FILE, METRICS_FILE, run_folder.per_case_file("val"), *([BEST_FILE] if run.cfg.train.track_checkpoint else []))
+    for name in names:
         if (run.run_dir / name).is_file():
             run.log.tracker.log_artifact(run.run_dir / name)
 

@@ -85,7 +85,7 @@ def _history(client, run_id, key):
 def test_mlflow_run_killed_and_resumed_is_one_run_with_each_step_once(tiny_env, tmp_path):
     pytest.importorskip("mlflow")
     pytest.importorskip("sqlalchemy")
-    cfg = tiny_config("train.trackers=[mlflow]")
+    cfg = tiny_config("train.trackers=[mlflow]", "train.track_checkpoint=true")
     # 4 item loads per iteration, 6 per validation (at 4 and 8): the 54th is inside iteration 11, after the
     # log line of iteration 10 and before the next checkpoint (12), so the resumed run (from 9) reaches a
     # step MLflow already holds.
@@ -116,7 +116,7 @@ def test_mlflow_run_killed_and_resumed_is_one_run_with_each_step_once(tiny_env, 
     assert run.data.params == config_params(config_to_dict(load_config(tmp_path / "config.yaml")))
     assert run.data.tags["arch"] == "tiny" and run.data.tags["seed"] == "0" and run.data.tags["device"] == "cpu"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "metrics.json", "per_case_val.csv"} <= artifacts
+    assert {"config.yaml", "metrics.json", "per_case_val.csv", "best.pt"} <= artifacts
 
 
 def test_an_unreachable_mlflow_server_warns_once_and_training_finishes(tiny_env, tmp_path, monkeypatch):

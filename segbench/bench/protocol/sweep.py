@@ -82,7 +82,7 @@ class PlannedRun:
 
 
 # Settings that change no result: left out of the hash, so turning tracking on reuses finished runs.
-UNHASHED_TRAIN_KEYS = ("trackers", "tracking_uri")
+UNHASHED_TRAIN_KEYS = ("trackers", "tracking_uri", "track_checkpoint")
 
 
 def config_hash(cfg: Config, measure: dict) -> str:
