@@ -137,6 +137,16 @@ class TrainConfig:
     # adaptive pooling backward, MaxUnpool2d, 2D NLL loss): a resumed GPU run still differs in the last
     # bits (README, GPUs). CPU runs are always exact.
     deterministic: bool = False
+    # Experiment trackers the run also logs to (docs/tracking.md): "tensorboard" (event files in
+    # RUN/tensorboard) and/or "mlflow" (train.tracking_uri); pip install 'segbench[tensorboard]' /
+    # 'segbench[mlflow]'. They change no result: a run may resume with other trackers, and a review's hash
+    # leaves them out.
+    trackers: tuple[Literal["tensorboard", "mlflow"], ...] = ()
+    # MLflow tracking URI (a server's http://..., sqlite:///..., databricks); None: sqlite:///RUN/mlflow.db
+    # (segbench run: OUT/mlflow.db).
+    tracking_uri: str | None = None
+    # Also keep best.pt as an MLflow artifact (a copy of the weights in the artifact store).
+    track_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         # Zero or negative counts used to fail deep in the loop (a division by zero, an empty run).

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 __all__ = ["MARKER", "SPLIT_FILE", "LAST_FILE", "BEST_FILE", "LOG_FILE", "METRICS_FILE", "CONFIG_FILE", "DATA_INFO_FILE",
-           "ONNX_FILE", "PER_CASE_FILES", "LR_FIND_FILE", "RUN_FILES", "per_case_file", "per_slice_file", "eval_file",
-           "eval_per_case_file", "RunFolderError", "DiskFull", "WRITE_ERRNOS", "read_marker", "listed", "writable"]
+           "ONNX_FILE", "PER_CASE_FILES", "LR_FIND_FILE", "TRACKING_FILE", "RUN_FILES", "per_case_file", "per_slice_file",
+           "eval_file", "eval_per_case_file", "RunFolderError", "DiskFull", "WRITE_ERRNOS", "read_marker", "listed", "writable"]
 
 LAST_FILE = "last.pt"  # everything needed to resume exactly
 BEST_FILE = "best.pt"  # the weights of the best validation
@@ -41,9 +41,13 @@ def per_slice_file(split: str) -> str:
 
 
 LR_FIND_FILE = "lr_find.json"  # train.lr_policy=find: the range test's curve and its pick
+# train.trackers: the tracker runs this run logs to (its MLflow run id), so that a resumed run continues them.
+# A review's OUT holds one too (its parent run). The trackers' own files (tensorboard/, mlflow.db, mlartifacts/)
+# are not listed: starting a run over keeps their history, and its new tracker run starts at step 0.
+TRACKING_FILE = "tracking.json"
 # Every file ``segbench train`` writes into its run folder.
 RUN_FILES = (LAST_FILE, BEST_FILE, LOG_FILE, METRICS_FILE, CONFIG_FILE, DATA_INFO_FILE, SPLIT_FILE, *PER_CASE_FILES,
-             LR_FIND_FILE)
+             LR_FIND_FILE, TRACKING_FILE)
 
 
 def eval_file(split: str) -> str:

@@ -35,10 +35,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from segbench.engine.predict import PredictError
     from segbench.engine.run_folder import RunFolderError
     from segbench.engine.train import ConfigMismatch, TrainingDiverged
+    from segbench.engine.tracking import TrackerMissing
     from segbench.checkpoints.io import CheckpointError
 
     types: list[type[BaseException]] = [ConfigError, DataError, RunFolderError, ConfigMismatch, TrainingDiverged,
-                                        OutOfMemory, PredictError, CheckpointError, FileNotFoundError]
+                                        OutOfMemory, PredictError, CheckpointError, FileNotFoundError, TrackerMissing]
     try:
         from segbench.checkpoints.imagenet import WeightsUnavailableError
 

@@ -41,9 +41,10 @@ def _claim_sweep_folder(out: str) -> None:
     the user's whose report/index.html the review would overwrite."""
     from segbench.bench.protocol.review_speed import SPEED_FILE
     from segbench.engine.run_folder import RunFolderError, claim_output
+    from segbench.run_files import TRACKING_FILE
 
     try:
-        claim_output(out, "sweep", files=("report/", SPEED_FILE), legacy=("report", SPEED_FILE))
+        claim_output(out, "sweep", files=("report/", SPEED_FILE, TRACKING_FILE), legacy=("report", SPEED_FILE))
     except RunFolderError as err:
         raise click.ClickException(str(err)) from None
 
@@ -120,6 +121,13 @@ def _connect(runner, plan, out: str):
     return runner
 
 
+def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str | None, params: dict):
+    """The review's MLflow parent run (``segbench.bench.protocol.review_tracking``), its parameters the command's."""
+    from segbench.bench.protocol.review_tracking import open_review_tracking
+
+    return open_review_tracking(out, trackers, tracking_uri, params["profile"], params)
+
+
 @click.command()
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
@@ -171,8 +179,15 @@ def _connect(runner, plan, out: str):
 @click.option("--max-retries", type=click.IntRange(min=0), default=None,
               help="With --launcher ray: how often a run whose worker or node was lost is retried (default 3; it "
                    "resumes from its last.pt).")
+@click.option("--tracker", "trackers", multiple=True, metavar="none|tensorboard|mlflow",
+              help="Every run also logs to TensorBoard (RUN/tensorboard; tensorboard --logdir OUT) and/or MLflow "
+                   "(repeatable or comma-separated). With MLflow the review is a parent run whose children are its "
+                   "runs, the report its artifacts. Changes no result: finished runs are reused. See docs/tracking.md.")
+@click.option("--tracking-uri", metavar="URI",
+              help="MLflow tracking URI for the review and its runs (http://HOST:PORT, sqlite:///PATH, ...); "
+                   "default sqlite:///OUT/mlflow.db.")
 def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
-        lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, max_retries) -> None:
+        lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, max_retries, trackers, tracking_uri) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -184,13 +199,26 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     from segbench.bench.protocol.profiles import get_profile
     from segbench.bench.review import write_review
     from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
+    from segbench.bench.protocol.review_tracking import tracking_overrides
+    from segbench.commands.train import parse_trackers
     from segbench.config import ConfigError
+    from segbench.engine.tracking import TrackerMissing
 
     chosen = get_profile(profile)
+    try:
+        trackers = parse_trackers(trackers) or ()
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    if tracking_uri and "mlflow" not in trackers:
+        raise click.UsageError("--tracking-uri only with --tracker mlflow")
+    try:
+        tracking = tracking_overrides(trackers, tracking_uri, out)
+    except TrackerMissing as err:  # one line naming the pip command
+        raise click.ClickException(str(err)) from None
     runner = _launcher(launcher, dict(ray_address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
                                       max_retries=max_retries))
     settings = dict(data=data, profile=chosen, out=out, archs=_split_archs(archs), seeds=seeds,
-                    iterations=iterations, overrides=list(overrides), budget=budget, lr=lr,
+                    iterations=iterations, overrides=list(overrides) + tracking, budget=budget, lr=lr,
                     folds=folds or None)  # fmt: skip
     try:
         plan = plan_sweep(**settings)
@@ -209,8 +237,12 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
                f", {len(plan)} run(s) ({imagenet} from ImageNet weights), "
                f"data {data}, out {out}", err=True)
     started = time.perf_counter()
+    review_params = dict(data=data, profile=chosen.name, archs=",".join(sorted({r.arch for r in plan})), seeds=seeds,
+                         iterations=iterations, budget=budget, lr=lr, folds=folds, pretrained=pretrained, margin=margin,
+                         overrides=list(overrides))
     if report_only:
         _claim_sweep_folder(out)
+        review_tracking = _open_review_tracking(out, trackers, tracking_uri, review_params)
     else:
         _check_data(plan)
         # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused
@@ -218,9 +250,10 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
         _connect(runner, plan, out)
         try:
             _claim_sweep_folder(out)
+            review_tracking = _open_review_tracking(out, trackers, tracking_uri, review_params)
             try:
                 counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True),
-                                   launcher=runner)
+                                   launcher=runner, tracking=review_tracking.context)
             except KeyboardInterrupt:
                 click.echo("\ninterrupted: run the same command again to continue where it stopped", err=True)
                 sys.exit(130)
@@ -232,6 +265,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
             runner.close()
     _mention_other_runs(plan, out, report_only)
     html = write_review(plan, chosen, out, command, overrides, margin=margin)
+    review_tracking.finish(html.parent)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))
     if not report_only and counts["failed"]:

@@ -66,7 +66,12 @@ def format_metrics(metrics: dict) -> str:
 @click.option("--resume/--no-resume", default=True, hidden=True,
               help="--no-resume: the same as --overwrite (kept for old scripts).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -> None:
+@click.option("--tracker", "trackers", multiple=True, metavar="none|tensorboard|mlflow",
+              help="Also log to TensorBoard (RUN/tensorboard) and/or MLflow (repeatable or comma-separated; "
+              "replaces train.trackers; pip install 'segbench[tensorboard]' / 'segbench[mlflow]'). See docs/tracking.md.")
+@click.option("--tracking-uri", metavar="URI",
+              help="MLflow tracking URI (http://HOST:PORT, sqlite:///PATH, ...); default sqlite:///RUN/mlflow.db.")
+def train(config, arch, data_source, out, overrides, overwrite, resume, quiet, trackers, tracking_uri) -> None:
     """Train a model; CONFIG is an optional preset YAML (see configs/).
 
     --out must be a new or empty folder, or a segbench run: that run resumes (or starts over with
@@ -96,7 +101,7 @@ def train(config, arch, data_source, out, overrides, overwrite, resume, quiet) -
                 values["model"] = {k: v for k, v in preset_model.items() if k != "options"}
             extra = ([f"model.arch={arch}"] if arch else []) + ([f"data.source={data_source}"] if data_source else [])
             cfg = config_from_dict(apply_overrides(values, extra + list(overrides)))
-        cfg = _resolved_data_path(cfg)
+        cfg = _with_tracking(_resolved_data_path(cfg), trackers, tracking_uri)
         _check_option_types(cfg.model.arch, cfg.model.options)
         try:
             metrics = train_run(cfg, out_dir, resume=resume, progress=not quiet)
@@ -135,6 +140,35 @@ def _check_option_types(arch: str, options: dict) -> None:
             raise ConfigError(f"model.options.{name}: expected a number (default {default!r}), got {value!r}")
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"model.options.{name}: expected true or false, got {value!r}")
+
+
+def parse_trackers(values: tuple[str, ...]) -> tuple[str, ...] | None:
+    """``--tracker`` values (repeated, comma-separated) as ``train.trackers``; None when not given, () for none."""
+    from segbench.config import ConfigError
+    from segbench.engine.tracking import TRACKERS
+
+    if not values:
+        return None
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in (*TRACKERS, "none")]
+    if unknown:
+        raise ConfigError(f"--tracker {unknown[0]!r}: valid: none, {', '.join(TRACKERS)}")
+    return tuple(dict.fromkeys(name for name in names if name != "none"))
+
+
+def _with_tracking(cfg, trackers: tuple[str, ...], tracking_uri: str | None):
+    """The config with ``--tracker``/``--tracking-uri`` applied; every tracker's package checked now, so a
+    missing one is a one-line error before any work."""
+    import dataclasses
+
+    from segbench.engine.tracking import check_available
+
+    chosen = parse_trackers(trackers)
+    t = cfg.train
+    t = dataclasses.replace(t, trackers=t.trackers if chosen is None else chosen,
+                            tracking_uri=tracking_uri if tracking_uri is not None else t.tracking_uri)
+    check_available(t.trackers, t.tracking_uri)
+    return dataclasses.replace(cfg, train=t)
 
 
 def _resolved_data_path(cfg):

@@ -29,6 +29,9 @@ line: ``event`` "start" | "train" | "val" | "diverged" | "end"), ``last.pt``, ``
   part of it in ``SegmentationMetrics``), ``wall_time_s`` (whole call, this session only),
   ``resumed_from`` (iteration, or null).
 
+With ``train.trackers`` the run also logs to TensorBoard (``tensorboard/``) and MLflow (``tracking.json``
+holds its run id), fed from the same ``log.jsonl`` records and ``metrics.json``: ``segbench.engine.tracking``.
+
 JSON has no NaN: an undefined figure (see ``segbench.engine.metrics``) is written as ``null``.
 """
 
@@ -83,6 +86,7 @@ from segbench.jsonio import json_safe, write_json
 from segbench.engine.hardware import OutOfMemory, has_idle_aux_head, load_scaler, loader_workers, out_of_memory_advice
 from segbench.engine.losses import build_loss
 from segbench.engine.step import TrainStep, grad_scaler
+from segbench.engine.tracking import TrackingContext, config_params, final_metrics, open_trackers, run_tags
 from segbench.engine.train_state import PLAN_AFTER, LossWindow, RunLog, TrainState, note_validation, plan_iterations
 from segbench.engine.metrics import PER_SLICE_COLUMNS, SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
 from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found, within_a_decade
@@ -113,7 +117,7 @@ def _seed_everything(seed: int) -> None:
 
 
 # Settings a run's results do not depend on: they may change between a run and its resumption.
-RESULT_NEUTRAL_KEYS = ("train.num_workers",)
+RESULT_NEUTRAL_KEYS = ("train.num_workers", "train.trackers", "train.tracking_uri", "train.track_checkpoint")
 
 
 def _same_folder(a, b) -> bool:
@@ -221,12 +225,14 @@ def _say(info: DistInfo, progress: bool, message: str) -> None:
 
 
 def train(
-    cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True, data: SegmentationData | None = None
+    cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True, data: SegmentationData | None = None,
+    tracking: TrackingContext | None = None,
 ) -> dict:
     """Train ``cfg.model`` on ``cfg.data`` into ``run_dir``; returns the contents of ``metrics.json``.
 
     ``data``: an already loaded dataset (``segbench.data.load_data`` or your own ``SegmentationData``);
     None loads ``cfg.data``.
+    ``tracking``: the MLflow parent run and tags for ``cfg.train.trackers`` (a review's; ``segbench.engine.tracking``).
     ``resume``: continue from ``run_dir/last.pt`` when it exists (the configuration must match);
     False starts over, deleting only the files the folder's marker says a run wrote
     (``segbench.engine.run_folder``). A non-empty folder that holds no segbench run is refused
@@ -241,10 +247,11 @@ def train(
     """
     run_dir = Path(run_dir)
     with cuda_math(deterministic=cfg.train.deterministic):
-        return _train(cfg, run_dir, resume, progress, data)
+        return _train(cfg, run_dir, resume, progress, data, tracking)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, data: SegmentationData | None) -> dict:
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, data: SegmentationData | None,
+           tracking: TrackingContext | None) -> dict:
     """The run, top to bottom: set up, start or resume, the loop, the final figures."""
     wall_start = time.perf_counter()
     info = init_distributed(cfg.train.device)
@@ -257,9 +264,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, data: Segme
     if finished is not None:  # resumed a run that had already ended
         return finished
     _write_run_files(run)
-    _wrap(run)
-    _loop(run)
-    return _finish(run, wall_start)
+    _open_tracking(run, tracking)
+    try:
+        _wrap(run)
+        _loop(run)
+        result = _finish(run, wall_start)
+    except BaseException:
+        run.log.tracker.close(finished=False)
+        raise
+    run.log.tracker.close()
+    return result
 
 
 def _load(cfg: Config, info: DistInfo, data: SegmentationData | None, say) -> SegmentationData:
@@ -393,6 +407,17 @@ def _write_run_files(run: _Run) -> None:
         write_json(run.data_info.to_dict(), run.run_dir / DATA_INFO_FILE)
         if run.resumed_from is None:
             run_folder.write_split_record(run.run_dir, split_record(run.data))
+
+
+def _open_tracking(run: _Run, context: TrackingContext | None) -> None:
+    """``cfg.train.trackers`` (rank 0 only), fed from here on by the log's records; the configuration as parameters."""
+    t = run.cfg.train
+    if t.trackers and run.info.is_main:
+        tags = run_tags(run.cfg, recipe=run.recipe, device=str(run.device), precision=run.precision.name,
+                        world_size=run.info.world_size)
+        run.log.tracker = open_trackers(t.trackers, run.run_dir, resumed_from=run.resumed_from,
+                                        tracking_uri=t.tracking_uri, context=context, tags=tags)
+        run.log.tracker.log_params(config_params(config_to_dict(run.cfg)))
 
 
 def _wrap(run: _Run) -> None:
@@ -547,7 +572,8 @@ def _loop(run: _Run) -> None:
             if logging:
                 speed = state.images_seen / max(state.train_time_s, 1e-9)
                 run.log.write(event="train", iteration=iteration, epoch=state.epoch, loss=mean_loss, lr=lr,
-                              images_per_s=speed, train_time_s=state.train_time_s)
+                              images_per_s=speed, train_time_s=state.train_time_s, data_time_s=state.data_time_s,
+                              data_time_share=state.data_time_s / max(state.train_time_s, 1e-9))
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 window = LossWindow(run.device)
             if validating:
@@ -567,6 +593,16 @@ def _loop(run: _Run) -> None:
                 break
     finally:
         bar.close()
+
+
+def _track_results(run: _Run, result: dict) -> None:
+    """``metrics.json`` to the trackers (``best/``, ``test/``, ``run/`` figures at the last iteration) and the
+    files a tracker keeps as artifacts."""
+    run.log.tracker.log_metrics(final_metrics(json_safe(result)), run.state.iteration)
+    names = (CONFIG_FILE, METRICS_FILE, run_folder.per_case_file("val"), *([BEST_FILE] if run.cfg.train.track_checkpoint else []))
+    for name in names:
+        if (run.run_dir / name).is_file():
+            run.log.tracker.log_artifact(run.run_dir / name)
 
 
 def _finish(run: _Run, wall_start: float) -> dict:
@@ -608,6 +644,7 @@ def _finish(run: _Run, wall_start: float) -> dict:
         write_json(result, run.run_dir / METRICS_FILE)
         run.log.write(event="end", iteration=state.iteration, best_value=best["value"],
                       best_iteration=best["iteration"], train_time_s=state.train_time_s)
+        _track_results(run, result)
     if info.enabled:
         shared = [result]
         dist.broadcast_object_list(shared, src=0)

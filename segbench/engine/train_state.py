@@ -12,6 +12,7 @@ import torch
 
 from segbench.engine.distributed import DistInfo
 from segbench.engine.metrics import lower_is_better
+from segbench.engine.tracking import NullTracker, Tracker, record_metrics
 from segbench.jsonio import json_safe
 from segbench.run_files import writable
 
@@ -48,15 +49,22 @@ class TrainState:
 
 
 class RunLog:
-    """Appends JSON lines to ``log.jsonl`` (rank 0 only); flushed per line so a kill loses nothing."""
+    """Appends JSON lines to ``log.jsonl`` (rank 0 only); flushed per line so a kill loses nothing.
 
-    def __init__(self, path: Path, enabled: bool):
+    ``tracker``: where each ``train`` and ``val`` record also goes (``segbench.engine.tracking``), the same
+    numbers as the line, at its iteration."""
+
+    def __init__(self, path: Path, enabled: bool, tracker: Tracker | None = None):
         self.path, self.enabled = path, enabled
+        self.tracker: Tracker = tracker or NullTracker()
 
     def write(self, **record) -> None:
         if self.enabled:
             with open(writable(self.path), "a") as f:
                 f.write(json.dumps(json_safe(record)) + "\n")
+            tracked = record_metrics(record)
+            if tracked is not None:
+                self.tracker.log_metrics(tracked[1], tracked[0])
 
     def offset(self) -> int:
         return self.path.stat().st_size if self.enabled and self.path.exists() else 0

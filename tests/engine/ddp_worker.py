@@ -1,6 +1,6 @@
 """One process of the 2-process CPU data-parallel test (run by test_distributed.py, not by pytest).
 
-Usage: python ddp_worker.py RUN_DIR OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
+Usage: python ddp_worker.py RUN_DIR OUT_DIR [KEY=VALUE ...]  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 Trains the tiny model and saves this rank's final weights to OUT_DIR/rank{RANK}.pt.
 """
 
@@ -29,7 +29,7 @@ train_module.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or 
 
 run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = load_config(None, ["model.arch=tiny", "train.iterations=6", "train.batch_size=4", "train.val_interval=3",
-                         "train.device=cpu", "train.log_interval=1"])
+                         "train.device=cpu", "train.log_interval=1", *sys.argv[3:]])
 metrics = train_module.train(cfg, run_dir, progress=False)
 rank = int(os.environ["RANK"])
 torch.save({"params": {n: p.detach() for n, p in built[0].named_parameters()}, "metrics": metrics,

@@ -33,12 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_two_ranks(tmp_path):
-    """Run the DDP worker as 2 Gloo processes into tmp_path/run; what each rank saved."""
+def _train_two_ranks(tmp_path, *overrides: str):
+    """Run the DDP worker as 2 Gloo processes into tmp_path/run (``overrides``: config KEY=VALUE); what each
+    rank saved."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
            "OMP_NUM_THREADS": "1"}
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "run"), str(tmp_path)],
+        subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "run"), str(tmp_path), *overrides],
                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
         for r in (0, 1)

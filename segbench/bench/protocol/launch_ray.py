@@ -96,7 +96,8 @@ class _Events:
         return items
 
 
-def _run_task(run: PlannedRun, profile: Profile, processes: int, events: Any) -> tuple[WorkerResult, float]:
+def _run_task(run: PlannedRun, profile: Profile, processes: int, events: Any,
+              tracking: Any = None) -> tuple[WorkerResult, float]:
     """One run (its ``run_dir`` absolute), inside a Ray task: its worker process, as the local sweep
     starts it; ``WorkerLost`` (retried by Ray) when that process was killed before writing its result."""
     host = socket.gethostname()
@@ -104,7 +105,7 @@ def _run_task(run: PlannedRun, profile: Profile, processes: int, events: Any) ->
     try:
         # Written again by every attempt: the engine deletes the sweep's files when a run starts afresh,
         # and the local sweep writes the spec before every start as well.
-        write_spec(run, profile)
+        write_spec(run, profile, tracking)  # with the review's tracking context, as the local sweep writes it
         started = time.perf_counter()
         result, lost = run_worker_process(run.run_dir, run.config_hash, progress=False, processes=processes)
     finally:
@@ -404,8 +405,8 @@ class RayLauncher:
         task = ray.remote(_run_task).options(max_retries=self.options.max_retries, retry_exceptions=[WorkerLost],
                                              **self._task_options())
         processes = max(1, self.gpus)
-        refs = {task.remote(dataclasses.replace(run, run_dir=run.run_dir.resolve()), state.profile, processes, events): run
-                for run in ready}
+        refs = {task.remote(dataclasses.replace(run, run_dir=run.run_dir.resolve()), state.profile, processes, events,
+                            state.tracking): run for run in ready}
         display = _Display(ready, state.progress, state.say)
         try:
             while refs:

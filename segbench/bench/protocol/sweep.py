@@ -34,6 +34,7 @@ from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
 from segbench.bench.protocol.record import RESULT_FILE, SPEC_FILE, SWEEP_FILES, WorkerResult
 from segbench.bench.protocol.worker import run_worker_process
 from segbench.engine import run_folder
+from segbench.engine.tracking import TrackingContext
 from segbench.config import Config, apply_overrides, config_from_dict, config_to_dict
 from segbench.data import BUILTIN_DATASETS
 from segbench.checkpoints.load import (
@@ -81,10 +82,16 @@ class PlannedRun:
         return result is not None and result.ok and result.hash == self.config_hash
 
 
+# Settings that change no result: left out of the hash, so turning tracking on reuses finished runs.
+UNHASHED_TRAIN_KEYS = ("trackers", "tracking_uri", "track_checkpoint")
+
+
 def config_hash(cfg: Config, measure: dict) -> str:
-    """Ten hex digits of the SHA-256 of the resolved configuration and the measurement settings
-    (sorted-key JSON): any change to either gives a new run folder."""
-    text = json.dumps({"config": config_to_dict(cfg), "measure": measure}, sort_keys=True, separators=(",", ":"))
+    """Ten hex digits of the SHA-256 of the resolved configuration (but ``UNHASHED_TRAIN_KEYS``) and the
+    measurement settings (sorted-key JSON): any change to either gives a new run folder."""
+    values = config_to_dict(cfg)
+    values["train"] = {key: value for key, value in values["train"].items() if key not in UNHASHED_TRAIN_KEYS}
+    text = json.dumps({"config": values, "measure": measure}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -267,16 +274,19 @@ def input_size(cfg: Config, profile: Profile) -> tuple[int, int]:
     return tuple(size or profile.input_size)
 
 
-def write_spec(run: PlannedRun, profile: Profile) -> None:
+def write_spec(run: PlannedRun, profile: Profile, tracking: TrackingContext | None = None) -> None:
     """Write ``run``'s spec (``sweep_run.json``: what its worker process runs) before every start, by every
-    launcher. The sweep's records are the run's files too: starting the run over deletes its result and
-    preview, not the spec it was started from (it says what the folder is: ``is_sweep_run``)."""
+    launcher; ``tracking``: where its tracker run belongs (a review's MLflow parent). The sweep's records are the
+    run's files too: starting the run over deletes its result and preview, not the spec it was started from (it
+    says what the folder is: ``is_sweep_run``)."""
     run_folder.claim(run.run_dir, files=SWEEP_FILES, inputs=(SPEC_FILE,))
     spec = {
         "hash": run.config_hash,
         "config": config_to_dict(run.config),
         "measure": run.measure,
         "preview_images": profile.preview_images,
+        # Where the run's tracker run belongs (a review's MLflow parent); not part of the hash.
+        "tracking": (tracking or TrackingContext()).to_dict(),
     }
     (run.run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
@@ -321,6 +331,7 @@ class SweepState:
     say: Callable[[str], None]
     counts: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "ran": 0, "failed": 0})
     weights_problem: dict[str, str | None] = field(default_factory=dict)  # per encoder: why its weights cannot be had
+    tracking: TrackingContext | None = None  # the review's MLflow parent run and tags, for each run's trackers
 
     def label(self, run: PlannedRun) -> str:
         """``[2/4] unet seed 1 (unet-s1-<hash>)``: the run among the plan's, for messages."""
@@ -343,7 +354,7 @@ class SweepState:
             self.say(f"{self.label(run)}: queued" + (" (it resumes from its last.pt)" if resuming else ""))
         else:
             self.say(f"{self.label(run)}: {'resuming' if resuming else 'starting'}")
-        write_spec(run, self.profile)
+        write_spec(run, self.profile, self.tracking)
         return None
 
     def record(self, run: PlannedRun, result: WorkerResult, elapsed: float) -> None:
@@ -444,11 +455,12 @@ def make_launcher(name: str, options: dict[str, Any], say: Callable[[str], None]
 
 def run_sweep(
     plan: list[PlannedRun], profile: Profile, *, progress: bool = True, say: Callable[[str], None] = print,
-    launcher: Launcher | None = None,
+    launcher: Launcher | None = None, tracking: TrackingContext | None = None,
 ) -> dict[str, int]:
     """Run every planned run not finished before, with ``launcher`` (default: ``LocalLauncher``);
-    returns counts: ``skipped``, ``ran``, ``failed``."""
-    state = SweepState(plan, profile, progress, say)
+    returns counts: ``skipped``, ``ran``, ``failed``. ``tracking``: the review's parent run for the runs'
+    trackers (``review_tracking``)."""
+    state = SweepState(plan, profile, progress, say, tracking=tracking)
     todo = []
     for run in plan:
         if run.finished:

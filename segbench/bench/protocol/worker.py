@@ -140,6 +140,7 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         resolve_device,
         resolve_precision,
     )
+    from segbench.engine.tracking import TrackingContext
     from segbench.engine.train import train
     from segbench.models.registry import build_model, model_recipe
 
@@ -186,7 +187,8 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         stage = "training"
         started = time.perf_counter()
         with peak_memory(device) as memory:
-            metrics = train(cfg, run_dir, resume=True, progress=progress)
+            metrics = train(cfg, run_dir, resume=True, progress=progress,
+                            tracking=TrackingContext.from_dict(spec.get("tracking")))
         result.train_peak_mb = memory.megabytes
         result.train_memory_method = memory.method
         result.session_wall_s = time.perf_counter() - started
