@@ -114,7 +114,8 @@ def _connect_ray(plan, out: str, options: dict):
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
               help="quick: laptop CPU, slim backbones, ~15 min on 2 cores; standard: papers' backbones at 256x256, one GPU; "
-              "paper: papers' settings at 512x512, GPUs.")
+              "paper: papers' settings at 512x512, GPUs (DeepLab v1/v2 with the papers' dense CRF where pydensecrf2 "
+              "is installed, else ConvCRF).")
 @click.option("--archs", help="Comma-separated architectures (default: the ten of the review; `segbench models` lists all).")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per architecture (default: the profile's). "
               "With several, intervals and tests include seed-to-seed variation.")
@@ -171,12 +172,14 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     finished run. `--launcher ray` runs the same runs as Ray tasks, on every GPU of this machine or
     across a Ray cluster; the run folders and the report do not depend on the launcher.
     """
-    from segbench.bench.protocol.profiles import get_profile
+    from segbench.bench.protocol.profiles import get_profile, with_available_crf
     from segbench.bench.review import write_review
     from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
     from segbench.config import ConfigError
 
-    chosen = get_profile(profile)
+    chosen, crf_notes = with_available_crf(get_profile(profile))  # paper: the dense CRF where installed
+    for line in crf_notes:
+        click.echo(line, err=True)
     ray_options = dict(ray_address=ray_address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
                        max_retries=max_retries)
     given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]

@@ -32,13 +32,17 @@ enter. Any number of channels is accepted (the distance is summed over channels)
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvCRF"]
+__all__ = ["CRF_KINDS", "ConvCRF", "build_crf", "crf_kind"]
+
+# DeepLab v1/v2's CRF post-processing: none, ConvCRF (this file), or the fully connected CRF (dense_crf.py).
+CRF_KINDS = ("none", "conv", "dense")
 
 
 class ConvCRF(nn.Module):
@@ -139,3 +143,29 @@ class ConvCRF(nn.Module):
         for _ in range(self.iterations):
             refined = logits + self.message(refined.softmax(dim=1), kernel)
         return refined
+
+
+def crf_kind(value: str | bool) -> str:
+    """The CRF a DeepLab builder's ``crf`` option names: ``none``, ``conv`` or ``dense``. ``True`` and
+    ``False`` (the option's values before ``dense`` existed, kept in saved configs) mean ``conv`` and ``none``."""
+    if isinstance(value, bool):
+        return "conv" if value else "none"
+    if value not in CRF_KINDS:
+        hint = difflib.get_close_matches(str(value), CRF_KINDS, n=1)
+        raise ValueError(
+            f"crf={value!r}: expected one of {', '.join(CRF_KINDS)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    return value
+
+
+def build_crf(kind: str | bool, *, iterations: int, window: int, dense_kernels: dict[str, float]) -> nn.Module | None:
+    """The post-processing CRF a DeepLab builder asks for: None, ``ConvCRF(iterations, window)`` with its own
+    kernel defaults, or ``DenseCRF(iterations, **dense_kernels)`` (the paper's kernels; needs pydensecrf2)."""
+    kind = crf_kind(kind)
+    if kind == "conv":
+        return ConvCRF(iterations=iterations, window=window)
+    if kind == "dense":
+        from segbench.models.architectures.dense_crf import DenseCRF  # numpy and the optional pydensecrf2
+
+        return DenseCRF(iterations=iterations, **dense_kernels)
+    return None
