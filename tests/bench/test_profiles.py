@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
+from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile, with_available_crf
 from segbench.bench.protocol.runs import backbone_label
 from segbench.models.registry import build_model, list_models
 
@@ -16,7 +16,7 @@ def _params(arch: str, options: dict) -> int:
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_profile_covers_the_review_and_builds(profile):
-    p = get_profile(profile)
+    p, _ = with_available_crf(get_profile(profile))  # the paper's dense CRF where pydensecrf2 is installed
     assert tuple(p.arch_options) == REVIEW_ARCHS
     assert set(REVIEW_ARCHS) <= set(list_models())
     for arch, options in p.arch_options.items():
