@@ -180,7 +180,8 @@ class DeepLabV3Plus(SegmentationModel):
     ),
     blocks=(
         "Dilated ResNet keeps 1/8 resolution with ImageNet weights intact; ASPP-L's four 3x3 class-score "
-        "convs see 13 to 49 pixels of the stride-8 map; bilinear upsampling; optional CRF post-processing."
+        "convs see 13 to 49 pixels of the stride-8 map; bilinear upsampling; optionally at inference the paper's "
+        "fully connected CRF (crf=dense) or its local-window approximation ConvCRF (crf=conv)."
     ),
     strengths=(
         "Very light head (four convs straight to classes) on a strong backbone; multi-scale context without "
