@@ -14,15 +14,22 @@ with positions p in pixels and colours I in the image's intensity units. Mean-fi
 label is pulled towards the labels of pixels that are close and similar in colour.
 
 Why a local window. The fully connected CRF sums over *all* pixel pairs, which is only tractable with
-permutohedral-lattice filtering (Adams et al. 2010), a CPU C++ library with no PyTorch equivalent. ConvCRF
+permutohedral-lattice filtering (Adams et al. 2010), a CPU C++ library with no PyTorch equivalent
+(``dense_crf.DenseCRF`` runs it through the optional pydensecrf2; DeepLab's ``crf="dense"``). ConvCRF
 assumes pixels farther apart than ``window // 2`` (Chebyshev distance) are conditionally independent, so
 each message is a locally connected convolution that runs anywhere PyTorch runs. The price: with DeepLab's
 ``theta_alpha`` of 50-100 pixels, the appearance kernel of the dense CRF reaches far across an object,
 whereas here it stops at the window edge (7x7 or 11x11); within such a window its spatial factor is nearly
 1, so the appearance term acts as a colour-gated local smoother. Label information still travels
 ``window // 2`` pixels per iteration, so more iterations widen the reach. Teichmann & Cipolla report the
-local version two orders of magnitude faster than the permutohedral dense CRF and, in their experiments,
-at least as accurate.
+local version two orders of magnitude faster than the permutohedral dense CRF on a GPU and, in their
+experiments, at least as accurate. Measured here (docs/crf.md): a straight boundary misplaced inside one
+colour region moves back to the colour edge only if it is within ``window // 2`` pixels; on a CPU the
+dense CRF is the faster of the two.
+
+Not normalised. Like ConvCRF's reference code, messages are sums over the window, so the weights act
+``window**2 - 1`` times over; Krähenbühl's code (and so DeepLab's published weights) divides each message
+by ``sum_j k(i, j)``. The two sets of kernel values are not interchangeable.
 
 Image units. ``theta_beta`` is compared with raw colour differences. DeepLab's values (3-13) assume RGB in
 0..255. For a normalised input ``(x / 255 - mean) / std``, colour differences shrink by ``255 * std``:
