@@ -152,3 +152,16 @@ def test_paper_profile_runs_the_dense_crf_where_installed(installed):
         assert crfs == {"deeplabv1": "conv", "deeplabv2": "conv"}
         assert len(notes) == 2 and all("pip install 'segbench[crf]'" in n and "\n" not in n for n in notes)
     assert with_available_crf(get_profile("quick"), installed=installed)[0] == get_profile("quick")
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_paper_runs_are_planned_with_the_crf_that_runs(installed, tmp_path):
+    # What `segbench run --profile paper` plans: the resolved CRF is in each run's config (and so in its
+    # hash, its config.yaml and the report's option table).
+    from segbench.bench.protocol.sweep import plan_sweep
+
+    profile, _ = with_available_crf(get_profile("paper"), installed=installed)
+    plan = plan_sweep(data="brain-mri", profile=profile, out=tmp_path, archs=["deeplabv1", "deeplabv2"], iterations=2)
+    assert {run.arch: run.config.model.options["crf"] for run in plan} == dict.fromkeys(
+        ["deeplabv1", "deeplabv2"], "dense" if installed else "conv")
+    assert len({run.config_hash for run in plan}) == 2
