@@ -8,9 +8,10 @@ local-window approximation (crf=conv, ConvCRF) cost, and what they change.
     python scripts/crf_benchmark.py effect RUN_DIR [RUN_DIR ...] [--split test]
         for each finished DeepLab v1/v2 run: its best checkpoint evaluated on the split with no CRF,
         ConvCRF and the dense CRF (segbench.engine.evaluate, the loop the review uses; the CRFs as the
-        builders make them), Dice, HD95 and NSD per case, each CRF's paired difference from no CRF over
-        the cases (mean, 95% bootstrap interval, Wilcoxon p), and the seconds per image each adds to a
-        batch-1 forward pass (timed interleaved). Prints a Markdown table.
+        builders make them). Dice compared as the review compares architectures (its units, paired,
+        simultaneous intervals: segbench.bench.report.evidence.gather), HD95 and NSD averaged over cases,
+        and the seconds per image of a batch-1 forward pass with each (timed interleaved). Prints a
+        Markdown table.
 
 Needs pydensecrf2 (pip install 'segbench[crf]') for the dense columns. Prints numbers; asserts nothing.
 """
@@ -30,10 +31,8 @@ from segbench.bench.measure.timing import time_interleaved
 from segbench.models.architectures.crf import build_crf
 from segbench.models.architectures.deeplab import PAPER_CRF_V2
 from segbench.models.architectures.deeplab_v1 import PAPER_CRF
-from segbench.stats import bootstrap_ci, paired_test
 
 KINDS = ("none", "conv", "dense")
-METRICS = ("dice", "hd95", "nsd")  # per case, averaged over the foreground classes scored there
 
 
 def _crf(kind: str, arch: str) -> torch.nn.Module | None:
@@ -61,25 +60,25 @@ def cost(sizes: list[int], classes: list[int], rounds: int) -> None:
                   f"{s['dense v1'] / s['conv']:.2f} |")
 
 
-def _per_case(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """metric -> case -> mean over the foreground classes finite for that case."""
-    out: dict[str, dict[str, float]] = {}
-    for metric in METRICS:
-        values: dict[str, list[float]] = {}
-        for row in rows:
-            if math.isfinite(row[metric]):
-                values.setdefault(row["case"], []).append(row[metric])
-        out[metric] = {case: sum(v) / len(v) for case, v in values.items()}
-    return out
+def _case_means(rows: list[dict], metric: str) -> float:
+    """The mean over cases of each case's mean over its finite foreground classes (NaN if none)."""
+    by_case: dict[str, list[float]] = {}
+    for row in rows:
+        if math.isfinite(row[metric]):
+            by_case.setdefault(row["case"], []).append(row[metric])
+    means = [sum(v) / len(v) for v in by_case.values()]
+    return sum(means) / len(means) if means else math.nan
 
 
 def effect(run_dirs: list[str], split: str | None, rounds: int) -> None:
+    from segbench.bench.report.evidence import RunKey, RunScores, gather, unit_scores
     from segbench.data import load_data
     from segbench.engine.checkpoint import load_run_model
     from segbench.engine.evaluate import evaluate
 
-    print(f"| run | split | CRF | Dice | HD95 | NSD | dDice vs none [95% CI] p | dHD95 | dNSD | s/image added |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | CRF | Dice (review's units) [95% CI] | vs leader [simultaneous CI], status | slices better / worse "
+          "than no CRF (mean dDice) | HD95 | NSD | s/image (batch 1) | added by the CRF |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run_dir in run_dirs:
         model, cfg, info = load_run_model(run_dir, "best")
         data = load_data(cfg.data)
@@ -89,33 +88,35 @@ def effect(run_dirs: list[str], split: str | None, rounds: int) -> None:
         for kind in KINDS:  # one trained network, three post-processings
             models[kind] = copy.deepcopy(model)
             models[kind].crf = _crf(kind, cfg.model.arch)
-        scores = {}
+        rows, per_arch = {}, {}
         for kind, refined in models.items():
-            rows: list[dict] = []
-            evaluate(refined, dataset, info, cfg.eval, per_case=rows)
-            scores[kind] = _per_case(rows)
+            cases: list[dict] = []
+            slices: list[dict] = []
+            evaluate(refined, dataset, info, cfg.eval, per_case=cases, per_slice=slices)
+            rows[kind] = cases
+            per_arch[kind] = {RunKey(None, 0): RunScores(cases, slices)}
+        # The review's statistics on the review's units (cases, or blocks of slices of a lone volume).
+        evidence = gather(per_arch)
+        standings = {s.name: s for s in evidence.comparison.standings}
         image = dataset[0]["image"][None]
         with torch.no_grad():
             timings = time_interleaved({kind: (lambda m=m: m(image)) for kind, m in models.items()},
                                        rounds=rounds, max_warmup=3)
         seconds = {kind: timings[kind].median for kind in KINDS}
-        name = Path(run_dir).name
+        units = f"{evidence.n_units} {evidence.unit}s"
+        print(f"<!-- {Path(run_dir).name}: {chosen} split, {evidence.n_cases} case(s), {units}, "
+              f"{'inferential' if evidence.comparison.inferential else 'too few units for intervals'} -->")
+        # Descriptive only (neighbouring slices are correlated): slices whose Dice the CRF raised / lowered.
+        slice_dice = {kind: unit_scores(runs[RunKey(None, 0)], "slice") for kind, runs in per_arch.items()}
         for kind in KINDS:
-            means = {m: bootstrap_ci(scores[kind][m]).mean for m in METRICS}
-            cells = [f"{means['dice']:.4f}", f"{means['hd95']:.2f}", f"{means['nsd']:.4f}"]
-            if kind == "none":
-                cells += ["", "", "", f"({seconds['none']:.4f} s without)"]
-            else:
-                deltas = []
-                for m in METRICS:
-                    diff = {c: scores[kind][m][c] - scores["none"][m][c]
-                            for c in scores[kind][m].keys() & scores["none"][m].keys()}
-                    ci = bootstrap_ci(diff)
-                    p = paired_test(scores[kind][m], scores["none"][m]).pvalue
-                    digits = 2 if m == "hd95" else 4
-                    deltas.append(f"{ci.mean:+.{digits}f} [{ci.low:+.{digits}f}, {ci.high:+.{digits}f}] p={p:.2g}")
-                cells += deltas + [f"{seconds[kind] - seconds['none']:+.4f}"]
-            print(f"| {name} | {chosen} ({len(scores[kind]['dice'])} cases) | {kind} | " + " | ".join(cells) + " |")
+            s = standings[kind]
+            deltas = [slice_dice[kind][u] - slice_dice["none"][u] for u in slice_dice["none"]]
+            moved = (f"{sum(d > 0 for d in deltas)} / {sum(d < 0 for d in deltas)} of {len(deltas)} "
+                     f"({sum(deltas) / len(deltas):+.4f})") if kind != "none" and deltas else ""
+            vs = "leader" if s.status == "leader" else f"{s.diff:+.4f} [{s.diff_low:+.4f}, {s.diff_high:+.4f}], {s.status}"
+            print(f"| {Path(run_dir).name} | {kind} | {s.mean:.4f} [{s.low:.4f}, {s.high:.4f}] | {vs} | {moved} | "
+                  f"{_case_means(rows[kind], 'hd95'):.2f} | {_case_means(rows[kind], 'nsd'):.4f} | "
+                  f"{seconds[kind]:.4f} | {seconds[kind] - seconds['none']:+.4f} |")
 
 
 def main() -> None:
