@@ -19,10 +19,10 @@ from tests.crf_reference import boundary_error, exact_mean_field, planted_edge
 
 # Skipped without pydensecrf2; failed instead under SEGBENCH_REQUIRE_CRF=1 (CI installs it, so a broken
 # build cannot pass as all skipped).
-if importlib.util.find_spec("pydensecrf") is not None or os.environ.get("SEGBENCH_REQUIRE_CRF") == "1":
-    needs_pydensecrf = pytest.mark.usefixtures()
-else:
-    needs_pydensecrf = pytest.mark.skip(reason="pydensecrf2 is not installed (pip install 'segbench[crf]')")
+needs_pydensecrf = pytest.mark.skipif(
+    importlib.util.find_spec("pydensecrf") is None and os.environ.get("SEGBENCH_REQUIRE_CRF") != "1",
+    reason="pydensecrf2 is not installed (pip install 'segbench[crf]')",
+)
 
 
 def two_colour_disc(h=12, w=14, noise=0.0, seed=0):
