@@ -46,9 +46,9 @@ __all__ = ["PAPER_CRF_V2", "ASPPL", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "
 
 AUX_WEIGHT = 0.5  # torchvision's reference training: loss = out + 0.5 * aux
 IMAGENET_INTENSITY_SCALE = 57.6  # 255 * ImageNet's mean std (0.226): normalised units -> 0..255 levels
-# The dense CRF's kernels released with DeepLab v2 for ResNet-101 on VOC 2012 (deeplab-public-ver2 README:
-# bi_w = 4, bi_xy_std = 67, bi_rgb_std = 3, pos_w = 3, pos_xy_std = 1; 10 iterations). The paper (Sec. 4.1)
-# fixes w2 = 3, sigma_gamma = 3 for its search of w1 in [3, 6], sigma_alpha in [30, 100], sigma_beta in [3, 6].
+# The dense CRF's kernels released with DeepLab v2 for ResNet-101 on VOC 2012 (its release notes as
+# reimplementations quote them: bi_w = 4, bi_xy_std = 67, bi_rgb_std = 3, pos_w = 3, pos_xy_std = 1; 10
+# iterations). The paper (Sec. 4.1) searches w1 in [3, 6], sigma_alpha in [30, 100], sigma_beta in [3, 6].
 PAPER_CRF_V2 = {"theta_alpha": 67.0, "theta_beta": 3.0, "theta_gamma": 1.0, "w_appearance": 4.0, "w_smoothness": 3.0}
 
 
