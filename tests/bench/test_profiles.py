@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile, with_available_crf
-from segbench.bench.protocol.runs import backbone_label
+from segbench.bench.protocol.runs import backbone_label, crf_note
 from segbench.models.registry import build_model, list_models
 
 
@@ -38,6 +38,9 @@ def test_backbone_label_says_what_ran():
     assert backbone_label("pspnet", {"encoder": "resnet18", "output_stride": 8}) == "resnet18 (output_stride=8)"
     assert backbone_label("segformer", {}) == "mit_b0"  # the builder's default encoder
     assert backbone_label("unet", {"base_width": 16}) == "own encoder (base_width=16)"
+    # DeepLab v1/v2's row names the CRF that post-processed it (the paper profile falls back to conv).
+    assert [crf_note({"crf": c}) for c in ("dense", "conv", True, "none")] == [", dense CRF", ", conv CRF", ", conv CRF", ""]
+    assert crf_note({"encoder": "vgg16"}) == ""
 
 
 def test_unknown_profile_lists_the_valid_ones():
