@@ -204,7 +204,7 @@ def get_profile(name: str) -> Profile:
 def with_available_crf(profile: Profile, installed: bool | None = None) -> tuple[Profile, list[str]]:
     """``profile`` with every ``crf: dense`` it asks for replaced by ``crf: conv`` where pydensecrf2 is not
     ``installed`` (default: whether it is here), and one line per replacement saying so (the report's
-    option table then shows the CRF that ran)."""
+    rows then name the CRF that ran)."""
     if installed is None:
         from segbench.models.architectures.dense_crf import dense_crf_available  # torch: only when planning
 
