@@ -132,7 +132,8 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
               help="quick: laptop CPU, slim backbones, ~15 min on 2 cores; standard: papers' backbones at 256x256, one GPU; "
-              "paper: papers' settings at 512x512, GPUs.")
+              "paper: papers' settings at 512x512, GPUs (DeepLab v1/v2 with the papers' dense CRF where pydensecrf2 "
+              "is installed, else ConvCRF).")
 @click.option("--archs", help="Comma-separated architectures (default: the ten of the review; `segbench models` lists all).")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per architecture (default: the profile's). "
               "With several, intervals and tests include seed-to-seed variation.")
@@ -196,7 +197,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     finished run. `--launcher ray` runs the same runs as Ray tasks, on every GPU of this machine or
     across a Ray cluster; the run folders and the report do not depend on the launcher.
     """
-    from segbench.bench.protocol.profiles import get_profile
+    from segbench.bench.protocol.profiles import get_profile, with_available_crf
     from segbench.bench.review import write_review
     from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
     from segbench.bench.protocol.review_tracking import tracking_overrides
@@ -204,7 +205,9 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     from segbench.config import ConfigError
     from segbench.engine.tracking import TrackerMissing
 
-    chosen = get_profile(profile)
+    chosen, crf_notes = with_available_crf(get_profile(profile))  # paper: the dense CRF where installed
+    for line in crf_notes:
+        click.echo(line, err=True)
     try:
         trackers = parse_trackers(trackers) or ()
     except ConfigError as err:

@@ -91,9 +91,11 @@ def speed(archs, size, batch, device, amp, rounds, max_warmup, engines, train, u
         raise click.BadParameter("training with BatchNorm needs at least 2 images per batch", param_hint="--batch")
     options: dict[str, dict] = {}
     if profile:
-        from segbench.bench.protocol.profiles import get_profile
+        from segbench.bench.protocol.profiles import get_profile, with_available_crf
 
-        chosen = get_profile(profile)
+        chosen, crf_notes = with_available_crf(get_profile(profile))
+        for line in crf_notes:
+            click.echo(line, err=True)
         options = {arch: dict(values) for arch, values in chosen.arch_options.items()}
         size = size or chosen.input_size
     for arch, values in _parse_sets(sets).items():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
-from segbench.bench.protocol.runs import backbone_label
+from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile, with_available_crf
+from segbench.bench.protocol.runs import backbone_label, crf_note
 from segbench.models.registry import build_model, list_models
 
 
@@ -16,7 +16,7 @@ def _params(arch: str, options: dict) -> int:
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_profile_covers_the_review_and_builds(profile):
-    p = get_profile(profile)
+    p, _ = with_available_crf(get_profile(profile))  # the paper's dense CRF where pydensecrf2 is installed
     assert tuple(p.arch_options) == REVIEW_ARCHS
     assert set(REVIEW_ARCHS) <= set(list_models())
     for arch, options in p.arch_options.items():
@@ -38,6 +38,9 @@ def test_backbone_label_says_what_ran():
     assert backbone_label("pspnet", {"encoder": "resnet18", "output_stride": 8}) == "resnet18 (output_stride=8)"
     assert backbone_label("segformer", {}) == "mit_b0"  # the builder's default encoder
     assert backbone_label("unet", {"base_width": 16}) == "own encoder (base_width=16)"
+    # DeepLab v1/v2's row names the CRF that post-processed it (the paper profile falls back to conv).
+    assert [crf_note({"crf": c}) for c in ("dense", "conv", True, "none")] == [", dense CRF", ", conv CRF", ", conv CRF", ""]
+    assert crf_note({"encoder": "vgg16"}) == ""
 
 
 def test_unknown_profile_lists_the_valid_ones():

@@ -25,10 +25,11 @@ slim Swin have no published weights), and ``--pretrained both`` runs each of tho
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Profile", "PROFILES", "REVIEW_ARCHS", "get_profile"]
+__all__ = ["Profile", "PROFILES", "REVIEW_ARCHS", "get_profile", "with_available_crf"]
 
 # The ten architectures of the review, in the order of the report (by year).
 REVIEW_ARCHS: tuple[str, ...] = (
@@ -179,10 +180,11 @@ PAPER = Profile(
         "fcn8s": {"encoder": "vgg16"},
         "unet": {"base_width": 64},
         "segnet": {"encoder": "vgg16_bn"},
-        # DeepLab v1/v2 post-process with a CRF (eval only; a local-window approximation, see crf.py).
-        "deeplabv1": {"encoder": "vgg16", "crf": True},
+        # DeepLab v1/v2 post-process with the papers' fully connected CRF (eval only; dense_crf.py), or,
+        # without pydensecrf2, its local-window approximation ConvCRF (``with_available_crf``).
+        "deeplabv1": {"encoder": "vgg16", "crf": "dense"},
         "pspnet": {"encoder": "resnet101", "output_stride": 8},
-        "deeplabv2": {"encoder": "resnet101", "output_stride": 8, "crf": True},
+        "deeplabv2": {"encoder": "resnet101", "output_stride": 8, "crf": "dense"},
         "deeplabv3": {"encoder": "resnet101", "output_stride": 8},
         "deeplabv3plus": {"encoder": "resnet101", "output_stride": 16},
         "segformer": {"encoder": "mit_b2"},
@@ -197,3 +199,23 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+def with_available_crf(profile: Profile, installed: bool | None = None) -> tuple[Profile, list[str]]:
+    """``profile`` with every ``crf: dense`` it asks for replaced by ``crf: conv`` where pydensecrf2 is not
+    ``installed`` (default: whether it is here), and one line per replacement saying so (the report's
+    rows then name the CRF that ran)."""
+    if installed is None:
+        from segbench.models.architectures.dense_crf import dense_crf_available  # torch: only when planning
+
+        installed = dense_crf_available()
+    if installed:
+        return profile, []
+    options, notes = {}, []
+    for arch, values in profile.arch_options.items():
+        if values.get("crf") == "dense":
+            values = {**values, "crf": "conv"}
+            notes.append(f"{arch}: crf conv (ConvCRF, the local-window approximation) instead of the paper's dense "
+                         "CRF: pydensecrf2 is not installed (pip install 'segbench[crf]')")
+        options[arch] = values
+    return dataclasses.replace(profile, arch_options=options), notes

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from segbench.bench.protocol.record import PREVIEW_FILE, RunRecord, WorkerResult, figures_of
 from segbench.bench.protocol.sweep import PlannedRun
+from segbench.models.architectures.crf import crf_kind
 from segbench.models.registry import ARCHITECTURES, model_options
 
 __all__ = ["run_record", "backbone_label"]
@@ -24,6 +25,13 @@ def backbone_label(arch: str, options: dict) -> str:
     encoder = options.get("encoder", defaults.get("encoder")) or "own encoder"
     shape = [f"{k}={options[k]}" for k in _SHAPE_OPTIONS if k in options]
     return f"{encoder} ({', '.join(shape)})" if shape else str(encoder)
+
+
+def crf_note(options: dict) -> str:
+    """The CRF that post-processed a DeepLab v1/v2 row (``, dense CRF``), for its backbone cell; nothing
+    without one."""
+    kind = crf_kind(options.get("crf", "none"))
+    return "" if kind == "none" else f", {kind} CRF"
 
 
 def _weights_note(pretrained: str | None) -> str:
@@ -42,7 +50,8 @@ def run_record(run: PlannedRun) -> RunRecord:
     return RunRecord(
         arch=run.label, seed=run.seed, fold=run.fold, status=result.status, error=result.error if not result.ok else "",
         recipe=entry.recipe, year=entry.year,
-        backbone=backbone_label(run.arch, cfg.model.options) + _weights_note(cfg.model.pretrained),
+        backbone=backbone_label(run.arch, cfg.model.options) + crf_note(cfg.model.options)
+        + _weights_note(cfg.model.pretrained),
         model_options=json.dumps(cfg.model.options, sort_keys=True),
         pretrained=cfg.model.pretrained or "none (from scratch)",
         input_size="x".join(map(str, cfg.data.resize or cfg.data.augment.crop_size or ("native",))),

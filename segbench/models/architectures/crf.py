@@ -14,15 +14,22 @@ with positions p in pixels and colours I in the image's intensity units. Mean-fi
 label is pulled towards the labels of pixels that are close and similar in colour.
 
 Why a local window. The fully connected CRF sums over *all* pixel pairs, which is only tractable with
-permutohedral-lattice filtering (Adams et al. 2010), a CPU C++ library with no PyTorch equivalent. ConvCRF
+permutohedral-lattice filtering (Adams et al. 2010), a CPU C++ library with no PyTorch equivalent
+(``dense_crf.DenseCRF`` runs it through the optional pydensecrf2; DeepLab's ``crf="dense"``). ConvCRF
 assumes pixels farther apart than ``window // 2`` (Chebyshev distance) are conditionally independent, so
 each message is a locally connected convolution that runs anywhere PyTorch runs. The price: with DeepLab's
 ``theta_alpha`` of 50-100 pixels, the appearance kernel of the dense CRF reaches far across an object,
 whereas here it stops at the window edge (7x7 or 11x11); within such a window its spatial factor is nearly
 1, so the appearance term acts as a colour-gated local smoother. Label information still travels
 ``window // 2`` pixels per iteration, so more iterations widen the reach. Teichmann & Cipolla report the
-local version two orders of magnitude faster than the permutohedral dense CRF and, in their experiments,
-at least as accurate.
+local version two orders of magnitude faster than the permutohedral dense CRF on a GPU and, in their
+experiments, at least as accurate. Measured here (docs/crf.md): a straight boundary misplaced inside one
+colour region moves back to the colour edge only if it is within ``window // 2`` pixels; on a CPU the
+dense CRF is the faster of the two.
+
+Not normalised. Like ConvCRF's reference code, messages are sums over the window, so the weights act
+``window**2 - 1`` times over; Krähenbühl's code (and so DeepLab's published weights) divides each message
+by ``sum_j k(i, j)``. The two sets of kernel values are not interchangeable.
 
 Image units. ``theta_beta`` is compared with raw colour differences. DeepLab's values (3-13) assume RGB in
 0..255. For a normalised input ``(x / 255 - mean) / std``, colour differences shrink by ``255 * std``:
@@ -32,13 +39,17 @@ enter. Any number of channels is accepted (the distance is summed over channels)
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvCRF"]
+__all__ = ["CRF_KINDS", "ConvCRF", "build_crf", "crf_kind"]
+
+# DeepLab v1/v2's CRF post-processing: none, ConvCRF (this file), or the fully connected CRF (dense_crf.py).
+CRF_KINDS = ("none", "conv", "dense")
 
 
 class ConvCRF(nn.Module):
@@ -139,3 +150,29 @@ class ConvCRF(nn.Module):
         for _ in range(self.iterations):
             refined = logits + self.message(refined.softmax(dim=1), kernel)
         return refined
+
+
+def crf_kind(value: str | bool) -> str:
+    """The CRF a DeepLab builder's ``crf`` option names: ``none``, ``conv`` or ``dense``. ``True`` and
+    ``False`` (the option's values before ``dense`` existed, kept in saved configs) mean ``conv`` and ``none``."""
+    if isinstance(value, bool):
+        return "conv" if value else "none"
+    if value not in CRF_KINDS:
+        hint = difflib.get_close_matches(str(value), CRF_KINDS, n=1)
+        raise ValueError(
+            f"crf={value!r}: expected one of {', '.join(CRF_KINDS)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    return value
+
+
+def build_crf(kind: str | bool, *, iterations: int, window: int, dense_kernels: dict[str, float]) -> nn.Module | None:
+    """The post-processing CRF a DeepLab builder asks for: None, ``ConvCRF(iterations, window)`` with its own
+    kernel defaults, or ``DenseCRF(iterations, **dense_kernels)`` (the paper's kernels; needs pydensecrf2)."""
+    kind = crf_kind(kind)
+    if kind == "conv":
+        return ConvCRF(iterations=iterations, window=window)
+    if kind == "dense":
+        from segbench.models.architectures.dense_crf import DenseCRF  # numpy and the optional pydensecrf2
+
+        return DenseCRF(iterations=iterations, **dense_kernels)
+    return None

@@ -2,8 +2,9 @@
 
 - v2 (Chen et al. TPAMI 2018, Sec. 3.2 and Fig. 4 "ASPP-L"): ResNet-101 at output stride 8, four parallel
   3x3 atrous convs (rates 6/12/18/24) each straight to class scores, summed, bilinearly upsampled; an
-  optional fully connected CRF refines the scores at inference (Sec. 3.3; here the convolutional CRF of
-  ``segbench.models.architectures.crf``).
+  optional fully connected CRF refines the scores at inference (Sec. 3.3): ``crf="dense"`` is the paper's
+  (``dense_crf.DenseCRF``, Krähenbühl's code through pydensecrf2), ``crf="conv"`` the local-window
+  approximation ``crf.ConvCRF``.
 - v3 (Chen et al. 2017, "Rethinking Atrous Convolution", Sec. 3.3): ASPP with BN and image-level
   features on a ResNet whose last stage uses multi-grid rates (1, 2, 4) (Sec. 3.2), then torchvision's
   ``DeepLabHead`` tail (3x3 conv-BN-ReLU, 1x1 classifier); optional auxiliary FCN head on layer3.
@@ -18,8 +19,8 @@ Deviations, stated:
 
 - The ResNets are torchvision's ("v1.5": stride on the 3x3 conv, 7x7 stem) so ImageNet weights load; the
   papers used the Caffe/TF ResNet-101 (stride on the first 1x1 conv).
-- v2: the paper's multi-scale input training (MSC, max-fused scales 1, 0.75, 0.5) is not implemented, and
-  the CRF is ConvCRF's local-window approximation of the fully connected CRF.
+- v2: the paper's multi-scale input training (MSC, max-fused scales 1, 0.75, 0.5) is not implemented; the
+  CRF is the paper's with ``crf="dense"`` and ConvCRF's local-window approximation with ``crf="conv"``.
 - v3: the paper goes from the 1x1 projection straight to the 1x1 classifier; torchvision's ``DeepLabHead``
   puts a 3x3 conv-BN-ReLU (256) in between and drops 50% after the projection. We keep torchvision's head
   (and so its parameter count, 42,004,074 for ResNet-50 with the auxiliary head) so its weights convert.
@@ -41,10 +42,14 @@ from segbench.models.blocks import ConvBNReLU, FCNHead, SegmentationModel, resiz
 from segbench.models.encoders.resnet import build_dilated_resnet
 from segbench.models.registry import register_model
 
-__all__ = ["ASPPL", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "deeplabv2", "deeplabv3", "deeplabv3plus"]
+__all__ = ["PAPER_CRF_V2", "ASPPL", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "deeplabv2", "deeplabv3", "deeplabv3plus"]
 
 AUX_WEIGHT = 0.5  # torchvision's reference training: loss = out + 0.5 * aux
 IMAGENET_INTENSITY_SCALE = 57.6  # 255 * ImageNet's mean std (0.226): normalised units -> 0..255 levels
+# The dense CRF's kernels released with DeepLab v2 for ResNet-101 on VOC 2012 (its release notes as
+# reimplementations quote them: bi_w = 4, bi_xy_std = 67, bi_rgb_std = 3, pos_w = 3, pos_xy_std = 1; 10
+# iterations). The paper (Sec. 4.1) searches w1 in [3, 6], sigma_alpha in [30, 100], sigma_beta in [3, 6].
+PAPER_CRF_V2 = {"theta_alpha": 67.0, "theta_beta": 3.0, "theta_gamma": 1.0, "w_appearance": 4.0, "w_smoothness": 3.0}
 
 
 def _check_rates(rates: Sequence[int]) -> tuple[int, ...]:
@@ -175,7 +180,8 @@ class DeepLabV3Plus(SegmentationModel):
     ),
     blocks=(
         "Dilated ResNet keeps 1/8 resolution with ImageNet weights intact; ASPP-L's four 3x3 class-score "
-        "convs see 13 to 49 pixels of the stride-8 map; bilinear upsampling; optional CRF post-processing."
+        "convs see 13 to 49 pixels of the stride-8 map; bilinear upsampling; optionally at inference the paper's "
+        "fully connected CRF (crf=dense) or its local-window approximation ConvCRF (crf=conv)."
     ),
     strengths=(
         "Very light head (four convs straight to classes) on a strong backbone; multi-scale context without "
@@ -194,24 +200,24 @@ def deeplabv2(
     encoder: str = "resnet101",
     output_stride: int = 8,
     atrous_rates: Sequence[int] | None = None,
-    crf: bool = False,
+    crf: str | bool = "none",
     crf_iterations: int = 10,
     crf_window: int = 7,
     crf_intensity_scale: float = IMAGENET_INTENSITY_SCALE,
 ) -> DeepLabV2:
     """DeepLab v2 (ASPP-L). ``atrous_rates`` default (6, 12, 18, 24) at OS 8, rescaled at other strides.
-    ``crf=True`` refines eval-mode logits with ``ConvCRF`` (``crf_iterations`` mean-field steps, 10 in the
-    paper, over a ``crf_window`` neighbourhood), guided by the input times ``crf_intensity_scale``:
+    ``crf`` refines eval-mode logits: ``"dense"``, the paper's fully connected CRF with the released
+    ResNet-101 kernels ``PAPER_CRF_V2`` (needs pydensecrf2); ``"conv"``, ``ConvCRF`` over a ``crf_window``
+    neighbourhood with ConvCRF's kernel defaults; ``"none"`` (``True``/``False`` mean conv/none). Either
+    runs ``crf_iterations`` mean-field steps (10 in the paper), guided by the input times ``crf_intensity_scale``:
     normalised images ``(x/255 - mean)/std`` return to 0..255 colour differences when multiplied by
     ``255 * std`` (ImageNet std ~0.226 gives the default 57.6)."""
     backbone = build_dilated_resnet(encoder, in_channels=in_channels, output_stride=output_stride)
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18, 24), 8, output_stride)
-    crf_module = None
-    if crf:
-        # Imported here so this module loads without the CRF module.
-        from segbench.models.architectures.crf import ConvCRF
+    # Imported here so this module loads without the CRF module.
+    from segbench.models.architectures.crf import build_crf
 
-        crf_module = ConvCRF(iterations=crf_iterations, window=crf_window)
+    crf_module = build_crf(crf, iterations=crf_iterations, window=crf_window, dense_kernels=PAPER_CRF_V2)
     return DeepLabV2(backbone, num_classes, rates, crf_module, crf_intensity_scale)
 
 

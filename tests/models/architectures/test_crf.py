@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from segbench.models.architectures.crf import ConvCRF
+from tests.crf_reference import boundary_error, exact_mean_field, planted_edge
 
 
 def brute_force_step(logits, image, crf):
@@ -106,3 +107,33 @@ def test_errors():
         ConvCRF(iterations=-1)
     with pytest.raises(ValueError, match="match logits"):
         ConvCRF()(torch.randn(1, 2, 8, 8), torch.rand(1, 3, 8, 9))
+
+
+def test_whole_image_window_is_exact_mean_field():
+    # A window of 2 * max(H, W) - 1 covers every pixel pair: ConvCRF is then the fully connected CRF of its
+    # model (kernels summed, not normalised; j != i), whose mean field the brute-force reference computes.
+    h, w = 7, 9
+    crf = ConvCRF(iterations=5, window=2 * max(h, w) - 1, theta_alpha=6, theta_beta=30, theta_gamma=2,
+                  w_appearance=0.5, w_smoothness=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    logits, image = 2 * torch.randn(1, 3, h, w), torch.rand(1, 3, h, w) * 255
+    exact = exact_mean_field(logits[0], image[0], iterations=5, theta_alpha=6, theta_beta=30, theta_gamma=2,
+                             w_appearance=0.5, w_smoothness=0.3, normalize=False, include_self=False)  # fmt: skip
+    torch.testing.assert_close(crf(logits, image)[0].double(), exact, rtol=1e-5, atol=1e-5)
+    # The default 7x7 window is a different model on this image: far pairs are dropped.
+    local = ConvCRF(iterations=5, window=7, theta_alpha=6, theta_beta=30, theta_gamma=2, w_appearance=0.5,
+                    w_smoothness=0.3)(logits, image)  # fmt: skip
+    assert (local[0].double() - exact).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("window, reach", [(7, 3), (11, 5)])
+def test_moves_a_blurred_boundary_to_the_colour_edge_within_its_window(window, reach):
+    # A straight boundary inside one colour region is a tie for a local vote: ConvCRF corrects a
+    # misplacement up to its window's radius and leaves one beyond it where it was.
+    crf = ConvCRF(iterations=10, window=window)
+    for shift in (1, reach):
+        logits, image, edge = planted_edge(shift)
+        assert boundary_error(logits, edge) == shift
+        assert boundary_error(crf(logits, image), edge) == 0.0
+    logits, image, edge = planted_edge(reach + 1)
+    assert boundary_error(crf(logits, image), edge) == reach + 1
