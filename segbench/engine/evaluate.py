@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.hardware import loader_workers
-from segbench.engine.inference import InferenceSettings, predict_logits
+from segbench.engine.inference import InferenceSettings, predict_scores
 from segbench.engine.metrics import CaseScores, SegmentationMetrics, write_per_case_csv
 from segbench.run_files import eval_file, eval_per_case_file
 
@@ -93,7 +94,7 @@ def _merge_shards(metrics: SegmentationMetrics, mine: list[int], info: DistInfo)
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     dataset: Dataset,
     info: DataInfo,
     cfg: EvalConfig,
@@ -110,6 +111,9 @@ def evaluate(
     per_slice: list[dict] | None = None,
 ) -> dict:
     """Every metric of ``SegmentationMetrics.compute`` for ``model`` on ``dataset`` (in dataset order).
+
+    ``model`` may be the members of an ensemble (a sequence of networks): their softmax probabilities are
+    averaged (``inference.predict_scores``), as is flip TTA when ``cfg.flips`` names flips.
 
     ``dist_info`` (data-parallel runs): every process calls this with the same model and gets the same
     figures, each having evaluated its share of the cases.
@@ -140,8 +144,10 @@ def evaluate(
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG alone (resumed runs stay exact)
     )
-    was_training = model.training
-    model.eval()
+    members = [model] if isinstance(model, nn.Module) else list(model)
+    was_training = [member.training for member in members]
+    for member in members:
+        member.eval()
     start = tick = time.perf_counter()
     metrics_s = data_s = 0.0
     for items in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
@@ -149,7 +155,7 @@ def evaluate(
         for run in _same_size_runs(items):
             images = torch.stack([item["image"] for item in run]).to(device).contiguous(memory_format=memory_format)
             with precision.autocast():
-                labels = predict_logits(model, images, settings).argmax(1).cpu()  # .cpu() waits for the device
+                labels = predict_scores(members, images, settings).argmax(1).cpu()  # .cpu() waits for the device
             metrics_start = time.perf_counter()
             metrics.update(
                 labels,
@@ -160,7 +166,8 @@ def evaluate(
             )
             metrics_s += time.perf_counter() - metrics_start
         tick = time.perf_counter()
-    model.train(was_training)
+    for member, training in zip(members, was_training):
+        member.train(training)
     tick = time.perf_counter()
     if sharded:
         _merge_shards(metrics, mine, dist_info)

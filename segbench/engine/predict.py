@@ -31,7 +31,7 @@ from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
-from segbench.engine.inference import inference_network, predict_logits
+from segbench.engine.inference import inference_network, predict_scores
 from segbench.engine import run_folder
 from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, writable
 
@@ -130,7 +130,7 @@ class _Runner:
         if self.fixed_size and tuple(x.shape[-2:]) != self.fixed_size:
             x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
         with self.precision.autocast():
-            logits = predict_logits(self.model, x, self.settings).float()
+            logits = predict_scores(self.model, x, self.settings).float()
         if tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits.argmax(1).cpu().numpy()
