@@ -10,6 +10,7 @@ order, into the same figures one process computes alone.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.hardware import loader_workers
-from segbench.engine.inference import InferenceSettings, predict_scores
+from segbench.engine.inference import InferenceSettings, predict_scores, tta_flips
 from segbench.engine.metrics import CaseScores, SegmentationMetrics, write_per_case_csv
 from segbench.run_files import eval_file, eval_per_case_file
 
@@ -186,12 +187,13 @@ def evaluate(
 
 def evaluate_run(
     run_dir: str | Path, split: str = "val", *, which: str = "best", overrides: list[str] | tuple[str, ...] = (),
-    progress: bool = False,
+    tta: bool = False, progress: bool = False,
 ) -> dict:
     """Metrics of a run's ``which`` checkpoint on ``split``; also written to ``run_dir/eval_<split>.json``.
 
     ``overrides`` (``eval.KEY=VALUE``) change how it is evaluated, e.g. ``eval.mode=slide`` or
-    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own.
+    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own. ``tta``: flip TTA with the
+    flips valid for the data (``inference.tta_flips``) unless ``eval.flips`` names some.
     """
     from segbench.data import load_data
 
@@ -202,6 +204,8 @@ def evaluate_run(
         if wrong:
             raise ConfigError(f"only eval.* settings can change after training, got {', '.join(wrong)}")
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides)))
+    if tta and not cfg.eval.flips:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, flips=tta_flips(info.volumetric)))
     data = load_data(cfg.data)
     if split not in data.splits:
         raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from segbench.engine.device import Precision
 from segbench.models.fold import Folded, fold_batchnorm, output_tensors
 
-__all__ = ["InferenceSettings", "flip_views", "network_logits", "predict_scores", "sliding_window_logits", "window_positions", "gaussian_weights",
+__all__ = ["InferenceSettings", "tta_flips", "flip_views", "network_logits", "predict_scores", "sliding_window_logits",
+           "window_positions", "gaussian_weights",
            "InferenceNetwork", "inference_network"]
 
 # The layers whose weights autocast casts to its dtype on every call (lower-precision ops on CPU and CUDA).
@@ -145,6 +146,13 @@ def sliding_window_logits(model: nn.Module, image: Tensor, settings: InferenceSe
             logits[:, :, t : t + win_h, l : l + win_w] += out[k * n : (k + 1) * n] * weight
             total_weight[t : t + win_h, l : l + win_w] += weight
     return logits / total_weight
+
+
+def tta_flips(volumetric: bool) -> tuple[str, ...]:
+    """The flips TTA uses by default (``--tta``): both in-plane axes for slices of volumes (nnU-Net mirrors
+    every axis; a mirrored axial slice is still an axial slice), horizontal only for 2D images (a photograph
+    upside down is not a photograph). Any other choice: ``eval.flips``."""
+    return ("horizontal", "vertical") if volumetric else ("horizontal",)
 
 
 def flip_views(flips: tuple[str, ...]) -> list[tuple[int, ...]]:
