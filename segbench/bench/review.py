@@ -17,7 +17,8 @@ from segbench.bench.report.findings import findings, overall_findings
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
 from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
-from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
+from segbench.bench.protocol.record import PREVIEW_FILE, CandidateRecord, WorkerResult, class_key, read_candidates
+from segbench.bench.report.candidates import answer
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
 from segbench.bench.report.evidence import MARGIN, Evidence, RunKey, gather, read_run_scores, write_evidence
@@ -62,6 +63,54 @@ def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
 
 def _number(value: float) -> float | None:
     return None if value != value else value
+
+
+def _current_candidates(out: Path, plan: list[PlannedRun]) -> list[CandidateRecord]:
+    """The candidates of ``OUT/candidates/`` built from this plan's runs (an older plan's are ignored)."""
+    planned = {run.run_dir.name for run in plan}
+    return [c for c in read_candidates(out) if c.folders and not c.error
+            and all(set(names) <= planned for names in c.member_runs.values())]
+
+
+def _candidate_scores(out: Path, candidates: list[CandidateRecord]) -> dict[str, dict[RunKey, object]]:
+    """Each candidate's per-case scores, as a run's: the review's evidence compares them with the architectures."""
+    return {c.name: {RunKey(*CandidateRecord.parse_key(key)): read_run_scores(out / folder)
+                     for key, folder in c.folders.items()} for c in candidates}
+
+
+def _candidate_rows(candidates: list[CandidateRecord]) -> list[dict]:
+    """Table rows of the candidates: what they combine and their cost (``price_candidates``)."""
+    rows = []
+    for c in candidates:
+        flips = f", flips {'+'.join(c.flips)}" if c.flips else ""
+        keys = [CandidateRecord.parse_key(k) for k in c.folders]
+        rows.append({"arch": c.name, "backbone": f"{c.kind}: {' + '.join(c.members)}{flips}", "runs": len(keys),
+                     "seeds": len({s for _, s in keys}), "folds": len({f for f, _ in keys} - {None}), "failed_runs": 0,
+                     "error": "", "candidate": c.kind, "forward_passes": c.cost.get("forward_passes"),
+                     **{k: c.cost.get(k) for k in ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_noisy",
+                                                    "gflops", "infer_peak_mb")}})
+    return rows
+
+
+def _add_candidate_answers(table: list[dict], evidence: Evidence | None, candidates: list[CandidateRecord]) -> None:
+    """Each candidate against the best single architecture (its ``reference``): the difference and its
+    simultaneous interval from the verdict's own family, the answer, and Dice per added millisecond."""
+    comparison = evidence.comparison if evidence is not None else None
+    if comparison is None:
+        return
+    names = {s.name for s in comparison.standings}
+    rows = {row["arch"]: row for row in table}
+    for c in candidates:
+        if c.name not in names or c.reference not in names or c.name not in rows:
+            continue
+        diff, low, high = comparison.difference(c.name, c.reference)
+        row = rows[c.name]
+        row.update(vs_best_single=diff, vs_best_single_low=_number(low), vs_best_single_high=_number(high))
+        if comparison.inferential:
+            row["best_single_answer"] = answer(low, high, comparison.margin)
+        latency, base = c.cost.get("latency_ms"), c.reference_cost.get("latency_ms")
+        if isinstance(latency, (int, float)) and isinstance(base, (int, float)) and latency > base:
+            row["dice_per_ms"] = diff / (latency - base)
 
 
 def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
@@ -186,8 +235,12 @@ def write_review(
     for run, row in zip(plan, rows):
         scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
         per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
+    candidates = _current_candidates(Path(out), plan)  # ensembles and TTA (segbench run --ensembles)
+    per_arch.update(_candidate_scores(Path(out), candidates))
+    table += _candidate_rows(candidates)
     evidence = gather(per_arch, margin=margin)
     _add_evidence(table, evidence)
+    _add_candidate_answers(table, evidence, candidates)
     write_evidence(evidence, per_arch, report_dir)
     write_results(table, report_dir, "summary")  # per architecture: means over runs, intervals, p vs best
     columns = table_columns(table, [c.key for c in COLUMNS])
@@ -235,7 +288,8 @@ def write_review(
                         convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
                                     f"{cfg.train.patience} validations")
     folds = {r.fold for r in plan} - {None}
-    settings.update(seeds=seeds, command_line_overrides=list(overrides) or "none",
+    settings.update(ensembles=", ".join(c.name for c in candidates) or "none",
+                    seeds=seeds, command_line_overrides=list(overrides) or "none",
                     cross_validation=f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none")
     profile_info = {
         "name": profile.name,
@@ -263,9 +317,13 @@ def write_review(
         class_names=fg_names,
         figures=figures,
         architectures={
-            r.label: {k: getattr(ARCHITECTURES[r.arch], k)
-                      for k in ("paper", "year", "summary", "blocks", "strengths", "weaknesses")}
-            for r in plan
+            **{r.label: {k: getattr(ARCHITECTURES[r.arch], k)
+                         for k in ("paper", "year", "summary", "blocks", "strengths", "weaknesses")}
+               for r in plan},
+            **{c.name: {"paper": "built from the trained runs, no retraining (docs/ensembles.md)",
+                        "summary": f"{c.kind}: softmax probabilities of {' + '.join(c.members)} averaged"
+                                   + (f" over flips {'+'.join(c.flips)} (every combination)" if c.flips else "")}
+               for c in candidates},
         },
         findings=findings(table, ACCURACY_KEY),
         overall=overall_findings(table, ACCURACY_KEY),

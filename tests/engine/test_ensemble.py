@@ -115,3 +115,9 @@ def test_eval_compare_judges_and_prices_the_candidates(tiny_cli_run, tiny_test_e
     record = json.loads((out / "eval_test.json").read_text())
     assert record["flips"] == ["horizontal"] and record["forward_passes_per_image"] == 4
     assert (out / "eval_per_case_test.csv").read_text().startswith("case,")
+
+
+def test_export_of_several_runs_says_why_not(tiny_cli_run, tiny_env, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tiny_cli_run), str(tiny_cli_run)])
+    assert result.exit_code == 2 and "not exported as one ONNX graph" in result.output
+    assert "segbench predict RUN1 RUN2" in result.output

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from segbench.bench.report.evidence import Evidence, RunKey, RunScores, gather
 
-__all__ = ["CandidateRow", "Judged", "scores_of_rows", "judge", "format_judged"]
+__all__ = ["CandidateRow", "Judged", "answer", "scores_of_rows", "judge", "format_judged"]
 
 
 def scores_of_rows(per_case: list[dict], per_slice: list[dict]) -> RunScores:
@@ -62,7 +62,8 @@ class Judged:
     rows: tuple[CandidateRow, ...]  # singles first (by mean), then candidates in the order given
 
 
-def _answer(diff_low: float, diff_high: float, margin: float) -> str:
+def answer(diff_low: float, diff_high: float, margin: float) -> str:
+    """A candidate's answer against the best single from the simultaneous interval of their difference."""
     if math.isnan(diff_low):
         return "inconclusive"
     if diff_low > 0:
@@ -93,10 +94,10 @@ def judge(singles: dict[str, RunScores], candidates: dict[str, RunScores], costs
         cost = costs.get(name, {})
         latency = cost.get("latency_ms")
         added = latency - base if latency is not None and base is not None else None
-        answer = "best single" if name == best else "single" if name in singles else _answer(low, high, c.margin)
+        said = "best single" if name == best else "single" if name in singles else answer(low, high, c.margin)
         rows.append(CandidateRow(
             name=name, single=name in singles, mean=s.mean, low=s.low, high=s.high, diff=diff, diff_low=low,
-            diff_high=high, answer=answer, latency_ms=latency, latency_q1_ms=cost.get("latency_q1_ms"),
+            diff_high=high, answer=said, latency_ms=latency, latency_q1_ms=cost.get("latency_q1_ms"),
             latency_q3_ms=cost.get("latency_q3_ms"), forward_passes=cost.get("forward_passes"),
             dice_per_added_ms=diff / added if added is not None and added > 0 and name != best else None))
     return Judged(evidence, best, tuple(rows))
