@@ -29,8 +29,8 @@ __all__ = ["evaluate"]
                    "--set eval.flips=[...] picks others).")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Several RUN_DIRs, or --compare: write eval_<split>.json and eval_per_case_<split>.csv of the "
-                   "ensemble (and candidates_<split>.json with --compare) into this folder. Without it they are "
-                   "only printed. One RUN_DIR alone writes RUN_DIR/eval_<split>.json as always.")
+                   "ensemble or TTA (and candidates_<split>.json with --compare) into this folder; without it they "
+                   "are only printed. One RUN_DIR without --out and --compare writes RUN_DIR/eval_<split>.json.")
 @click.option("--compare", is_flag=True,
               help="Also evaluate each run alone (no TTA) on the same split, judge the ensemble/TTA against the "
                    "best of them with the review's statistics (simultaneous intervals on the same units) and "

@@ -180,7 +180,8 @@ def _connect_ray(plan, out: str, options: dict):
               help="After the sweep, from the trained runs (no retraining): each architecture with flip TTA and the "
                    "ensemble of the top architectures (softmax averaged) with and without TTA, scored on the same "
                    "validation units, judged against the best single architecture and timed by the same harness "
-                   "(docs/ensembles.md). Default: on in standard and paper, off in quick.")
+                   "(docs/ensembles.md). Default: on in standard and paper, off in quick. With --report-only, "
+                   "--ensembles builds them for a finished sweep.")
 @click.option("--ensemble-top", type=click.IntRange(min=2), default=3, show_default=True,
               help="With --ensembles: how many architectures (the top by mean validation Dice per case) the "
                    "ensemble combines.")
@@ -230,6 +231,8 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     started = time.perf_counter()
     if report_only:
         _claim_sweep_folder(out)
+        if ensembles:  # asked for: built from the finished runs, nothing trained
+            _build_candidates(plan, chosen, out, ensemble_top)
     else:
         _check_data(plan)
         # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused

@@ -13,10 +13,10 @@ from tests.bench.test_run import write_synthetic_data
 
 def test_ensembles_join_the_review(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
-    data = write_synthetic_data(tmp_path / "data", splits=(("train", 6), ("val", 8)))
+    data = write_synthetic_data(tmp_path / "data", splits=(("train", 10), ("val", 8)))
     out = tmp_path / "out"
     result = CliRunner().invoke(run, [str(data), "--archs", "unet,fcn", "--iterations", "3", "--out", str(out),
-                                      "--set", "data.resize=[32,32]", "--no-progress", "--no-speed", "--ensembles",
+                                      "--set", "data.resize=[32,32]", "--no-progress", "--no-speed", "--lr", "paper", "--ensembles",
                                       "--ensemble-top", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     records = {r["name"]: r for r in json.loads((out / "candidates" / "candidates.json").read_text())["candidates"]}

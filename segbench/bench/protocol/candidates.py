@@ -74,7 +74,7 @@ def _evaluate(spec: CandidateRecord, runs: dict[str, dict], out: Path, data_of: 
     for fold, seed in keys:
         members = load_members([runs[m][(fold, seed)].run_dir for m in spec.members])
         result = evaluate_runs(members, "val", flips=tuple(spec.flips), data=data_of(runs[spec.members[0]][(fold, seed)]))
-        folder = Path(CANDIDATES_DIR) / _slug(spec.name) / (f"f{fold}-" if fold is not None else "") + f"s{seed}"
+        folder = Path(CANDIDATES_DIR) / _slug(spec.name) / ((f"f{fold}-" if fold is not None else "") + f"s{seed}")
         (out / folder).mkdir(parents=True, exist_ok=True)
         write_per_case_csv(out / folder / per_case_file("val"), result.per_case)
         write_per_case_csv(out / folder / per_slice_file("val"), result.per_slice, PER_SLICE_COLUMNS)

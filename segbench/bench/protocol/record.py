@@ -173,6 +173,7 @@ class CandidateRecord:
 
 
 def write_candidates(records: list[CandidateRecord], out: str | Path) -> None:
+    (Path(out) / CANDIDATES_DIR).mkdir(parents=True, exist_ok=True)
     write_json({"candidates": [asdict(r) for r in records]}, Path(out) / CANDIDATES_DIR / CANDIDATES_FILE)
 
 
