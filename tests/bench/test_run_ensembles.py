@@ -19,6 +19,11 @@ def test_ensembles_join_the_review(tmp_path, monkeypatch):
                                       "--set", "data.resize=[32,32]", "--no-progress", "--no-speed", "--lr", "paper", "--ensembles",
                                       "--ensemble-top", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    check_review_with_candidates(out)
+
+
+def check_review_with_candidates(out):
+    """The assertions on a finished `segbench run --ensembles` folder (unet and fcn, top 2)."""
     records = {r["name"]: r for r in json.loads((out / "candidates" / "candidates.json").read_text())["candidates"]}
     names = {"unet + TTA", "fcn + TTA", "ensemble of 2", "ensemble of 2 + TTA"}
     assert set(records) == names and not any(r["error"] for r in records.values())

@@ -63,7 +63,7 @@ COLUMNS: tuple[Column, ...] = (
            spread=("vs_best_single_low", "vs_best_single_high"), per_run=False),
     Column("best_single_answer", "vs single", "", help="against the best single architecture: better, worse, "
            "equivalent within the margin, inconclusive", per_run=False),
-    Column("dice_per_ms", "Dice per ms", "higher", 4, help="Val Dice gained per millisecond of batch-1 latency added "
+    Column("dice_per_ms", "Dice per ms", "higher", 5, help="Val Dice gained per millisecond of batch-1 latency added "
            "over the best single architecture, both timed in one interleaved measurement; empty when not slower",
            per_run=False),
     Column("val_mIoU", "Val mIoU", "higher", 4, help="mean IoU over classes, validation split (dataset confusion matrix)"),
