@@ -105,6 +105,7 @@ class EnsembleResult:
 
     def record(self) -> dict:
         """The JSON record (``eval_<split>.json`` of an ensemble's output folder)."""
+        # forward passes of whole-image inference (slide mode: times the windows of each view)
         return {"split": self.split, "members": self.members, "flips": list(self.flips),
                 "forward_passes_per_image": len(self.members) * 2 ** len(self.flips), **self.metrics}
 

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segbench.config import Config, config_from_dict, load_config
-from segbench.engine.checkpoint import DataInfo, load_checkpoint, load_run_model
+from segbench.engine.checkpoint import DataInfo, load_checkpoint
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
