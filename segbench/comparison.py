@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special, stats
@@ -111,6 +111,9 @@ class Comparison:
     floor_mean: float  # NaN without a floor
     standings: tuple[Standing, ...]  # the leader first, then by mean
     rank_counts: dict[str, dict[float, int]]  # architecture -> rank (1 = best) -> resamples (empty: no inference)
+    # (a, b) -> (mean_a - mean_b, low, high): the simultaneous interval of every ordered pair of architectures
+    # (the floor left out), the family every claim above is read from; NaN ends when not inferential.
+    pairwise: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
 
     @property
     def leader(self) -> str:
@@ -131,6 +134,10 @@ class Comparison:
 
     def standing(self, name: str) -> Standing:
         return next(s for s in self.standings if s.name == name)
+
+    def difference(self, a: str, b: str) -> tuple[float, float, float]:
+        """mean_a - mean_b and its simultaneous interval (low, high), from the same family as every claim."""
+        return self.pairwise[(a, b)]
 
 
 def _check(scores: Mapping[str, np.ndarray], floor: np.ndarray | None) -> tuple[dict[str, np.ndarray], int]:
@@ -300,6 +307,8 @@ def compare(
             floor_low=float(interval(i, floor_index)[0]) if floor_index is not None else nan,
             learned=bool(learned[i]), status=status, in_best_set=bool(inferential and learned[i] and not shown_worse[i]),
             first_share=float(firsts[i])))
+    pairwise = {(names[i], names[j]): (float(means[i] - means[j]), *map(float, interval(i, j)))
+                for i in range(k) for j in range(k) if i != j}
     return Comparison(n_units=n_units, alpha=alpha, margin=margin, n_resamples=n_resamples, inferential=inferential,
                       critical=float(critical), floor_mean=float(means[-1]) if floor is not None else nan,
-                      standings=tuple(standings), rank_counts=rank_counts)
+                      standings=tuple(standings), rank_counts=rank_counts, pairwise=pairwise)

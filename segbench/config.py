@@ -170,7 +170,8 @@ class EvalConfig:
     overlap: float = 0.5
     # Blending of overlapping windows: "gaussian" (nnU-Net) or "mean" (MMSegmentation).
     blend: Literal["gaussian", "mean"] = "gaussian"
-    # Flip test-time augmentation: any of "horizontal", "vertical".
+    # Flip test-time augmentation: any of "horizontal", "vertical"; every combination of them is predicted
+    # and the softmax probabilities averaged (nnU-Net's mirroring). `segbench eval/predict --tta` picks them.
     flips: tuple[str, ...] = ()
     # Images (or windows) per forward pass.
     batch_size: int = 8

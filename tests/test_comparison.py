@@ -68,3 +68,15 @@ def test_calibrate_writes_every_key_per_scenario(tmp_path):
         assert {"coverage", "familywise_error", "power", "wrong_best"} <= set(figures)
     assert scenarios["equal_2"]["power"] is None  # nothing is truly worse there
     assert scenarios["hallucination"]["power"] == 1.0 and scenarios["hallucination"]["wrong_best"] == 0.0
+
+
+def test_pairwise_differences_are_the_standings_intervals():
+    from segbench.comparison import compare
+
+    rng = np.random.default_rng(3)
+    scores = {"a": rng.uniform(0.6, 0.9, (2, 12)), "b": rng.uniform(0.5, 0.8, (2, 12)), "c": rng.uniform(0.4, 0.9, (1, 12))}
+    c = compare(scores)
+    for s in c.standings[1:]:
+        assert c.difference(s.name, c.leader) == pytest.approx((s.diff, s.diff_low, s.diff_high))
+        diff, low, high = c.difference(c.leader, s.name)
+        assert (diff, low, high) == pytest.approx((-s.diff, -s.diff_high, -s.diff_low))

@@ -18,7 +18,8 @@ from segbench.bench.report.findings import findings, overall_findings
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
 from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
-from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
+from segbench.bench.protocol.record import PREVIEW_FILE, CandidateRecord, WorkerResult, class_key, read_candidates
+from segbench.bench.report.candidates import answer
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
 from segbench.bench.report.evidence import (
@@ -46,6 +47,60 @@ def _budget_text(t) -> str:
         return (f"until {t.best_metric} gains at most {t.min_delta} over {t.patience} validations "
                 f"(at most {t.iterations} iterations)")
     return f"{t.iterations} iterations"
+
+
+def _number(value: float) -> float | None:
+    return None if value != value else value
+
+
+def _current_candidates(out: Path, plan: list[PlannedRun]) -> list[CandidateRecord]:
+    """The candidates of ``OUT/candidates/`` built from this plan's runs (an older plan's are ignored)."""
+    planned = {run.run_dir.name for run in plan}
+    return [c for c in read_candidates(out) if c.folders and not c.error
+            and all(set(names) <= planned for names in c.member_runs.values())]
+
+
+def _candidate_scores(out: Path, candidates: list[CandidateRecord]) -> dict[str, dict[RunKey, RunScores | None]]:
+    """Each candidate's per-case scores, as a run's: the review's evidence compares them with the architectures."""
+    return {c.name: {RunKey(*CandidateRecord.parse_key(key)): read_run_scores(out / folder)
+                     for key, folder in c.folders.items()} for c in candidates}
+
+
+def _candidate_rows(candidates: list[CandidateRecord], figures: dict[str, dict]) -> list[dict]:
+    """Table rows of the candidates: what they combine, their cost (``price_candidates``) and ``figures``
+    (the evidence's, and their answers against the best single architecture)."""
+    rows = []
+    for c in candidates:
+        flips = f", flips {'+'.join(c.flips)}" if c.flips else ""
+        keys = [CandidateRecord.parse_key(k) for k in c.folders]
+        rows.append({"arch": c.name, "backbone": f"{c.kind}: {' + '.join(c.members)}{flips}", "runs": len(keys),
+                     "seeds": len({s for _, s in keys}), "folds": len({f for f, _ in keys} - {None}), "failed_runs": 0,
+                     "error": "", "candidate": c.kind, "forward_passes": c.cost.get("forward_passes"),
+                     **{k: c.cost.get(k) for k in ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_noisy",
+                                                    "gflops", "infer_peak_mb")},
+                     **figures.get(c.name, {})})
+    return rows
+
+
+def _candidate_answers(evidence: Evidence | None, candidates: list[CandidateRecord]) -> dict[str, dict]:
+    """Each candidate against the best single architecture (its ``reference``): the difference and its
+    simultaneous interval from the verdict's own family, the answer, and Dice per added millisecond."""
+    comparison = evidence.comparison if evidence is not None else None
+    if comparison is None:
+        return {}
+    names = {s.name for s in comparison.standings}
+    out = {}
+    for c in candidates:
+        if c.name not in names or c.reference not in names:
+            continue
+        diff, low, high = comparison.difference(c.name, c.reference)
+        row = out[c.name] = dict(vs_best_single=diff, vs_best_single_low=_number(low), vs_best_single_high=_number(high))
+        if comparison.inferential:
+            row["best_single_answer"] = answer(low, high, comparison.margin)
+        latency, base = c.cost.get("latency_ms"), c.reference_cost.get("latency_ms")
+        if isinstance(latency, (int, float)) and isinstance(base, (int, float)) and latency > base:
+            row["dice_per_ms"] = diff / (latency - base)
+    return out
 
 
 def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
@@ -145,6 +200,8 @@ class Runs:
     rows: list[dict]
     ok: dict[str, PlannedRun]  # per architecture, the run whose curves and predictions are drawn
     first: WorkerResult  # data and machine facts: a successful run's (any run's if none succeeded)
+    out: Path
+    candidates: list[CandidateRecord]  # ensembles and TTA built from these runs (segbench run --ensembles)
 
 
 @dataclass(frozen=True)
@@ -164,7 +221,7 @@ def _read_runs(plan: list[PlannedRun], out: str | Path) -> Runs:
     ok = _first_ok(plan, rows)
     source = next(iter(ok.values()), plan[0] if plan else None)
     first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
-    return Runs(plan, rows, ok, first)
+    return Runs(plan, rows, ok, first, Path(out), _current_candidates(Path(out), plan))
 
 
 def _classes(runs: Runs) -> Classes:
@@ -181,6 +238,7 @@ def _evidence(runs: Runs, margin: float) -> tuple[Evidence | None, dict[str, dic
     for run, row in zip(runs.plan, runs.rows):
         scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
         per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
+    per_arch.update(_candidate_scores(runs.out, runs.candidates))
     return gather(per_arch, margin=margin), per_arch
 
 
@@ -192,7 +250,9 @@ def _table(runs: Runs, classes: Classes, evidence: Evidence | None) -> list[dict
     if mixed_devices_warning(runs.rows):
         for arch, devices in arch_devices(runs.rows).items():
             extra.setdefault(arch, {})["device_name"] = devices
-    return aggregate(runs.rows, keys, extra=extra)
+    candidates = {name: {**extra.get(name, {}), **answers}
+                  for name, answers in _candidate_answers(evidence, runs.candidates).items()}
+    return aggregate(runs.rows, keys, extra=extra) + _candidate_rows(runs.candidates, {**extra, **candidates})
 
 
 def _figures(runs: Runs, classes: Classes, table: list[dict], evidence: Evidence | None,
@@ -244,7 +304,8 @@ def _machine(runs: Runs) -> dict:
     return machine
 
 
-def _profile_info(plan: list[PlannedRun], profile: Profile, overrides: list[str] | tuple[str, ...]) -> dict:
+def _profile_info(plan: list[PlannedRun], profile: Profile, overrides: list[str] | tuple[str, ...],
+                  candidates: list[CandidateRecord]) -> dict:
     """The profile's settings as they actually ran (the command line may have changed its values)."""
     settings = profile.settings()
     if plan:
@@ -255,7 +316,7 @@ def _profile_info(plan: list[PlannedRun], profile: Profile, overrides: list[str]
                         convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
                                     f"{cfg.train.patience} validations")
     folds = {r.fold for r in plan} - {None}
-    settings.update(seeds=len({r.seed for r in plan}), command_line_overrides=list(overrides) or "none",
+    settings.update(ensembles=", ".join(c.name for c in candidates) or "none", seeds=len({r.seed for r in plan}), command_line_overrides=list(overrides) or "none",
                     cross_validation=f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none")
     return {"name": profile.name, "description": profile.description, "settings": settings,
             "arch_options": {run.arch: run.config.model.options for run in plan if run.seed == 0}}
@@ -268,10 +329,16 @@ def _data_info(runs: Runs, classes: Classes) -> dict:
             "splits": data.get("splits", {}), "notices": data.get("notices", [])}
 
 
-def _architectures(plan: list[PlannedRun]) -> dict[str, dict]:
-    """Per row label, what the registry says of the architecture (its paper, blocks, strengths, weaknesses)."""
-    return {r.label: {k: getattr(ARCHITECTURES[r.arch], k) for k in ("paper", "year", "summary", "blocks",
-                                                                     "strengths", "weaknesses")} for r in plan}
+def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord]) -> dict[str, dict]:
+    """Per row label, what the registry says of the architecture (its paper, blocks, strengths, weaknesses),
+    and what each ensemble or TTA candidate combines."""
+    described = {r.label: {k: getattr(ARCHITECTURES[r.arch], k) for k in ("paper", "year", "summary", "blocks",
+                                                                          "strengths", "weaknesses")} for r in plan}
+    for c in candidates:
+        described[c.name] = {"paper": "built from the trained runs, no retraining (docs/ensembles.md)",
+                             "summary": f"{c.kind}: softmax probabilities of {' + '.join(c.members)} averaged"
+                                        + (f" over flips {'+'.join(c.flips)} (every combination)" if c.flips else "")}
+    return described
 
 
 def write_review(
@@ -296,9 +363,9 @@ def write_review(
     devices = mixed_devices_warning(runs.rows)
     inputs = ReportInputs(
         title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {profile.name}",
-        command=command, profile=_profile_info(plan, profile, overrides), machine=_machine(runs),
+        command=command, profile=_profile_info(plan, profile, overrides, runs.candidates), machine=_machine(runs),
         data=_data_info(runs, classes), table=table, accuracy_key=ACCURACY_KEY, class_keys=classes.dice_keys,
-        class_names=classes.foreground, figures=figures, architectures=_architectures(plan),
+        class_names=classes.foreground, figures=figures, architectures=_architectures(plan, runs.candidates),
         findings=findings(table, ACCURACY_KEY), overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(runs.rows, profile, len({r.seed for r in plan})) + grid_notes,
         warnings=[devices] if devices else [], show_devices=bool(devices), speed=speed_section(out, plan, runs.rows),

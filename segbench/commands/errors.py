@@ -32,6 +32,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from segbench.config import ConfigError
     from segbench.data import DataError
     from segbench.engine.hardware import OutOfMemory
+    from segbench.engine.ensemble import EnsembleError
     from segbench.engine.predict import PredictError
     from segbench.engine.run_folder import RunFolderError
     from segbench.engine.train import ConfigMismatch, TrainingDiverged
@@ -39,7 +40,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from segbench.checkpoints.io import CheckpointError
 
     types: list[type[BaseException]] = [ConfigError, DataError, RunFolderError, ConfigMismatch, TrainingDiverged,
-                                        OutOfMemory, PredictError, CheckpointError, FileNotFoundError, TrackerMissing]
+                                        OutOfMemory, PredictError, EnsembleError, CheckpointError, FileNotFoundError,
+                                        TrackerMissing]
     try:
         from segbench.checkpoints.imagenet import WeightsUnavailableError
 

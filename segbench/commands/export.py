@@ -22,18 +22,28 @@ def _inference_size(cfg) -> tuple[int, int] | None:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--size", nargs=2, type=int, default=None,
               help="H W to trace at (default: the run's sliding window, else its resize, else its crop size).")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Checkpoint.")
 @click.option("--shape", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True,
               help="auto: dynamic H/W where the architecture allows, else static with a note.")
-def export(run_dir: Path, fmt: str, size, which: str, shape: str) -> None:
-    """Export a trained run's model to RUN_DIR/model.onnx, checked against PyTorch with ONNX Runtime."""
+def export(run_dirs: tuple[Path, ...], fmt: str, size, which: str, shape: str) -> None:
+    """Export a trained run's model to RUN_DIR/model.onnx, checked against PyTorch with ONNX Runtime.
+
+    One run only: an ensemble is not exported as one graph (predict it with `segbench predict RUN1 RUN2 ...`)."""
     from segbench.engine.checkpoint import load_run_model
     from segbench.export.onnx import export_onnx
 
+    if len(run_dirs) > 1:
+        raise click.UsageError(
+            f"{len(run_dirs)} run folders given: segbench exports one run's network. An ensemble is not exported "
+            "as one ONNX graph (its members may differ in architecture, and its flips and softmax averaging are "
+            "segbench's inference, not the networks'); export each run, or predict the ensemble with "
+            "`segbench predict RUN1 RUN2 ... IMAGES OUT`")
+    run_dir = run_dirs[0]
     try:
         model, cfg, info = load_run_model(run_dir, which=which)
     except (FileNotFoundError, ValueError) as err:

@@ -39,14 +39,32 @@ def _mention_other_runs(plan, out: str, report_only: bool) -> None:
 def _claim_sweep_folder(out: str) -> None:
     """OUT is new, empty, or a sweep (its marker, or run folders from an older segbench): never a folder of
     the user's whose report/index.html the review would overwrite."""
+    from segbench.bench.protocol.record import CANDIDATES_DIR
     from segbench.bench.protocol.review_speed import SPEED_FILE
     from segbench.engine.run_folder import RunFolderError, claim_output
     from segbench.run_files import TRACKING_FILE
 
     try:
-        claim_output(out, "sweep", files=("report/", SPEED_FILE, TRACKING_FILE), legacy=("report", SPEED_FILE))
+        claim_output(out, "sweep", files=("report/", SPEED_FILE, TRACKING_FILE, f"{CANDIDATES_DIR}/"),
+                     legacy=("report", SPEED_FILE, CANDIDATES_DIR))
     except RunFolderError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _build_candidates(plan, profile, out: str, top_k: int) -> None:
+    """Ensembles and flip TTA from the finished runs, in this process (``segbench.bench.protocol.candidates``)."""
+    from segbench.bench.protocol.candidates import build_candidates
+
+    started = time.perf_counter()
+    try:
+        records = build_candidates(plan, profile, out, top_k=top_k, say=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run the same command again to finish the ensembles and the report", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the report of the architectures is still written
+        click.echo(f"candidates: not built: {type(err).__name__}: {err}", err=True)
+        return
+    click.echo(f"candidates: {len(records)} built, {time.perf_counter() - started:.0f} s", err=True)
 
 
 def _check_data(plan) -> None:
@@ -177,6 +195,15 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
 @click.option("--cpus-per-run", type=click.IntRange(min=1), default=None,
               help="With --launcher ray: CPUs per run (default: a GPU node's CPUs per GPU; on CPUs only, a whole "
                    "node, so timings are taken as the local launcher takes them).")
+@click.option("--ensembles/--no-ensembles", default=None,
+              help="After the sweep, from the trained runs (no retraining): each architecture with flip TTA and the "
+                   "ensemble of the top architectures (softmax averaged) with and without TTA, scored on the same "
+                   "validation units, judged against the best single architecture and timed by the same harness "
+                   "(docs/ensembles.md). Default: on in standard and paper, off in quick. With --report-only, "
+                   "--ensembles builds them for a finished sweep.")
+@click.option("--ensemble-top", type=click.IntRange(min=2), default=3, show_default=True,
+              help="With --ensembles: how many architectures (the top by mean validation Dice per case) the "
+                   "ensemble combines.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=None,
               help="With --launcher ray: how often a run whose worker or node was lost is retried (default 3; it "
                    "resumes from its last.pt).")
@@ -188,7 +215,8 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
               help="MLflow tracking URI for the review and its runs (http://HOST:PORT, sqlite:///PATH, ...); "
                    "default sqlite:///OUT/mlflow.db.")
 def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
-        lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, max_retries, trackers, tracking_uri) -> None:
+        lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, ensembles, ensemble_top, max_retries, trackers,
+        tracking_uri) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -246,6 +274,8 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     if report_only:
         _claim_sweep_folder(out)
         review_tracking = _open_review_tracking(out, trackers, tracking_uri, review_params)
+        if ensembles:  # asked for: built from the finished runs, nothing trained
+            _build_candidates(plan, chosen, out, ensemble_top)
     else:
         _check_data(plan)
         # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused
@@ -264,6 +294,8 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
                        f"{time.perf_counter() - started:.0f} s", err=True)
             if speed:
                 _measure_speed(plan, chosen, out, runner)
+            if chosen.ensembles if ensembles is None else ensembles:
+                _build_candidates(plan, chosen, out, ensemble_top)
         finally:
             runner.close()
     _mention_other_runs(plan, out, report_only)

@@ -11,8 +11,10 @@ order, into the same figures one process computes alone.
 from __future__ import annotations
 
 import errno
+import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from segbench.data.dataset import SliceDataset
 from segbench.engine.distributed import DistInfo
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.hardware import loader_workers
-from segbench.engine.inference import InferenceSettings, predict_logits
+from segbench.engine.inference import InferenceSettings, predict_scores, tta_flips
 from segbench.engine.metrics import CaseScores, SegmentationMetrics, write_per_case_csv
 from segbench.run_files import WRITE_ERRNOS, DiskFull, eval_file, eval_per_case_file
 
@@ -110,7 +112,7 @@ def _merge_shards(metrics: SegmentationMetrics, mine: list[int], info: DistInfo)
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     dataset: Dataset,
     info: DataInfo,
     cfg: EvalConfig,
@@ -127,6 +129,9 @@ def evaluate(
     per_slice: list[dict] | None = None,
 ) -> dict:
     """Every metric of ``SegmentationMetrics.compute`` for ``model`` on ``dataset`` (in dataset order).
+
+    ``model`` may be the members of an ensemble (a sequence of networks): their softmax probabilities are
+    averaged (``inference.predict_scores``), as is flip TTA when ``cfg.flips`` names flips.
 
     ``dist_info`` (data-parallel runs): every process calls this with the same model and gets the same
     figures, each having evaluated its share of the cases.
@@ -157,8 +162,10 @@ def evaluate(
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG alone (resumed runs stay exact)
     )
-    was_training = model.training
-    model.eval()
+    members = [model] if isinstance(model, nn.Module) else list(model)
+    was_training = [member.training for member in members]
+    for member in members:
+        member.eval()
     start = tick = time.perf_counter()
     metrics_s = data_s = 0.0
     for items in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
@@ -166,7 +173,7 @@ def evaluate(
         for run in _same_size_runs(items):
             images = torch.stack([item["image"] for item in run]).to(device).contiguous(memory_format=memory_format)
             with precision.autocast():
-                labels = predict_logits(model, images, settings).argmax(1).cpu()  # .cpu() waits for the device
+                labels = predict_scores(members, images, settings).argmax(1).cpu()  # .cpu() waits for the device
             metrics_start = time.perf_counter()
             metrics.update(
                 labels,
@@ -177,7 +184,8 @@ def evaluate(
             )
             metrics_s += time.perf_counter() - metrics_start
         tick = time.perf_counter()
-    model.train(was_training)
+    for member, training in zip(members, was_training):
+        member.train(training)
     tick = time.perf_counter()
     if sharded:
         _merge_shards(metrics, mine, dist_info)
@@ -196,13 +204,14 @@ def evaluate(
 
 def evaluate_run(
     run_dir: str | Path, split: str = "val", *, which: str = "best", overrides: list[str] | tuple[str, ...] = (),
-    progress: bool = False,
+    tta: bool = False, progress: bool = False,
 ) -> dict:
     """Metrics of a run's ``which`` checkpoint on ``split``; also written to ``run_dir/eval_<split>.json``.
 
     ``overrides`` (``eval.KEY=VALUE``) change how it is evaluated, e.g. ``eval.mode=slide`` or
-    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own. A run folder that cannot
-    be written (read-only, full) raises ``EvaluationNotSaved``, which holds the figures.
+    ``eval.flips=[horizontal]``; the rest of the configuration is the run's own. ``tta``: flip TTA with the
+    flips valid for the data (``inference.tta_flips``) unless ``eval.flips`` names some. A run folder that
+    cannot be written (read-only, full) raises ``EvaluationNotSaved``, which holds the figures.
     """
     from segbench.data import load_data
 
@@ -213,6 +222,8 @@ def evaluate_run(
         if wrong:
             raise ConfigError(f"only eval.* settings can change after training, got {', '.join(wrong)}")
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides)))
+    if tta and not cfg.eval.flips:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, flips=tta_flips(info.volumetric)))
     data = load_data(cfg.data)
     if split not in data.splits:
         raise ValueError(f"the data has no {split!r} split; it has: {', '.join(data.splits)}")

@@ -4,7 +4,8 @@ Sliding window (MMSegmentation's ``slide`` mode; nnU-Net's Gaussian weighting): 
 ``window`` pixels step by ``window * (1 - overlap)`` so the last window touches the far border;
 the logits of overlapping windows are blended with a constant ("mean") or Gaussian weight map
 (sigma = window / 8, nnU-Net), which trusts each window's centre more than its borders.
-Flip TTA averages the logits of the image and of its flips (flipped back).
+Flip TTA and ensembles (``predict_scores``) average softmax probabilities: over every combination of the
+named flips (nnU-Net's mirroring), each flipped back, and over every member of an ensemble.
 
 The network itself (``inference_network``) is the trained one made cheaper without changing what it
 computes: an eval-mode copy with its BatchNorms folded into the convolutions before them
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,8 @@ from torch import Tensor, nn
 from segbench.engine.device import Precision
 from segbench.models.fold import Folded, fold_batchnorm, output_tensors
 
-__all__ = ["InferenceSettings", "predict_logits", "sliding_window_logits", "window_positions", "gaussian_weights",
+__all__ = ["InferenceSettings", "tta_flips", "flip_views", "network_logits", "predict_scores", "sliding_window_logits",
+           "window_positions", "gaussian_weights",
            "InferenceNetwork", "inference_network"]
 
 # The layers whose weights autocast casts to its dtype on every call (lower-precision ops on CPU and CUDA).
@@ -145,21 +148,53 @@ def sliding_window_logits(model: nn.Module, image: Tensor, settings: InferenceSe
     return logits / total_weight
 
 
+def tta_flips(volumetric: bool) -> tuple[str, ...]:
+    """The flips TTA uses by default (``--tta``): both in-plane axes for slices of volumes (nnU-Net mirrors
+    every axis; a mirrored axial slice is still an axial slice), horizontal only for 2D images (a photograph
+    upside down is not a photograph). Any other choice: ``eval.flips``."""
+    return ("horizontal", "vertical") if volumetric else ("horizontal",)
+
+
+def flip_views(flips: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """The flipped views flip TTA predicts: every combination of the named flips (nnU-Net's mirroring), the
+    image itself first, as the dims to flip. ``("horizontal", "vertical")`` gives 4 views: as is,
+    horizontal, vertical, and both (a 180-degree rotation)."""
+    dims_of = {"horizontal": -1, "vertical": -2}
+    axes = [dims_of[flip] for flip in dict.fromkeys(flips)]  # each flip once, in the order named
+    return [tuple(a for bit, a in enumerate(axes) if mask >> bit & 1) for mask in range(2 ** len(axes))]
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, image: Tensor, settings: InferenceSettings = InferenceSettings()) -> Tensor:
-    """Logits (N, C, H, W) for a batch of images, by the mode and TTA that ``settings`` name.
+def network_logits(model: nn.Module, image: Tensor, settings: InferenceSettings = InferenceSettings()) -> Tensor:
+    """One network's logits (N, C, H, W) for one view of a batch: the whole image or sliding windows, no TTA."""
+    if settings.mode == "slide":
+        return sliding_window_logits(model, image, settings)
+    return _forward(model, image).float()
 
-    The model should be in eval mode; the caller chooses device and autocast.
+
+@torch.no_grad()
+def predict_scores(models: nn.Module | Sequence[nn.Module], image: Tensor,
+                   settings: InferenceSettings = InferenceSettings()) -> Tensor:
+    """Per-class scores (N, C, H, W) whose arg-max over C is the prediction, by the mode, TTA and ensemble asked.
+
+    ``models``: one network, or the members of an ensemble (the same classes, the same input). One network
+    without flips: its logits (``network_logits``). Otherwise the mean, over every member and every flipped
+    view (``flip_views``, each flipped back), of the softmax probabilities: nnU-Net's ensembling of
+    probabilities, here also for the flips. So an ensemble of k members with f flips runs k * 2^f forward
+    passes (times the windows in slide mode). The models should be in eval mode; the caller chooses device
+    and autocast.
     """
-
-    def once(x: Tensor) -> Tensor:
-        if settings.mode == "slide":
-            return sliding_window_logits(model, x, settings)
-        return _forward(model, x).float()
-
-    logits = once(image)
-    dims_of = {"horizontal": [-1], "vertical": [-2]}
-    for flip in settings.flips:
-        dims = dims_of[flip]
-        logits = logits + once(image.flip(dims)).flip(dims)
-    return logits / (1 + len(settings.flips))
+    members = [models] if isinstance(models, nn.Module) else list(models)
+    if not members:
+        raise ValueError("predict_scores needs at least one model")
+    views = flip_views(settings.flips)
+    if len(members) == 1 and len(views) == 1:
+        return network_logits(members[0], image, settings)
+    total = None
+    for model in members:
+        for dims in views:
+            view = image.flip(dims) if dims else image
+            probabilities = network_logits(model, view, settings).softmax(1)
+            probabilities = probabilities.flip(dims) if dims else probabilities
+            total = probabilities if total is None else total + probabilities
+    return total / (len(members) * len(views))

@@ -15,6 +15,7 @@ volumes -> ``STEM_seg.nii.gz`` and ``STEM_overlay.png`` (the slice with the most
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,13 +26,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from segbench.config import Config, config_from_dict, load_config
-from segbench.engine.checkpoint import DataInfo, load_checkpoint, load_run_model
+from segbench.engine.checkpoint import DataInfo, load_checkpoint
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
 from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
-from segbench.engine.inference import inference_network, predict_logits
+from segbench.engine.inference import inference_network, predict_scores, tta_flips
 from segbench.engine import run_folder
 from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, writable
 
@@ -100,29 +101,38 @@ def _write_overlay(display: np.ndarray, labels: np.ndarray, palette: list, backg
 
 
 class _Runner:
-    """The run's model (PyTorch or ONNX Runtime) plus how its inputs were prepared."""
+    """The run's model (PyTorch or ONNX Runtime), or an ensemble's members, plus how inputs are prepared."""
 
-    def __init__(self, run_dir: Path, engine: str, which: str):
+    def __init__(self, run_dirs: list[Path], engine: str, which: str, tta: bool = False):
         if engine == "torch":
-            model, self.cfg, self.info = load_run_model(run_dir, which)
+            from segbench.engine.ensemble import load_members
+
+            members = load_members(run_dirs, which)  # one run: itself; several: checked to take the same input
+            self.cfg, self.info = members.cfg, members.info
             self.device = resolve_device("auto")
             self.precision = inference_precision(self.cfg.train.amp, self.device)
             probe = torch.randn(1, self.info.in_channels, *PROBE_SIZE, generator=torch.Generator().manual_seed(0))
-            self.model = inference_network(model.to(self.device), probe.to(self.device), self.precision).model
+            self.models = [inference_network(model.to(self.device), probe.to(self.device), self.precision).model
+                           for model in members.models]
         elif engine == "onnx":
             from segbench.engine.onnx_runtime import load_onnx_model  # optional dependency: onnxruntime
 
+            if len(run_dirs) > 1:
+                raise PredictError("--engine onnx runs one exported run; predict an ensemble with --engine torch")
             try:
-                self.model = load_onnx_model(run_dir)
+                self.models = [load_onnx_model(run_dirs[0])]
             except FileNotFoundError as err:
                 raise PredictError(str(err)) from None
-            self.cfg, self.info = _run_metadata(run_dir)
+            self.cfg, self.info = _run_metadata(run_dirs[0])
             self.device, self.precision = torch.device("cpu"), Precision(None, "cpu")
         else:
             raise PredictError(f"unknown engine {engine!r}; valid: torch, onnx")
         self.settings = inference_settings(self.cfg.eval)
-        fixed = getattr(getattr(self.model, "info", None), "shape_mode", "dynamic") != "dynamic"
-        self.fixed_size = tuple(self.model.info.input_size) if fixed else None
+        if tta and not self.settings.flips:
+            self.settings = dataclasses.replace(self.settings, flips=tta_flips(self.info.volumetric))
+        model = self.models[0]
+        fixed = getattr(getattr(model, "info", None), "shape_mode", "dynamic") != "dynamic"
+        self.fixed_size = tuple(model.info.input_size) if fixed else None
 
     def labels(self, batch: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
         """(N, C, H, W) network-ready float32 -> (N, *out_size) class ids."""
@@ -130,7 +140,7 @@ class _Runner:
         if self.fixed_size and tuple(x.shape[-2:]) != self.fixed_size:
             x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
         with self.precision.autocast():
-            logits = predict_logits(self.model, x, self.settings).float()
+            logits = predict_scores(self.models, x, self.settings).float()
         if tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits.argmax(1).cpu().numpy()
@@ -189,13 +199,18 @@ def _claim_outputs(out_dir: Path, outputs: list[list[Path]]) -> None:
 
 
 def predict_files(
-    run_dir: str | Path, inputs: str | Path, out_dir: str | Path, *, engine: str = "torch", which: str = "best",
-    progress: bool = True,
+    run_dir: str | Path | list[str | Path], inputs: str | Path, out_dir: str | Path, *, engine: str = "torch",
+    which: str = "best", tta: bool = False, progress: bool = True,
 ) -> list[Path]:
-    """Predict every image/volume at ``inputs`` (a file or folder) into ``out_dir``; returns the files written."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    """Predict every image/volume at ``inputs`` (a file or folder) into ``out_dir``; returns the files written.
+
+    ``run_dir``: one run, or a list of runs whose ensemble predicts (softmax probabilities averaged,
+    ``inference.predict_scores``). ``tta``: flip TTA with the flips valid for the data (``inference.tta_flips``)
+    unless the run's ``eval.flips`` names some."""
+    run_dirs = [Path(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [Path(run_dir)]
+    out_dir = Path(out_dir)
     files = collect_inputs(inputs)
-    runner = _Runner(run_dir, engine, which)
+    runner = _Runner(run_dirs, engine, which, tta)
     palette = [tuple(c) for c in runner.info.palette] if runner.info.palette else default_palette(runner.info.num_classes)
     _claim_outputs(out_dir, [_outputs(out_dir / relative.parent / nifti_stem(path), path) for path, relative in files])
     written = []

@@ -96,8 +96,8 @@ def test_predict_runs_the_network_with_batchnorm_folded(run_dir, tiny_env):
     from segbench.engine import load_run_model
     from segbench.engine.predict import _Runner
 
-    runner = _Runner(run_dir, "torch", "best")
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())
+    runner = _Runner([run_dir], "torch", "best")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.models[0].modules())
     model, _, _ = load_run_model(run_dir)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     images = np.stack([tiny_env.TinySegmentation(4, seed=3)[i]["image"].numpy() for i in range(4)])

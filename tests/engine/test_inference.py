@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from segbench.engine.inference import InferenceSettings, gaussian_weights, predict_logits, window_positions
+from segbench.engine.inference import InferenceSettings, flip_views, gaussian_weights, predict_scores, window_positions
+
+predict_logits = predict_scores  # one network, no flips: its logits
 
 
 def conv_model(kernel_size: int) -> nn.Module:
@@ -38,17 +40,70 @@ def test_sliding_window_differs_for_a_model_with_context():
     assert not torch.allclose(slide, predict_logits(model, image), atol=1e-4)
 
 
-def test_flip_tta():
+def test_flip_views_are_every_combination_of_the_flips():
+    assert flip_views(()) == [()]
+    assert flip_views(("horizontal",)) == [(), (-1,)]
+    assert flip_views(("horizontal", "vertical")) == [(), (-1,), (-2,), (-1, -2)]
+
+
+def test_flip_tta_of_a_flip_equivariant_model_equals_the_model():
     image = torch.randn(1, 2, 9, 11)
-    equivariant = conv_model(1)
-    plain = predict_logits(equivariant, image)
-    tta = predict_logits(equivariant, image, InferenceSettings(flips=("horizontal", "vertical")))
+    equivariant = conv_model(1)  # a 1x1 convolution commutes with every flip
+    plain = predict_scores(equivariant, image).softmax(1)
+    tta = predict_scores(equivariant, image, InferenceSettings(flips=("horizontal", "vertical")))
     torch.testing.assert_close(tta, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_flip_tta_averages_the_probabilities_of_the_views_flipped_back():
+    image = torch.randn(1, 2, 9, 11)
     asymmetric = conv_model(3)
-    expected = (asymmetric(image) + asymmetric(image.flip(-1)).flip(-1)) / 2
-    got = predict_logits(asymmetric, image, InferenceSettings(flips=("horizontal",)))
+    expected = (asymmetric(image).softmax(1) + asymmetric(image.flip(-1)).flip(-1).softmax(1)) / 2
+    got = predict_scores(asymmetric, image, InferenceSettings(flips=("horizontal",)))
     torch.testing.assert_close(got, expected)
-    assert not torch.allclose(got, predict_logits(asymmetric, image), atol=1e-4)
+    assert not torch.allclose(got, predict_scores(asymmetric, image).softmax(1), atol=1e-4)
+    # A flip left undone breaks the equivariant case: the check above would catch it.
+    equivariant = conv_model(1)
+    undone = (equivariant(image).softmax(1) + equivariant(image.flip(-1)).softmax(1)) / 2
+    torch.testing.assert_close(predict_scores(equivariant, image, InferenceSettings(flips=("horizontal",))),
+                               equivariant(image).softmax(1))
+    assert not torch.allclose(undone, equivariant(image).softmax(1), atol=1e-3)
+
+
+def test_ensemble_of_identical_models_equals_the_model():
+    image, model = torch.randn(2, 2, 7, 9), conv_model(3)
+    one = predict_scores(model, image).softmax(1)
+    torch.testing.assert_close(predict_scores([model, model, model], image), one, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(predict_scores([model], image), predict_scores(model, image))  # one member: itself
+
+
+def test_ensemble_probabilities_are_the_members_mean():
+    image = torch.randn(1, 2, 7, 9)
+    torch.manual_seed(1)
+    members = [nn.Conv2d(2, 3, 3, padding=1).eval() for _ in range(3)]
+    expected = sum(m(image).softmax(1) for m in members) / 3
+    got = predict_scores(members, image)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.sum(1), torch.ones(1, 7, 9))
+    # the mean of probabilities, not the softmax of the mean logits
+    assert not torch.allclose(got, (sum(m(image) for m in members) / 3).softmax(1), atol=1e-4)
+
+
+class _Counting(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("members, flips, passes", [(1, (), 1), (1, ("horizontal",), 2), (3, (), 3),
+                                                    (2, ("horizontal", "vertical"), 8)])
+def test_forward_passes_are_members_times_flip_views(members, flips, passes):
+    models = [_Counting(conv_model(1)) for _ in range(members)]
+    predict_scores(models, torch.randn(1, 2, 8, 8), InferenceSettings(flips=flips))
+    assert sum(m.calls for m in models) == passes and len({m.calls for m in models}) == 1
 
 
 def test_gaussian_weights_peak_in_the_centre():

@@ -3,7 +3,7 @@ loading plus metric accumulation (confusion matrix, per-case Dice and HD95) duri
 
 Every batch is timed in three parts inside the same loop, as the engine runs it: waiting for the
 ``DataLoader`` (reading, decoding, augmenting, collating), model compute (a training step, or
-``predict_logits``), and ``SegmentationMetrics.update`` (validation; ``compute()`` at the end counts
+``predict_scores``), and ``SegmentationMetrics.update`` (validation; ``compute()`` at the end counts
 too). Timing the parts of each batch back to back, rather than a whole epoch against a separate
 compute-only epoch, keeps a busy machine's slow spells from landing on one side only.
 """
@@ -36,7 +36,7 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     from segbench.data import AugmentConfig, DataConfig, load_data
     from segbench.engine.checkpoint import DataInfo
     from segbench.engine.evaluate import evaluate
-    from segbench.engine.inference import predict_logits
+    from segbench.engine.inference import predict_scores
     from segbench.models.registry import build_model, model_recipe
 
     device = torch.device(settings.device)
@@ -73,7 +73,7 @@ def pipeline_overhead(settings: "SpeedSettings", arch: str, *, source: str = "br
     val = data.splits["val"]
     subset = Subset(val, range(min(len(val), max_batches * settings.batch)))
     with precision.autocast(), torch.inference_mode():
-        predict_logits(model, val[0]["image"][None].to(device))  # warm-up, untimed
+        predict_scores(model, val[0]["image"][None].to(device))  # warm-up, untimed
     timings: dict[str, float] = {}
     evaluate(model, subset, DataInfo.of(data), eval_cfg, device, precision, memory_format=memory_format,
              timings=timings)

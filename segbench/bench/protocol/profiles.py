@@ -82,6 +82,9 @@ class Profile:
     # heads), so a run can be placed before it starts. An estimate, scaled from MMSegmentation's model
     # zoo (PSPNet R101-D8, 4 images of 512x512 per GPU in fp32: about 12 GB); not measured on a GPU here.
     expected_gpu_memory: str = "n/a (CPU profile)"
+    # After the sweep, ensembles and flip TTA from the trained runs (``segbench run --ensembles``): off in
+    # quick (evaluating every run again with flips does not fit its 20 minutes on a laptop CPU).
+    ensembles: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The protocol as printed in the report (the per-architecture table is printed separately)."""
@@ -138,6 +141,7 @@ QUICK = Profile(
 
 STANDARD = Profile(
     name="standard",
+    ensembles=True,
     description="The papers' canonical backbones at a moderate 256x256 resolution and a 20k-iteration "
     "schedule: one GPU, hours.",
     expected_gpu_memory="about 4 GB in bf16/fp16, 7 GB in fp32 (ResNet-101 at output stride 8, 256x256, batch 8; "
@@ -165,6 +169,7 @@ STANDARD = Profile(
 
 PAPER = Profile(
     name="paper",
+    ensembles=True,
     description="The papers' backbones and output strides, 512x512 crops, batch 16, 80k iterations "
     "(MMSegmentation's long schedule): GPUs, many hours per architecture.",
     expected_gpu_memory="about 30 GB in bf16/fp16, 50 GB in fp32, on one GPU (ResNet-101 at output stride 8, "

@@ -22,7 +22,7 @@ from typing import Any, Union
 from segbench.jsonio import write_json
 
 __all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "SWEEP_FILES", "is_sweep_run", "WorkerResult", "RunRecord", "class_key",
-           "figures_of"]
+           "figures_of", "CANDIDATES_DIR", "CANDIDATES_FILE", "CandidateRecord", "write_candidates", "read_candidates"]
 
 SPEC_FILE = "sweep_run.json"  # what the sweep asks the worker to run
 RESULT_FILE = "bench.json"  # the worker's WorkerResult
@@ -137,3 +137,52 @@ class RunRecord:
         """The flat ``results.csv`` row: identity, then every figure."""
         identity = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
         return {**identity, **self.figures}
+
+
+# --- ensembles and flip TTA built from the sweep's runs (segbench.bench.protocol.candidates) --------------
+
+CANDIDATES_DIR = "candidates"  # OUT/candidates/: one folder per candidate and run key, holding per-case files
+CANDIDATES_FILE = "candidates.json"  # OUT/candidates/candidates.json: every CandidateRecord
+
+
+@dataclass
+class CandidateRecord:
+    """A predictor built from trained runs without retraining: an architecture with flip TTA, or the ensemble
+    of the top architectures (with or without TTA). Its per-case files are those of a run, one folder per
+    (fold, seed) it was evaluated for; its cost was measured in one interleaved timing with ``reference``."""
+
+    name: str  # its row's name in the report, e.g. "unet + TTA", "ensemble of 3 + TTA"
+    kind: str  # "tta", "ensemble" or "ensemble+tta"
+    members: list[str]  # the architectures (labels) whose runs it combines
+    flips: list[str]
+    folders: dict[str, str] = field(default_factory=dict)  # "<fold>,<seed>" ("-" for no fold) -> folder under OUT
+    member_runs: dict[str, list[str]] = field(default_factory=dict)  # the same key -> the members' run folder names
+    cost: dict[str, Any] = field(default_factory=dict)  # segbench.bench.measure.predictors.price_candidates
+    reference: str = ""  # the single architecture timed in the same measurement (the best by mean)
+    reference_cost: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # why it has no scores, when it failed
+
+    @staticmethod
+    def key(fold: int | None, seed: int) -> str:
+        return f"{'-' if fold is None else fold},{seed}"
+
+    @staticmethod
+    def parse_key(key: str) -> tuple[int | None, int]:
+        fold, seed = key.split(",")
+        return (None if fold == "-" else int(fold)), int(seed)
+
+
+def write_candidates(records: list[CandidateRecord], out: str | Path) -> None:
+    (Path(out) / CANDIDATES_DIR).mkdir(parents=True, exist_ok=True)
+    write_json({"candidates": [asdict(r) for r in records]}, Path(out) / CANDIDATES_DIR / CANDIDATES_FILE)
+
+
+def read_candidates(out: str | Path) -> list[CandidateRecord]:
+    """The records of ``OUT/candidates/candidates.json`` (none when the file is absent or unreadable)."""
+    path = Path(out) / CANDIDATES_DIR / CANDIDATES_FILE
+    try:
+        values = json.loads(path.read_text())["candidates"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    names = {f.name for f in fields(CandidateRecord)}
+    return [CandidateRecord(**{k: v for k, v in r.items() if k in names}) for r in values if isinstance(r, dict)]

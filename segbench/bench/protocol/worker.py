@@ -110,7 +110,7 @@ def preview_indices(dataset, count: int, ignore_index: int) -> list[int]:
 def _preview(run_dir: Path, data, count: int) -> None:
     from segbench.engine.checkpoint import load_run_model
     from segbench.engine.evaluate import inference_settings
-    from segbench.engine.inference import predict_logits
+    from segbench.engine.inference import predict_scores
 
     model, cfg, info = load_run_model(run_dir, "best")
     dataset = data.splits["val"]
@@ -118,7 +118,7 @@ def _preview(run_dir: Path, data, count: int) -> None:
     images, truths, preds = [], [], []
     for i in indices:
         item = dataset[i]
-        logits = predict_logits(model, item["image"][None], inference_settings(cfg.eval))
+        logits = predict_scores(model, item["image"][None], inference_settings(cfg.eval))
         images.append(item["image"].numpy())
         truths.append(item["mask"].numpy())
         preds.append(logits.argmax(1)[0].numpy().astype(np.int16))

@@ -68,6 +68,15 @@ COLUMNS: tuple[Column, ...] = (
            "interval] (segbench.comparison)", spread=("val_vs_leader_low", "val_vs_leader_high"), per_run=False),
     Column("val_answer", "Answer", "", help="against the leader: worse, equivalent within the margin, inconclusive; "
            "'not shown learned' when not shown better than predicting background everywhere", per_run=False),
+    Column("vs_best_single", "vs best single", "", 4, help="ensembles and flip TTA (segbench run --ensembles): "
+           "difference from the best single architecture's Val Dice (by mean validation Dice per case) [simultaneous "
+           "95% interval, the same family as the verdict's] (segbench.bench.report.candidates)",
+           spread=("vs_best_single_low", "vs_best_single_high"), per_run=False),
+    Column("best_single_answer", "vs single", "", help="against the best single architecture: better, worse, "
+           "equivalent within the margin, inconclusive", per_run=False),
+    Column("dice_per_ms", "Dice per ms", "higher", 5, help="Val Dice gained per millisecond of batch-1 latency added "
+           "over the best single architecture, both timed in one interleaved measurement; empty when not slower",
+           per_run=False),
     metric_column("val_mIoU", "Val mIoU", 4),
     metric_column("val_hd95_fg", "Val HD95", 2),
     metric_column("val_nsd_fg", "Val NSD", 4),
