@@ -24,6 +24,7 @@ from segbench.bench.report.evidence import MARGIN, Evidence, RunKey, gather, rea
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
+from segbench.bench.protocol.budget import BudgetPlan
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
 
@@ -42,6 +43,21 @@ def _budget_text(t) -> str:
         return (f"until {t.best_metric} gains at most {t.min_delta} over {t.patience} validations "
                 f"(at most {t.iterations} iterations)")
     return f"{t.iterations} iterations"
+
+
+def _plan_text(budget_plan: BudgetPlan) -> list[str]:
+    """A time or FLOPs budget's plan in words, for the report's settings: what it gives and how each count
+    was derived (``BudgetPlan.lines``), and what that means for the comparison."""
+    if budget_plan.kind == "time":
+        meaning = ("the seconds were turned into iterations before training, from every architecture's training "
+                   "step timed side by side in one process (interleaved), and the runs trained exactly those "
+                   "iterations: the load while they trained did not change what each got (their wall times are "
+                   "recorded, not used). A load lasting through the measurement lengthens every step alike: the "
+                   "ratios of the counts hold, their sizes shrink")
+    else:
+        meaning = ("the FLOPs were turned into iterations from each architecture's training FLOPs per step "
+                   "(convolutions and matmuls, forward + backward): machine-independent, blind to how fast each runs")
+    return [line.strip() for line in budget_plan.lines()] + [meaning]
 
 
 def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
@@ -156,10 +172,11 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
 
 def write_review(
     plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
-    margin: float = MARGIN,
+    margin: float = MARGIN, budget_plan: BudgetPlan | None = None,
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
-    command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin."""
+    command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin;
+    ``budget_plan``: how a time or FLOPs budget became each architecture's iterations (its runs' plan)."""
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     rows = [run_record(run).row() for run in plan]
@@ -229,8 +246,9 @@ def write_review(
     if plan:  # what actually ran: the command line may have changed the profile's values
         cfg = plan[0].config
         height, width = input_size(cfg, profile)
-        budget = _budget_text(cfg.train)
-        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations, budget=budget,
+        budget = _budget_text(cfg.train) if budget_plan is None else "; ".join(_plan_text(budget_plan))
+        iterations = cfg.train.iterations if budget_plan is None else "per architecture, from the budget plan"
+        settings.update(input_size=f"{height}x{width}", iterations=iterations, budget=budget,
                         batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
                         convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
                                     f"{cfg.train.patience} validations")
