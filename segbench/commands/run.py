@@ -93,6 +93,12 @@ def _planned(plan, settings: dict, profile, out: str, data: dict | None, given, 
                          measure=runner.call if runner is not None else None)
     if chosen is None:
         return plan, None
+    if runner is None:  # the local workers compute at the threads the plan was measured at
+        from segbench.bench.protocol.matched import pin_threads
+
+        pinned = pin_threads(chosen)
+        if pinned:
+            click.echo(pinned, err=True)
     return plan_sweep(**settings, budget_plan=chosen), chosen
 
 

@@ -160,6 +160,7 @@ def test_a_given_plan_reproduces_the_runs_and_a_mismatch_is_refused(data, measur
     assert kept == first and read_plan(next((tmp_path / "b" / "budget").glob("plan-*.json"))) == first
     runs_a, runs_b = _plan(data, measured["out"], budget_plan=first), _plan(data, tmp_path / "b", budget_plan=kept)
     assert [r.config_hash for r in runs_a] == [r.config_hash for r in runs_b]
+    assert load_plan_file(_plan(data, tmp_path / "c", budget="time:3.0"), QUICK, source, FACTS) == first
     # Another budget, other options, another architecture or other data: refused, saying why.
     with pytest.raises(PlanMismatch, match="this sweep time:4"):
         load_plan_file(_plan(data, tmp_path / "c", budget="time:4"), QUICK, source, FACTS)
@@ -211,14 +212,18 @@ def test_run_trains_the_planned_iterations_and_the_report_says_so(data, tmp_path
     from segbench.bench.protocol.profiles import PROFILES
 
     monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SEGBENCH_THREADS", "")  # the command pins it for its workers: unset again afterwards
     monkeypatch.setitem(PROFILES, "quick", QUICK)  # fewer timed rounds, as above
     shown = _run(data, tmp_path / "a", "--budget", "time:0.05", "--show-plan")
     assert shown.exit_code == 0, shown.output
     assert "budget time:0.05" in shown.output and "unet: " in shown.output
     assert not any(p.name.startswith("unet-") for p in (tmp_path / "a").iterdir())  # nothing trained
+    monkeypatch.setenv("SEGBENCH_THREADS", "")  # a new process: nothing pinned yet
     first = _run(data, tmp_path / "a", "--budget", "time:0.05")
     assert first.exit_code == 0, first.output
     assert "nothing is measured again" in first.output  # --show-plan's plan is the sweep's
+    threads = read_plan(next((tmp_path / "a" / "budget").glob("plan-*.json"))).measured["threads"]
+    assert f"the runs compute at {threads} thread(s)" in first.output
     plan = read_plan(next((tmp_path / "a" / "budget").glob("plan-*.json")))
     trained = set()
     for folder in (tmp_path / "a").iterdir():
@@ -227,7 +232,7 @@ def test_run_trains_the_planned_iterations_and_the_report_says_so(data, tmp_path
             record = json.loads(bench.read_text())
             arch = record["metrics"]["arch"]
             assert record["metrics"]["iterations_run"] == plan.archs[arch].iterations
-            assert record["budget"]["budget_given"] == "time:0.05"
+            assert record["budget"]["budget_given"] == "time:0.05" and record["machine"]["torch_threads"] == threads
             assert record["budget"]["budget_iterations"] == plan.archs[arch].iterations
             trained.add(arch)
     assert trained == {"unet", "segformer"}
@@ -241,3 +246,20 @@ def test_run_trains_the_planned_iterations_and_the_report_says_so(data, tmp_path
     assert given.exit_code == 0, given.output
     assert "\n".join(plan.lines()) in given.output and "timing the training steps" not in given.output
     assert read_plan(next((tmp_path / "b" / "budget").glob("plan-*.json"))) == plan
+
+
+def test_a_busy_machine_gets_fewer_threads_and_the_runs_get_the_plans():
+    from segbench.bench.measure.load import MachineLoad, spare_threads
+    from segbench.bench.protocol.matched import pin_threads
+
+    assert spare_threads(2, MachineLoad(2, 9.0, 1.7)) == 1  # as measured here: 4.7 s a step at 2 threads, 0.47 at 1
+    assert spare_threads(2, MachineLoad(2, 0.3, 0.1)) == 2  # quiet
+    assert spare_threads(16, MachineLoad(16, 3.0, 1.7)) == 14 and spare_threads(2, MachineLoad(2, 9.0, 5.0)) == 1
+    plan = BudgetPlan(budget="time:60", kind="time", amount=60.0, cap=1000, settings={}, archs={},
+                      measured={"threads": 1, "device": "cpu"})
+    environ = {}
+    assert pin_threads(plan, environ) and environ == {"SEGBENCH_THREADS": "1"}
+    chosen = {"SEGBENCH_THREADS": "2"}
+    assert pin_threads(plan, chosen) is None and chosen == {"SEGBENCH_THREADS": "2"}  # the user's choice stands
+    flops = BudgetPlan(budget="flops:1T", kind="flops", amount=1e12, cap=1000, settings={}, archs={}, measured={})
+    assert pin_threads(flops, {}) is None

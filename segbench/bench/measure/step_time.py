@@ -94,12 +94,15 @@ def time_steps(steps: dict[str, Callable[[], object]], *, rounds: int, max_warmu
                      threads=torch.get_num_threads())
 
 
-def measure_step_times(archs: list[str], settings: SpeedSettings, *, say: Callable[[str], None] = print) -> StepTimes:
+def measure_step_times(archs: list[str], settings: SpeedSettings, *, threads: int | None = None,
+                       say: Callable[[str], None] = print) -> StepTimes:
     """Build every architecture of ``archs`` (options, size, batch, loss and precision from ``settings``)
     and time their training steps together (``settings.rounds`` rounds after at most
-    ``settings.max_warmup`` warm-up rounds)."""
+    ``settings.max_warmup`` warm-up rounds), at most at ``threads`` threads (and the run's allotment)."""
     device = torch.device(settings.device)
     cap_threads()  # as each run does: the counts are for the runs' thread count
+    if threads is not None and threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
     steps = {}
     for arch in archs:
         torch.manual_seed(0)

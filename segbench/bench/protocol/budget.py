@@ -122,7 +122,8 @@ class BudgetPlan:
         """Raise ``PlanMismatch`` unless this plan was made for ``budget``, ``cap`` and ``settings``
         (every architecture of ``settings`` planned, each with the same options)."""
         problems = []
-        if (self.budget, self.cap) != (budget, cap):
+        kind, _, amount = budget.partition(":")
+        if (self.kind, self.amount, self.cap) != (kind, parse_amount(amount) if amount else None, cap):
             problems.append(f"it plans --budget {self.budget} (cap {self.cap}), this sweep {budget} (cap {cap})")
         mine, theirs = dict(self.settings), dict(settings)
         my_archs, their_archs = mine.pop("archs", {}), theirs.pop("archs", {})

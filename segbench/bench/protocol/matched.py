@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, MutableMapping
 
 from segbench.bench.protocol.budget import (PLANNED_KINDS, ArchBudget, BudgetPlan, PlanMismatch, counts_from_step_flops,
                                             counts_from_step_times, plan_digest, plan_path, read_plan)
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 
-__all__ = ["plan_settings", "budget_plan", "load_plan_file", "is_planned", "measure_plan", "WHERE_MEASURED"]
+__all__ = ["plan_settings", "budget_plan", "load_plan_file", "is_planned", "measure_plan", "plan_threads", "pin_threads",
+           "WHERE_MEASURED"]
 
 WHERE_MEASURED = ("source", "device", "amp")  # settings a plan from another sweep may differ in
 
@@ -66,8 +68,10 @@ def measure_plan(plan: list[PlannedRun], profile: Profile, data: dict, *, say: C
                                 "when": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     entries: dict[str, ArchBudget] = {}
     if kind == "time":
-        times = call(measure_step_times, archs, settings, say=say) if measure is None else call(
-            measure_step_times, archs, settings)
+        if measure is None:  # here: at the threads the runs here will compute with (pin_threads)
+            times = measure_step_times(archs, settings, threads=plan_threads(settings.device, say), say=say)
+        else:  # a Ray task: its CPUs are the run's (Ray sets its OMP_NUM_THREADS)
+            times = call(measure_step_times, archs, settings)
         counts = counts_from_step_times(amount, times.step_s, cap)
         for arch, (iterations, exact, capped) in counts.items():
             entries[arch] = ArchBudget(iterations, exact, capped, step_s=times.step_s[arch], step_q1_s=times.q1_s[arch],
@@ -75,6 +79,10 @@ def measure_plan(plan: list[PlannedRun], profile: Profile, data: dict, *, say: C
         measured.update(threads=times.threads, rounds=times.rounds, warmup=times.warmup, attempts=times.attempts,
                         precision=_precision(settings), matmul_gflops=times.matmul_gflops,
                         matmul_size=YARDSTICK_SIZE, **times.load)
+        if times.load.get("machine_busy") and (times.threads or 1) > 1:
+            say(f"budget: {times.load['machine_load']} at {times.threads} threads; threads that wait for each "
+                f"other beside busy cores slow every step several times over: SEGBENCH_THREADS=1 (or fewer than the "
+                f"busy cores leave) gives the measurement and the runs a steadier speed")
     else:
         flops = call(step_flops, archs, settings)
         for arch, (iterations, exact, capped) in counts_from_step_flops(amount, flops, cap).items():
@@ -113,6 +121,60 @@ def is_planned(plan: list[PlannedRun]) -> bool:
     return bool(plan and plan[0].budget) and _budget_of(plan)[1] in PLANNED_KINDS
 
 
+def plan_threads(device: str, say: Callable[[str], None] = print) -> int | None:
+    """The threads a time budget's plan is measured at, and its runs on this machine compute with
+    (``pin_threads``): ``SEGBENCH_THREADS`` where set, else the run's CPU allotment less the CPUs other
+    processes are using now (sampled for a second; ``load.spare_threads``). None: not a CPU device."""
+    import torch
+
+    from segbench.bench.measure.load import sample_load, spare_threads
+    from segbench.engine.threads import THREADS_ENV, cpu_allotment
+
+    if torch.device(device).type != "cpu":
+        return None
+    allotment, _ = cpu_allotment()
+    threads = min(allotment, torch.get_num_threads())
+    if os.environ.get(THREADS_ENV, "").strip():
+        return threads
+    load = sample_load()
+    spare = spare_threads(threads, load)
+    if spare < threads:
+        say(f"budget: {load.describe().replace('during the measurement', 'now')}: the plan is measured and the "
+            f"runs compute at {spare} of {threads} threads (threads that wait for each other beside busy cores "
+            f"stall at every operator; {THREADS_ENV}=N chooses)")
+    return spare
+
+
+def pin_threads(plan: BudgetPlan, environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Have this sweep's runs compute at the thread count the plan was measured at (its step-time ratios are
+    for that count; CPU results are bit-exact only at one count): ``SEGBENCH_THREADS`` set for the workers
+    unless it is set already. Returns what the log says, or None."""
+    from segbench.engine.threads import THREADS_ENV
+
+    threads = plan.measured.get("threads")
+    if plan.kind != "time" or plan.measured.get("device") != "cpu" or not threads or environ.get(THREADS_ENV):
+        return None
+    environ[THREADS_ENV] = str(threads)
+    return f"threads: the runs compute at {threads} thread(s), as the plan was measured"
+
+
+def _say_other_threads(plan: BudgetPlan, say: Callable[[str], None]) -> None:
+    """Warn when the runs here would compute at another thread count than the plan was measured at (the
+    ratios of step times change with it: each design parallelises differently)."""
+    import torch
+
+    from segbench.engine.threads import THREADS_ENV, cpu_allotment
+
+    measured = plan.measured.get("threads")
+    if plan.kind != "time" or plan.measured.get("device") != "cpu" or not measured:
+        return
+    here = min(cpu_allotment()[0], torch.get_num_threads())
+    runs = here if os.environ.get(THREADS_ENV, "").strip() else min(here, measured)  # pin_threads
+    if runs != measured:
+        say(f"budget: note: the plan was measured at {measured} threads, the runs here compute at {runs}: the "
+            "counts' ratios hold only as far as the designs parallelise alike")
+
+
 def budget_plan(plan: list[PlannedRun], profile: Profile, out: str | Path, data: dict | None, *,
                 given: BudgetPlan | None = None, say: Callable[[str], None] = print,
                 measure: Callable | None = None) -> BudgetPlan | None:
@@ -127,11 +189,13 @@ def budget_plan(plan: list[PlannedRun], profile: Profile, out: str | Path, data:
     if given is not None:
         say(f"budget: the given plan ({given.budget}, measured {given.measured.get('when', '?')} on "
             f"{given.measured.get('device_name') or given.measured.get('device', '?')}), kept as {path}")
+        _say_other_threads(given, say)
         given.write(path)
         return given
     stored = read_plan(path)
     if stored is not None:
         say(f"budget: reusing {path} (measured {stored.measured.get('when', '?')}); nothing is measured again")
+        _say_other_threads(stored, say)
         return stored
     if data is None:
         return None

@@ -132,7 +132,7 @@ def _base_values(profile: Profile, data: str, iterations: int) -> dict:
     return values
 
 
-# With a "time" or "auto" budget a run may take this many times the profile's (or --iterations') steps.
+# With a "time", "flops" or "auto" budget a run may take this many times the profile's (or --iterations') steps.
 BUDGET_CAP = 4
 
 
@@ -176,7 +176,7 @@ def plan_sweep(
     ``pretrained`` maps an architecture to its backbone start (``model.pretrained``: ``"imagenet"`` or a
     checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
     both); architectures it does not name train from scratch. ``budget`` (default: the profile's):
-    ``iterations[:N]``, ``time:SECONDS`` or ``auto`` (``parse_budget``); ``lr`` (default: the profile's):
+    ``iterations[:N]``, ``time:SECONDS``, ``flops:N`` or ``auto`` (``parse_budget``); ``lr`` (default: the profile's):
     ``paper`` (each recipe's rate) or ``find`` (a range test per run, ``segbench.engine.lr_find``);
     ``folds`` K >= 2: one run per (architecture, start, fold, seed), fold k validating on the k-th fold.
 
