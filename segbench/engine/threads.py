@@ -9,8 +9,10 @@ the affinity mask and the cgroup quota, whichever is fewer; it only ever lowers 
 ``OMP_NUM_THREADS`` or a Ray task's CPUs already lower still win).
 
 The count is fixed per run, not adapted to the load while it runs: CPU results are bit-exact at the same
-thread count, and a count that followed the neighbours would not be. To leave cores to known neighbours,
-give the sweep fewer (``SEGBENCH_THREADS=1 segbench run ...``).
+thread count, and a count that followed the neighbours would not be. A time budget's plan chooses it once
+per sweep from the load at the time (``segbench.bench.protocol.matched.plan_threads``) and pins it with
+``SEGBENCH_THREADS``; to leave cores to known neighbours otherwise, give the sweep fewer
+(``SEGBENCH_THREADS=1 segbench run ...``).
 """
 
 from __future__ import annotations
