@@ -83,7 +83,7 @@ def _given_plan(plan, profile, plan_file: str | None, data: dict | None):
         raise click.UsageError(str(err)) from None
 
 
-def _planned(plan, settings: dict, profile, out: str, data: dict | None, given, runner):
+def _planned(plan, settings: dict, profile, out: str, data: dict | None, given, runner, training: bool = True):
     """The sweep with a time or FLOPs budget turned into each architecture's iterations (its plan reused from
     ``given`` or OUT, else measured now, on a Ray node like the runs' with ``runner``), and that plan."""
     from segbench.bench.protocol.matched import budget_plan
@@ -93,7 +93,7 @@ def _planned(plan, settings: dict, profile, out: str, data: dict | None, given, 
                          measure=runner.call if runner is not None else None)
     if chosen is None:
         return plan, None
-    if runner is None:  # the local workers compute at the threads the plan was measured at
+    if runner is None and training:  # the local workers compute at the threads the plan was measured at
         from segbench.bench.protocol.matched import pin_threads
 
         pinned = pin_threads(chosen)
@@ -267,7 +267,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     if report_only:
         given = _given_plan(plan, chosen, plan_file, None)
         _claim_sweep_folder(out)
-        plan, budget_plan = _planned(plan, settings, chosen, out, None, given, None)
+        plan, budget_plan = _planned(plan, settings, chosen, out, None, given, None, training=False)
     else:
         facts = _check_data(plan)
         given = _given_plan(plan, chosen, plan_file, facts)
