@@ -28,6 +28,7 @@ from segbench.bench.report.evidence import (
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
+from segbench.bench.protocol.budget import BudgetPlan
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
 
@@ -47,6 +48,21 @@ def _budget_text(t) -> str:
         return (f"until {t.best_metric} gains at most {t.min_delta} over {t.patience} validations "
                 f"(at most {t.iterations} iterations)")
     return f"{t.iterations} iterations"
+
+
+def _plan_text(budget_plan: BudgetPlan) -> list[str]:
+    """A time or FLOPs budget's plan in words, for the report's settings: what it gives and how each count
+    was derived (``BudgetPlan.lines``), and what that means for the comparison."""
+    if budget_plan.kind == "time":
+        meaning = ("the seconds were turned into iterations before training, from every architecture's training "
+                   "step timed side by side in one process (interleaved), and the runs trained exactly those "
+                   "iterations: the load while they trained did not change what each got (their wall times are "
+                   "recorded, not used). A load lasting through the measurement lengthens every step alike: the "
+                   "ratios of the counts hold, their sizes shrink")
+    else:
+        meaning = ("the FLOPs were turned into iterations from each architecture's training FLOPs per step "
+                   "(convolutions and matmuls, forward + backward): machine-independent, blind to how fast each runs")
+    return [line.strip() for line in budget_plan.lines()] + [meaning]
 
 
 def _number(value: float) -> float | None:
@@ -305,13 +321,15 @@ def _machine(runs: Runs) -> dict:
 
 
 def _profile_info(plan: list[PlannedRun], profile: Profile, overrides: list[str] | tuple[str, ...],
-                  candidates: list[CandidateRecord]) -> dict:
+                  candidates: list[CandidateRecord], budget_plan: BudgetPlan | None) -> dict:
     """The profile's settings as they actually ran (the command line may have changed its values)."""
     settings = profile.settings()
     if plan:
         cfg = plan[0].config
         height, width = input_size(cfg, profile)
-        settings.update(input_size=f"{height}x{width}", iterations=cfg.train.iterations, budget=_budget_text(cfg.train),
+        budget = _budget_text(cfg.train) if budget_plan is None else "; ".join(_plan_text(budget_plan))
+        iterations = cfg.train.iterations if budget_plan is None else "per architecture, from the budget plan"
+        settings.update(input_size=f"{height}x{width}", iterations=iterations, budget=budget,
                         batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
                         convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
                                     f"{cfg.train.patience} validations")
@@ -343,13 +361,14 @@ def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord]) ->
 
 def write_review(
     plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
-    margin: float = MARGIN,
+    margin: float = MARGIN, budget_plan: BudgetPlan | None = None,
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
     command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin.
 
     The steps: the run folders read once (``_read_runs``) -> the evidence (per-unit scores, the comparison)
-    -> one row per architecture (``_table``) -> figures -> the verdict and findings -> HTML and Markdown."""
+    -> one row per architecture (``_table``) -> figures -> the verdict and findings -> HTML and Markdown.
+    ``budget_plan``: how a time or FLOPs budget became each architecture's iterations (its runs' plan)."""
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     runs = _read_runs(plan, out)
@@ -363,7 +382,7 @@ def write_review(
     devices = mixed_devices_warning(runs.rows)
     inputs = ReportInputs(
         title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {profile.name}",
-        command=command, profile=_profile_info(plan, profile, overrides, runs.candidates), machine=_machine(runs),
+        command=command, profile=_profile_info(plan, profile, overrides, runs.candidates, budget_plan), machine=_machine(runs),
         data=_data_info(runs, classes), table=table, accuracy_key=ACCURACY_KEY, class_keys=classes.dice_keys,
         class_names=classes.foreground, figures=figures, architectures=_architectures(plan, runs.candidates),
         findings=findings(table, ACCURACY_KEY), overall=overall_findings(table, ACCURACY_KEY),

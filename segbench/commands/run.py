@@ -40,13 +40,14 @@ def _claim_sweep_folder(out: str) -> None:
     """OUT is new, empty, or a sweep (its marker, or run folders from an older segbench): never a folder of
     the user's whose report/index.html the review would overwrite."""
     from segbench.bench.protocol.record import CANDIDATES_DIR
+    from segbench.bench.protocol.budget import BUDGET_DIR
     from segbench.bench.protocol.review_speed import SPEED_FILE
     from segbench.engine.run_folder import RunFolderError, claim_output
     from segbench.run_files import TRACKING_FILE
 
     try:
-        claim_output(out, "sweep", files=("report/", SPEED_FILE, TRACKING_FILE, f"{CANDIDATES_DIR}/"),
-                     legacy=("report", SPEED_FILE, CANDIDATES_DIR))
+        claim_output(out, "sweep", files=("report/", SPEED_FILE, TRACKING_FILE, f"{CANDIDATES_DIR}/", f"{BUDGET_DIR}/"),
+                     legacy=("report", SPEED_FILE, CANDIDATES_DIR, BUDGET_DIR))
     except RunFolderError as err:
         raise click.ClickException(str(err)) from None
 
@@ -67,14 +68,15 @@ def _build_candidates(plan, profile, out: str, top_k: int) -> None:
     click.echo(f"candidates: {len(records)} built, {time.perf_counter() - started:.0f} s", err=True)
 
 
-def _check_data(plan) -> None:
+def _check_data(plan) -> dict:
     """Check each dataset of the plan once, before any run: bad data, or a training split smaller than the
-    batch, is one error, not one per architecture; its warnings are said once."""
+    batch, is one error, not one per architecture; its warnings are said once. Returns the first one's facts
+    (``num_classes``, ``in_channels``), which a budget plan is measured with."""
     from segbench.commands.errors import user_errors
     from segbench.data import load_data
     from segbench.data.pipeline import check_batch_fits
 
-    loaded, batches = {}, set()
+    loaded, batches, facts = {}, set(), {}
     for run in plan:
         key = repr(run.config.data)
         with user_errors():  # a DataError: one line, exit status 1
@@ -85,6 +87,56 @@ def _check_data(plan) -> None:
             if (key, run.config.train.batch_size) not in batches:
                 batches.add((key, run.config.train.batch_size))
                 check_batch_fits(loaded[key], run.config.train.batch_size)
+        facts = facts or {"num_classes": loaded[key].num_classes, "in_channels": loaded[key].in_channels}
+    return facts
+
+
+def _given_plan(plan, profile, plan_file: str | None, data: dict | None):
+    """``--plan FILE`` read and checked against this sweep, before OUT is claimed (a usage error otherwise)."""
+    if plan_file is None:
+        return None
+    from segbench.bench.protocol.budget import PlanMismatch
+    from segbench.bench.protocol.matched import is_planned, load_plan_file
+
+    if not is_planned(plan):
+        raise click.UsageError("--plan is for a time or flops budget (--budget time:SECONDS or flops:N)")
+    try:
+        return load_plan_file(plan, profile, plan_file, data)
+    except PlanMismatch as err:
+        raise click.UsageError(str(err)) from None
+
+
+def _planned(plan, settings: dict, profile, out: str, data: dict | None, given, runner, training: bool = True):
+    """The sweep with a time or FLOPs budget turned into each architecture's iterations (its plan reused from
+    ``given`` or OUT, else measured now, on a Ray node like the runs' with ``runner``), and that plan."""
+    from segbench.bench.protocol.matched import budget_plan
+    from segbench.bench.protocol.sweep import plan_sweep
+
+    remote = runner is not None and bool(runner.where)  # a launcher that runs elsewhere (Ray) measures there
+    chosen = budget_plan(plan, profile, out, data, given=given, say=lambda m: click.echo(m, err=True),
+                         measure=runner.call if remote else None)
+    if chosen is None:
+        return plan, None
+    if not remote and training:  # the local workers compute at the threads the plan was measured at
+        from segbench.bench.protocol.matched import pin_threads
+
+        pinned = pin_threads(chosen)
+        if pinned:
+            click.echo(pinned, err=True)
+    return plan_sweep(**settings, budget_plan=chosen), chosen
+
+
+def _show_plan(plan, chosen) -> None:
+    """``--show-plan``: each architecture's iterations and why, on stdout."""
+    if chosen is not None:
+        click.echo("\n".join(chosen.lines()))
+        return
+    t = plan[0].config.train
+    kind = {"auto": f"until the validation metric stops improving, at most {t.iterations}",
+            "time": f"timed during each run ({t.time_budget_s:g} s), at most {t.iterations}"}.get(t.budget, "fixed")
+    click.echo(f"budget {t.budget}: {kind} iterations per run")
+    for arch in dict.fromkeys(run.arch for run in plan):
+        click.echo(f"  {arch}: {next(r for r in plan if r.arch == arch).config.train.iterations} iterations")
 
 
 def _measure_speed(plan, profile, out: str, launcher) -> None:
@@ -172,10 +224,18 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
               help="After training, time each architecture's training step and inference against its peer "
               "implementation (segbench speed at the review's size and batch) for the report's speed section.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars while training.")
-@click.option("--budget", metavar="iterations:N|time:SECONDS|auto", default=None,
-              help="How long each run trains (default: the profile's, a fixed number of iterations). time: the same "
-                   "seconds of training steps for every architecture (matched compute); auto: until the validation "
-                   "metric stops improving (train.patience, train.min_delta). Both at most 4x the iterations.")
+@click.option("--budget", metavar="iterations:N|time:SECONDS|flops:N|auto", default=None,
+              help="How long each run trains (default: the profile's). time: the same seconds of training steps for "
+                   "every architecture, turned into each one's iterations before training by timing all their steps "
+                   "side by side (saved in OUT/budget/, reused on resume), so a busy machine cannot skew it; flops: the "
+                   "same training FLOPs (e.g. flops:500T); auto: until the validation metric stops improving "
+                   "(train.patience, train.min_delta). All at most 4x the iterations.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None,
+              help="With a time or flops budget: take each architecture's iterations from this plan (another "
+                   "sweep's OUT/budget/plan-*.json) instead of measuring, to reproduce its runs on another day or machine.")
+@click.option("--show-plan", is_flag=True,
+              help="Print each architecture's iterations and how they were derived (measuring the plan if OUT has "
+                   "none yet), then stop without training.")
 @click.option("--lr", "lr", type=click.Choice(["paper", "find"]), default=None,
               help="Learning rate (default: the profile's): paper, each family's published recipe; find, a range "
                    "test on the training split per run picks it (the lag-free smoothed loss's minimum / 10).")
@@ -215,8 +275,8 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
               help="MLflow tracking URI for the review and its runs (http://HOST:PORT, sqlite:///PATH, ...); "
                    "default sqlite:///OUT/mlflow.db.")
 def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
-        lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, ensembles, ensemble_top, max_retries, trackers,
-        tracking_uri) -> None:
+        plan_file, show_plan, lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, ensembles, ensemble_top,
+        max_retries, trackers, tracking_uri) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -257,7 +317,8 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
             starts, from_scratch = imagenet_starts(plan, pretrained)
             for line in from_scratch:
                 click.echo(line, err=True)
-            plan = plan_sweep(**settings, pretrained=starts)
+            settings["pretrained"] = starts
+            plan = plan_sweep(**settings)
     except (KeyError, ValueError, TypeError, ConfigError) as err:
         raise click.UsageError(str(err.args[0] if isinstance(err, KeyError) and err.args else err)) from None
 
@@ -271,18 +332,26 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
     review_params = dict(data=data, profile=chosen.name, archs=",".join(sorted({r.arch for r in plan})), seeds=seeds,
                          iterations=iterations, budget=budget, lr=lr, folds=folds, pretrained=pretrained, margin=margin,
                          overrides=list(overrides))
+    budget_plan = None
     if report_only:
+        given = _given_plan(plan, chosen, plan_file, None)
         _claim_sweep_folder(out)
+        plan, budget_plan = _planned(plan, settings, chosen, out, None, given, None, training=False)
         review_tracking = _open_review_tracking(out, trackers, tracking_uri, review_params)
         if ensembles:  # asked for: built from the finished runs, nothing trained
             _build_candidates(plan, chosen, out, ensemble_top)
     else:
-        _check_data(plan)
+        facts = _check_data(plan)
+        given = _given_plan(plan, chosen, plan_file, facts)
         # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused
         # command leaves OUT as it found it.
         _connect(runner, plan, out)
         try:
             _claim_sweep_folder(out)
+            plan, budget_plan = _planned(plan, settings, chosen, out, facts, given, runner)
+            if show_plan:
+                _show_plan(plan, budget_plan)
+                return
             review_tracking = _open_review_tracking(out, trackers, tracking_uri, review_params)
             try:
                 counts = run_sweep(plan, chosen, progress=progress, say=lambda m: click.echo(m, err=True),
@@ -299,7 +368,7 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
         finally:
             runner.close()
     _mention_other_runs(plan, out, report_only)
-    html = write_review(plan, chosen, out, command, overrides, margin=margin)
+    html = write_review(plan, chosen, out, command, overrides, margin=margin, budget_plan=budget_plan)
     review_tracking.finish(html.parent)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))

@@ -54,7 +54,7 @@ def test_budgets_plan_the_runs_as_asked(tmp_path):
     assert parse_budget("iterations") == ("iterations", None) and parse_budget("iterations:300") == ("iterations", 300)
     assert parse_budget("time:90") == ("time", 90.0) and parse_budget("auto") == ("auto", None)
     for bad in ("time", "time:-1", "iterations:0", "auto:3", "epochs:2"):
-        with pytest.raises(ValueError, match="expected iterations:N, time:SECONDS or auto"):
+        with pytest.raises(ValueError, match="expected iterations:N, time:SECONDS, flops:N or auto"):
             parse_budget(bad)
     quick = get_profile("quick")
     fixed = plan_sweep(data="brain-mri", profile=quick, out=tmp_path, archs=["unet"], budget="iterations:300")[0].config.train

@@ -39,9 +39,10 @@ def test_exit_status_is_nonzero_when_runs_failed_and_the_report_is_written(tmp_p
     data, out = _data(tmp_path / "data", stray=False), tmp_path / "out"
     monkeypatch.setattr(sweep, "_execute", lambda planned, progress: WorkerResult(
         hash=planned.config_hash, error="RuntimeError while training: boom"))
-    # batch 4: the 4 training images must fill a batch, or the sweep is refused before any run
+    # batch 4: the 4 training images must fill a batch, or the sweep is refused before any run; --iterations: no
+    # time budget, whose plan would time the real models first (test_budget_plan.py)
     result = CliRunner().invoke(run, [str(data), "--archs", "unet,segformer", "--out", str(out), "--no-speed",
-                                      "--no-progress", "--set", "train.batch_size=4"])
+                                      "--no-progress", "--set", "train.batch_size=4", "--iterations", "2"])
     assert result.exit_code == 1, result.output
     assert "Error: 2 of 2 run(s) failed" in result.output
     assert (out / "report" / "index.html").is_file()

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["CpuTimes", "MachineLoad", "BUSY_CPUS", "LoadWatch", "cpu_times", "machine_load", "watch_load"]
+__all__ = ["CpuTimes", "MachineLoad", "BUSY_CPUS", "LoadWatch", "cpu_times", "machine_load", "watch_load",
+           "spare_threads", "sample_load"]
 
 BUSY_CPUS = 0.5  # busy: other processes used at least half a CPU during the measurement
 
@@ -99,3 +100,23 @@ def watch_load() -> Iterator[LoadWatch]:
     before = cpu_times()
     yield watch
     watch.load = machine_load(before, cpu_times())
+
+
+def sample_load(seconds: float = 1.0) -> MachineLoad:
+    """The machine's load over the next ``seconds`` (this process idle meanwhile)."""
+    import time
+
+    before = cpu_times()
+    time.sleep(seconds)
+    return machine_load(before, cpu_times())
+
+
+def spare_threads(threads: int, load: MachineLoad) -> int:
+    """Of ``threads``, those that do not contend with the other processes' work (at least 1): on a busy
+    machine, one fewer per CPU the others use (rounded). Threads that must wait for each other beside busy
+    cores stall at every operator: measured on 2 busy cores (other processes using 1.7 CPUs), a U-Net
+    step at the quick settings took 4.7 s at 2 threads and 0.47 s at 1."""
+    if not load.busy or load.other_cpus is None:
+        return threads
+    return max(1, min(threads, load.cpus - round(load.other_cpus)))
+

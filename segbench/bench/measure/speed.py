@@ -62,7 +62,7 @@ from segbench.bench.measure.flops import count_flops_of
 
 __all__ = ["SpeedSettings", "run_speed", "benchmark_arch", "matmul_rate", "format_table", "format_ms", "format_time",
            "format_rate", "OVER_100_NOTE", "PeerComparison", "compare_with_peer", "compared_params",
-           "DIFFERENT_CONFIGURATION", "NO_PEER", "paired_ratio"]
+           "DIFFERENT_CONFIGURATION", "NO_PEER", "paired_ratio", "arch_bench", "training_step_of"]
 
 MATMUL_SIZE = 2048
 DIFFERENT_CONFIGURATION = "different configuration"
@@ -255,8 +255,9 @@ def _peer_contender(bench: _Bench, peer: Peer, result: dict, progress: Callable[
     return closures
 
 
-def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None],
-                    peers: Mapping[str, PeerSpec] | None) -> dict:
+def arch_bench(arch: str, settings: SpeedSettings) -> tuple[nn.Module, _Bench]:
+    """``arch`` built with its options in ``settings`` (on the CPU) and what every contender of it is set up
+    with: its family, precision and memory format as training resolves them, a batch and its target."""
     from segbench.models.registry import build_model, model_recipe
 
     device = torch.device(settings.device)
@@ -273,7 +274,24 @@ def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str]
     x, target = x.to(device), target.to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    bench = _Bench(settings, family, precision, channels_last, device, x, target)
+    return ours, _Bench(settings, family, precision, channels_last, device, x, target)
+
+
+def training_step_of(arch: str, settings: SpeedSettings) -> tuple[Callable[[], object], int]:
+    """The engine's training step of ``arch`` at ``settings`` on a fixed batch, as a closure the timing
+    harness can call (the same set-up as the Speed section's segbench contender), and its FLOPs."""
+    ours, bench = arch_bench(arch, settings)
+    model = _prepare(ours, bench.channels_last, bench.device)
+    step = train_step(model, bench.family, settings, bench.precision)
+    flops, _ = _train_flops(step, bench.x, bench.target)
+    return (lambda: step(bench.x, bench.target)), flops
+
+
+def _benchmark_arch(arch: str, settings: SpeedSettings, progress: Callable[[str], None],
+                    peers: Mapping[str, PeerSpec] | None) -> dict:
+    ours, bench = arch_bench(arch, settings)
+    family, precision, channels_last, device = bench.family, bench.precision, bench.channels_last, bench.device
+    options, x = dict(settings.options.get(arch, {})), bench.x
 
     result: dict = {"arch": arch, "family": family, "options": options, "channels_last": channels_last,
                     "precision": precision.name, "impls": {}, "notes": []}

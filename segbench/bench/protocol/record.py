@@ -3,8 +3,8 @@ files the review adds to the engine's (``segbench.engine.run_folder``), of ``ben
 the flat results row. Imports no torch, so the report can read them.
 
 - ``WorkerResult`` is ``bench.json``: how the worker ended, the machine, the data's facts, the figures of
-  ``segbench.bench.measure.cost`` (``measure``) and the engine's ``metrics.json`` (``metrics``), each
-  under its producer's own names;
+  ``segbench.bench.measure.cost`` (``measure``), the engine's ``metrics.json`` (``metrics``) and how a time
+  or FLOPs budget became its iterations (``budget``), each under its producer's own names;
 - ``RunRecord`` is one row of ``results.csv``: what ran (identity) and every scalar figure the producers
   recorded, under the same names (split scores prefixed ``val_`` / ``test_``). A new figure needs a key
   in its producer's output and a ``Column`` in ``segbench.bench.report.columns``; nothing in between.
@@ -59,6 +59,8 @@ class WorkerResult:
     data: dict[str, Any] = field(default_factory=dict)  # name, num_classes, in_channels, class_names, splits, ...
     measure: dict[str, Any] = field(default_factory=dict)  # segbench.bench.measure.cost.measure_inference
     metrics: dict[str, Any] = field(default_factory=dict)  # the engine's metrics.json
+    # How a time or FLOPs budget became the run's iterations (segbench.bench.protocol.budget.BudgetPlan.run_record)
+    budget: dict[str, Any] = field(default_factory=dict)
     train_peak_mb: float | None = None
     train_memory_method: str | None = None
     session_wall_s: float | None = None
@@ -88,6 +90,9 @@ def figures_of(result: WorkerResult) -> dict[str, Scalar]:
     per-class Dice and IoU as ``class_key`` columns."""
     out: dict[str, Scalar] = {}
     for key, value in result.measure.items():
+        if _scalar(value):
+            out[key] = value
+    for key, value in result.budget.items():
         if _scalar(value):
             out[key] = value
     for key in ("train_peak_mb", "train_memory_method"):

@@ -47,6 +47,7 @@ def run_record(run: PlannedRun) -> RunRecord:
     entry = ARCHITECTURES[run.arch]
     cfg = run.config
     result = WorkerResult.read(run.run_dir) or WorkerResult(hash=run.config_hash, error="never ran")
+    result.budget = result.budget or dict(run.budget)  # a run that never ran was still given its budget
     return RunRecord(
         arch=run.label, seed=run.seed, fold=run.fold, status=result.status, error=result.error if not result.ok else "",
         recipe=entry.recipe, year=entry.year,

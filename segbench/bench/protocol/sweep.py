@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from segbench.bench.protocol.budget import PLANNED_KINDS, BudgetPlan, parse_amount
 from segbench.bench.protocol.profiles import REVIEW_ARCHS, Profile
 from segbench.bench.protocol.record import RESULT_FILE, SPEC_FILE, SWEEP_FILES, WorkerResult
 from segbench.bench.protocol.worker import run_worker_process
@@ -58,6 +59,9 @@ class PlannedRun:
     measure: dict  # how the worker measures the model (input size, timed runs); part of the hash
     config_hash: str
     run_dir: Path
+    # How a time or FLOPs budget became this run's iterations (``BudgetPlan.run_record``; not hashed: the
+    # iterations in the config are); empty for an iterations or auto budget.
+    budget: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -135,12 +139,13 @@ def _base_values(profile: Profile, data: str, iterations: int) -> dict:
     return values
 
 
-# With a "time" or "auto" budget a run may take this many times the profile's (or --iterations') steps.
+# With a "time", "flops" or "auto" budget a run may take this many times the profile's (or --iterations') steps.
 BUDGET_CAP = 4
 
 
 def parse_budget(text: str) -> tuple[str, float | int | None]:
-    """``iterations`` / ``iterations:N`` / ``time:SECONDS`` / ``auto`` -> (kind, value)."""
+    """``iterations`` / ``iterations:N`` / ``time:SECONDS`` / ``flops:N`` (``250T``: K, M, G, T, P) / ``auto``
+    -> (kind, value)."""
     kind, _, value = str(text).partition(":")
     try:
         if kind == "iterations":
@@ -148,13 +153,13 @@ def parse_budget(text: str) -> tuple[str, float | int | None]:
             if number is not None and number < 1:
                 raise ValueError
             return kind, number
-        if kind == "time" and float(value) > 0:
-            return kind, float(value)
+        if kind in PLANNED_KINDS:
+            return kind, parse_amount(value)
         if kind == "auto" and not value:
             return kind, None
     except ValueError:
         pass
-    raise ValueError(f"--budget {text!r}: expected iterations:N, time:SECONDS or auto")
+    raise ValueError(f"--budget {text!r}: expected iterations:N, time:SECONDS, flops:N or auto")
 
 
 def plan_sweep(
@@ -170,6 +175,7 @@ def plan_sweep(
     budget: str | None = None,
     lr: str | None = None,
     folds: int | None = None,
+    budget_plan: BudgetPlan | None = None,
 ) -> list[PlannedRun]:
     """Resolve every (architecture, start, seed) configuration. Raises ``KeyError``/``ValueError`` (with
     the valid choices) for unknown architectures, bad options or bad overrides, before anything runs.
@@ -177,9 +183,14 @@ def plan_sweep(
     ``pretrained`` maps an architecture to its backbone start (``model.pretrained``: ``"imagenet"`` or a
     checkpoint file; None = from scratch) or to several, each planned in turn (``(None, "imagenet")``:
     both); architectures it does not name train from scratch. ``budget`` (default: the profile's):
-    ``iterations[:N]``, ``time:SECONDS`` or ``auto`` (``parse_budget``); ``lr`` (default: the profile's):
+    ``iterations[:N]``, ``time:SECONDS``, ``flops:N`` or ``auto`` (``parse_budget``); ``lr`` (default: the profile's):
     ``paper`` (each recipe's rate) or ``find`` (a range test per run, ``segbench.engine.lr_find``);
-    ``folds`` K >= 2: one run per (architecture, start, fold, seed), fold k validating on the k-th fold."""
+    ``folds`` K >= 2: one run per (architecture, start, fold, seed), fold k validating on the k-th fold.
+
+    A ``time`` or ``flops`` budget is turned into each architecture's iterations by ``budget_plan``
+    (``segbench.bench.protocol.matched``): its runs train that many iterations, validated and checkpointed
+    on the same schedule as a fixed budget of that many. Without a plan a time budget is the engine's
+    (timed during the run, ``train.time_budget_s``) and a FLOPs budget cannot run (``run_sweep`` refuses it)."""
     registered = list_models()
     archs = list(archs) if archs else list(REVIEW_ARCHS)
     unknown = [a for a in archs if a not in registered]
@@ -204,8 +215,15 @@ def plan_sweep(
     if iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {iterations}")
     out = Path(out)
+    cap = iterations * BUDGET_CAP
+    if budget_plan is not None:
+        if kind not in PLANNED_KINDS:
+            raise ValueError(f"a budget plan is for a time or flops budget, not --budget {kind}")
+        if (budget_plan.kind, budget_plan.amount, budget_plan.cap) != (kind, value, cap):
+            raise ValueError(f"the budget plan is for --budget {budget_plan.budget} (at most {budget_plan.cap} "
+                             f"iterations), not {budget or profile.budget} (at most {cap})")
     base = _base_values(profile, data, iterations)  # validation, log and checkpoint intervals
-    base["train"]["budget"] = kind
+    base["train"]["budget"] = kind if kind != "flops" else "iterations"
     lr = lr or profile.lr
     if lr not in ("paper", "find"):
         raise ValueError(f"--lr {lr!r}: expected paper or find")
@@ -213,10 +231,20 @@ def plan_sweep(
     if kind == "time":
         base["train"]["time_budget_s"] = value
         base["train"]["iterations"] = iterations * BUDGET_CAP  # the cap: the measured speed plans the steps
-    elif kind == "auto":
-        base["train"]["iterations"] = iterations * BUDGET_CAP
+    elif kind in ("auto", "flops"):
+        base["train"]["iterations"] = cap
     plan = []
     for arch in archs:
+        arch_base, budget_record = base, {}
+        if kind in PLANNED_KINDS:
+            budget_record = {"budget_given": str(budget or profile.budget), "budget_plan": None}
+        if budget_plan is not None:
+            if arch not in budget_plan.archs:
+                raise ValueError(f"the budget plan has no count for {arch}")
+            planned = budget_plan.archs[arch].iterations
+            arch_base = _base_values(profile, data, planned)
+            arch_base["train"].update(budget="iterations", lr_policy=lr)
+            budget_record = budget_plan.run_record(arch)
         options = dict(profile.arch_options.get(arch, {}))
         valid = model_options(arch)
         bad = [k for k in options if k not in valid]
@@ -227,7 +255,7 @@ def plan_sweep(
         for start in starts:
             for fold in range(folds) if folds else [None]:
                 for seed in range(seeds):
-                    values = json.loads(json.dumps(base))
+                    values = json.loads(json.dumps(arch_base))
                     values["model"] = {"arch": arch, "options": options}
                     if start is not None:
                         values["model"]["pretrained"] = start
@@ -238,7 +266,7 @@ def plan_sweep(
                     cfg = config_from_dict(values)
                     measure = _measure_settings(cfg, profile)
                     digest = config_hash(cfg, measure)
-                    run = PlannedRun(arch, seed, cfg, measure, digest, out)
+                    run = PlannedRun(arch, seed, cfg, measure, digest, out, budget=dict(budget_record))
                     folder = f"{run.label}-" + (f"f{fold}-" if fold is not None else "") + f"s{seed}-{digest}"
                     plan.append(dataclasses.replace(run, run_dir=out / folder))
     labels = [(run.label, run.fold, run.seed) for run in plan]
@@ -287,6 +315,7 @@ def write_spec(run: PlannedRun, profile: Profile, tracking: TrackingContext | No
         "preview_images": profile.preview_images,
         # Where the run's tracker run belongs (a review's MLflow parent); not part of the hash.
         "tracking": (tracking or TrackingContext()).to_dict(),
+        "budget": run.budget,
     }
     (run.run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
@@ -460,6 +489,10 @@ def run_sweep(
     """Run every planned run not finished before, with ``launcher`` (default: ``LocalLauncher``);
     returns counts: ``skipped``, ``ran``, ``failed``. ``tracking``: the review's parent run for the runs'
     trackers (``review_tracking``)."""
+    unplanned = sorted({run.budget["budget_given"] for run in plan
+                        if run.budget and run.budget.get("budget_plan") is None and run.config.train.budget != "time"})
+    if unplanned:
+        raise ValueError(f"--budget {unplanned[0]} needs a budget plan (plan_sweep's budget_plan) before runs can start")
     state = SweepState(plan, profile, progress, say, tracking=tracking)
     todo = []
     for run in plan:

@@ -6,7 +6,8 @@ process wrote, or the exit status when it wrote nothing.
 
 Reads ``RUN_DIR/sweep_run.json`` (written by :mod:`segbench.bench.protocol.sweep`) and, in order:
 
-1. loads the data (cached after the first run) and builds a fresh model from the run's config;
+1. caps torch's threads at the CPUs it was given (``segbench.engine.threads``), loads the data (cached
+   after the first run) and builds a fresh model from the run's config;
 2. measures it untrained (parameters, FLOPs, batch-1 latency, inference peak memory);
 3. trains it with ``segbench.engine.train`` (resuming when the folder holds a partial run), measuring
    the training peak memory; the engine writes ``metrics.json`` with the validation (and test) figures;
@@ -141,12 +142,13 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
         resolve_precision,
     )
     from segbench.engine.tracking import TrackingContext
+    from segbench.engine.threads import cap_threads
     from segbench.engine.train import train
     from segbench.models.registry import build_model, model_recipe
 
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / SPEC_FILE).read_text())
-    result = WorkerResult(hash=spec["hash"])
+    result = WorkerResult(hash=spec["hash"], budget=dict(spec.get("budget") or {}))
     # Under torchrun (``segbench run --launcher ray --gpus-per-run N``) every rank trains; rank 0 alone
     # measures, predicts and writes bench.json (the others' failures reach it through the collectives).
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -154,7 +156,8 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     try:
         cfg = config_from_dict(spec["config"])
         device = resolve_device(cfg.train.device)
-        result.machine = machine_info(device)
+        _, threads_from = cap_threads()  # never more threads than the CPUs the run was given
+        result.machine = {**machine_info(device), "threads_from": threads_from}
         stage = "loading data"
         data = load_data(cfg.data)
         result.data = {
