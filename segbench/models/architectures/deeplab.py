@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from segbench.models.architectures.aspp import ASPP, SeparableConvBNReLU, scaled_rates
 from segbench.models.blocks import ConvBNReLU, FCNHead, SegmentationModel, resize
-from segbench.models.encoders.resnet import build_dilated_resnet
+from segbench.models.encoders.dilated import build_dilated_encoder
 from segbench.models.registry import register_model
 
 __all__ = ["ASPPL", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "deeplabv2", "deeplabv3", "deeplabv3plus"]
@@ -204,7 +204,7 @@ def deeplabv2(
     paper, over a ``crf_window`` neighbourhood), guided by the input times ``crf_intensity_scale``:
     normalised images ``(x/255 - mean)/std`` return to 0..255 colour differences when multiplied by
     ``255 * std`` (ImageNet std ~0.226 gives the default 57.6)."""
-    backbone = build_dilated_resnet(encoder, in_channels=in_channels, output_stride=output_stride)
+    backbone = build_dilated_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18, 24), 8, output_stride)
     crf_module = None
     if crf:
@@ -255,7 +255,7 @@ def deeplabv3(
     """DeepLab v3. ``atrous_rates`` default (6, 12, 18) at OS 16, doubled at OS 8. ``multi_grid``: one unit
     rate per block of layer4 ((1, 2, 4) becomes (1, 2) on resnet18's two blocks); None gives torchvision's
     plain dilation."""
-    backbone = build_dilated_resnet(
+    backbone = build_dilated_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid
     )
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18), 16, output_stride)
@@ -301,7 +301,7 @@ def deeplabv3plus(
 ) -> DeepLabV3Plus:
     """DeepLab v3+. ``atrous_rates`` default (6, 12, 18) at OS 16, doubled at OS 8; ``multi_grid`` as for
     ``deeplabv3``."""
-    backbone = build_dilated_resnet(
+    backbone = build_dilated_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid
     )
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18), 16, output_stride)

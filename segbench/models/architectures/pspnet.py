@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from segbench.models.architectures.aspp import PooledBatchNorm2d
 from segbench.models.blocks import ConvBNReLU, FCNHead, SegmentationModel, resize
-from segbench.models.encoders.resnet import build_dilated_resnet
+from segbench.models.encoders.dilated import build_dilated_encoder
 from segbench.models.registry import register_model
 
 __all__ = ["PyramidPooling", "PSPNet", "pspnet"]
@@ -110,5 +110,5 @@ def pspnet(
     bins = tuple(int(b) for b in pool_bins)
     if not bins or min(bins) < 1:
         raise ValueError(f"pool_bins must be a non-empty sequence of positive integers, got {pool_bins}")
-    backbone = build_dilated_resnet(encoder, in_channels=in_channels, output_stride=output_stride)
+    backbone = build_dilated_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
     return PSPNet(backbone, num_classes, bins, aux_head)
