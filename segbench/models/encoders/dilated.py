@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -21,17 +22,18 @@ def dilatable_encoders() -> list[str]:
 
 
 def build_dilated_encoder(
-    name: str, *, in_channels: int, output_stride: int, multi_grid: Sequence[int] | None = None
+    name: str, *, in_channels: int, output_stride: int, multi_grid: Sequence[int] | None = None, **options: Any
 ) -> nn.Module:
     """Build ``name`` at ``output_stride``. ``multi_grid`` (DeepLab v3's unit rates in the last stage) exists
     on ResNets only: other encoders take None or the heads' default, the paper's ``(1, 2, 4)``, which they
-    ignore (their last stage is not the paper's three-block layer4); any other value is refused."""
+    ignore (their last stage is not the paper's three-block layer4); any other value is refused. ``options``
+    go to the encoder's builder, which checks them."""
     valid = dilatable_encoders()
     if name not in valid:
         raise ValueError(f"encoder must take output_stride ({', '.join(valid)}), got {name!r}")
-    if ENCODERS[name].kind == "resnet":
+    if ENCODERS[name].kind == "resnet" and not options:
         return build_dilated_resnet(name, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid)
     if multi_grid is not None and tuple(multi_grid) != PAPER_MULTI_GRID:
         raise ValueError(f"multi_grid applies to ResNet encoders only; {name!r} takes None (or the default (1, 2, 4), "
                          f"which it ignores), got {tuple(multi_grid)}")  # fmt: skip
-    return build_encoder(name, in_channels=in_channels, output_stride=output_stride)
+    return build_encoder(name, in_channels=in_channels, output_stride=output_stride, **options)
