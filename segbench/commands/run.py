@@ -110,6 +110,22 @@ def _connect_ray(plan, out: str, options: dict):
     return runner
 
 
+def _budget_option(kind: str):
+    """A click callback parsing a budget option ("20ms", "300MB", "5") into the table's unit."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+        if value is None:
+            return None
+        from segbench.bench.report.budget import parse_flops, parse_latency, parse_memory
+
+        try:
+            return {"latency": parse_latency, "memory": parse_memory, "flops": parse_flops}[kind](value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return parse
+
+
 @click.command()
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
@@ -121,6 +137,14 @@ def _connect_ray(plan, out: str, options: dict):
 @click.option("--margin", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Equivalence margin in Dice: an architecture whose simultaneous interval of the difference from the "
               "leader lies inside +-MARGIN is called equivalent (the verdict names the cheapest of those).")
+@click.option("--latency-budget", metavar="TIME", default=None, callback=_budget_option("latency"),
+              help="Deployment budget, e.g. 20ms: the verdict names the most accurate architecture whose batch-1 "
+              "latency (median over its runs, as `segbench predict` runs it, on this machine) is within it, comparing "
+              "only those, and says which fell outside and by how much; the accuracy-vs-latency figure draws the line.")
+@click.option("--memory-budget", metavar="SIZE", default=None, callback=_budget_option("memory"),
+              help="Deployment budget on inference memory (batch-1 forward pass, the table's Infer mem), e.g. 300MB.")
+@click.option("--flops-budget", metavar="GFLOPS", default=None, callback=_budget_option("flops"),
+              help="Deployment budget on FLOPs of one forward pass at the review's input size, in GFLOPs, e.g. 5.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/review", show_default=True,
               help="Sweep folder: one run folder per architecture x seed, and report/.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Training iterations (default: the profile's).")
@@ -161,7 +185,7 @@ def _connect_ray(plan, out: str, options: dict):
 @click.option("--max-retries", type=click.IntRange(min=0), default=None,
               help="With --launcher ray: how often a run whose worker or node was lost is retried (default 3; it "
                    "resumes from its last.pt).")
-def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
+def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flops_budget, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
         lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, max_retries) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
@@ -225,7 +249,10 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
             if runner is not None:
                 runner.close()
     _mention_other_runs(plan, out, report_only)
-    html = write_review(plan, chosen, out, command, overrides, margin=margin)
+    from segbench.bench.report.budget import Budget
+
+    budget = Budget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
+    html = write_review(plan, chosen, out, command, overrides, margin=margin, budget=budget)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))
     if not report_only and counts["failed"]:
