@@ -195,7 +195,7 @@ def _verdict(evidence: Evidence | None, table: list[dict], runs: list[dict], sco
     c = evidence.comparison
     out = [f"Failed and left out: {'; '.join(evidence.failures)}."] if evidence.failures else []
     if len(c.standings) == 1:
-        out.append(f"One architecture: {_ci(c.standings[0])} ({evidence.metric} over {_units(evidence)}); nothing to "
+        out.append(f"One architecture{scope}: {_ci(c.standings[0])} ({evidence.metric} over {_units(evidence)}); nothing to "
                    "compare it with.")
     elif not c.inferential:
         out.append(f"No interval or test: {_units(evidence)} (fewer than {MIN_UNITS}) cannot support one, so the table's "

@@ -12,7 +12,8 @@
   3x3 convs and upsamples 4x again; ``separable=True`` uses atrous depthwise-separable convs in ASPP and
   decoder, as the paper's Xception variant.
 
-Every model reads channel counts off ``encoder.out_channels``; the backbone is any registered ResNet.
+Every model reads channel counts off ``encoder.out_channels``; the backbone is any registered ResNet, or
+MobileNetV3 / EfficientNet (``segbench.models.encoders.dilated``; ``multi_grid`` exists on ResNets only).
 
 Deviations, stated:
 
@@ -254,7 +255,9 @@ def deeplabv3(
 ) -> DeepLabV3:
     """DeepLab v3. ``atrous_rates`` default (6, 12, 18) at OS 16, doubled at OS 8. ``multi_grid``: one unit
     rate per block of layer4 ((1, 2, 4) becomes (1, 2) on resnet18's two blocks); None gives torchvision's
-    plain dilation."""
+    plain dilation (MobileNetV3/EfficientNet encoders ignore the default). On ``mobilenet_v3_large`` at
+    ``output_stride=16`` without the auxiliary head the model has torchvision's
+    ``deeplabv3_mobilenet_v3_large`` parameter count less that model's auxiliary head."""
     backbone = build_dilated_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid
     )

@@ -80,6 +80,7 @@ def fcn(
     output_stride: int = 8,
     aux_head: bool = False,
 ) -> FCNResNet:
-    """FCN-ResNet (torchvision layout); ``aux_head=True`` as torchvision's reference training."""
+    """FCN-ResNet (torchvision layout); ``aux_head=True`` as torchvision's reference training. ``encoder``: any
+    encoder that takes ``output_stride`` (ResNet, MobileNetV3, EfficientNet)."""
     backbone = build_dilated_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
     return FCNResNet(backbone, num_classes, aux_head)

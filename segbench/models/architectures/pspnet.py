@@ -106,7 +106,8 @@ def pspnet(
     pool_bins: Sequence[int] = (1, 2, 3, 6),
     aux_head: bool = True,
 ) -> PSPNet:
-    """PSPNet. ``pool_bins`` are the pyramid levels' bin counts per side (paper: 1, 2, 3, 6)."""
+    """PSPNet. ``pool_bins`` are the pyramid levels' bin counts per side (paper: 1, 2, 3, 6). ``encoder``: any
+    encoder that takes ``output_stride`` (ResNet, MobileNetV3, EfficientNet)."""
     bins = tuple(int(b) for b in pool_bins)
     if not bins or min(bins) < 1:
         raise ValueError(f"pool_bins must be a non-empty sequence of positive integers, got {pool_bins}")
