@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from segbench import build_model
 from segbench.bench.measure.peers import build_peer
-from tests.numerics import assert_same_function, randomise_constants, set_mode
+from tests.numerics import assert_same_function, calibrate_batch_norm, randomise_constants, set_mode
 from tests.peer_libraries import imports, library
 
 ACCEPTANCE_ARCHS = ["fcn", "deeplabv3", "deeplabv3plus", "pspnet", "unet", "segformer", "upernet"]
@@ -104,7 +104,7 @@ def test_torchvision_lraspp_peer_computes_segbenchs_function(options, in_channel
     peer, why = build_peer("lraspp", model, num_classes=4, in_channels=in_channels)
     assert peer is not None, why
     assert sum(p.numel() for p in peer.model.parameters()) == sum(p.numel() for p in model.parameters())
-    randomise_constants(peer.model)
+    calibrate_batch_norm(randomise_constants(peer.model), in_channels)  # the deep features alive in eval mode
     model.load_state_dict(convert(peer.model.net.state_dict(), "torchvision", "lraspp", num_classes=4,
                                   in_channels=in_channels, **options), strict=True)
     x = torch.randn(2, in_channels, 64, 64)

@@ -3,7 +3,11 @@ elsewhere, naming what is missing): torchvision's ``features`` state dict loads 
 ``strict=True`` and both compute the same stage outputs, dilated as torchvision dilates; torchvision's
 ``lraspp_mobilenet_v3_large`` converts and computes segbench's ``lraspp`` function, in eval and in training
 mode; a swapped layer makes the comparison fail. Random weights, never downloaded; constant tensors
-randomised (``tests.numerics.randomise_constants``) so a swap cannot hide behind equal values."""
+randomised (``tests.numerics.randomise_constants``) so a swap cannot hide behind equal values, then the
+BatchNorm statistics set to the activations' own: with random statistics the deep features of a random
+MobileNetV3 collapse to a constant in eval mode (at features.16 a spatial spread of 1e-3 of their scale,
+against 0.09 with the activations' statistics), which
+would hide any difference behind the head's biases."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 
 from segbench import build_encoder, build_model
 from segbench.checkpoints.convert import convert, convert_with_report
-from tests.numerics import assert_same_function, randomise_constants, set_mode
+from tests.numerics import assert_same_function, calibrate_batch_norm, randomise_constants, set_mode
 from tests.peer_libraries import library
 
 MODES = ["eval", "train"]
@@ -23,7 +27,7 @@ TORCHVISION_PARAMS = {"mobilenet_v3_large": 5_483_032, "mobilenet_v3_small": 2_5
 def _torchvision(name: str, **kwargs):
     models = library("torchvision.models")
     torch.manual_seed(0)
-    return randomise_constants(getattr(models, name)(weights=None, **kwargs))
+    return calibrate_batch_norm(randomise_constants(getattr(models, name)(weights=None, **kwargs)))
 
 
 def _stages(features, taps, x):
@@ -69,7 +73,8 @@ def test_encoder_computes_torchvisions_stages(name, output_stride, mode):
 def _torchvision_lraspp():
     segmentation = library("torchvision.models.segmentation")
     torch.manual_seed(0)
-    return randomise_constants(segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5))
+    return calibrate_batch_norm(randomise_constants(segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                                  num_classes=5)))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -85,15 +90,18 @@ def test_lraspp_computes_torchvisions_function(mode):
         assert_same_function(set_mode(model, mode)(x), set_mode(reference, mode)(x)["out"])
 
 
-@pytest.mark.parametrize("bug", ["two BatchNorms of a block swapped", "the two classifiers' biases swapped"])
+@pytest.mark.parametrize("bug", ["two BatchNorms of a block swapped", "two blocks of the last stage swapped",
+                                 "the head's gate and its reduction swapped"])
 def test_the_lraspp_comparison_fails_on_a_broken_conversion(bug):
     reference = _torchvision_lraspp()
     converted = convert(reference.state_dict(), "torchvision", "lraspp", num_classes=5)
     if bug == "two BatchNorms of a block swapped":  # block 5's expansion and depthwise BNs, both 120 wide
         pairs = [(f"encoder.features.5.block.0.1.{k}", f"encoder.features.5.block.1.1.{k}")
                  for k in ("weight", "bias", "running_mean", "running_var")]
-    else:
-        pairs = [("low_classifier.bias", "high_classifier.bias")]
+    elif bug == "two blocks of the last stage swapped":  # features.14 and .15: the same shapes, key for key
+        pairs = [(k, k.replace("features.14.", "features.15.")) for k in converted if k.startswith("encoder.features.14.")]
+    else:  # two 960 -> 128 1x1 convs: the conv-BN-ReLU branch and the pooled sigmoid gate
+        pairs = [("cbr.0.weight", "scale.1.weight")]
     for a, b in pairs:
         converted[a], converted[b] = converted[b], converted[a]
     model = build_model("lraspp", 5)

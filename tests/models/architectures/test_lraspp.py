@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import segbench
 from segbench.checkpoints.convert import convert_with_report
-from tests.numerics import assert_same_function, randomise_constants
+from tests.numerics import assert_same_function, calibrate_batch_norm, randomise_constants
 
 
 def test_parameter_count_equals_torchvision_s():
@@ -40,15 +40,22 @@ def _torchvision_lraspp_forward(model, x):
 
 def test_forward_is_torchvision_s_head_on_the_first_stride_8_block():
     torch.manual_seed(0)
-    model = randomise_constants(segbench.build_model("lraspp", 5)).eval()
+    model = calibrate_batch_norm(randomise_constants(segbench.build_model("lraspp", 5))).eval()
     x = torch.randn(1, 3, 61, 83)
     with torch.no_grad():
         assert_same_function(model(x), _torchvision_lraspp_forward(model, x))
         # The check sees the tap: the end of the stride-8 stage (block 6) is another function.
-        other = randomise_constants(segbench.build_model("lraspp", 5, feature_taps="last")).eval()
+        other = segbench.build_model("lraspp", 5, feature_taps="last").eval()
         other.load_state_dict(model.state_dict())
         with pytest.raises(AssertionError):
             assert_same_function(other(x), _torchvision_lraspp_forward(model, x))
+        # ... and the head's two 960 -> 128 convs: the conv-BN-ReLU branch and the sigmoid gate.
+        swapped = segbench.build_model("lraspp", 5).eval()
+        state = model.state_dict()
+        state["cbr.0.weight"], state["scale.1.weight"] = state["scale.1.weight"], state["cbr.0.weight"]
+        swapped.load_state_dict(state)
+        with pytest.raises(AssertionError):
+            assert_same_function(swapped(x), _torchvision_lraspp_forward(model, x))
 
 
 def _torchvision_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
