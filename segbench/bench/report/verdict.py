@@ -151,8 +151,12 @@ def _budget(split: BudgetSplit, table: list[dict]) -> list[str]:
     devices = sorted({str(r["device_name"]) for r in table if r.get("arch") in split.inside + [a for a, _ in split.outside]
                       and r.get("device_name")})  # fmt: skip
     where = f"on {', '.join(devices)}" if devices else "on the machine that measured them"
-    out = [f"Budget: {split.budget.describe()} (medians over the runs; latency of a batch-1 forward pass as `segbench "
-           f"predict` runs it, {where}). Within it: {_names(split.inside) or 'none'}."]
+    measured = "medians over the runs"
+    if split.budget.latency_ms is not None:
+        measured += f"; latency of a batch-1 forward pass as `segbench predict` runs it, {where}"
+    elif split.budget.infer_peak_mb is not None:
+        measured += f"; memory {where}"
+    out = [f"Budget: {split.budget.describe()} ({measured}). Within it: {_names(split.inside) or 'none'}."]
     if split.outside:
         parts = [f"{arch} ({'; '.join(f'{_cost(e)}, {format_value(e.over, e.limit.digits)} {e.limit.unit} over' for e in excess)})"
                  for arch, excess in split.outside]  # fmt: skip
