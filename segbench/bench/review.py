@@ -20,7 +20,7 @@ from segbench.bench.protocol.review_speed import read_review_speed, speed_sectio
 from segbench.bench.protocol.record import PREVIEW_FILE, WorkerResult, class_key
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
-from segbench.bench.report.budget import BUDGET_FILE, Budget, split_by_budget
+from segbench.bench.report.deployment import DEPLOYMENT_FILE, DeploymentBudget, split_by_budget
 from segbench.bench.report.evidence import MARGIN, Evidence, RunKey, gather, read_run_scores, write_evidence
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
@@ -63,22 +63,22 @@ def _add_evidence(table: list[dict], evidence: Evidence | None) -> None:
 
 
 def _verdict(evidence: Evidence | None, table: list[dict], rows: list[dict], per_arch: dict, margin: float,
-             budget: Budget, report_dir: Path) -> list[str]:
-    """The verdict; under a budget, over a comparison of the architectures within it (the failed ones kept, so
-    the verdict still names them), with ``budget.json`` saying which fit."""
-    if not budget:
-        (report_dir / BUDGET_FILE).unlink(missing_ok=True)
+             deployment: DeploymentBudget, report_dir: Path) -> list[str]:
+    """The verdict; under a deployment budget, over a comparison of the architectures within it (the failed
+    ones kept, so the verdict still names them), with ``deployment_budget.json`` saying which fit."""
+    if not deployment:
+        (report_dir / DEPLOYMENT_FILE).unlink(missing_ok=True)
         return verdict(evidence, table, rows)
-    split = split_by_budget(table, budget)
+    split = split_by_budget(table, deployment)
     within = gather({a: runs for a, runs in per_arch.items() if a in split.inside or a in split.failed}, margin=margin)
     c = within.comparison if within is not None and split.inside else None
     write_json({
-        "budget": {limit.key: value for limit, value in budget.limits()}, "within": split.inside,
+        "budget": {limit.key: value for limit, value in deployment.limits()}, "within": split.inside,
         "outside": {arch: {e.limit.key: {"value": e.value, "over": e.over} for e in excess} for arch, excess in split.outside},
         "not_measured": dict(split.unmeasured),
         "comparison": None if c is None else {"leader": c.leader, "best": c.best, "best_set": list(c.best_set),
                                               "margin": c.margin, "inferential": c.inferential},
-    }, report_dir / BUDGET_FILE)
+    }, report_dir / DEPLOYMENT_FILE)
     return verdict(within, table, rows, split)
 
 
@@ -178,11 +178,11 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
 
 def write_review(
     plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
-    margin: float = MARGIN, budget: Budget | None = None,
+    margin: float = MARGIN, deployment: DeploymentBudget | None = None,
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
     command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin;
-    ``budget``: a deployment budget: the verdict compares only the architectures within it (the table and
+    ``deployment``: a deployment budget (not the training ``budget``): the verdict compares only the architectures within it (the table and
     its figures keep every architecture, the accuracy-vs-cost figures draw the limit)."""
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -217,11 +217,11 @@ def write_review(
     columns = table_columns(table, [c.key for c in COLUMNS])
 
     figures: dict[str, Path] = {}
-    budget = budget or Budget()
+    deployment = deployment or DeploymentBudget()
     figures["Accuracy vs FLOPs"] = plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png",
-                                                        budget.gflops)
+                                                        deployment.gflops)
     figures["Accuracy vs latency"] = plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY,
-                                                          report_dir / "accuracy_vs_latency.png", budget.latency_ms)
+                                                          report_dir / "accuracy_vs_latency.png", deployment.latency_ms)
     curves = _curves(ok_runs, rows, "dice_fg_per_case")
     if curves:
         title = ("Training curves" + (" (first seed)" if len({r.seed for r in plan}) > 1 else "")
@@ -300,7 +300,7 @@ def write_review(
         warnings=[devices] if devices else [],
         show_devices=bool(devices),
         speed=speed_section(out, plan, rows),
-        verdict=_verdict(evidence, table, rows, per_arch, margin, budget, report_dir),
+        verdict=_verdict(evidence, table, rows, per_arch, margin, deployment, report_dir),
     )
     write_markdown(inputs, report_dir / "report.md", columns)
     return write_html(inputs, report_dir / "index.html", columns)

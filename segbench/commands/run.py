@@ -116,7 +116,7 @@ def _budget_option(kind: str):
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
         if value is None:
             return None
-        from segbench.bench.report.budget import parse_flops, parse_latency, parse_memory
+        from segbench.bench.report.deployment import parse_flops, parse_latency, parse_memory
 
         try:
             return {"latency": parse_latency, "memory": parse_memory, "flops": parse_flops}[kind](value)
@@ -249,10 +249,10 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
             if runner is not None:
                 runner.close()
     _mention_other_runs(plan, out, report_only)
-    from segbench.bench.report.budget import Budget
+    from segbench.bench.report.deployment import DeploymentBudget
 
-    budget = Budget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
-    html = write_review(plan, chosen, out, command, overrides, margin=margin, budget=budget)
+    deployment = DeploymentBudget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
+    html = write_review(plan, chosen, out, command, overrides, margin=margin, deployment=deployment)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))
     if not report_only and counts["failed"]:

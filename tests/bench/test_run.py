@@ -231,10 +231,10 @@ def test_a_latency_budget_restricts_the_verdict_and_draws_the_line(sweep, tmp_pa
     result = CliRunner().invoke(run, _args(sweep["data"], out) + ["--report-only", "--latency-budget", f"{limit}ms"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    saved = json.loads((out / "report" / "budget.json").read_text())
+    saved = json.loads((out / "report" / "deployment_budget.json").read_text())
     assert saved["within"] == [fast] and list(saved["outside"]) == [slow]
     verdict = (out / "report" / "report.md").read_text().split("## Verdict", 1)[1].split("## Findings", 1)[0]
-    assert f"Budget: latency <= {limit:g} ms" in verdict and f"Within it: {fast}." in verdict
+    assert f"DeploymentBudget: latency <= {limit:g} ms" in verdict and f"Within it: {fast}." in verdict
     assert f"Outside the budget: {slow} (latency " in verdict
     assert f"One architecture within the budget: {fast} " in verdict
     assert (out / "report" / "accuracy_vs_latency.png").stat().st_size > 0

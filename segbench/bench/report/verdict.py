@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from segbench.bench.report.budget import BudgetSplit, Excess
+from segbench.bench.report.deployment import DeploymentSplit, Excess
 from segbench.bench.report.evidence import Evidence
 from segbench.bench.report.results import format_value
 from segbench.comparison import MIN_UNITS, POWER, Comparison, Standing
@@ -146,7 +146,7 @@ def _cost(e: Excess) -> str:
     return f"{e.limit.what} {format_value(e.value, e.limit.digits)} {e.limit.unit}"
 
 
-def _budget(split: BudgetSplit, table: list[dict]) -> list[str]:
+def _budget(split: DeploymentSplit, table: list[dict]) -> list[str]:
     """Which architectures fit the budget, which fell outside and by how much, which could not be placed."""
     devices = sorted({str(r["device_name"]) for r in table if r.get("arch") in split.inside + [a for a, _ in split.outside]
                       and r.get("device_name")})  # fmt: skip
@@ -156,7 +156,7 @@ def _budget(split: BudgetSplit, table: list[dict]) -> list[str]:
         measured += f"; latency of a batch-1 forward pass as `segbench predict` runs it, {where}"
     elif split.budget.infer_peak_mb is not None:
         measured += f"; memory {where}"
-    out = [f"Budget: {split.budget.describe()} ({measured}). Within it: {_names(split.inside) or 'none'}."]
+    out = [f"DeploymentBudget: {split.budget.describe()} ({measured}). Within it: {_names(split.inside) or 'none'}."]
     if split.outside:
         parts = [f"{arch} ({'; '.join(f'{_cost(e)}, {format_value(e.over, e.limit.digits)} {e.limit.unit} over' for e in excess)})"
                  for arch, excess in split.outside]  # fmt: skip
@@ -178,15 +178,16 @@ def _budget(split: BudgetSplit, table: list[dict]) -> list[str]:
     return out
 
 
-def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict], budget: BudgetSplit | None = None) -> list[str]:
+def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict],
+            deployment: DeploymentSplit | None = None) -> list[str]:
     """The verdict's sentences. ``table``: one aggregated row per architecture; ``runs``: one row per run.
-    ``budget``: the architectures placed against a deployment budget; ``evidence`` is then the comparison
+    ``deployment``: the architectures placed against a deployment budget; ``evidence`` is then the comparison
     over those within it, and the verdict says which fell outside."""
-    if budget is not None:
-        head = _budget(budget, table)
-        if not budget.inside:
+    if deployment is not None:
+        head = _budget(deployment, table)
+        if not deployment.inside:
             return head + ([f"Failed and left out: {'; '.join(evidence.failures)}."] if evidence and evidence.failures else [])
-        keep = set(budget.inside) | set(budget.failed)
+        keep = set(deployment.inside) | set(deployment.failed)
         return head + _verdict(evidence, [r for r in table if r["arch"] in keep], [r for r in runs if r["arch"] in keep],
                                " within the budget")
     return _verdict(evidence, table, runs)

@@ -16,11 +16,11 @@ import math
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["BUDGET_FILE", "Budget", "Limit", "Excess", "BudgetSplit", "LIMITS", "parse_latency", "parse_memory", "parse_flops",
+__all__ = ["DEPLOYMENT_FILE", "DeploymentBudget", "Limit", "Excess", "DeploymentSplit", "LIMITS", "parse_latency", "parse_memory", "parse_flops",
            "split_by_budget"]
 
 
-BUDGET_FILE = "budget.json"  # in OUT/report/: the budget, which architectures fit, the comparison's answer
+DEPLOYMENT_FILE = "deployment_budget.json"  # in OUT/report/: the budget, which architectures fit, the comparison's answer
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ LIMITS = {"latency_ms": Limit("latency_ms", "latency", "ms", 2),
 
 
 @dataclass(frozen=True)
-class Budget:
+class DeploymentBudget:
     """The limits, each in its table unit; None: not budgeted."""
 
     latency_ms: float | None = None
@@ -109,11 +109,11 @@ class Excess:
 
 
 @dataclass(frozen=True)
-class BudgetSplit:
+class DeploymentSplit:
     """Architectures (table labels) that fit, fell outside (each with the costs that exceed), could not be
     placed (a budgeted cost not measured, with which), and those whose range over runs crosses a limit."""
 
-    budget: Budget
+    budget: DeploymentBudget
     inside: list[str] = field(default_factory=list)
     outside: list[tuple[str, list[Excess]]] = field(default_factory=list)
     unmeasured: list[tuple[str, list[str]]] = field(default_factory=list)
@@ -125,9 +125,9 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def split_by_budget(table: list[dict], budget: Budget) -> BudgetSplit:
+def split_by_budget(table: list[dict], budget: DeploymentBudget) -> DeploymentSplit:
     """Place every architecture of ``table`` (aggregated rows: medians with ``_min``/``_max``) against ``budget``."""
-    split = BudgetSplit(budget)
+    split = DeploymentSplit(budget)
     for row in table:
         arch = row["arch"]
         if not row.get("runs"):
