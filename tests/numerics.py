@@ -47,3 +47,22 @@ def set_mode(module: nn.Module, mode: str) -> nn.Module:
         if isinstance(layer, nn.modules.dropout._DropoutNd) or type(layer).__name__.endswith("DropPath"):
             layer.eval()
     return module
+
+
+def calibrate_batch_norm(module: nn.Module, in_channels: int = 3, size: int = 64) -> nn.Module:
+    """BatchNorm running statistics set to the batch statistics of two random batches (cumulative average;
+    momenta kept). With random statistics a deep random network's eval-mode features can collapse to a
+    constant (a random MobileNetV3's last stage does), so a comparison would only see the head's biases."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(2):
+            module(torch.randn(4, in_channels, size, size, generator=generator))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return module

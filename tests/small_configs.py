@@ -18,6 +18,7 @@ SMALL_OPTIONS: dict[str, dict] = {
     "deeplabv2": {"encoder": "resnet18"},
     "deeplabv3": {"encoder": "resnet18"},
     "deeplabv3plus": {"encoder": "resnet18"},
+    "lraspp": {"encoder": "mobilenet_v3_small"},  # the same head on the smaller MobileNetV3
     # Slim Swin-T + narrow UPerNet head; no stochastic depth, which drops whole residual branches (and so
     # their gradient) at random in training.
     "upernet": {"embed_dim": 8, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "channels": 16, "aux_channels": 8,

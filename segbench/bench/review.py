@@ -25,6 +25,7 @@ from segbench.bench.report.devices import arch_devices, device_runs, mixed_devic
 from segbench.bench.report.evidence import (
     MARGIN, Evidence, RunKey, RunScores, evidence_figures, gather, read_run_scores, write_evidence,
 )  # fmt: skip
+from segbench.bench.report.deployment import DEPLOYMENT_FILE, DeploymentBudget, split_by_budget
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
@@ -33,6 +34,7 @@ from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
 
 from segbench.metric_defs import HEADLINE, metric
+from segbench.jsonio import write_json
 from segbench.models.registry import ARCHITECTURES
 from segbench.run_files import LOG_FILE
 
@@ -63,6 +65,26 @@ def _plan_text(budget_plan: BudgetPlan) -> list[str]:
         meaning = ("the FLOPs were turned into iterations from each architecture's training FLOPs per step "
                    "(convolutions and matmuls, forward + backward): machine-independent, blind to how fast each runs")
     return [line.strip() for line in budget_plan.lines()] + [meaning]
+
+
+def _verdict(evidence: Evidence | None, table: list[dict], rows: list[dict], per_arch: dict, margin: float,
+             deployment: DeploymentBudget, report_dir: Path) -> list[str]:
+    """The verdict; under a deployment budget, over a comparison of the architectures within it (the failed
+    ones kept, so the verdict still names them), with ``deployment_budget.json`` saying which fit."""
+    if not deployment:
+        (report_dir / DEPLOYMENT_FILE).unlink(missing_ok=True)
+        return verdict(evidence, table, rows)
+    split = split_by_budget(table, deployment)
+    within = gather({a: runs for a, runs in per_arch.items() if a in split.inside or a in split.failed}, margin=margin)
+    c = within.comparison if within is not None and split.inside else None
+    write_json({
+        "budget": {limit.key: value for limit, value in deployment.limits()}, "within": split.inside,
+        "outside": {arch: {e.limit.key: {"value": e.value, "over": e.over} for e in excess} for arch, excess in split.outside},
+        "not_measured": dict(split.unmeasured),
+        "comparison": None if c is None else {"leader": c.leader, "best": c.best, "best_set": list(c.best_set),
+                                              "margin": c.margin, "inferential": c.inferential},
+    }, report_dir / DEPLOYMENT_FILE)
+    return verdict(within, table, rows, split)
 
 
 def _number(value: float) -> float | None:
@@ -271,13 +293,15 @@ def _table(runs: Runs, classes: Classes, evidence: Evidence | None) -> list[dict
     return aggregate(runs.rows, keys, extra=extra) + _candidate_rows(runs.candidates, {**extra, **candidates})
 
 
-def _figures(runs: Runs, classes: Classes, table: list[dict], evidence: Evidence | None,
+def _figures(runs: Runs, classes: Classes, table: list[dict], evidence: Evidence | None, deployment: DeploymentBudget,
              report_dir: Path) -> tuple[dict[str, Path], list[str]]:
-    """The report's figures by title, and notes on what could not be drawn."""
+    """The report's figures by title (the accuracy-vs-cost ones with the deployment budget's limit drawn), and
+    notes on what could not be drawn."""
     figures = {
-        "Accuracy vs FLOPs": plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png"),
+        "Accuracy vs FLOPs": plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png",
+                                                  deployment.gflops),
         "Accuracy vs latency": plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY,
-                                                    report_dir / "accuracy_vs_latency.png"),
+                                                    report_dir / "accuracy_vs_latency.png", deployment.latency_ms),
     }
     curves = _curves(runs.ok, runs.rows, HEADLINE)
     if curves:
@@ -361,14 +385,17 @@ def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord]) ->
 
 def write_review(
     plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
-    margin: float = MARGIN, budget_plan: BudgetPlan | None = None,
+    margin: float = MARGIN, budget_plan: BudgetPlan | None = None, deployment: DeploymentBudget | None = None,
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
     command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin.
 
     The steps: the run folders read once (``_read_runs``) -> the evidence (per-unit scores, the comparison)
     -> one row per architecture (``_table``) -> figures -> the verdict and findings -> HTML and Markdown.
-    ``budget_plan``: how a time or FLOPs budget became each architecture's iterations (its runs' plan)."""
+    ``budget_plan``: how a time or FLOPs budget became each architecture's iterations (its runs' plan);
+    ``deployment``: a deployment budget (not the training budget): the verdict compares only the architectures
+    within it (the table keeps every architecture, the accuracy-vs-cost figures draw the limit)."""
+    deployment = deployment or DeploymentBudget()
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     runs = _read_runs(plan, out)
@@ -378,7 +405,7 @@ def write_review(
     write_evidence(evidence, per_arch, report_dir)
     table = _table(runs, classes, evidence)
     write_results(table, report_dir, "summary")  # per architecture: figures over runs, the statistics' intervals
-    figures, grid_notes = _figures(runs, classes, table, evidence, report_dir)
+    figures, grid_notes = _figures(runs, classes, table, evidence, deployment, report_dir)
     devices = mixed_devices_warning(runs.rows)
     inputs = ReportInputs(
         title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {profile.name}",
@@ -388,7 +415,7 @@ def write_review(
         findings=findings(table, ACCURACY_KEY), overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(runs.rows, profile, len({r.seed for r in plan})) + grid_notes,
         warnings=[devices] if devices else [], show_devices=bool(devices), speed=speed_section(out, plan, runs.rows),
-        verdict=verdict(evidence, table, runs.rows),
+        verdict=_verdict(evidence, table, runs.rows, per_arch, margin, deployment, report_dir),
     )
     columns = table_columns(table, [c.key for c in COLUMNS])
     write_markdown(inputs, report_dir / "report.md", columns)

@@ -376,7 +376,7 @@ def imagenet_weights_fit(arch: str, options: dict[str, Any] | None = None) -> tu
         return False, f"{arch} has its own encoder ({type(model.encoder).__name__}), with no published ImageNet weights"
     if name not in IMAGENET_WEIGHTS:
         known = ", ".join(IMAGENET_WEIGHTS)
-        return False, f"{arch}'s encoder {name!r} has no published ImageNet weights (those with: {known})"
+        return False, f"{arch}'s encoder {name!r} has no ImageNet weights segbench fetches yet (those with: {known})"
     with torch.device("meta"):
         reference = build_encoder(name)
     own, published = model.encoder.state_dict(), reference.state_dict()

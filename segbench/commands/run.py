@@ -198,6 +198,22 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
     return open_review_tracking(out, trackers, tracking_uri, params["profile"], params)
 
 
+def _budget_option(kind: str):
+    """A click callback parsing a budget option ("20ms", "300MB", "5") into the table's unit."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+        if value is None:
+            return None
+        from segbench.bench.report.deployment import parse_flops, parse_latency, parse_memory
+
+        try:
+            return {"latency": parse_latency, "memory": parse_memory, "flops": parse_flops}[kind](value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return parse
+
+
 @click.command()
 @click.argument("data", required=False, default="brain-mri")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="quick", show_default=True,
@@ -210,6 +226,14 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
 @click.option("--margin", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Equivalence margin in Dice: an architecture whose simultaneous interval of the difference from the "
               "leader lies inside +-MARGIN is called equivalent (the verdict names the cheapest of those).")
+@click.option("--latency-budget", metavar="TIME", default=None, callback=_budget_option("latency"),
+              help="Deployment budget, e.g. 20ms: the verdict names the most accurate architecture whose batch-1 "
+              "latency (median over its runs, as `segbench predict` runs it, on this machine) is within it, comparing "
+              "only those, and says which fell outside and by how much; the accuracy-vs-latency figure draws the line.")
+@click.option("--memory-budget", metavar="SIZE", default=None, callback=_budget_option("memory"),
+              help="Deployment budget on inference memory (batch-1 forward pass, the table's Infer mem), e.g. 300MB.")
+@click.option("--flops-budget", metavar="GFLOPS", default=None, callback=_budget_option("flops"),
+              help="Deployment budget on FLOPs of one forward pass at the review's input size, in GFLOPs, e.g. 5.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/review", show_default=True,
               help="Sweep folder: one run folder per architecture x seed, and report/.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Training iterations (default: the profile's).")
@@ -274,7 +298,7 @@ def _open_review_tracking(out: str, trackers: tuple[str, ...], tracking_uri: str
 @click.option("--tracking-uri", metavar="URI",
               help="MLflow tracking URI for the review and its runs (http://HOST:PORT, sqlite:///PATH, ...); "
                    "default sqlite:///OUT/mlflow.db.")
-def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
+def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flops_budget, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
         plan_file, show_plan, lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, ensembles, ensemble_top,
         max_retries, trackers, tracking_uri) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
@@ -368,7 +392,11 @@ def run(data, profile, archs, seeds, margin, out, iterations, pretrained, overri
         finally:
             runner.close()
     _mention_other_runs(plan, out, report_only)
-    html = write_review(plan, chosen, out, command, overrides, margin=margin, budget_plan=budget_plan)
+    from segbench.bench.report.deployment import DeploymentBudget
+
+    deployment = DeploymentBudget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
+    html = write_review(plan, chosen, out, command, overrides, margin=margin, budget_plan=budget_plan,
+                        deployment=deployment)
     review_tracking.finish(html.parent)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))

@@ -4,7 +4,7 @@
   signature; ``ARCHITECTURES`` and ``ENCODERS`` hold each entry's paper, year, recipe and review text;
 - ``blocks``: what several architectures share (``SegmentationModel``, ``Encoder``, ``ConvBNReLU``,
   ``FCNHead``, ``resize``);
-- ``encoders``: VGG, ResNet, MiT, Swin (one contract: ``forward(x) -> list[Tensor]``, ``out_channels``,
+- ``encoders``: VGG, ResNet, MobileNetV3, EfficientNet, MiT, Swin (one contract: ``forward(x) -> list[Tensor]``, ``out_channels``,
   ``strides``);
 - ``architectures``: one module per method, importing it registers its builders (by year).
 """

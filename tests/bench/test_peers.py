@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from segbench import build_model
 from segbench.bench.measure.peers import build_peer
-from tests.numerics import assert_same_function, randomise_constants, set_mode
+from tests.numerics import assert_same_function, calibrate_batch_norm, randomise_constants, set_mode
 from tests.peer_libraries import imports, library
 
 ACCEPTANCE_ARCHS = ["fcn", "deeplabv3", "deeplabv3plus", "pspnet", "unet", "segformer", "upernet"]
@@ -91,6 +91,25 @@ def test_torchvision_peer_computes_segbenchs_function(arch, options, mode, peers
     else:
         assert_same_function(got["out"], expected["out"])
         assert_same_function(got["aux"], expected["aux"])
+
+
+# LR-ASPP: torchvision's LRASPP on its own MobileNetV3, at torchvision's configuration and on the smaller
+# variant with one input channel and the stage-end taps.
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("options,in_channels", [({}, 3), ({"encoder": "mobilenet_v3_small", "feature_taps": "last"}, 1)])
+def test_torchvision_lraspp_peer_computes_segbenchs_function(options, in_channels, mode, peers_env):
+    from segbench.checkpoints.convert import convert
+
+    model = build_model("lraspp", 4, in_channels=in_channels, **options)
+    peer, why = build_peer("lraspp", model, num_classes=4, in_channels=in_channels)
+    assert peer is not None, why
+    assert sum(p.numel() for p in peer.model.parameters()) == sum(p.numel() for p in model.parameters())
+    calibrate_batch_norm(randomise_constants(peer.model), in_channels)  # the deep features alive in eval mode
+    model.load_state_dict(convert(peer.model.net.state_dict(), "torchvision", "lraspp", num_classes=4,
+                                  in_channels=in_channels, **options), strict=True)
+    x = torch.randn(2, in_channels, 64, 64)
+    with torch.no_grad():
+        assert_same_function(set_mode(model, mode)(x), set_mode(peer.model, mode)(x))
 
 
 # torchvision's FCN/DeepLabV3 and transformers' UperNet compute their auxiliary head in eval mode too; the

@@ -222,6 +222,24 @@ def test_no_speed_leaves_the_speed_section_out(sweep, tmp_path):
     assert "## Speed" not in (out / "report" / "report.md").read_text()
 
 
+def test_a_latency_budget_restricts_the_verdict_and_draws_the_line(sweep, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out)
+    summary = {row["arch"]: row for row in read_results_csv(sweep["out"] / "report" / "summary.csv")}
+    fast, slow = sorted(ARCHS, key=lambda a: summary[a]["latency_ms"])
+    limit = (summary[fast]["latency_ms"] + summary[slow]["latency_ms"]) / 2
+    result = CliRunner().invoke(run, _args(sweep["data"], out) + ["--report-only", "--latency-budget", f"{limit}ms"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "report" / "deployment_budget.json").read_text())
+    assert saved["within"] == [fast] and list(saved["outside"]) == [slow]
+    verdict = (out / "report" / "report.md").read_text().split("## Verdict", 1)[1].split("## Findings", 1)[0]
+    assert f"DeploymentBudget: latency <= {limit:g} ms" in verdict and f"Within it: {fast}." in verdict
+    assert f"Outside the budget: {slow} (latency " in verdict
+    assert f"One architecture within the budget: {fast} " in verdict
+    assert (out / "report" / "accuracy_vs_latency.png").stat().st_size > 0
+
+
 def test_settings_change_the_run_folder(sweep):
     profile = get_profile("quick")
     common = dict(data=str(sweep["data"]), profile=profile, out=sweep["out"], archs=["unet"], overrides=["data.resize=[32,32]"])

@@ -12,6 +12,7 @@ configuration and gets no ratio.
 | ``deeplabv3`` | torchvision ``DeepLabV3`` (``DeepLabHead``, our rates) on the same | segbench's |
 | ``pspnet`` | segmentation_models_pytorch ``PSPNet`` (encoder ``resnet*``, our output stride) | segbench's |
 | ``deeplabv3plus`` | segmentation_models_pytorch ``DeepLabV3Plus`` | segbench's |
+| ``lraspp`` (MobileNetV3) | torchvision ``LRASPP`` on ``mobilenet_v3_*(dilated=...).features``, our taps | segbench's |
 | ``segformer`` | transformers ``SegformerForSemanticSegmentation`` | its own |
 | ``upernet`` (Swin) | transformers ``UperNetForSemanticSegmentation`` with a Swin backbone | its own |
 
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from segbench.models.blocks import resize
 from segbench.models.encoders.mit import MixTransformer
+from segbench.models.encoders.mobilenetv3 import MobileNetV3
 from segbench.models.encoders.resnet import ResNet
 from segbench.models.encoders.swin import SwinTransformer
 
@@ -105,6 +107,13 @@ class TorchvisionSegmenter(PeerModel):
             return (self.inference_net or self.net)(x)["out"]
         out = self.net(x)
         return {"out": out["out"], "aux": out["aux"]} if "aux" in out else out["out"]
+
+
+class TorchvisionLRASPP(PeerModel):
+    """torchvision's ``LRASPP``: its ``{"out"}`` dict, at input resolution; no auxiliary head."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)["out"]
 
 
 class SMPSegmenter(PeerModel):
@@ -213,6 +222,28 @@ def _deeplabv3_peer(model: nn.Module, num_classes: int, in_channels: int) -> Pee
 
     head = DeepLabHead(model.encoder.out_channels[-1], num_classes, _atrous_rates(model.aspp))
     return _torchvision_segmentation(model, num_classes, DeepLabV3, head)
+
+
+def _lraspp_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    """torchvision's ``LRASPP`` on its MobileNetV3 of our variant (``dilated=True`` at output stride 16),
+    reading the blocks ours reads (torchvision's own ``lraspp_mobilenet_v3_large`` with the default taps)."""
+    from torchvision.models import mobilenetv3 as tv_mobilenetv3
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.lraspp import LRASPP
+
+    encoder = model.encoder
+    if encoder.output_stride not in (16, 32):
+        raise ValueError(f"torchvision's MobileNetV3 has output stride 16 (dilated) or 32, not {encoder.output_stride}")
+    net = getattr(tv_mobilenetv3, f"mobilenet_v3_{encoder.variant}")(weights=None, dilated=encoder.output_stride == 16)
+    features = net.features
+    if in_channels != 3:
+        stem = features[0][0]
+        features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 2, 1, bias=False)
+    low, high = encoder.taps[model.low_level], encoder.taps[-1]
+    backbone = IntermediateLayerGetter(features, return_layers={str(low): "low", str(high): "high"})
+    head_width = model.cbr[0].out_channels
+    lraspp = LRASPP(backbone, encoder.out_channels[model.low_level], encoder.out_channels[-1], num_classes, head_width)
+    return Peer("torchvision LRASPP", TorchvisionLRASPP(lraspp))
 
 
 # --- segmentation_models_pytorch ------------------------------------------------------------------
@@ -330,6 +361,7 @@ _PEERS: dict[str, PeerSpec] = {
     "deeplabv3": PeerSpec("torchvision", "torchvision", _deeplabv3_peer),
     "pspnet": PeerSpec("segmentation_models_pytorch", _SMP, _pspnet_peer),
     "deeplabv3plus": PeerSpec("segmentation_models_pytorch", _SMP, _deeplabv3plus_peer),
+    "lraspp": PeerSpec("torchvision", "torchvision", _lraspp_peer, MobileNetV3),
     "segformer": PeerSpec("transformers", "transformers", _segformer_peer, MixTransformer),
     "upernet": PeerSpec("transformers", "transformers", _upernet_swin_peer, SwinTransformer),
 }

@@ -21,7 +21,7 @@ from segbench.bench.report.columns import column  # noqa: E402
 from segbench.bench.report.results import pareto_front  # noqa: E402
 from segbench.run_files import writable  # noqa: E402
 
-__all__ = ["pareto_scatter", "training_curves", "class_heatmap", "prediction_grid", "class_colours", "intervals",
+__all__ = ["pareto_scatter", "draw_budget", "training_curves", "class_heatmap", "prediction_grid", "class_colours", "intervals",
            "rank_distribution"]
 
 _DPI = 110
@@ -39,9 +39,21 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def pareto_scatter(table: list[dict], cost_key: str, accuracy_key: str, path: str | Path) -> Path:
+def draw_budget(ax, budget: float, costs: list[float], unit: str) -> None:
+    """A cost limit on accuracy-vs-cost axes: a dotted vertical line, the side beyond it shaded, and x limits
+    that keep it in view even when every point lies on one side of it."""
+    low, high = min(costs + [budget]), max(costs + [budget])
+    ax.set_xlim(low / 1.3, high * 1.3)
+    ax.axvline(budget, color="black", linestyle=":", linewidth=1.4, label=f"budget {budget:g}{' ' + unit if unit else ''}")
+    ax.axvspan(budget, high * 1.3, color="0.85", alpha=0.5, zorder=0)
+
+
+def pareto_scatter(table: list[dict], cost_key: str, accuracy_key: str, path: str | Path,
+                   budget: float | None = None) -> Path:
     """Accuracy against a cost (log axis), one labelled point per architecture, error bars from the
-    seeds, and the Pareto front (no other point is both cheaper and more accurate) as a step line."""
+    seeds, and the Pareto front (no other point is both cheaper and more accurate) as a step line;
+    ``budget``: a limit on the cost (``segbench run --latency-budget`` ...), drawn as a vertical line with
+    the side beyond it shaded."""
     cost_col, acc_col = column(cost_key), column(accuracy_key)
     rows = [r for r in table if _ok(r.get(cost_key)) and _ok(r.get(accuracy_key))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -69,7 +81,11 @@ def pareto_scatter(table: list[dict], cost_key: str, accuracy_key: str, path: st
             xs.append(costs[i])
             ys.append(scores[i])
         ax.plot(xs, ys, "--", color="tab:red", linewidth=1.2, label="Pareto front")
+    if budget is not None:
+        draw_budget(ax, budget, costs, cost_col.unit)
+    if len(front) > 1 or budget is not None:
         ax.legend(loc="best", fontsize=8)
+    costs = costs + ([budget] if budget is not None else [])
     if all(c > 0 for c in costs) and max(costs) / min(costs) > 10:
         ax.set_xscale("log")
         plain = FuncFormatter(lambda value, _: f"{value:g}")

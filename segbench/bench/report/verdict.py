@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from segbench.bench.report.deployment import DeploymentSplit, Excess
 from segbench.bench.report.evidence import Evidence
 from segbench.bench.report.results import format_value
 from segbench.comparison import MIN_UNITS, POWER, Comparison, Standing
@@ -87,15 +88,17 @@ def _learning(c: Comparison) -> tuple[list[str], bool]:
     return [], True
 
 
-def _answers(evidence: Evidence, c: Comparison, table: list[dict]) -> list[str]:
-    """The best (or the confidence set for it), then every other architecture's answer against the leader."""
+def _answers(evidence: Evidence, c: Comparison, table: list[dict], scope: str = "") -> list[str]:
+    """The best (or the confidence set for it), then every other architecture's answer against the leader.
+    ``scope``: " within the budget" when the comparison is over the architectures that fit one."""
     lead = c.standings[0]
     out = []
     if c.best is not None:
-        out.append(f"Best: {_ci(lead)} ({_how(evidence, c)}); every other architecture is shown worse.")
+        others = "every other architecture within it" if scope else "every other architecture"
+        out.append(f"Best{scope}: {_ci(lead)} ({_how(evidence, c)}); {others} is shown worse.")
     else:
         members = [s for s in c.standings if s.in_best_set]
-        out.append(f"No single winner: the best is one of {_names([s.name for s in members])} (a {1 - c.alpha:.0%} "
+        out.append(f"No single winner{scope}: the best is one of {_names([s.name for s in members])} (a {1 - c.alpha:.0%} "
                    f"confidence set: no other architecture is shown better than them; {_how(evidence, c)}). "
                    f"Highest mean: {_ci(lead)}.")
     rest = [s for s in c.standings[1:] if s.learned]
@@ -139,15 +142,65 @@ def _caveats(evidence: Evidence, c: Comparison) -> list[str]:
     return out
 
 
-def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict]) -> list[str]:
-    """The verdict's sentences. ``table``: one aggregated row per architecture; ``runs``: one row per run."""
+def _cost(e: Excess) -> str:
+    return f"{e.limit.what} {format_value(e.value, e.limit.digits)} {e.limit.unit}"
+
+
+def _budget(split: DeploymentSplit, table: list[dict]) -> list[str]:
+    """Which architectures fit the budget, which fell outside and by how much, which could not be placed."""
+    devices = sorted({str(r["device_name"]) for r in table if r.get("arch") in split.inside + [a for a, _ in split.outside]
+                      and r.get("device_name")})  # fmt: skip
+    where = f"on {', '.join(devices)}" if devices else "on the machine that measured them"
+    measured = "medians over the runs"
+    if split.budget.latency_ms is not None:
+        measured += f"; latency of a batch-1 forward pass as `segbench predict` runs it, {where}"
+    elif split.budget.infer_peak_mb is not None:
+        measured += f"; memory {where}"
+    out = [f"DeploymentBudget: {split.budget.describe()} ({measured}). Within it: {_names(split.inside) or 'none'}."]
+    if split.outside:
+        parts = [f"{arch} ({'; '.join(f'{_cost(e)}, {format_value(e.over, e.limit.digits)} {e.limit.unit} over' for e in excess)})"
+                 for arch, excess in split.outside]  # fmt: skip
+        out.append(f"Outside the budget: {'; '.join(parts)}.")
+    if split.unmeasured:
+        out.append("Not measured, so not shown within the budget: "
+                   f"{'; '.join(f'{arch} (no {_names(what)})' for arch, what in split.unmeasured)}.")
+    if split.close:
+        parts = [f"{arch} {_cost(e)} [{format_value(e.low, e.limit.digits)}–{format_value(e.high, e.limit.digits)}]"
+                 for arch, e in split.close]
+        out.append(f"Near the limit, its runs on both sides of it (placed by the median): {'; '.join(parts)}.")
+    if not split.inside:
+        costs = [(e.over / e.budget, arch, e) for arch, excess in split.outside for e in excess]
+        if costs:
+            _, arch, e = min(costs)
+            out.append(f"Nothing fits the budget, so no best is named; the nearest is {arch} ({_cost(e)}).")
+    elif len(split.inside) > 1:
+        out.append(f"The comparison below is over the {len(split.inside)} architectures within the budget.")
+    return out
+
+
+def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict],
+            deployment: DeploymentSplit | None = None) -> list[str]:
+    """The verdict's sentences. ``table``: one aggregated row per architecture; ``runs``: one row per run.
+    ``deployment``: the architectures placed against a deployment budget; ``evidence`` is then the comparison
+    over those within it, and the verdict says which fell outside."""
+    if deployment is not None:
+        head = _budget(deployment, table)
+        if not deployment.inside:
+            return head + ([f"Failed and left out: {'; '.join(evidence.failures)}."] if evidence and evidence.failures else [])
+        keep = set(deployment.inside) | set(deployment.failed)
+        return head + _verdict(evidence, [r for r in table if r["arch"] in keep], [r for r in runs if r["arch"] in keep],
+                               " within the budget")
+    return _verdict(evidence, table, runs)
+
+
+def _verdict(evidence: Evidence | None, table: list[dict], runs: list[dict], scope: str = "") -> list[str]:
     if evidence is None or evidence.comparison is None:
         failed = f" Failed: {'; '.join(evidence.failures)}." if evidence is not None and evidence.failures else ""
         return ["No run left per-case scores, so nothing here can rank the architectures with an uncertainty." + failed]
     c = evidence.comparison
     out = [f"Failed and left out: {'; '.join(evidence.failures)}."] if evidence.failures else []
     if len(c.standings) == 1:
-        out.append(f"One architecture: {_ci(c.standings[0])} ({evidence.metric} over {_units(evidence)}); nothing to "
+        out.append(f"One architecture{scope}: {_ci(c.standings[0])} ({evidence.metric} over {_units(evidence)}); nothing to "
                    "compare it with.")
     elif not c.inferential:
         out.append(f"No interval or test: {_units(evidence)} (fewer than {MIN_UNITS}) cannot support one, so the table's "
@@ -156,7 +209,7 @@ def verdict(evidence: Evidence | None, table: list[dict], runs: list[dict]) -> l
         learning, learned = _learning(c)
         out += learning
         if learned:
-            out += _answers(evidence, c, table)
+            out += _answers(evidence, c, table, scope)
     if len(c.standings) == 1 and c.inferential:
         out += _learning(c)[0]
     late = _still_improving(runs)

@@ -54,7 +54,7 @@ class ConversionReport:
 
 
 def _load_modules() -> None:
-    from segbench.checkpoints.convert import cnn, segformer, swin  # noqa: F401  (registration)
+    from segbench.checkpoints.convert import cnn, mobile, segformer, swin  # noqa: F401  (registration)
 
 
 def convert_with_report(

@@ -11,6 +11,7 @@ from segbench.models.architectures import (  # noqa: F401  (registration)
     deeplab_v1,
     pspnet,
     deeplab,
+    lraspp,
     segformer,
     upernet,
 )

@@ -13,7 +13,8 @@
   3x3 convs and upsamples 4x again; ``separable=True`` uses atrous depthwise-separable convs in ASPP and
   decoder, as the paper's Xception variant.
 
-Every model reads channel counts off ``encoder.out_channels``; the backbone is any registered ResNet.
+Every model reads channel counts off ``encoder.out_channels``; the backbone is any registered ResNet, or
+MobileNetV3 / EfficientNet (``segbench.models.encoders.dilated``; ``multi_grid`` exists on ResNets only).
 
 Deviations, stated:
 
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from segbench.models.architectures.aspp import ASPP, SeparableConvBNReLU, scaled_rates
 from segbench.models.blocks import ConvBNReLU, FCNHead, SegmentationModel, resize
-from segbench.models.encoders.resnet import build_dilated_resnet
+from segbench.models.encoders.dilated import build_dilated_encoder
 from segbench.models.registry import register_model
 
 __all__ = ["PAPER_CRF_V2", "ASPPL", "DeepLabV2", "DeepLabV3", "DeepLabV3Plus", "deeplabv2", "deeplabv3", "deeplabv3plus"]
@@ -212,7 +213,7 @@ def deeplabv2(
     runs ``crf_iterations`` mean-field steps (10 in the paper), guided by the input times ``crf_intensity_scale``:
     normalised images ``(x/255 - mean)/std`` return to 0..255 colour differences when multiplied by
     ``255 * std`` (ImageNet std ~0.226 gives the default 57.6)."""
-    backbone = build_dilated_resnet(encoder, in_channels=in_channels, output_stride=output_stride)
+    backbone = build_dilated_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18, 24), 8, output_stride)
     # Imported here so this module loads without the CRF module.
     from segbench.models.architectures.crf import build_crf
@@ -260,8 +261,10 @@ def deeplabv3(
 ) -> DeepLabV3:
     """DeepLab v3. ``atrous_rates`` default (6, 12, 18) at OS 16, doubled at OS 8. ``multi_grid``: one unit
     rate per block of layer4 ((1, 2, 4) becomes (1, 2) on resnet18's two blocks); None gives torchvision's
-    plain dilation."""
-    backbone = build_dilated_resnet(
+    plain dilation (MobileNetV3/EfficientNet encoders ignore the default). On ``mobilenet_v3_large`` at
+    ``output_stride=16`` without the auxiliary head the model has torchvision's
+    ``deeplabv3_mobilenet_v3_large`` parameter count less that model's auxiliary head."""
+    backbone = build_dilated_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid
     )
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18), 16, output_stride)
@@ -307,7 +310,7 @@ def deeplabv3plus(
 ) -> DeepLabV3Plus:
     """DeepLab v3+. ``atrous_rates`` default (6, 12, 18) at OS 16, doubled at OS 8; ``multi_grid`` as for
     ``deeplabv3``."""
-    backbone = build_dilated_resnet(
+    backbone = build_dilated_encoder(
         encoder, in_channels=in_channels, output_stride=output_stride, multi_grid=multi_grid
     )
     rates = _check_rates(atrous_rates) if atrous_rates is not None else scaled_rates((6, 12, 18), 16, output_stride)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from segbench.models.blocks import FCNHead, SegmentationModel, resize
-from segbench.models.encoders.resnet import build_dilated_resnet
+from segbench.models.encoders.dilated import build_dilated_encoder
 from segbench.models.registry import register_model
 
 __all__ = ["FCNResNet", "fcn"]
@@ -80,6 +80,7 @@ def fcn(
     output_stride: int = 8,
     aux_head: bool = False,
 ) -> FCNResNet:
-    """FCN-ResNet (torchvision layout); ``aux_head=True`` as torchvision's reference training."""
-    backbone = build_dilated_resnet(encoder, in_channels=in_channels, output_stride=output_stride)
+    """FCN-ResNet (torchvision layout); ``aux_head=True`` as torchvision's reference training. ``encoder``: any
+    encoder that takes ``output_stride`` (ResNet, MobileNetV3, EfficientNet)."""
+    backbone = build_dilated_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
     return FCNResNet(backbone, num_classes, aux_head)

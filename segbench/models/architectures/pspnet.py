@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from segbench.models.architectures.aspp import PooledBatchNorm2d
 from segbench.models.blocks import ConvBNReLU, FCNHead, SegmentationModel, resize
-from segbench.models.encoders.resnet import build_dilated_resnet
+from segbench.models.encoders.dilated import build_dilated_encoder
 from segbench.models.registry import register_model
 
 __all__ = ["PyramidPooling", "PSPNet", "pspnet"]
@@ -106,9 +106,10 @@ def pspnet(
     pool_bins: Sequence[int] = (1, 2, 3, 6),
     aux_head: bool = True,
 ) -> PSPNet:
-    """PSPNet. ``pool_bins`` are the pyramid levels' bin counts per side (paper: 1, 2, 3, 6)."""
+    """PSPNet. ``pool_bins`` are the pyramid levels' bin counts per side (paper: 1, 2, 3, 6). ``encoder``: any
+    encoder that takes ``output_stride`` (ResNet, MobileNetV3, EfficientNet)."""
     bins = tuple(int(b) for b in pool_bins)
     if not bins or min(bins) < 1:
         raise ValueError(f"pool_bins must be a non-empty sequence of positive integers, got {pool_bins}")
-    backbone = build_dilated_resnet(encoder, in_channels=in_channels, output_stride=output_stride)
+    backbone = build_dilated_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
     return PSPNet(backbone, num_classes, bins, aux_head)

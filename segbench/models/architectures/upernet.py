@@ -141,7 +141,7 @@ def upernet(
     drop_path_rate: float | None = None,
 ) -> UPerNet:
     """UPerNet on ``encoder`` (``swin_t``/``swin_s``/``swin_b``, or a ResNet such as ``resnet50`` for the
-    UPerNet paper's CNN setup). ``channels``: the head's width (512 in both papers). The Swin options
+    UPerNet paper's CNN setup, or a MobileNetV3/EfficientNet: the last four outputs at strides 4-32). ``channels``: the head's width (512 in both papers). The Swin options
     (``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``drop_path_rate``) default to the
     variant's and are rejected for other encoders.
 

@@ -53,5 +53,5 @@ def test_without_aux_head_returns_plain_logits_in_training():
 
 
 def test_non_resnet_encoder_is_rejected():
-    with pytest.raises(ValueError, match="encoder must be a ResNet"):
+    with pytest.raises(ValueError, match="encoder must take output_stride"):
         build_model("fcn", 3, encoder="vgg16")
