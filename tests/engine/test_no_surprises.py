@@ -9,24 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from segbench.cli import main
+from tests.engine.test_never_lose_files import _invoke, _one_line_error
 
 QUIET_TRAIN = ["--quiet", "--set", "train.iterations=2", "--set", "train.val_interval=2", "--set", "train.batch_size=4",
                "--set", "train.device=cpu", "--set", "eval.test_at_end=false"]
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
 
 
 @pytest.fixture

@@ -46,7 +46,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CRF_KINDS", "ConvCRF", "build_crf", "crf_kind"]
+__all__ = ["CRF_KINDS", "ConvCRF", "build_crf", "crf_kind", "check_mean_field"]
+
+
+def check_mean_field(iterations: int, theta_alpha: float, theta_beta: float, theta_gamma: float) -> None:
+    """The settings both CRFs share (``ConvCRF``, ``dense_crf.DenseCRF``): ValueError naming the bad one."""
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if min(theta_alpha, theta_beta, theta_gamma) <= 0:
+        raise ValueError(
+            f"theta_alpha, theta_beta, theta_gamma must be > 0, got {theta_alpha}, {theta_beta}, {theta_gamma}"
+        )
 
 # DeepLab v1/v2's CRF post-processing: none, ConvCRF (this file), or the fully connected CRF (dense_crf.py).
 CRF_KINDS = ("none", "conv", "dense")
@@ -76,14 +86,9 @@ class ConvCRF(nn.Module):
         w_smoothness: float = 3,
     ):
         super().__init__()
-        if iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {iterations}")
+        check_mean_field(iterations, theta_alpha, theta_beta, theta_gamma)
         if window < 3 or window % 2 == 0:
             raise ValueError(f"window must be an odd size >= 3 (e.g. 7 or 11), got {window}")
-        if min(theta_alpha, theta_beta, theta_gamma) <= 0:
-            raise ValueError(
-                f"theta_alpha, theta_beta, theta_gamma must be > 0, got {theta_alpha}, {theta_beta}, {theta_gamma}"
-            )
         self.iterations = iterations
         self.window = window
         self.theta_alpha = float(theta_alpha)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segbench.models.architectures.crf import check_mean_field
+
 __all__ = ["DenseCRF", "dense_crf_available", "PYDENSECRF_MISSING"]
 
 PYDENSECRF_MISSING = (
@@ -72,12 +74,7 @@ class DenseCRF(nn.Module):
         w_smoothness: float = 3,
     ):
         super().__init__()
-        if iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {iterations}")
-        if min(theta_alpha, theta_beta, theta_gamma) <= 0:
-            raise ValueError(
-                f"theta_alpha, theta_beta, theta_gamma must be > 0, got {theta_alpha}, {theta_beta}, {theta_gamma}"
-            )
+        check_mean_field(iterations, theta_alpha, theta_beta, theta_gamma)
         if min(w_appearance, w_smoothness) < 0:
             raise ValueError(f"w_appearance, w_smoothness must be >= 0, got {w_appearance}, {w_smoothness}")
         _pydensecrf()  # fail when the model is built, not at its first evaluation

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from segbench.models.blocks import Encoder
+
 __all__ = [
     "make_divisible", "ConvNormActivation", "SqueezeExcitation", "dilation_plan", "stage_taps", "adapt_stem",
-    "init_like_torchvision", "run_taps",
+    "init_like_torchvision", "TappedFeatures",
 ]  # fmt: skip
 
 
@@ -140,12 +142,25 @@ def init_like_torchvision(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def run_taps(features: nn.Sequential, taps: Sequence[int], x: Tensor) -> list[Tensor]:
-    """Run ``features`` up to its last tap and return the tapped outputs, shallow to deep."""
-    outputs, wanted = [], set(taps)
-    for index, module in enumerate(features[: max(taps) + 1]):
-        x = module(x)
-        if index in wanted:
-            outputs.append(x)
-    return outputs
+class TappedFeatures(Encoder):
+    """An encoder in torchvision's ``features`` layout (MobileNetV3, EfficientNet): ``features`` an
+    ``nn.Sequential`` whose first module is the stem (``features.0.0`` its conv), ``taps`` the indices of the
+    modules whose outputs ``forward`` returns (``stage_taps``)."""
 
+    features: nn.Sequential
+    taps: tuple[int, ...]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Run ``features`` up to the last tap and return the tapped outputs, shallow to deep."""
+        outputs, wanted = [], set(self.taps)
+        for index, module in enumerate(self.features[: max(self.taps) + 1]):
+            x = module(x)
+            if index in wanted:
+                outputs.append(x)
+        return outputs
+
+    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A torchvision file of the same family: drop the ImageNet ``classifier.*`` and adapt the stem conv
+        to this encoder's input channels."""
+        state = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+        return adapt_stem(state, "features.0.0.weight", self.features[0][0].in_channels)

@@ -32,15 +32,13 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from segbench.models.blocks import Encoder
 from segbench.models.encoders.mobile_blocks import (
     ConvNormActivation,
     SqueezeExcitation,
-    adapt_stem,
     dilation_plan,
     init_like_torchvision,
     make_divisible,
-    run_taps,
+    TappedFeatures,
     stage_taps,
 )
 from segbench.models.registry import register_encoder
@@ -107,7 +105,7 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_residual else out
 
 
-class MobileNetV3(Encoder):
+class MobileNetV3(TappedFeatures):
     """MobileNetV3 ``features`` as an encoder; see the module docstring."""
 
     def __init__(self, variant: str, *, in_channels: int = 3, output_stride: int = 32, feature_taps: str = "last"):
@@ -138,15 +136,6 @@ class MobileNetV3(Encoder):
         self.out_channels = tuple(channels[i] for i in self.taps)
         self.strides = tuple(actual[i] for i in self.taps)
         init_like_torchvision(self)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        return run_taps(self.features, self.taps, x)
-
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """A torchvision ``mobilenet_v3_*`` file: drop the ImageNet ``classifier.*`` and adapt the stem conv
-        to this encoder's input channels."""
-        state = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
-        return adapt_stem(state, "features.0.0.weight", self.features[0][0].in_channels)
 
 
 def mobilenet_v3(
