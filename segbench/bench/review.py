@@ -29,6 +29,7 @@ from segbench.bench.report.deployment import DEPLOYMENT_FILE, DeploymentBudget, 
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
 from segbench.bench.protocol.runs import run_record
+from segbench.bench.protocol.anchor import AnchorRun, anchor_record
 from segbench.bench.protocol.budget import BudgetPlan
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
@@ -240,6 +241,8 @@ class Runs:
     first: WorkerResult  # data and machine facts: a successful run's (any run's if none succeeded)
     out: Path
     candidates: list[CandidateRecord]  # ensembles and TTA built from these runs (segbench run --ensembles)
+    anchors: list[AnchorRun] = ()  # the field's baseline (segbench run --anchor): rows after the zoo's, per run
+    anchor_rows: list[dict] = ()  # their results rows, in the order of ``anchors``
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ class Classes:
     iou_keys: list[str]
 
 
-def _read_runs(plan: list[PlannedRun], out: str | Path) -> Runs:
+def _read_runs(plan: list[PlannedRun], out: str | Path, anchors: list[AnchorRun] = ()) -> Runs:
     throughput = throughput_figures(read_review_speed(out))  # the Speed section's inference, one measurement
     rows = []
     for run in plan:
@@ -259,7 +262,8 @@ def _read_runs(plan: list[PlannedRun], out: str | Path) -> Runs:
     ok = _first_ok(plan, rows)
     source = next(iter(ok.values()), plan[0] if plan else None)
     first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
-    return Runs(plan, rows, ok, first, Path(out), _current_candidates(Path(out), plan))
+    return Runs(plan, rows, ok, first, Path(out), _current_candidates(Path(out), plan), list(anchors),
+                [anchor_record(a).row() for a in anchors])
 
 
 def _classes(runs: Runs) -> Classes:
@@ -276,6 +280,9 @@ def _evidence(runs: Runs, margin: float) -> tuple[Evidence | None, dict[str, dic
     for run, row in zip(runs.plan, runs.rows):
         scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
         per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
+    for anchor, row in zip(runs.anchors, runs.anchor_rows):
+        scores = read_run_scores(anchor.run_dir) if row["status"] == "ok" else None
+        per_arch.setdefault(anchor.label, {})[RunKey(anchor.fold, anchor.seed)] = scores
     per_arch.update(_candidate_scores(runs.out, runs.candidates))
     return gather(per_arch, margin=margin), per_arch
 
@@ -290,7 +297,8 @@ def _table(runs: Runs, classes: Classes, evidence: Evidence | None) -> list[dict
             extra.setdefault(arch, {})["device_name"] = devices
     candidates = {name: {**extra.get(name, {}), **answers}
                   for name, answers in _candidate_answers(evidence, runs.candidates).items()}
-    return aggregate(runs.rows, keys, extra=extra) + _candidate_rows(runs.candidates, {**extra, **candidates})
+    anchors = [{**row, "anchor": True} for row in aggregate(list(runs.anchor_rows), keys, extra=extra)]
+    return aggregate(runs.rows, keys, extra=extra) + anchors + _candidate_rows(runs.candidates, {**extra, **candidates})
 
 
 def _figures(runs: Runs, classes: Classes, table: list[dict], evidence: Evidence | None, deployment: DeploymentBudget,
@@ -371,11 +379,19 @@ def _data_info(runs: Runs, classes: Classes) -> dict:
             "splits": data.get("splits", {}), "notices": data.get("notices", [])}
 
 
-def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord]) -> dict[str, dict]:
+def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord], anchors: list[AnchorRun] = ()) -> dict[str, dict]:
     """Per row label, what the registry says of the architecture (its paper, blocks, strengths, weaknesses),
     and what each ensemble or TTA candidate combines."""
     described = {r.label: {k: getattr(ARCHITECTURES[r.arch], k) for k in ("paper", "year", "summary", "blocks",
                                                                           "strengths", "weaknesses")} for r in plan}
+    for a in anchors:
+        described[a.label] = {
+            "paper": "Isensee et al., nnU-Net: a self-configuring method for deep learning-based biomedical image "
+                     "segmentation, Nature Methods 2021 (the anchor: docs/anchor.md)", "year": 2021,
+            "summary": "nnU-Net run by its own code: it plans its U-Net, patch, batch, normalisation and augmentation "
+                       "from the data, trains on the review's training cases"
+                       + (" for its own 1000 x 250 schedule" if "default" in a.label else " for the review's budget")
+                       + " and predicts with sliding windows and mirroring; scored by segbench's metrics."}
     for c in candidates:
         described[c.name] = {"paper": "built from the trained runs, no retraining (docs/ensembles.md)",
                              "summary": f"{c.kind}: softmax probabilities of {' + '.join(c.members)} averaged"
@@ -386,6 +402,7 @@ def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord]) ->
 def write_review(
     plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
     margin: float = MARGIN, budget_plan: BudgetPlan | None = None, deployment: DeploymentBudget | None = None,
+    anchors: list[AnchorRun] = (),
 ) -> Path:
     """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
     command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin.
@@ -398,8 +415,8 @@ def write_review(
     deployment = deployment or DeploymentBudget()
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    runs = _read_runs(plan, out)
-    write_results(runs.rows, report_dir)
+    runs = _read_runs(plan, out, anchors)
+    write_results(runs.rows + list(runs.anchor_rows), report_dir)
     classes = _classes(runs)
     evidence, per_arch = _evidence(runs, margin)
     write_evidence(evidence, per_arch, report_dir)
@@ -411,11 +428,11 @@ def write_review(
         title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {profile.name}",
         command=command, profile=_profile_info(plan, profile, overrides, runs.candidates, budget_plan), machine=_machine(runs),
         data=_data_info(runs, classes), table=table, accuracy_key=ACCURACY_KEY, class_keys=classes.dice_keys,
-        class_names=classes.foreground, figures=figures, architectures=_architectures(plan, runs.candidates),
+        class_names=classes.foreground, figures=figures, architectures=_architectures(plan, runs.candidates, runs.anchors),
         findings=findings(table, ACCURACY_KEY), overall=overall_findings(table, ACCURACY_KEY),
         notes=_measurement_notes(runs.rows, profile, len({r.seed for r in plan})) + grid_notes,
         warnings=[devices] if devices else [], show_devices=bool(devices), speed=speed_section(out, plan, runs.rows),
-        verdict=_verdict(evidence, table, runs.rows, per_arch, margin, deployment, report_dir),
+        verdict=_verdict(evidence, table, runs.rows + list(runs.anchor_rows), per_arch, margin, deployment, report_dir),
     )
     columns = table_columns(table, [c.key for c in COLUMNS])
     write_markdown(inputs, report_dir / "report.md", columns)

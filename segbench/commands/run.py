@@ -167,6 +167,68 @@ def _measure_speed(plan, profile, out: str, launcher) -> None:
     click.echo(f"speed: {time.perf_counter() - started:.0f} s", err=True)
 
 
+def _anchor_choices(text: str | None) -> list:
+    """``--anchor`` (or the profile's) parsed; a usage error names the anchors."""
+    from segbench.bench.protocol.anchor import parse_anchors
+
+    try:
+        return parse_anchors(text)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def _anchor_specs(choices: list, plan, profile, out: str, budget_plan, data: dict | None) -> list:
+    """The anchors planned on ``plan`` (``data``: the data's facts, for timing steps under a time budget)."""
+    import dataclasses
+    import os
+
+    from segbench.bench.protocol.anchor import plan_anchor
+
+    speed = None
+    if budget_plan is not None and budget_plan.kind == "time" and data is not None:
+        from segbench.bench.protocol.review_speed import review_speed_settings
+
+        speed = dataclasses.asdict(review_speed_settings(plan, profile, data)[1])
+    threads = int((budget_plan.measured.get("threads") if budget_plan is not None else None)
+                  or os.environ.get("SEGBENCH_THREADS") or len(os.sched_getaffinity(0)))
+    return [plan_anchor(c, plan, profile, out, threads=threads, budget_plan=budget_plan, speed=speed) for c in choices]
+
+
+def _anchor_python(given: str | None, asked: bool, profile) -> str | None:
+    """The Python that runs the anchors, or None when none has nnU-Net: then one line says how to install it
+    (and that the profile's anchor is skipped, when only the profile asked for it)."""
+    from segbench.bench.protocol.anchor import AnchorMissing, find_python
+
+    try:
+        return find_python(given)
+    except AnchorMissing as err:
+        click.echo(str(err) if asked else f"{err} (the {profile.name} profile's anchor is skipped)", err=True)
+        return None
+
+
+def _run_anchors(specs, python: str | None, launcher) -> int:
+    """Train and score every anchor (``launcher.call``: with Ray, one more task); the number of failed runs
+    (their rows say why)."""
+    from segbench.bench.protocol.anchor import run_anchor
+    from segbench.bench.protocol.sweep import LauncherError
+
+    failed = 0
+    for spec in specs if python else []:
+        started = time.perf_counter()
+        try:
+            counts = launcher.call(run_anchor, spec, python, say=lambda m: click.echo(m, err=True))
+        except LauncherError as err:
+            click.echo(f"{spec.name}: not run: {err}", err=True)
+            continue
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: run the same command again to finish the anchor and the report", err=True)
+            sys.exit(130)
+        failed += counts["failed"]
+        click.echo(f"{spec.name}: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} reused, "
+                   f"{time.perf_counter() - started:.0f} s", err=True)
+    return failed
+
+
 def _launcher(name: str, options: dict):
     """The launcher ``name`` (``--launcher``) with the command line's launcher options (``--ray-address``, ...;
     None: not given); a usage error for an option it does not take."""
@@ -288,6 +350,14 @@ def _budget_option(kind: str):
 @click.option("--ensemble-top", type=click.IntRange(min=2), default=3, show_default=True,
               help="With --ensembles: how many architectures (the top by mean validation Dice per case) the "
                    "ensemble combines.")
+@click.option("--anchor", "anchor", metavar="nnunet[:2d|3d_fullres][,nnunet-default]|none", default=None,
+              help="The field's baseline as a row, on the same folds, seeds and budget, run by its own code in its "
+                   "own environment (docs/anchor.md): nnunet (the review's budget in nnU-Net's units), nnunet-default "
+                   "(nnU-Net's own 1000-epoch schedule). Default: the profile's (standard: nnunet; paper: both; "
+                   "quick: none), where nnU-Net is installed.")
+@click.option("--anchor-python", metavar="PYTHON", default=None,
+              help="The Python with nnunetv2 that runs the anchor (default: SEGBENCH_ANCHOR_PYTHON, this Python, or "
+                   ".venv-peers/bin/python, which `make peers` builds).")
 @click.option("--max-retries", type=click.IntRange(min=0), default=None,
               help="With --launcher ray: how often a run whose worker or node was lost is retried (default 3; it "
                    "resumes from its last.pt).")
@@ -300,7 +370,7 @@ def _budget_option(kind: str):
                    "default sqlite:///OUT/mlflow.db.")
 def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flops_budget, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
         plan_file, show_plan, lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, ensembles, ensemble_top,
-        max_retries, trackers, tracking_uri) -> None:
+        max_retries, trackers, tracking_uri, anchor, anchor_python) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
 
     Every architecture gets the same splits, augmentation, input size and iteration budget, its family's
@@ -357,6 +427,8 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
                          iterations=iterations, budget=budget, lr=lr, folds=folds, pretrained=pretrained, margin=margin,
                          overrides=list(overrides))
     budget_plan = None
+    anchor_choices = _anchor_choices(chosen.anchor if anchor is None else anchor)
+    anchors = []
     if report_only:
         given = _given_plan(plan, chosen, plan_file, None)
         _claim_sweep_folder(out)
@@ -364,6 +436,7 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
         review_tracking = _open_review_tracking(out, trackers, tracking_uri, review_params)
         if ensembles:  # asked for: built from the finished runs, nothing trained
             _build_candidates(plan, chosen, out, ensemble_top)
+        anchors = _anchor_specs(anchor_choices, plan, chosen, out, budget_plan, None)  # their finished runs, if any
     else:
         facts = _check_data(plan)
         given = _given_plan(plan, chosen, plan_file, facts)
@@ -389,14 +462,19 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
                 _measure_speed(plan, chosen, out, runner)
             if chosen.ensembles if ensembles is None else ensembles:
                 _build_candidates(plan, chosen, out, ensemble_top)
+            python = _anchor_python(anchor_python, anchor is not None, chosen) if anchor_choices else None
+            anchors = _anchor_specs(anchor_choices, plan, chosen, out, budget_plan, facts) if python else []
+            _run_anchors(anchors, python, runner)  # a failed anchor is a failed row, not a failed review
         finally:
             runner.close()
     _mention_other_runs(plan, out, report_only)
     from segbench.bench.report.deployment import DeploymentBudget
 
     deployment = DeploymentBudget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
+    from segbench.bench.protocol.anchor import anchor_runs
+
     html = write_review(plan, chosen, out, command, overrides, margin=margin, budget_plan=budget_plan,
-                        deployment=deployment)
+                        deployment=deployment, anchors=[r for spec in anchors for r in anchor_runs(spec)])
     review_tracking.finish(html.parent)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))

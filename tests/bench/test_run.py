@@ -380,3 +380,49 @@ def test_cross_validation_runs_every_fold_and_scores_every_case_once(tmp_path, m
     assert statistics["folds"] == 3 and statistics["seeds"] == {"unet": 1} and statistics["n_units"] == 12
     results = read_results_csv(out / "report" / "results.csv")
     assert sorted(r["fold"] for r in results) == [0, 1, 2]  # each run's fold, not three rows of "seed 0"
+
+
+def test_a_missing_nnunet_is_one_line_and_the_review_goes_on_without_its_row(sweep):
+    # This Python lacks nnU-Net: the anchor is skipped with one line naming how to install it; nothing retrains.
+    result = CliRunner().invoke(run, _args(sweep["data"], sweep["out"]) + ["--anchor", "nnunet", "--anchor-python", sys.executable],
+                                catch_exceptions=False)
+    if "import nnunetv2" not in result.output:
+        pytest.skip("this Python has nnU-Net (the peers environment): tests/bench/test_anchor_nnunet.py runs it")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("nnU-Net anchor:"))
+    assert "pip install nnunetv2" in line and "make peers" in line
+    assert "finished earlier" in result.output and not list(sweep["out"].glob("nnunet*"))
+    assert "nnunet" not in {row["arch"] for row in json.loads((sweep["out"] / "report" / "summary.json").read_text())}
+
+
+def test_a_wrong_anchor_is_a_usage_error_before_anything_runs(sweep, tmp_path):
+    result = CliRunner().invoke(run, _args(sweep["data"], tmp_path / "out") + ["--anchor", "nnunet:3d"])
+    assert result.exit_code == 2 and "auto, 2d, 3d_fullres" in result.output and not (tmp_path / "out").exists()
+
+
+def test_an_anchor_run_is_a_row_of_the_table_and_of_the_statistics(sweep, tmp_path):
+    """An anchor's run folder as nnU-Net's worker leaves it (here: a copy of unet's scores under another name)
+    is a row marked ``anchor``, in results.csv and in the per-unit statistics, and the verdict speaks of it."""
+    from segbench.bench.protocol.anchor import AnchorRun
+
+    out = tmp_path / "out"
+    shutil.copytree(sweep["out"], out)
+    unet = next(p for p in out.iterdir() if p.name.startswith("unet-"))
+    anchor_dir = out / "nnunet-s0-abc"
+    anchor_dir.mkdir()
+    for name in ("bench.json", "per_case_val.csv"):
+        shutil.copy(unet / name, anchor_dir / name)
+    result = json.loads((anchor_dir / "bench.json").read_text())
+    # what the anchor's worker records: its validation scores and nnU-Net's plan (no zoo architecture's name)
+    result.update(hash="abc", metrics={"val": result["metrics"]["val"], "nnunet_configuration": "2d",
+                                       "nnunet_patch_size": "32x32", "iterations_run": 30})
+    (anchor_dir / "bench.json").write_text(json.dumps(result))
+    plan = plan_sweep(data=str(sweep["data"]), profile=get_profile("quick"), out=str(out), archs=list(ARCHS), seeds=1,
+                      iterations=30, overrides=["data.resize=[32,32]"], budget=None, lr=None, folds=None)
+    write_review(plan, get_profile("quick"), out, "segbench run", anchors=[AnchorRun("nnunet", None, 0, anchor_dir, "abc", "auto")])
+    summary = {row["arch"]: row for row in json.loads((out / "report" / "summary.json").read_text())}
+    assert summary["nnunet"]["anchor"] is True and summary["nnunet"]["backbone"] == "nnU-Net 2d U-Net (its own plan)"
+    assert summary["nnunet"]["val_dice_fg_per_case"] == pytest.approx(summary["unet"]["val_dice_fg_per_case"])
+    assert "nnunet" in {row["arch"] for row in read_results_csv(out / "report" / "results.csv")}
+    report = (out / "report" / "report.md").read_text()
+    assert "the nnU-Net anchor (nnunet" in report and "Isensee et al." in report

@@ -85,6 +85,10 @@ class Profile:
     # After the sweep, ensembles and flip TTA from the trained runs (``segbench run --ensembles``): off in
     # quick (evaluating every run again with flips does not fit its 20 minutes on a laptop CPU).
     ensembles: bool = False
+    # The field's baseline as a row (``segbench run --anchor``, segbench.bench.protocol.anchor): "" none,
+    # "nnunet" (the review's budget), "nnunet,nnunet-default" (and nnU-Net's own schedule). A profile's anchor
+    # runs where nnU-Net is installed; elsewhere one line says how to install it.
+    anchor: str = ""
 
     def settings(self) -> dict[str, Any]:
         """The protocol as printed in the report (the per-architecture table is printed separately)."""
@@ -142,6 +146,7 @@ QUICK = Profile(
 STANDARD = Profile(
     name="standard",
     ensembles=True,
+    anchor="nnunet",
     description="The papers' canonical backbones at a moderate 256x256 resolution and a 20k-iteration "
     "schedule: one GPU, hours.",
     expected_gpu_memory="about 4 GB in bf16/fp16, 7 GB in fp32 (ResNet-101 at output stride 8, 256x256, batch 8; "
@@ -170,6 +175,7 @@ STANDARD = Profile(
 PAPER = Profile(
     name="paper",
     ensembles=True,
+    anchor="nnunet,nnunet-default",
     description="The papers' backbones and output strides, 512x512 crops, batch 16, 80k iterations "
     "(MMSegmentation's long schedule): GPUs, many hours per architecture.",
     expected_gpu_memory="about 30 GB in bf16/fp16, 50 GB in fp32, on one GPU (ResNet-101 at output stride 8, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from segbench.bench.report.candidates import answer
 from segbench.bench.report.deployment import DeploymentSplit, Excess
 from segbench.bench.report.evidence import Evidence
 from segbench.bench.report.results import format_value
@@ -124,6 +125,44 @@ def _answers(evidence: Evidence, c: Comparison, table: list[dict], scope: str = 
     return out
 
 
+def _anchor(c: Comparison, table: list[dict]) -> tuple[list[str], bool]:
+    """Per anchor (a row marked ``anchor``: nnU-Net run by its own code), one sentence: whether any architecture of
+    the zoo reaches it (shown better, or equivalent within the margin, by the family's simultaneous interval of
+    their difference); and whether the sentence goes first (no architecture of the zoo is shown to reach it)."""
+    anchors = [r["arch"] for r in table if r.get("anchor")]
+    zoo = {r["arch"] for r in table if not r.get("anchor") and not r.get("candidate")}
+    standing = {s.name: s for s in c.standings}
+    out, first = [], False
+    for anchor in [a for a in anchors if a in standing]:
+        members = [s for s in c.standings if s.name in zoo]
+        if not members:
+            continue
+        head = f"the nnU-Net anchor ({_ci(standing[anchor])})"
+        if not c.inferential:
+            out.append(f"Whether the zoo reaches {head} is not tested ({c.n_units} units); the zoo's best mean: "
+                       f"{_ci(members[0])}.")
+            continue
+        judged = []
+        for s in members:
+            diff, low, high = c.difference(s.name, anchor)
+            judged.append((s.name, answer(low, high, c.margin), f"{s.name} {diff:+.4f} [{low:+.4f}, {high:+.4f}]"))
+        reaching = [(n, a, t) for n, a, t in judged if a in ("better", "equivalent")]
+        if reaching:
+            parts = [f"{t} ({'better' if a == 'better' else f'equivalent within ±{c.margin:g}'})" for _, a, t in reaching]
+            out.append(f"Reaching {head} (difference to it [simultaneous interval]): {'; '.join(parts)}.")
+            continue
+        first = True
+        worse = [t for _, a, t in judged if a == "worse"]
+        if len(worse) == len(judged):
+            out.append(f"No architecture of the zoo reaches {head}: every one is shown worse; the closest, {judged[0][2]}.")
+        else:
+            open_ = [t for _, a, t in judged if a == "inconclusive"]
+            out.append(f"No architecture of the zoo is shown to reach {head}: neither shown equivalent within "
+                       f"±{c.margin:g} nor worse: {'; '.join(open_)}" + (f"; shown worse: {'; '.join(worse)}" if worse else "")
+                       + ".")
+    return out, first
+
+
 def _caveats(evidence: Evidence, c: Comparison) -> list[str]:
     out = []
     if evidence.one_seed:
@@ -199,6 +238,9 @@ def _verdict(evidence: Evidence | None, table: list[dict], runs: list[dict], sco
         return ["No run left per-case scores, so nothing here can rank the architectures with an uncertainty." + failed]
     c = evidence.comparison
     out = [f"Failed and left out: {'; '.join(evidence.failures)}."] if evidence.failures else []
+    anchor, anchor_first = _anchor(c, table)
+    if anchor_first:  # no architecture of the zoo is shown to reach the field's baseline: said before anything else
+        out = anchor + out
     if len(c.standings) == 1:
         out.append(f"One architecture{scope}: {_ci(c.standings[0])} ({evidence.metric} over {_units(evidence)}); nothing to "
                    "compare it with.")
@@ -212,6 +254,8 @@ def _verdict(evidence: Evidence | None, table: list[dict], runs: list[dict], sco
             out += _answers(evidence, c, table, scope)
     if len(c.standings) == 1 and c.inferential:
         out += _learning(c)[0]
+    if not anchor_first:
+        out += anchor
     late = _still_improving(runs)
     if late:
         out.append(f"Not converged, still improving when the budget ended: {_names(late)}; "
