@@ -1,7 +1,8 @@
 # Two entry points on a fresh machine:  `make demo` (the main job on the built-in data)
 # and `make test` (the test suite). Both create .venv when it is missing.
 # `make peers` builds a second environment, .venv-peers, for side-by-side work against torchvision,
-# timm, segmentation_models_pytorch and transformers; .venv stays CPU-only torch without them.
+# timm, segmentation_models_pytorch and transformers, and for nnU-Net (the review's anchor, `segbench run
+# --anchor nnunet`); .venv stays CPU-only torch without them.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin

@@ -115,8 +115,8 @@ def test_when_no_architecture_reaches_nnunet_the_verdict_says_so_first():
 def test_an_architecture_equivalent_to_nnunet_reaches_it_and_the_sentence_is_not_first():
     lines = _verdict({"unet": 0.80, "segformer": 0.60, "nnunet": 0.80}, n=200, noise=0.01)
     sentence = [line for line in lines if "nnU-Net anchor" in line]
-    assert len(sentence) == 1 and sentence[0].startswith("Reaching the nnU-Net anchor")
-    assert "unet" in sentence[0] and "equivalent within ±" in sentence[0] and "segformer" not in sentence[0]
+    assert len(sentence) == 1 and sentence[0].startswith("The zoo reaches the nnU-Net anchor")
+    assert "unet is equivalent within ±0.01, -0.0005 [" in sentence[0] and "segformer" not in sentence[0]
     assert lines.index(sentence[0]) > 0
 
 

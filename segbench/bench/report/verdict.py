@@ -148,8 +148,9 @@ def _anchor(c: Comparison, table: list[dict]) -> tuple[list[str], bool]:
             judged.append((s.name, answer(low, high, c.margin), f"{s.name} {diff:+.4f} [{low:+.4f}, {high:+.4f}]"))
         reaching = [(n, a, t) for n, a, t in judged if a in ("better", "equivalent")]
         if reaching:
-            parts = [f"{t} ({'better' if a == 'better' else f'equivalent within ±{c.margin:g}'})" for _, a, t in reaching]
-            out.append(f"Reaching {head} (difference to it [simultaneous interval]): {'; '.join(parts)}.")
+            parts = [f"{n} is {'better' if a == 'better' else f'equivalent within ±{c.margin:g}'}, {t.split(' ', 1)[1]}"
+                     for n, a, t in reaching]
+            out.append(f"The zoo reaches {head}: {'; '.join(parts)} (difference to nnU-Net [simultaneous interval]).")
             continue
         first = True
         worse = [t for _, a, t in judged if a == "worse"]
