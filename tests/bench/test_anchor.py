@@ -129,3 +129,19 @@ def test_an_inconclusive_best_is_not_shown_to_reach_nnunet():
 def test_too_few_units_say_the_question_was_not_tested():
     lines = _verdict({"unet": 0.7, "nnunet": 0.8}, n=5)
     assert any(line.startswith("Whether the zoo reaches the nnU-Net anchor") and "not tested" in line for line in lines)
+
+
+def test_a_worker_that_dies_leaves_a_failed_row_per_run_naming_its_log(plan, tmp_path):
+    from segbench.bench.protocol.anchor import anchor_record, anchor_runs, run_anchor
+    from segbench.bench.protocol.record import WorkerResult
+
+    spec = plan_anchor(parse_anchors("nnunet")[0], plan.runs[:2], plan.profile, tmp_path / "out", threads=1)
+    said = []
+    counts = run_anchor(spec, "/bin/false", say=said.append)  # a "Python" that exits 1 at once
+    assert counts == {"ran": len(spec.runs), "failed": len(spec.runs), "skipped": 0} and len(spec.runs) == 2
+    run = anchor_runs(spec)[1]
+    result = WorkerResult.read(run.run_dir)
+    assert result.status == "failed" and "exited with status 1" in result.error and "anchor.log" in result.error
+    row = anchor_record(run).row()
+    assert (row["arch"], row["status"], row["fold"], row["seed"]) == ("nnunet", "failed", run.fold, run.seed)
+    assert any("failed" in line for line in said)

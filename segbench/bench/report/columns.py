@@ -103,6 +103,9 @@ COLUMNS: tuple[Column, ...] = (
            "the metric by more than train.min_delta"),
     Column("converged", "Converged", "", 2, "", "share of seeds whose last train.patience validations gained at "
            "most train.min_delta (1: every seed had stopped improving; 0: all were cut by the budget)"),
+    Column("nnunet_predict_s", "nnU-Net predict", "", 1, "s", "the nnU-Net anchor's end-to-end prediction of the "
+           "validation cases by its own predictor (preprocessing, sliding window, mirroring, export; one process), "
+           "not a batch-1 forward like the Latency column", over_runs="median"),
 )
 _BY_KEY = {c.key: c for c in COLUMNS}
 
