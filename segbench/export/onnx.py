@@ -149,6 +149,19 @@ def _try_mode(model, path, shape_mode, channels, trace_size, device) -> str | No
     return None
 
 
+def _refuse_outside_torch(model: nn.Module) -> None:
+    """A model with a part that computes outside torch cannot become one ONNX graph: the trace would record that
+    part's output for the tracing input as constants. Today that part is DeepLab's fully connected CRF."""
+    from segbench.models.architectures.dense_crf import DenseCRF
+
+    if any(isinstance(module, DenseCRF) for module in model.modules()):
+        raise RuntimeError(
+            f"{type(model).__name__} post-processes with the fully connected CRF (crf='dense'), which runs "
+            "Krähenbühl's C++ code (pydensecrf2) outside torch, so no ONNX graph can hold it (a trace would freeze "
+            "one image's CRF output as constants); export a run trained with crf='conv' (ConvCRF: torch operators) "
+            "or crf='none', or apply the dense CRF to the ONNX model's scores yourself")
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -163,6 +176,7 @@ def export_onnx(
     shape) when the trace does not hold at other sizes, recording why in ``note``; ``True`` insists on
     dynamic H/W (error otherwise), ``False`` asks for static H/W. The model's train/eval mode is restored.
     """
+    _refuse_outside_torch(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = (int(input_size[0]), int(input_size[1]))

@@ -165,3 +165,16 @@ def test_paper_runs_are_planned_with_the_crf_that_runs(installed, tmp_path):
     assert {run.arch: run.config.model.options["crf"] for run in plan} == dict.fromkeys(
         ["deeplabv1", "deeplabv2"], "dense" if installed else "conv")
     assert len({run.config_hash for run in plan}) == 2
+
+
+@needs_pydensecrf
+def test_onnx_export_of_a_dense_crf_model_is_refused_in_one_line_naming_the_exportable_crfs(tmp_path):
+    from segbench.export.onnx import export_onnx
+    from segbench.models.registry import build_model
+
+    model = build_model("deeplabv1", num_classes=3, in_channels=3, crf="dense", base_width=8)
+    with pytest.raises(RuntimeError) as err:
+        export_onnx(model, tmp_path / "model.onnx", input_size=(32, 32), in_channels=3)
+    message = str(err.value)
+    assert "\n" not in message and "crf='dense'" in message and "crf='conv'" in message and "crf='none'" in message
+    assert not (tmp_path / "model.onnx").exists()
