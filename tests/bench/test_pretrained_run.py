@@ -12,7 +12,8 @@ import segbench.checkpoints.load as pretrained_module
 from segbench.bench.protocol import sweep as sweep_module
 from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
 from segbench.bench.report.results import aggregate
-from segbench.bench.review import write_review
+from segbench.bench.protocol.review_input import review_input
+from segbench.bench.report.review import write_review
 from segbench.bench.protocol.record import WorkerResult
 from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
@@ -126,7 +127,7 @@ def test_plans_label_imagenet_runs_and_both_plans_two_runs(tmp_path):
 
 def test_the_report_has_a_row_and_a_section_per_start(tmp_path):
     plan = _plan("quick", tmp_path, archs=["pspnet"], pretrained={"pspnet": (None, "imagenet")})
-    write_review(plan, get_profile("quick"), tmp_path, "segbench run --pretrained both")
+    write_review(review_input(plan, get_profile("quick"), tmp_path), "segbench run --pretrained both")
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| pspnet | resnet18 (output_stride=8) |" in markdown
     assert "| pspnet+in1k | resnet18 (output_stride=8), ImageNet weights |" in markdown

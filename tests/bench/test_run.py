@@ -26,7 +26,8 @@ from segbench.bench.protocol.profiles import get_profile
 from segbench.bench.report.render import JS_ERRORS, JS_MARKER
 from segbench.bench.report.columns import COLUMNS
 from segbench.bench.report.results import read_results_csv
-from segbench.bench.review import write_review
+from segbench.bench.protocol.review_input import review_input
+from segbench.bench.report.review import write_review
 from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.record import is_sweep_run
 from segbench.bench.protocol.sweep import write_spec, plan_sweep, run_sweep
@@ -269,7 +270,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert all("while loading data" in r["error"] for r in rows)
     assert sum("FAILED" in m for m in messages) == 2
     # The report still gets written, and says what went wrong.
-    html = write_review(plan, profile, tmp_path / "out", "segbench run (test)").read_text()
+    html = write_review(review_input(plan, profile, tmp_path / "out"), "segbench run (test)").read_text()
     assert html.count("failed: DataError while loading data") == 2
     assert "Failed: unet, segformer (see their rows)." in html
 
