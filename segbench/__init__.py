@@ -13,10 +13,11 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["build_model", "build_encoder", "list_models", "list_encoders", "model_options", "__version__"]
+__all__ = ["build_model", "build_pretrained_model", "build_encoder", "list_models", "list_encoders", "model_options",
+           "__version__"]
 
 # Imported on first use, so the torch-free parts (the report, its records, the statistics) load without torch.
-_LAZY = {"build_model": "segbench.checkpoints", "build_encoder": "segbench.models", "list_models": "segbench.models",
+_LAZY = {"build_model": "segbench.models", "build_pretrained_model": "segbench.checkpoints", "build_encoder": "segbench.models", "list_models": "segbench.models",
          "list_encoders": "segbench.models", "model_options": "segbench.models"}
 
 

@@ -5,9 +5,9 @@ do not allow, or on a cycle between layers; ``docs/development.md`` prints them.
 A module belongs to the most specific layer whose name prefixes it. Reading the tables: ``models`` imports
 only torch; ``checkpoints`` reads and converts weights for ``models``; the ``engine`` trains, evaluates and
 infers with ``models``, ``checkpoints``, ``data`` and ``config``; ``export`` adds ONNX on top of the engine;
-``bench.measure`` times and counts, ``bench.protocol`` plans and runs the review, ``bench.review`` assembles
-it; ``bench.report`` turns the typed run records into the report and imports no torch (the test checks it);
-``commands`` may import anything and nothing but the CLI imports them.
+``bench.measure`` times and counts, ``bench.protocol`` plans and runs the review and gathers what its report
+reads into typed records; ``bench.report`` turns those records into the report and imports no torch (the test
+checks it); ``commands`` may import anything and nothing but the CLI imports them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ LEAVES: frozenset[str] = frozenset({
     "segbench.stats",  # bootstrap, paired tests, Holm, ranking robustness
     "segbench.comparison",  # the comparison the verdict makes
     "segbench.house_rules",  # this file
-    "segbench.bench.protocol.record",  # the typed run records the report reads
+    "segbench.bench.protocol.record",  # the typed run records (and the review's input) the report reads
 })
 LOWER: frozenset[str] = frozenset({"segbench.models", "segbench.checkpoints", "segbench.data", "segbench.config"})
 # Layer -> the layers it may import (besides itself and the leaves).
@@ -36,9 +36,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "segbench.bench.measure": LOWER | {"segbench.engine", "segbench.export"},
     "segbench.bench.protocol": LOWER | {"segbench.engine", "segbench.export", "segbench.bench.measure"},
     "segbench.bench.report": frozenset(),  # and the leaves: it reads the typed run records
-    "segbench.bench.review": LOWER | {"segbench.bench.measure", "segbench.bench.protocol", "segbench.bench.report"},
     "segbench.commands": LOWER | {"segbench", "segbench.engine", "segbench.export", "segbench.bench", "segbench.bench.measure",
-                                  "segbench.bench.protocol", "segbench.bench.report", "segbench.bench.review"},
+                                  "segbench.bench.protocol", "segbench.bench.report"},
     "segbench.cli": frozenset({"segbench.commands"}),
     "segbench.__main__": frozenset({"segbench.cli"}),
     "segbench": frozenset({"segbench.models", "segbench.checkpoints"}),

@@ -102,8 +102,8 @@ def test_the_checks_catch_a_breach():
 def test_the_report_and_its_records_import_no_torch():
     modules = ["segbench.bench.protocol.record", "segbench.bench.report.columns", "segbench.bench.report.results",
                "segbench.bench.report.findings", "segbench.bench.report.render", "segbench.bench.report.evidence",
-               "segbench.bench.report.verdict", "segbench.bench.report.calibrate", "segbench.comparison", "segbench.stats",
-               "segbench.jsonio"]
+               "segbench.bench.report.verdict", "segbench.bench.report.calibrate", "segbench.bench.report.review",
+               "segbench.comparison", "segbench.stats", "segbench.jsonio"]
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
@@ -112,7 +112,8 @@ def test_the_report_and_its_records_import_no_torch():
 def test_ray_is_imported_only_by_the_ray_launcher():
     # `segbench run --launcher local` (the default) and `import segbench` never need Ray (an optional extra).
     modules = ["segbench", "segbench.cli", "segbench.commands.run", "segbench.bench.protocol.sweep",
-               "segbench.bench.protocol.launch_ray", "segbench.bench.review"]
+               "segbench.bench.protocol.launch_ray", "segbench.bench.protocol.review_input",
+               "segbench.bench.report.review"]
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

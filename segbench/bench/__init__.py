@@ -2,7 +2,8 @@
 
 - ``measure``: every measured number besides accuracy, each with one producer (timing harness, FLOPs,
   latency, memory, speed against peers and the machine's matmul rate);
-- ``protocol``: the profiles, the sweep of runs and its workers, and the typed records runs leave;
-- ``report``: columns, tables, findings, plots, HTML and Markdown, from those records (no torch);
-- ``review``: assembles ``OUT/report/`` from a sweep's run folders.
+- ``protocol``: the profiles, the sweep of runs and its workers, the typed records runs leave, and what the
+  report of a plan reads (``review_input``);
+- ``report``: columns, tables, findings, plots, HTML and Markdown from those records, and ``review``, which
+  assembles ``OUT/report/`` (no torch).
 """

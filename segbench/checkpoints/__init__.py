@@ -8,8 +8,9 @@ published ImageNet backbones, and loading any of these into a built model.
 - ``imagenet``: the published ImageNet weights by encoder name (URL, digest, download, cache);
 - ``load``: loading into a model, with one report of what was loaded, skipped, adapted or left random.
 
-``build_model(arch, num_classes, pretrained=...)`` below is the registry's build followed by that load;
-``segbench.build_model`` is this function.
+``build_pretrained_model(arch, num_classes, pretrained=...)`` below is the registry's ``build_model``
+followed by that load (``segbench.build_pretrained_model`` is this function; ``segbench.build_model`` is the
+registry's, random weights only).
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from torch import nn
 from segbench.checkpoints.load import load_pretrained
 from segbench.models import registry
 
-__all__ = ["build_model"]
+__all__ = ["build_pretrained_model"]
 
 
-def build_model(
+def build_pretrained_model(
     name: str, num_classes: int, in_channels: int = 3, *, pretrained: str | os.PathLike | None = None, **options: Any
 ) -> nn.Module:
     """``segbench.models.build_model`` and then, when ``pretrained`` is given, ``load_pretrained``:
     ``"imagenet"`` (the encoder's published ImageNet weights) or a checkpoint path (any layout
-    ``detect_format`` knows). ``model.pretrained_report`` says what was loaded (None: nothing)."""
+    ``detect_format`` knows). ``model.pretrained_report`` says what was loaded (None: nothing, as with
+    ``pretrained=None``, which builds exactly what ``build_model`` builds)."""
     model = registry.build_model(name, num_classes, in_channels, **options)
     model.pretrained_report = load_pretrained(model, pretrained, options=options)
     return model

@@ -1,4 +1,4 @@
-"""Pretrained weights by name, for every architecture: ``build_model(arch, num_classes, pretrained=...)``
+"""Pretrained weights by name, for every architecture: ``build_pretrained_model(arch, num_classes, pretrained=...)``
 with ``pretrained="imagenet"`` or ``pretrained="/path/to/checkpoint"``.
 
 ``"imagenet"`` looks the model's encoder up in ``IMAGENET_WEIGHTS`` (``segbench.checkpoints.imagenet``,
@@ -358,7 +358,7 @@ def load_pretrained(
 
 
 def imagenet_weights_fit(arch: str, options: dict[str, Any] | None = None) -> tuple[bool, str]:
-    """Whether ``build_model(arch, ..., pretrained="imagenet", **options)`` can take its encoder's published
+    """Whether ``build_pretrained_model(arch, ..., pretrained="imagenet", **options)`` can take its encoder's published
     ImageNet weights, and why (one line, for the sweep's log). Nothing is downloaded or allocated.
 
     The published files hold the encoders' default configurations, so the model (with ``options``) and

@@ -37,7 +37,7 @@ def convert(src: Path, dst: Path, source: str, arch: str, num_classes: int | Non
             strict: bool) -> None:
     """Convert SRC (a checkpoint of another toolkit) to a segbench state dict DST.
 
-    Load DST with `--set model.pretrained=DST` (or build_model(..., pretrained=DST)), using the same
+    Load DST with `--set model.pretrained=DST` (or build_pretrained_model(..., pretrained=DST)), using the same
     --arch and options.
     """
     model_options = _parse_options(options)

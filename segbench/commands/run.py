@@ -380,7 +380,8 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
     across a Ray cluster; the run folders and the report do not depend on the launcher.
     """
     from segbench.bench.protocol.profiles import get_profile, with_available_crf
-    from segbench.bench.review import write_review
+    from segbench.bench.protocol.review_input import review_input
+    from segbench.bench.report.review import write_review
     from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
     from segbench.bench.protocol.review_tracking import tracking_overrides
     from segbench.commands.train import parse_trackers
@@ -473,8 +474,8 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
     deployment = DeploymentBudget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
     from segbench.bench.protocol.anchor import anchor_runs
 
-    html = write_review(plan, chosen, out, command, overrides, margin=margin, budget_plan=budget_plan,
-                        deployment=deployment, anchors=[r for spec in anchors for r in anchor_runs(spec)])
+    review = review_input(plan, chosen, out, budget_plan, [r for spec in anchors for r in anchor_runs(spec)])
+    html = write_review(review, command, overrides, margin=margin, deployment=deployment)
     review_tracking.finish(html.parent)
     click.echo(f"report: {html}", err=True)
     click.echo(str(html))

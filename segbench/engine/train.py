@@ -91,7 +91,7 @@ from segbench.engine.train_state import PLAN_AFTER, LossWindow, RunLog, TrainSta
 from segbench.engine.metrics import PER_SLICE_COLUMNS, SCALAR_METRICS, SURFACE_METRICS, is_better, write_per_case_csv
 from segbench.engine.lr_find import LR_FIND_FILE, find_learning_rate, read_found, within_a_decade
 from segbench.engine.optim import build_optimizer, lr_factor, resolve_train_config, set_learning_rate
-from segbench.checkpoints import build_model
+from segbench.checkpoints import build_pretrained_model
 from segbench.models.registry import model_recipe
 from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, LAST_FILE, LOG_FILE, METRICS_FILE, writable
 
@@ -156,7 +156,7 @@ def _build_model(cfg: Config, num_classes: int, in_channels: int, pretrained: st
     when it wraps the model. Rank 0 first tells the others whether its load worked, so that a failure
     (no network, a wrong file) stops every rank instead of leaving them waiting in that copy."""
     def build(weights: str | None) -> nn.Module:
-        return build_model(cfg.model.arch, num_classes, in_channels, pretrained=weights, **cfg.model.options)
+        return build_pretrained_model(cfg.model.arch, num_classes, in_channels, pretrained=weights, **cfg.model.options)
 
     if not info.enabled or pretrained is None:
         return build(pretrained)

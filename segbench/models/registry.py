@@ -140,9 +140,12 @@ def model_options(name: str) -> dict[str, Any]:
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
     """Build a registered architecture with random weights. Unknown names or options raise an error
-    listing the valid ones. (``segbench.build_model`` = ``segbench.checkpoints.build_model`` also takes
-    ``pretrained``.)"""
+    listing the valid ones. (``segbench.build_pretrained_model`` builds with this function, then loads
+    ``pretrained`` weights.)"""
     entry = _lookup(ARCHITECTURES, name, "architecture")
+    if "pretrained" in options:  # not an option of any architecture: the weights are loaded by segbench.checkpoints
+        raise TypeError(f"build_model builds random weights and takes no 'pretrained'; "
+                        f"segbench.build_pretrained_model({name!r}, ..., pretrained=...) builds and loads them")
     _check_options(entry.builder, options, f"architecture {name!r}", ("num_classes", "in_channels"))
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")

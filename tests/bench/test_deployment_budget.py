@@ -19,7 +19,7 @@ from segbench.bench.report.evidence import RunKey, RunScores, gather  # noqa: E4
 from segbench.bench.report.plots import draw_budget  # noqa: E402
 from segbench.bench.report.results import aggregate  # noqa: E402
 from segbench.bench.report.verdict import verdict  # noqa: E402
-from segbench.bench.review import _verdict  # noqa: E402
+from segbench.bench.report.review import _verdict  # noqa: E402
 
 S0, S1 = RunKey(None, 0), RunKey(None, 1)
 COSTS = ["latency_ms", "infer_peak_mb", "gflops"]

@@ -12,13 +12,14 @@ import segbench.checkpoints.load as pretrained_module
 from segbench.bench.protocol import sweep as sweep_module
 from segbench.bench.protocol.profiles import PROFILES, REVIEW_ARCHS, get_profile
 from segbench.bench.report.results import aggregate
-from segbench.bench.review import write_review
+from segbench.bench.protocol.review_input import review_input
+from segbench.bench.report.review import write_review
 from segbench.bench.protocol.record import WorkerResult
 from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.sweep import imagenet_starts, plan_sweep, run_sweep
 from segbench.commands.run import run
 from segbench.checkpoints.load import imagenet_weights_fit
-from segbench.checkpoints import build_model
+from segbench.checkpoints import build_pretrained_model
 from segbench.models.registry import ENCODERS, build_encoder
 
 QUICK_IMAGENET = ["pspnet", "deeplabv2", "deeplabv3", "deeplabv3plus", "segformer"]  # ResNet-18 and MiT-B0
@@ -61,7 +62,7 @@ def _published_stand_in(name: str) -> dict[str, torch.Tensor]:
 @pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")  # VGG's num_batches_tracked
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_the_answer_agrees_with_load_pretrained(profile, monkeypatch):
-    """Where ``imagenet_weights_fit`` says yes, ``build_model(..., pretrained="imagenet")`` loads (with a
+    """Where ``imagenet_weights_fit`` says yes, ``build_pretrained_model(..., pretrained="imagenet")`` loads (with a
     one-channel input: the first conv is adapted); where it says no, that load fails or has no weights."""
     monkeypatch.setattr(pretrained_module, "imagenet_state_dict",
                         lambda name: (_published_stand_in(name), {"url": "stand-in", "sha256": "0"}))  # fmt: skip
@@ -70,11 +71,11 @@ def test_the_answer_agrees_with_load_pretrained(profile, monkeypatch):
         fits, why = imagenet_weights_fit(arch, options)
         with torch.device("meta"):
             if fits:
-                report = build_model(arch, 2, in_channels=1, pretrained="imagenet", **options).pretrained_report
+                report = build_pretrained_model(arch, 2, in_channels=1, pretrained="imagenet", **options).pretrained_report
                 assert report.loaded and not [k for k in report.missing if k.startswith("encoder.")], (arch, why)
             else:
                 with pytest.raises(ValueError):
-                    build_model(arch, 2, in_channels=1, pretrained="imagenet", **options)
+                    build_pretrained_model(arch, 2, in_channels=1, pretrained="imagenet", **options)
 
 
 def _plan(profile: str, tmp_path, overrides=(), **kwargs):
@@ -126,7 +127,7 @@ def test_plans_label_imagenet_runs_and_both_plans_two_runs(tmp_path):
 
 def test_the_report_has_a_row_and_a_section_per_start(tmp_path):
     plan = _plan("quick", tmp_path, archs=["pspnet"], pretrained={"pspnet": (None, "imagenet")})
-    write_review(plan, get_profile("quick"), tmp_path, "segbench run --pretrained both")
+    write_review(review_input(plan, get_profile("quick"), tmp_path), "segbench run --pretrained both")
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| pspnet | resnet18 (output_stride=8) |" in markdown
     assert "| pspnet+in1k | resnet18 (output_stride=8), ImageNet weights |" in markdown

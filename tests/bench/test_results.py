@@ -59,6 +59,15 @@ def test_csv_json_round_trip(tmp_path):
     assert list(from_json[0]) == ["arch", "seed", "val_dice_fg_per_case", "params", "hd95", "ok", "error"]
 
 
+def test_a_hash_of_decimal_digits_stays_text(tmp_path):
+    # config_hash is ten hex digits; about 1% of them are all decimal (a sweep's hash depends on its data path)
+    rows = [{"arch": "unet", "seed": 0, "config_hash": "3533153248", "params": 1234, "error": ""}]
+    csv_path, json_path = write_results(rows, tmp_path)
+    assert read_results_csv(csv_path) == json.loads(json_path.read_text())
+    assert read_results_csv(csv_path)[0] == {"arch": "unet", "seed": 0, "config_hash": "3533153248", "params": 1234,
+                                             "error": None}
+
+
 def test_write_results_rejects_nested_values(tmp_path):
     with pytest.raises(TypeError, match="flat"):
         write_results([{"arch": "a", "per_class": {"x": 1}}], tmp_path)

@@ -26,7 +26,8 @@ from segbench.bench.protocol.profiles import get_profile
 from segbench.bench.report.render import JS_ERRORS, JS_MARKER
 from segbench.bench.report.columns import COLUMNS
 from segbench.bench.report.results import read_results_csv
-from segbench.bench.review import write_review
+from segbench.bench.protocol.review_input import review_input
+from segbench.bench.report.review import write_review
 from segbench.bench.protocol.runs import run_record
 from segbench.bench.protocol.record import is_sweep_run
 from segbench.bench.protocol.sweep import write_spec, plan_sweep, run_sweep
@@ -269,7 +270,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert all("while loading data" in r["error"] for r in rows)
     assert sum("FAILED" in m for m in messages) == 2
     # The report still gets written, and says what went wrong.
-    html = write_review(plan, profile, tmp_path / "out", "segbench run (test)").read_text()
+    html = write_review(review_input(plan, profile, tmp_path / "out"), "segbench run (test)").read_text()
     assert html.count("failed: DataError while loading data") == 2
     assert "Failed: unet, segformer (see their rows)." in html
 
@@ -419,7 +420,8 @@ def test_an_anchor_run_is_a_row_of_the_table_and_of_the_statistics(sweep, tmp_pa
     (anchor_dir / "bench.json").write_text(json.dumps(result))
     plan = plan_sweep(data=str(sweep["data"]), profile=get_profile("quick"), out=str(out), archs=list(ARCHS), seeds=1,
                       iterations=30, overrides=["data.resize=[32,32]"], budget=None, lr=None, folds=None)
-    write_review(plan, get_profile("quick"), out, "segbench run", anchors=[AnchorRun("nnunet", None, 0, anchor_dir, "abc", "auto")])
+    anchors = [AnchorRun("nnunet", None, 0, anchor_dir, "abc", "auto")]
+    write_review(review_input(plan, get_profile("quick"), out, anchors=anchors), "segbench run")
     summary = {row["arch"]: row for row in json.loads((out / "report" / "summary.json").read_text())}
     assert summary["nnunet"]["anchor"] is True and summary["nnunet"]["backbone"] == "nnU-Net 2d U-Net (its own plan)"
     assert summary["nnunet"]["val_dice_fg_per_case"] == pytest.approx(summary["unet"]["val_dice_fg_per_case"])

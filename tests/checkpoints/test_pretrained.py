@@ -1,4 +1,4 @@
-"""``build_model(..., pretrained=...)``: ImageNet weights by name (downloaded from ``file://`` URLs to files
+"""``build_pretrained_model(..., pretrained=...)``: ImageNet weights by name (downloaded from ``file://`` URLs to files
 written here, verified, converted once and cached), offline errors, and local files in torchvision,
 Microsoft and Hugging Face layouts loading into the right model with the file's values."""
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import segbench.checkpoints.load as pretrained
-from segbench import build_encoder, build_model
+from segbench import build_encoder, build_model, build_pretrained_model
 from segbench.models.registry import ENCODERS
 from segbench.checkpoints.load import HashMismatchError, ImageNetWeights, WeightsUnavailableError
 
@@ -71,7 +71,7 @@ def _no_download(*args, **kwargs):
 def test_imagenet_is_downloaded_verified_cached_and_loaded(cache, monkeypatch, torchvision_resnet18, digits):
     path, state = torchvision_resnet18
     entry = _publish(monkeypatch, "resnet18", path, _sha256(path)[:digits])
-    model = build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+    model = build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
     assert sorted(p.name for p in cache.iterdir()) == ["resnet18-test.pth", "resnet18.segbench.pt"]
     assert _sha256(cache / "resnet18-test.pth") == _sha256(path)
     for key, value in model.encoder.state_dict().items():  # the file's values, exactly
@@ -91,13 +91,13 @@ def test_second_build_reads_the_cache_without_downloading(cache, monkeypatch, tm
     path = tmp_path / published.name
     shutil.copyfile(published, path)
     _publish(monkeypatch, "resnet18", path, _sha256(path)[:8])
-    build_model("pspnet", 2, encoder="resnet18", pretrained="imagenet")
+    build_pretrained_model("pspnet", 2, encoder="resnet18", pretrained="imagenet")
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
     path.unlink()  # the publisher is gone too
-    model = build_model("pspnet", 2, encoder="resnet18", pretrained="imagenet")
+    model = build_pretrained_model("pspnet", 2, encoder="resnet18", pretrained="imagenet")
     torch.testing.assert_close(model.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"], rtol=0, atol=0)
     (cache / "resnet18.segbench.pt").unlink()  # the published file alone is converted again, still offline
-    model = build_model("deeplabv3", 2, encoder="resnet18", pretrained="imagenet")
+    model = build_pretrained_model("deeplabv3", 2, encoder="resnet18", pretrained="imagenet")
     torch.testing.assert_close(model.encoder.conv1.weight, state["conv1.weight"], rtol=0, atol=0)
     assert (cache / "resnet18.segbench.pt").is_file()
 
@@ -106,7 +106,7 @@ def test_hash_mismatch_names_both_digests_and_the_url_and_leaves_nothing(cache, 
     path, _ = torchvision_resnet18
     entry = _publish(monkeypatch, "resnet18", path, "0" * 64)
     with pytest.raises(HashMismatchError) as error:
-        build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+        build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
     message = str(error.value)
     assert "0" * 64 in message and _sha256(path) in message and entry.url in message
     assert list(cache.iterdir()) == []  # no file, no partial download
@@ -118,7 +118,7 @@ def test_corrupt_file_put_in_the_cache_by_hand_is_refused(cache, monkeypatch, to
     cache.mkdir(parents=True)
     (cache / "resnet18-test.pth").write_bytes(b"truncated")
     with pytest.raises(HashMismatchError, match=re.escape(str(cache / "resnet18-test.pth"))):
-        build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+        build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
 
 
 def test_unreachable_server_fails_fast_saying_what_to_download_and_where(cache, monkeypatch):
@@ -127,7 +127,7 @@ def test_unreachable_server_fails_fast_saying_what_to_download_and_where(cache, 
     monkeypatch.setenv("SEGBENCH_DOWNLOAD_TIMEOUT", "2")
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as error:
-        build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+        build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
     assert time.monotonic() - start < 15
     message = str(error.value)
     assert url in message and str(cache / "resnet18-test.pth") in message and "pretrained='/path/to/" in message
@@ -143,7 +143,7 @@ def test_a_server_that_never_answers_times_out(cache, monkeypatch):
         monkeypatch.setenv("SEGBENCH_DOWNLOAD_TIMEOUT", "1")
         start = time.monotonic()
         with pytest.raises(WeightsUnavailableError, match="timed out"):
-            build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+            build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
     assert time.monotonic() - start < 15
     assert list(cache.iterdir()) == []  # the partial download is gone
 
@@ -154,13 +154,13 @@ def test_offline_switch_does_not_touch_the_network(cache, monkeypatch, torchvisi
     monkeypatch.setenv("SEGBENCH_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
     with pytest.raises(WeightsUnavailableError, match="SEGBENCH_OFFLINE"):
-        build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+        build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
 
 
 def test_unchecked_row_loads_and_says_so(cache, monkeypatch, torchvision_resnet18):
     path, _ = torchvision_resnet18
     _publish(monkeypatch, "resnet18", path, None)
-    report = build_model("fcn", 3, encoder="resnet18", pretrained="imagenet").pretrained_report
+    report = build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet").pretrained_report
     assert report.verification.startswith("unchecked") and report.sha256 == _sha256(path)
 
 
@@ -169,7 +169,7 @@ def test_bad_timeout_setting_is_explained(cache, monkeypatch, torchvision_resnet
     _publish(monkeypatch, "resnet18", path, None)
     monkeypatch.setenv("SEGBENCH_DOWNLOAD_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="SEGBENCH_DOWNLOAD_TIMEOUT"):
-        build_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
+        build_pretrained_model("fcn", 3, encoder="resnet18", pretrained="imagenet")
 
 
 # ---- heads and input channels ------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_bad_timeout_setting_is_explained(cache, monkeypatch, torchvision_resnet
 def test_other_input_channels_adapt_the_first_conv(cache, monkeypatch, torchvision_resnet18):
     path, state = torchvision_resnet18
     _publish(monkeypatch, "resnet18", path, _sha256(path)[:8])
-    model = build_model("fcn", 3, in_channels=1, encoder="resnet18", pretrained="imagenet")
+    model = build_pretrained_model("fcn", 3, in_channels=1, encoder="resnet18", pretrained="imagenet")
     torch.testing.assert_close(model.encoder.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
     assert model.pretrained_report.adapted == ["encoder.conv1.weight"]
     assert model(torch.randn(1, 1, 33, 33)).shape == (1, 3, 33, 33)
@@ -186,19 +186,19 @@ def test_other_input_channels_adapt_the_first_conv(cache, monkeypatch, torchvisi
 
 def test_imagenet_needs_an_encoder_that_has_weights(cache):
     with pytest.raises(ValueError, match=r"'unet' uses its own encoder .*resnet50.*mit_b0.*swin_t"):
-        build_model("unet", 2, base_width=8, pretrained="imagenet")
+        build_pretrained_model("unet", 2, base_width=8, pretrained="imagenet")
 
 
 def test_pretrained_value_must_be_none_imagenet_or_a_file(cache):
     with pytest.raises(FileNotFoundError, match="'imagenet'"):
-        build_model("fcn", 2, encoder="resnet18", pretrained="imagenett")
+        build_pretrained_model("fcn", 2, encoder="resnet18", pretrained="imagenett")
 
 
 def test_whole_segbench_checkpoint_for_other_classes_keeps_all_but_the_classifiers(tmp_path):
     source = build_model("fcn", 5, encoder="resnet18", aux_head=True)
     source.load_state_dict(_random(source.state_dict()))
     torch.save(source.state_dict(), tmp_path / "fcn5.pt")
-    model = build_model("fcn", 3, encoder="resnet18", aux_head=True, pretrained=tmp_path / "fcn5.pt")
+    model = build_pretrained_model("fcn", 3, encoder="resnet18", aux_head=True, pretrained=tmp_path / "fcn5.pt")
     report = model.pretrained_report
     assert report.layout == "segbench" and report.scope == "model"
     left = {"classifier.weight", "classifier.bias", "aux_head.4.weight", "aux_head.4.bias"}
@@ -212,7 +212,7 @@ def test_whole_segbench_checkpoint_for_other_classes_keeps_all_but_the_classifie
 def test_a_backbone_of_another_family_is_refused_by_name(tmp_path, torchvision_resnet18):
     path, _ = torchvision_resnet18
     with pytest.raises(ValueError, match=r"resnet backbone .*'mit_b0'"):
-        build_model("segformer", 2, pretrained=path)
+        build_pretrained_model("segformer", 2, pretrained=path)
 
 
 # ---- local files in the publishers' layouts ----------------------------------------------------------
@@ -220,7 +220,7 @@ def test_a_backbone_of_another_family_is_refused_by_name(tmp_path, torchvision_r
 
 def test_torchvision_file_loads_into_any_resnet_model(torchvision_resnet18):
     path, state = torchvision_resnet18
-    model = build_model("upernet", 4, encoder="resnet18", channels=16, aux_channels=8, pretrained=str(path))
+    model = build_pretrained_model("upernet", 4, encoder="resnet18", channels=16, aux_channels=8, pretrained=str(path))
     assert model.pretrained_report.layout == "torchvision"
     for key, value in model.encoder.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
@@ -242,7 +242,7 @@ def microsoft_swin_classifier(encoder_state: dict[str, torch.Tensor]) -> dict:
 def test_microsoft_swin_file_loads_into_upernet(tmp_path):
     encoder = _random(build_encoder("swin_t", **SWIN_ENCODER).state_dict())
     torch.save(microsoft_swin_classifier(encoder), tmp_path / "swin.pth")
-    model = build_model("upernet", 3, **SWIN, pretrained=tmp_path / "swin.pth")
+    model = build_pretrained_model("upernet", 3, **SWIN, pretrained=tmp_path / "swin.pth")
     report = model.pretrained_report
     assert report.layout == "microsoft" and report.scope == "encoder"
     loaded = model.encoder.state_dict()
@@ -284,7 +284,7 @@ def hub_mit_classifier(encoder_state: dict[str, torch.Tensor], num_labels: int =
 def test_hugging_face_mit_file_loads_into_segformer(tmp_path, in_channels):
     encoder = _random(build_encoder("mit_b0", **MIT_ENCODER).state_dict())
     torch.save(hub_mit_classifier(encoder), tmp_path / "pytorch_model.bin")
-    model = build_model("segformer", 3, in_channels=in_channels, **MIT, pretrained=tmp_path / "pytorch_model.bin")
+    model = build_pretrained_model("segformer", 3, in_channels=in_channels, **MIT, pretrained=tmp_path / "pytorch_model.bin")
     assert (model.pretrained_report.layout, model.pretrained_report.scope) == ("hf", "encoder")
     loaded = model.encoder.state_dict()
     for key, value in encoder.items():
@@ -327,7 +327,7 @@ def test_microsoft_segmentation_release_for_other_classes_loads_all_but_the_clas
     source = build_model("upernet", 5, **SWIN)
     source.load_state_dict(_random(source.state_dict()))
     torch.save({"meta": {}, "state_dict": to_format(source.state_dict(), "microsoft")}, tmp_path / "upernet.pth")
-    model = build_model("upernet", 3, **SWIN, pretrained=tmp_path / "upernet.pth")
+    model = build_pretrained_model("upernet", 3, **SWIN, pretrained=tmp_path / "upernet.pth")
     report = model.pretrained_report
     assert (report.layout, report.scope) == ("microsoft", "model")
     assert set(report.missing) == {"classifier.weight", "classifier.bias", "aux_head.4.weight", "aux_head.4.bias"}
@@ -344,7 +344,7 @@ def test_a_head_segbench_lacks_falls_back_to_the_backbone_with_a_warning(tmp_pat
     source.load_state_dict(_random(source.state_dict()))
     torch.save({"state_dict": to_mmseg(source.state_dict())}, tmp_path / "mmseg.pth")
     with pytest.warns(UserWarning, match="projection_bn=True"):
-        model = build_model("segformer", 4, **MIT, pretrained=tmp_path / "mmseg.pth")
+        model = build_pretrained_model("segformer", 4, **MIT, pretrained=tmp_path / "mmseg.pth")
     assert model.pretrained_report.scope == "encoder" and "only its backbone" in str(model.pretrained_report)
     for key, value in model.encoder.state_dict().items():
         torch.testing.assert_close(value, source.encoder.state_dict()[key], rtol=0, atol=0)
@@ -357,7 +357,7 @@ def test_vgg16_imagenet_file_becomes_fcn_fc6_and_fc7(cache, monkeypatch, tmp_pat
           "classifier.6.weight": torch.randn(1000, 256), "classifier.6.bias": torch.randn(1000)}  # fmt: skip
     torch.save(trunk | fc, tmp_path / "vgg16.pth")
     _publish(monkeypatch, "vgg16", tmp_path / "vgg16.pth", _sha256(tmp_path / "vgg16.pth")[:8])
-    model = build_model("fcn8s", 3, base_width=4, pretrained="imagenet")
+    model = build_pretrained_model("fcn8s", 3, base_width=4, pretrained="imagenet")
     torch.testing.assert_close(model.encoder.fc6.weight, fc["classifier.0.weight"].reshape(256, 32, 7, 7))
     torch.testing.assert_close(model.encoder.fc7.weight[:, :, 0, 0], fc["classifier.3.weight"])
     torch.testing.assert_close(model.encoder.features[28].weight, trunk["features.28.weight"], rtol=0, atol=0)
@@ -371,7 +371,7 @@ def test_hugging_face_snapshot_folder_with_safetensors(tmp_path):
     encoder = _random(build_encoder("mit_b0", **MIT_ENCODER).state_dict())
     safetensors.save_file({k: v.contiguous().clone() for k, v in hub_mit_classifier(encoder).items()},
                           str(tmp_path / "model.safetensors"))  # fmt: skip
-    model = build_model("segformer", 3, **MIT, pretrained=tmp_path)
+    model = build_pretrained_model("segformer", 3, **MIT, pretrained=tmp_path)
     assert model.pretrained_report.weights == str(tmp_path / "model.safetensors")
     kv = encoder["block2.1.attn.kv.weight"]
     torch.testing.assert_close(model.encoder.block2[1].attn.kv.weight, kv, rtol=0, atol=0)
@@ -381,11 +381,11 @@ def test_a_deeper_backbone_of_the_same_family_is_refused(tmp_path):
     deeper = _random(build_encoder("swin_t", **{**SWIN_ENCODER, "depths": (1, 2, 2, 1)}).state_dict())
     torch.save(microsoft_swin_classifier(deeper), tmp_path / "deeper.pth")
     with pytest.raises(ValueError, match=r"layers\.2\.blocks\.1\..*beyond the model's depth"):
-        build_model("upernet", 3, **SWIN, pretrained=tmp_path / "deeper.pth")
+        build_pretrained_model("upernet", 3, **SWIN, pretrained=tmp_path / "deeper.pth")
     resnet34 = _random(build_encoder("resnet34").state_dict())  # every ResNet-18 key is in it, same shape
     torch.save(resnet34, tmp_path / "resnet34.pth")
     with pytest.raises(ValueError, match=r"layer1\.2\..*beyond the model's depth"):
-        build_model("upernet", 4, encoder="resnet18", channels=16, aux_channels=8, pretrained=tmp_path / "resnet34.pth")
+        build_pretrained_model("upernet", 4, encoder="resnet18", channels=16, aux_channels=8, pretrained=tmp_path / "resnet34.pth")
     from segbench.checkpoints.load import load_backbone_weights
 
     with pytest.raises(ValueError, match=r"deeper than the encoder.*layer1\.2\."):

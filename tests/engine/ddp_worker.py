@@ -24,8 +24,8 @@ list_models()
 ARCHITECTURES["tiny"] = tiny.TINY_ENTRY
 train_module.load_data = lambda cfg: tiny.tiny_data(train=16, val=9, test=4)  # 3 val cases: 2 + 1 per rank
 built = []
-real_build = train_module.build_model
-train_module.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+real_build = train_module.build_pretrained_model
+train_module.build_pretrained_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
 
 run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = load_config(None, ["model.arch=tiny", "train.iterations=6", "train.batch_size=4", "train.val_interval=3",

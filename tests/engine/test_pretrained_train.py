@@ -112,8 +112,8 @@ _WORKER = textwrap.dedent(
     train_module = importlib.import_module("segbench.engine.train")
     train_module.load_data = lambda cfg: tiny.tiny_data(train=8, val=3)
     built = []
-    real_build = train_module.build_model
-    train_module.build_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+    real_build = train_module.build_pretrained_model
+    train_module.build_pretrained_model = lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
     cfg = load_config(None, sys.argv[4:])
     train_module.train(cfg, Path(sys.argv[1]), progress=False)
     torch.save({n: p.detach() for n, p in built[0].named_parameters()},

@@ -7,7 +7,10 @@ the flat results row. Imports no torch, so the report can read them.
   or FLOPs budget became its iterations (``budget``), each under its producer's own names;
 - ``RunRecord`` is one row of ``results.csv``: what ran (identity) and every scalar figure the producers
   recorded, under the same names (split scores prefixed ``val_`` / ``test_``). A new figure needs a key
-  in its producer's output and a ``Column`` in ``segbench.bench.report.columns``; nothing in between.
+  in its producer's output and a ``Column`` in ``segbench.bench.report.columns``; nothing in between;
+- ``ReviewInput`` is what the report of a plan reads besides the run folders: each planned run's identity and
+  row (``ReviewRun``) and how the review ran (``ReviewSetup``), gathered by
+  ``segbench.bench.protocol.review_input`` so that the report needs neither the plan nor the registry.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any, Union
 from segbench.jsonio import write_json
 
 __all__ = ["SPEC_FILE", "RESULT_FILE", "PREVIEW_FILE", "SWEEP_FILES", "is_sweep_run", "WorkerResult", "RunRecord", "class_key",
-           "figures_of", "CANDIDATES_DIR", "CANDIDATES_FILE", "CandidateRecord", "write_candidates", "read_candidates"]
+           "figures_of", "ReviewRun", "ReviewSetup", "ReviewInput", "CANDIDATES_DIR", "CANDIDATES_FILE",
+           "CandidateRecord", "write_candidates", "read_candidates"]
 
 SPEC_FILE = "sweep_run.json"  # what the sweep asks the worker to run
 RESULT_FILE = "bench.json"  # the worker's WorkerResult
@@ -142,6 +146,52 @@ class RunRecord:
         """The flat ``results.csv`` row: identity, then every figure."""
         identity = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
         return {**identity, **self.figures}
+
+
+# --- what the report of a plan reads (segbench.bench.protocol.review_input gathers it) ----------------------
+
+
+@dataclass(frozen=True)
+class ReviewRun:
+    """One planned run as the report reads it: who it is, where its folder is, and its results row."""
+
+    label: str  # its row's name: the architecture, ``+in1k`` when its backbone started from ImageNet weights
+    arch: str  # the registered architecture
+    seed: int
+    fold: int | None  # the cross-validation fold it validated on; None without cross-validation
+    run_dir: Path
+    options: dict[str, Any]  # the model options it ran with (the profile's, then the command line's)
+    row: dict[str, Scalar]  # its ``RunRecord.row()``, with the Speed section's throughput when it succeeded
+
+
+@dataclass(frozen=True)
+class ReviewSetup:
+    """How the review ran, as the report states it: what the run folders do not say."""
+
+    profile: str  # the profile's name
+    description: str
+    settings: dict[str, Any]  # the profile's settings as they ran (the command line may have changed them)
+    measured_size: tuple[int, int]  # height, width at which FLOPs and latency are measured (the profile's)
+    timing_rounds: int  # timed rounds per latency figure
+    timing_max_warmup: int  # at most this many warm-up rounds
+    stable_within: float  # the warm-up ends when consecutive timings agree within this share
+    noisy_above: float  # a figure whose interquartile range exceeds this share of its median is noisy
+    background: int  # the class index left out of the foreground scores
+    data_source: str  # the data as the command named it
+    architectures: dict[str, dict[str, Any]]  # per label: the registry's paper, year, summary, blocks, ...
+    speed: dict[str, Any]  # the Speed section (``review_speed.speed_section``); empty without one
+
+
+@dataclass(frozen=True)
+class ReviewInput:
+    """Everything ``segbench.bench.report.review.write_review`` reads besides the run folders."""
+
+    out: Path  # the sweep's folder: the runs, ``candidates/``, and ``report/`` written into it
+    runs: list[ReviewRun]  # in plan order
+    setup: ReviewSetup
+    # The field's baseline (``segbench run --anchor``, segbench.bench.protocol.anchor): one per (fold, seed), its
+    # ``arch`` the anchor's label; their design facts are in ``setup.architectures`` like the zoo's.
+    anchors: list[ReviewRun] = field(default_factory=list)
 
 
 # --- ensembles and flip TTA built from the sweep's runs (segbench.bench.protocol.candidates) --------------

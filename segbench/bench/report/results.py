@@ -13,9 +13,11 @@ import csv
 import json
 import math
 import statistics
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from segbench.bench.protocol.record import RunRecord
 from segbench.bench.report.columns import COLUMNS
 from segbench.run_files import writable
 
@@ -150,10 +152,16 @@ def _parse(text: str) -> Any:
     return text
 
 
+# A run's text identity stays text when it reads as a number: a config hash of ten decimal digits.
+_TEXT_COLUMNS = frozenset(f.name for f in fields(RunRecord) if f.type in ("str", str))
+
+
 def read_results_csv(path: str | Path) -> list[dict]:
-    """Rows of a ``results.csv`` with numbers parsed back (empty cells are ``None``)."""
+    """Rows of a ``results.csv`` with numbers parsed back (empty cells are ``None``; ``RunRecord``'s text
+    fields stay text)."""
     with open(path, newline="") as f:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (v or None) if k in _TEXT_COLUMNS else _parse(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def format_value(value: Any, digits: int = 3) -> str:

@@ -4,8 +4,8 @@ The import order is the order of ``segbench.list_models()`` and of the review's 
 """
 
 from segbench.models.architectures import (  # noqa: F401  (registration)
-    fcn,
-    fcn_resnet,
+    fcn_vgg,  # fcn32s, fcn16s, fcn8s: the paper's VGG16 nets
+    fcn_resnet,  # fcn: torchvision's dilated-ResNet variant
     unet,
     segnet,
     deeplab_v1,

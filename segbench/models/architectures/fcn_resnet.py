@@ -1,8 +1,9 @@
-"""FCN on a dilated ResNet, as torchvision's ``fcn_resnet50``/``fcn_resnet101``.
+"""torchvision's FCN, registered as ``fcn`` (class ``FCNResNet``): a dilated ResNet with one conv head, as
+torchvision's ``fcn_resnet50``/``fcn_resnet101``.
 
 The FCN idea (Long, Shelhamer, Darrell. CVPR 2015): a classification network made fully convolutional,
-scoring every position and upsampling the scores to the image. The VGG-16 originals with skip layers
-(FCN-32s/16s/8s) live in ``fcn.py``. This variant replaces skips with dilation: the ResNet's last two
+scoring every position and upsampling the scores to the image. The paper's own nets, VGG16 with skip layers
+(``fcn32s``/``fcn16s``/``fcn8s``, class ``FCNVGG``), live in ``fcn_vgg.py``. This variant replaces skips with dilation: the ResNet's last two
 stages keep stride 8 (output_stride 8), one 3x3 conv-BN-ReLU to C/4 channels with dropout 0.1 and a 1x1
 classifier score the classes, and bilinear upsampling returns them at input size. torchvision's reference
 training adds the same head on layer3 as an auxiliary loss with weight 0.5 (``aux_head=True``).
@@ -25,7 +26,7 @@ AUX_WEIGHT = 0.5  # torchvision references/segmentation/train.py: loss = out + 0
 
 
 class FCNResNet(SegmentationModel):
-    """Encoder -> FCN head (``head`` = conv-BN-ReLU-dropout, then ``classifier``) -> bilinear upsampling;
+    """torchvision's FCN: dilated encoder -> FCN head (``head`` = conv-BN-ReLU-dropout, then ``classifier``) -> bilinear upsampling;
     optional ``aux_head`` on the stage before last."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, aux_head: bool):
@@ -56,8 +57,9 @@ class FCNResNet(SegmentationModel):
     year=2015,
     recipe="cnn",
     summary=(
-        "The FCN recipe on a modern backbone: a dilated ResNet scores every position at 1/8 resolution and "
-        "bilinear upsampling returns the scores at image size."
+        "The FCN recipe on a modern backbone (torchvision's variant, not the paper's VGG16 FCN-8s: that is "
+        "fcn8s): a dilated ResNet scores every position at 1/8 resolution and bilinear upsampling returns the "
+        "scores at image size."
     ),
     blocks=(
         "Dilated ResNet-50/101 (output stride 8); head: 3x3 conv to C/4 channels, BN, ReLU, dropout 0.1, 1x1 "

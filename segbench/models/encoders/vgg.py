@@ -8,7 +8,7 @@ stages, each closed by a max pooling), in the variants the VGG-based segmentatio
   leaves at least one 7x7 window for fc6, pooling rounds up (Caffe), and fc6/fc7 become convolutions
   (7x7x4096 and 1x1x4096, ReLU, dropout 0.5). The fifth output is fc7 (4096 channels, stride 32). Because
   of the padding the maps are larger than ``input / stride``: the FCN heads crop them back
-  (``segbench.models.architectures.fcn``).
+  (``segbench.models.architectures.fcn_vgg``).
 - ``"atrous"`` (DeepLab, Chen et al. ICLR 2015, Sec. 3.1 and their Caffe net): pool1-3 are 3x3 stride 2
   pad 1, pool4/pool5 3x3 stride 1 pad 1, conv5 dilated by 2; output stride 8. Fifth output: pool5 (512).
 - ``"largefov"``: ``"atrous"`` plus DeepLab-LargeFOV's fc6 (3x3, dilation 12, 1024 channels) and fc7

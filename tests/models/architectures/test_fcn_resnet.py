@@ -1,4 +1,4 @@
-"""FCN on a dilated ResNet (torchvision's fcn_resnet layout)."""
+"""``fcn``: torchvision's FCN on a dilated ResNet (``fcn_resnet.py``; the paper's VGG16 nets are in test_fcn_vgg.py)."""
 
 from __future__ import annotations
 

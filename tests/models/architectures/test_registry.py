@@ -67,6 +67,22 @@ def test_unknown_option_names_valid_ones():
     assert "base_widht" in msg and "did you mean 'base_width'" in msg and "padding" in msg
 
 
+def test_one_build_model_and_pretrained_weights_by_their_own_name():
+    from segbench.checkpoints import build_pretrained_model
+    from segbench.models.registry import build_model
+
+    assert segbench.build_model is build_model and segbench.build_pretrained_model is build_pretrained_model
+    with pytest.raises(TypeError, match=r"segbench.build_pretrained_model\('unet', ..., pretrained=...\)"):
+        segbench.build_model("unet", num_classes=2, pretrained="imagenet")
+    model = segbench.build_pretrained_model("unet", 2, base_width=4)  # pretrained=None: what build_model builds
+    assert model.pretrained_report is None and model.arch_name == "unet"
+    torch.manual_seed(0)
+    fresh = segbench.build_model("unet", 2, base_width=4)
+    torch.manual_seed(0)
+    same = segbench.build_pretrained_model("unet", 2, base_width=4)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), same.state_dict().values()))
+
+
 def test_unknown_encoder_lists_valid_names():
     with pytest.raises(KeyError) as err:
         segbench.build_encoder("resnet99")

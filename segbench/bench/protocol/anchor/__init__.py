@@ -32,7 +32,7 @@ from segbench.bench.protocol.anchor.spec import SPEC_FILE, TRAINERS_DIR, AnchorS
 from segbench.bench.protocol.record import RESULT_FILE, RunRecord, WorkerResult, figures_of
 
 __all__ = ["ANCHORS", "AnchorChoice", "AnchorRun", "AnchorMissing", "parse_anchors", "find_python", "plan_anchor",
-           "anchor_runs", "run_anchor", "anchor_record", "ANCHOR_LOG"]
+           "anchor_runs", "run_anchor", "anchor_record", "anchor_facts", "ANCHOR_LOG"]
 
 ANCHORS = {"nnunet": "matched", "nnunet-default": "default"}  # name -> schedule
 CONFIGURATIONS = ("auto", "2d", "3d_fullres")
@@ -205,6 +205,16 @@ def run_anchor(spec: AnchorSpec, python: str, say: Callable[[str], None] = print
             failed += 1
             say(f"{spec.name}: {Path(run['run_dir']).name} failed: {result.error}")
     return {"ran": len(spec.runs), "failed": failed, "skipped": 0}
+
+
+def anchor_facts(label: str) -> dict[str, str | int]:
+    """What the report says of the anchor's design, beside the registry's facts of each architecture."""
+    schedule = "for its own 1000 x 250 schedule" if "default" in label else "for the review's budget"
+    return {"paper": "Isensee et al., nnU-Net: a self-configuring method for deep learning-based biomedical image "
+                     "segmentation, Nature Methods 2021 (the anchor: docs/anchor.md)", "year": 2021,
+            "summary": "nnU-Net run by its own code: it plans its U-Net, patch, batch, normalisation and augmentation "
+                       f"from the data, trains on the review's training cases {schedule}, and predicts with sliding "
+                       "windows and mirroring; scored by segbench's metrics."}
 
 
 def anchor_record(run: AnchorRun) -> RunRecord:

@@ -1,10 +1,11 @@
-"""FCN-32s/16s/8s: the reference nets' parameter counts, layers and crop alignment, any input size."""
+"""The paper's VGG16 FCN-32s/16s/8s (``fcn_vgg.py``): the reference nets' parameter counts, layers and crop
+alignment, any input size."""
 
 import pytest
 import torch
 
 import segbench
-from segbench.models.architectures import fcn as fcn_module
+from segbench.models.architectures import fcn_vgg
 from segbench.models.blocks import bilinear_kernel
 
 ARCHS = ["fcn32s", "fcn16s", "fcn8s"]
@@ -91,7 +92,7 @@ def test_crops_align_maps_with_the_input(arch):
 )
 def test_crop_alignment_test_detects_wrong_offsets(monkeypatch, constant, value):
     arch = "fcn8s"
-    monkeypatch.setattr(fcn_module, constant, value)
+    monkeypatch.setattr(fcn_vgg, constant, value)
     model = _symmetrise(small(arch)).eval()
     x = torch.randn(1, 3, 37, 58)
     with torch.no_grad():
@@ -136,4 +137,4 @@ def test_vgg16_bn_trunk_and_errors():
     with pytest.raises(ValueError, match="vgg16"):
         segbench.build_model("fcn8s", num_classes=3, encoder="resnet50")
     with pytest.raises(ValueError, match="variant='fcn'"):
-        fcn_module.FCN(segbench.build_encoder("vgg16", base_width=4), num_classes=3)
+        fcn_vgg.FCNVGG(segbench.build_encoder("vgg16", base_width=4), num_classes=3)

@@ -1,8 +1,10 @@
 """Assemble the review from a sweep's run folders: ``OUT/report/`` with ``index.html``, ``report.md``,
 ``results.csv``, ``results.json`` and the PNG figures.
 
-Only the runs of the current plan are read, so a folder that also holds runs of other settings
-never leaks them into the report.
+A pipeline of typed steps over a ``ReviewInput`` (``segbench.bench.protocol.record``: each planned run's
+row, the settings as they ran, the architectures' facts; ``segbench.bench.protocol.review_input`` gathers
+it). Only the runs of the current plan are read, so a folder that also holds runs of other settings never
+leaks them into the report. Imports no torch (``tests/test_import_rules.py`` checks it).
 """
 
 from __future__ import annotations
@@ -13,59 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.bench.protocol.record import (
+    PREVIEW_FILE, CandidateRecord, ReviewInput, ReviewRun, ReviewSetup, WorkerResult, class_key, read_candidates,
+)  # fmt: skip
 from segbench.bench.report import plots
-from segbench.bench.report.findings import findings, overall_findings
-from segbench.bench.protocol.profiles import Profile
-from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
-from segbench.bench.protocol.review_speed import read_review_speed, speed_section, throughput_figures
-from segbench.bench.protocol.record import PREVIEW_FILE, CandidateRecord, WorkerResult, class_key, read_candidates
 from segbench.bench.report.candidates import answer
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
+from segbench.bench.report.deployment import DEPLOYMENT_FILE, DeploymentBudget, split_by_budget
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
 from segbench.bench.report.evidence import (
     MARGIN, Evidence, RunKey, RunScores, evidence_figures, gather, read_run_scores, write_evidence,
 )  # fmt: skip
-from segbench.bench.report.deployment import DEPLOYMENT_FILE, DeploymentBudget, split_by_budget
+from segbench.bench.report.findings import findings, overall_findings
+from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
-from segbench.bench.protocol.runs import run_record
-from segbench.bench.protocol.anchor import AnchorRun, anchor_record
-from segbench.bench.protocol.budget import BudgetPlan
-from segbench.bench.protocol.sweep import PlannedRun, input_size
-from segbench.bench.measure.timing import NOISY_ABOVE, STABLE_WITHIN
-
-from segbench.metric_defs import HEADLINE, metric
 from segbench.jsonio import write_json
-from segbench.models.registry import ARCHITECTURES
+from segbench.metric_defs import HEADLINE, metric
 from segbench.run_files import LOG_FILE
 
 __all__ = ["write_review", "ACCURACY_KEY"]
-
-
-
-def _budget_text(t) -> str:
-    """The run's budget in words, for the report's settings."""
-    if t.budget == "time":
-        return f"{t.time_budget_s:g} s of training steps per run (at most {t.iterations} iterations)"
-    if t.budget == "auto":
-        return (f"until {t.best_metric} gains at most {t.min_delta} over {t.patience} validations "
-                f"(at most {t.iterations} iterations)")
-    return f"{t.iterations} iterations"
-
-
-def _plan_text(budget_plan: BudgetPlan) -> list[str]:
-    """A time or FLOPs budget's plan in words, for the report's settings: what it gives and how each count
-    was derived (``BudgetPlan.lines``), and what that means for the comparison."""
-    if budget_plan.kind == "time":
-        meaning = ("the seconds were turned into iterations before training, from every architecture's training "
-                   "step timed side by side in one process (interleaved), and the runs trained exactly those "
-                   "iterations: the load while they trained did not change what each got (their wall times are "
-                   "recorded, not used). A load lasting through the measurement lengthens every step alike: the "
-                   "ratios of the counts hold, their sizes shrink")
-    else:
-        meaning = ("the FLOPs were turned into iterations from each architecture's training FLOPs per step "
-                   "(convolutions and matmuls, forward + backward): machine-independent, blind to how fast each runs")
-    return [line.strip() for line in budget_plan.lines()] + [meaning]
 
 
 def _verdict(evidence: Evidence | None, table: list[dict], rows: list[dict], per_arch: dict, margin: float,
@@ -92,7 +61,7 @@ def _number(value: float) -> float | None:
     return None if value != value else value
 
 
-def _current_candidates(out: Path, plan: list[PlannedRun]) -> list[CandidateRecord]:
+def _current_candidates(out: Path, plan: list[ReviewRun]) -> list[CandidateRecord]:
     """The candidates of ``OUT/candidates/`` built from this plan's runs (an older plan's are ignored)."""
     planned = {run.run_dir.name for run in plan}
     return [c for c in read_candidates(out) if c.folders and not c.error
@@ -142,16 +111,16 @@ def _candidate_answers(evidence: Evidence | None, candidates: list[CandidateReco
     return out
 
 
-def _first_ok(plan: list[PlannedRun], rows: list[dict]) -> dict[str, PlannedRun]:
+def _first_ok(plan: list[ReviewRun]) -> dict[str, ReviewRun]:
     """Per architecture, its first successful run (the one whose curves and predictions are drawn)."""
-    chosen: dict[str, PlannedRun] = {}
-    for run, row in zip(plan, rows):
-        if row["status"] == "ok" and run.label not in chosen:
+    chosen: dict[str, ReviewRun] = {}
+    for run in plan:
+        if run.row["status"] == "ok" and run.label not in chosen:
             chosen[run.label] = run
     return chosen
 
 
-def _curves(runs: dict[str, PlannedRun], rows: list[dict], metric: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+def _curves(runs: dict[str, ReviewRun], rows: list[dict], metric: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """Per architecture, the loss and validation curves of ``runs`` from their logs, with the convergence
     figures of their results rows (``rows``)."""
     row_of = {row["run_dir"]: row for row in rows}
@@ -174,7 +143,7 @@ def _curves(runs: dict[str, PlannedRun], rows: list[dict], metric: str) -> dict[
     return curves
 
 
-def _prediction_grid(runs: dict[str, PlannedRun], class_names: list[str], path: Path) -> tuple[Path | None, list[str]]:
+def _prediction_grid(runs: dict[str, ReviewRun], class_names: list[str], path: Path) -> tuple[Path | None, list[str]]:
     notes, predictions = [], {}
     images = truths = indices = None
     for arch, run in runs.items():
@@ -194,7 +163,7 @@ def _prediction_grid(runs: dict[str, PlannedRun], class_names: list[str], path: 
     return plots.prediction_grid(images, truths, predictions, class_names, path), notes
 
 
-def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[str]:
+def _measurement_notes(rows: list[dict], setup: ReviewSetup, seeds: int) -> list[str]:
     methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
     pretrained = sorted({r["pretrained"] for r in rows})
     precisions = ", ".join(sorted({str(r["precision"]) for r in rows if r.get("precision")})) or "fp32"
@@ -210,11 +179,11 @@ def _measurement_notes(rows: list[dict], profile: Profile, seeds: int) -> list[s
         f"Backbone weights: {', '.join(pretrained)}. The papers start from ImageNet weights; from-scratch "
         "numbers favour architectures that train fast without them.",
         "FLOPs: torch.utils.flop_counter.FlopCounterMode, one eval-mode forward pass at batch 1 and "
-        f"{profile.input_size[0]}x{profile.input_size[1]}; matrix multiplications and convolutions only, "
+        f"{setup.measured_size[0]}x{setup.measured_size[1]}; matrix multiplications and convolutions only, "
         "2 FLOPs per multiply-add (twice the 'MACs' some papers call FLOPs).",
-        f"Latency: batch-1 forward passes, {profile.timing_rounds} timed rounds after a warm-up that waits for "
-        f"consecutive timings to agree within {STABLE_WITHIN:.0%} (at most {profile.timing_max_warmup} rounds); the "
-        f"median [interquartile range]; a figure whose range exceeds {NOISY_ABOVE:.0%} of its median is measured "
+        f"Latency: batch-1 forward passes, {setup.timing_rounds} timed rounds after a warm-up that waits for "
+        f"consecutive timings to agree within {setup.stable_within:.0%} (at most {setup.timing_max_warmup} rounds); "
+        f"the median [interquartile range]; a figure whose range exceeds {setup.noisy_above:.0%} of its median is measured "
         "again, then marked noisy. Eval mode, torch.inference_mode, at the precision and memory format the run "
         f"trained in ({precisions}), on the untrained model in the run's own process. Throughput: the Speed "
         "section's inference time at the training batch, the same harness (one measurement, shown in both "
@@ -235,14 +204,17 @@ class Runs:
     """What the sweep's run folders hold, read once: one results row per run (the Speed section's throughput
     in it), each architecture's first successful run, and the facts of the data and machine."""
 
-    plan: list[PlannedRun]
-    rows: list[dict]
-    ok: dict[str, PlannedRun]  # per architecture, the run whose curves and predictions are drawn
+    plan: list[ReviewRun]
+    rows: list[dict]  # each run's row (``ReviewRun.row``), in plan order
+    ok: dict[str, ReviewRun]  # per architecture, the run whose curves and predictions are drawn
     first: WorkerResult  # data and machine facts: a successful run's (any run's if none succeeded)
     out: Path
     candidates: list[CandidateRecord]  # ensembles and TTA built from these runs (segbench run --ensembles)
-    anchors: list[AnchorRun] = ()  # the field's baseline (segbench run --anchor): rows after the zoo's, per run
-    anchor_rows: list[dict] = ()  # their results rows, in the order of ``anchors``
+    anchors: list[ReviewRun]  # the field's baseline (segbench run --anchor): one per (fold, seed), after the zoo
+
+    @property
+    def anchor_rows(self) -> list[dict]:
+        return [run.row for run in self.anchors]
 
 
 @dataclass(frozen=True)
@@ -253,22 +225,16 @@ class Classes:
     iou_keys: list[str]
 
 
-def _read_runs(plan: list[PlannedRun], out: str | Path, anchors: list[AnchorRun] = ()) -> Runs:
-    throughput = throughput_figures(read_review_speed(out))  # the Speed section's inference, one measurement
-    rows = []
-    for run in plan:
-        row = run_record(run).row()
-        rows.append({**row, **throughput.get(run.arch, {})} if row["status"] == "ok" else row)
-    ok = _first_ok(plan, rows)
+def _read_runs(review: ReviewInput) -> Runs:
+    plan, out = review.runs, review.out
+    ok = _first_ok(plan)
     source = next(iter(ok.values()), plan[0] if plan else None)
     first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
-    return Runs(plan, rows, ok, first, Path(out), _current_candidates(Path(out), plan), list(anchors),
-                [anchor_record(a).row() for a in anchors])
+    return Runs(plan, [run.row for run in plan], ok, first, out, _current_candidates(out, plan), list(review.anchors))
 
 
-def _classes(runs: Runs) -> Classes:
+def _classes(runs: Runs, background: int) -> Classes:
     names = list(runs.first.data.get("class_names") or [])
-    background = runs.plan[0].config.eval.background if runs.plan else 0
     foreground = [n for i, n in enumerate(names) if i != background]
     return Classes(names, foreground, [class_key("val", "dice", n) for n in foreground],
                    [class_key("val", "iou", n) for n in names])
@@ -277,12 +243,9 @@ def _classes(runs: Runs) -> Classes:
 def _evidence(runs: Runs, margin: float) -> tuple[Evidence | None, dict[str, dict[RunKey, RunScores | None]]]:
     """The statistics' input (every run's per-unit scores, by architecture and (fold, seed)) and what they show."""
     per_arch: dict[str, dict[RunKey, RunScores | None]] = {}
-    for run, row in zip(runs.plan, runs.rows):
-        scores = read_run_scores(run.run_dir) if row["status"] == "ok" else None
+    for run in [*runs.plan, *runs.anchors]:
+        scores = read_run_scores(run.run_dir) if run.row["status"] == "ok" else None
         per_arch.setdefault(run.label, {})[RunKey(run.fold, run.seed)] = scores
-    for anchor, row in zip(runs.anchors, runs.anchor_rows):
-        scores = read_run_scores(anchor.run_dir) if row["status"] == "ok" else None
-        per_arch.setdefault(anchor.label, {})[RunKey(anchor.fold, anchor.seed)] = scores
     per_arch.update(_candidate_scores(runs.out, runs.candidates))
     return gather(per_arch, margin=margin), per_arch
 
@@ -297,7 +260,7 @@ def _table(runs: Runs, classes: Classes, evidence: Evidence | None) -> list[dict
             extra.setdefault(arch, {})["device_name"] = devices
     candidates = {name: {**extra.get(name, {}), **answers}
                   for name, answers in _candidate_answers(evidence, runs.candidates).items()}
-    anchors = [{**row, "anchor": True} for row in aggregate(list(runs.anchor_rows), keys, extra=extra)]
+    anchors = [{**row, "anchor": True} for row in aggregate(runs.anchor_rows, keys, extra=extra)]
     return aggregate(runs.rows, keys, extra=extra) + anchors + _candidate_rows(runs.candidates, {**extra, **candidates})
 
 
@@ -352,46 +315,27 @@ def _machine(runs: Runs) -> dict:
     return machine
 
 
-def _profile_info(plan: list[PlannedRun], profile: Profile, overrides: list[str] | tuple[str, ...],
-                  candidates: list[CandidateRecord], budget_plan: BudgetPlan | None) -> dict:
-    """The profile's settings as they actually ran (the command line may have changed its values)."""
-    settings = profile.settings()
-    if plan:
-        cfg = plan[0].config
-        height, width = input_size(cfg, profile)
-        budget = _budget_text(cfg.train) if budget_plan is None else "; ".join(_plan_text(budget_plan))
-        iterations = cfg.train.iterations if budget_plan is None else "per architecture, from the budget plan"
-        settings.update(input_size=f"{height}x{width}", iterations=iterations, budget=budget,
-                        batch_size=cfg.train.batch_size, val_interval=cfg.train.val_interval,
-                        convergence=f"{cfg.train.best_metric} gained at most {cfg.train.min_delta} over the last "
-                                    f"{cfg.train.patience} validations")
-    folds = {r.fold for r in plan} - {None}
-    settings.update(ensembles=", ".join(c.name for c in candidates) or "none", seeds=len({r.seed for r in plan}), command_line_overrides=list(overrides) or "none",
-                    cross_validation=f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none")
-    return {"name": profile.name, "description": profile.description, "settings": settings,
-            "arch_options": {run.arch: run.config.model.options for run in plan if run.seed == 0}}
+def _profile_info(runs: Runs, setup: ReviewSetup, overrides: list[str] | tuple[str, ...]) -> dict:
+    """The profile's settings as they ran (``setup.settings``), with what this review's runs and candidates add."""
+    folds = {r.fold for r in runs.plan} - {None}
+    settings = {**setup.settings, "ensembles": ", ".join(c.name for c in runs.candidates) or "none",
+                "seeds": len({r.seed for r in runs.plan}), "command_line_overrides": list(overrides) or "none",
+                "cross_validation": f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none"}
+    return {"name": setup.profile, "description": setup.description, "settings": settings,
+            "arch_options": {run.arch: run.options for run in runs.plan if run.seed == 0}}
 
 
-def _data_info(runs: Runs, classes: Classes) -> dict:
+def _data_info(runs: Runs, classes: Classes, source: str) -> dict:
     data = runs.first.data
-    return {"source": runs.plan[0].config.data.source if runs.plan else "", "name": data.get("name", ""),
+    return {"source": source, "name": data.get("name", ""),
             "classes": ", ".join(classes.names), "in_channels": data.get("in_channels", ""),
             "splits": data.get("splits", {}), "notices": data.get("notices", [])}
 
 
-def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord], anchors: list[AnchorRun] = ()) -> dict[str, dict]:
+def _architectures(setup: ReviewSetup, candidates: list[CandidateRecord]) -> dict[str, dict]:
     """Per row label, what the registry says of the architecture (its paper, blocks, strengths, weaknesses),
     and what each ensemble or TTA candidate combines."""
-    described = {r.label: {k: getattr(ARCHITECTURES[r.arch], k) for k in ("paper", "year", "summary", "blocks",
-                                                                          "strengths", "weaknesses")} for r in plan}
-    for a in anchors:
-        described[a.label] = {
-            "paper": "Isensee et al., nnU-Net: a self-configuring method for deep learning-based biomedical image "
-                     "segmentation, Nature Methods 2021 (the anchor: docs/anchor.md)", "year": 2021,
-            "summary": "nnU-Net run by its own code: it plans its U-Net, patch, batch, normalisation and augmentation "
-                       "from the data, trains on the review's training cases"
-                       + (" for its own 1000 x 250 schedule" if "default" in a.label else " for the review's budget")
-                       + " and predicts with sliding windows and mirroring; scored by segbench's metrics."}
+    described = {label: dict(facts) for label, facts in setup.architectures.items()}
     for c in candidates:
         described[c.name] = {"paper": "built from the trained runs, no retraining (docs/ensembles.md)",
                              "summary": f"{c.kind}: softmax probabilities of {' + '.join(c.members)} averaged"
@@ -400,24 +344,23 @@ def _architectures(plan: list[PlannedRun], candidates: list[CandidateRecord], an
 
 
 def write_review(
-    plan: list[PlannedRun], profile: Profile, out: str | Path, command: str, overrides: list[str] | tuple[str, ...] = (),
-    margin: float = MARGIN, budget_plan: BudgetPlan | None = None, deployment: DeploymentBudget | None = None,
-    anchors: list[AnchorRun] = (),
+    review: ReviewInput, command: str, overrides: list[str] | tuple[str, ...] = (), margin: float = MARGIN,
+    deployment: DeploymentBudget | None = None,
 ) -> Path:
-    """Write ``OUT/report/`` for ``plan`` (finished or not) and return the HTML path. ``overrides``: the
-    command line's ``--set`` values, printed with the profile's settings; ``margin``: the equivalence margin.
+    """Write ``OUT/report/`` for ``review`` (its plan finished or not; ``review_input`` gathers it) and return
+    the HTML path. ``overrides``: the command line's ``--set`` values, printed with the profile's settings;
+    ``margin``: the equivalence margin.
 
     The steps: the run folders read once (``_read_runs``) -> the evidence (per-unit scores, the comparison)
     -> one row per architecture (``_table``) -> figures -> the verdict and findings -> HTML and Markdown.
-    ``budget_plan``: how a time or FLOPs budget became each architecture's iterations (its runs' plan);
     ``deployment``: a deployment budget (not the training budget): the verdict compares only the architectures
     within it (the table keeps every architecture, the accuracy-vs-cost figures draw the limit)."""
-    deployment = deployment or DeploymentBudget()
-    report_dir = Path(out) / "report"
+    deployment, setup = deployment or DeploymentBudget(), review.setup
+    report_dir = review.out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    runs = _read_runs(plan, out, anchors)
-    write_results(runs.rows + list(runs.anchor_rows), report_dir)
-    classes = _classes(runs)
+    runs = _read_runs(review)
+    write_results(runs.rows + runs.anchor_rows, report_dir)
+    classes = _classes(runs, setup.background)
     evidence, per_arch = _evidence(runs, margin)
     write_evidence(evidence, per_arch, report_dir)
     table = _table(runs, classes, evidence)
@@ -425,14 +368,15 @@ def write_review(
     figures, grid_notes = _figures(runs, classes, table, evidence, deployment, report_dir)
     devices = mixed_devices_warning(runs.rows)
     inputs = ReportInputs(
-        title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {profile.name}",
-        command=command, profile=_profile_info(plan, profile, overrides, runs.candidates, budget_plan), machine=_machine(runs),
-        data=_data_info(runs, classes), table=table, accuracy_key=ACCURACY_KEY, class_keys=classes.dice_keys,
-        class_names=classes.foreground, figures=figures, architectures=_architectures(plan, runs.candidates, runs.anchors),
+        title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {setup.profile}",
+        command=command, profile=_profile_info(runs, setup, overrides), machine=_machine(runs),
+        data=_data_info(runs, classes, setup.data_source), table=table, accuracy_key=ACCURACY_KEY,
+        class_keys=classes.dice_keys, class_names=classes.foreground, figures=figures,
+        architectures=_architectures(setup, runs.candidates),
         findings=findings(table, ACCURACY_KEY), overall=overall_findings(table, ACCURACY_KEY),
-        notes=_measurement_notes(runs.rows, profile, len({r.seed for r in plan})) + grid_notes,
-        warnings=[devices] if devices else [], show_devices=bool(devices), speed=speed_section(out, plan, runs.rows),
-        verdict=_verdict(evidence, table, runs.rows + list(runs.anchor_rows), per_arch, margin, deployment, report_dir),
+        notes=_measurement_notes(runs.rows, setup, len({r.seed for r in runs.plan})) + grid_notes,
+        warnings=[devices] if devices else [], show_devices=bool(devices), speed=setup.speed,
+        verdict=_verdict(evidence, table, runs.rows + runs.anchor_rows, per_arch, margin, deployment, report_dir),
     )
     columns = table_columns(table, [c.key for c in COLUMNS])
     write_markdown(inputs, report_dir / "report.md", columns)

@@ -1,5 +1,8 @@
-"""FCN-32s, FCN-16s and FCN-8s (Long, Shelhamer, Darrell, CVPR 2015; Shelhamer et al., TPAMI 2016) on
-VGG16, as the reference Caffe nets (fcn.berkeleyvision.org, ``voc-fcn{32,16,8}s``, ``voc-fcn8s-atonce``).
+"""The paper's FCNs, registered as ``fcn32s``, ``fcn16s`` and ``fcn8s`` (class ``FCNVGG``): FCN-32s, FCN-16s
+and FCN-8s (Long, Shelhamer, Darrell, CVPR 2015; Shelhamer et al., TPAMI 2016) on VGG16, as the reference
+Caffe nets (fcn.berkeleyvision.org, ``voc-fcn{32,16,8}s``, ``voc-fcn8s-atonce``). Not to be confused with
+``fcn`` (``fcn_resnet.py``, class ``FCNResNet``): torchvision's later variant, a dilated ResNet with one
+conv head and no skips.
 
 The trunk is VGG16 with fc6/fc7 turned into convolutions (``VGGEncoder(variant="fcn")``, conv1_1 padded by
 100 pixels). A 1x1 "score" layer predicts the classes from fc7 at stride 32; the skip architecture
@@ -23,7 +26,7 @@ from segbench.models.blocks import SegmentationModel, bilinear_kernel
 from segbench.models.encoders.vgg import VGGEncoder
 from segbench.models.registry import build_encoder, register_model
 
-__all__ = ["FCN", "fcn32s", "fcn16s", "fcn8s"]
+__all__ = ["FCNVGG", "fcn32s", "fcn16s", "fcn8s"]
 
 # Offsets of the reference nets' crop layers (derived in the module docstring's geometry).
 POOL4_OFFSET = 5
@@ -49,8 +52,9 @@ def _upsampler(num_classes: int, factor: int, learnable: bool) -> nn.ConvTranspo
     return layer
 
 
-class FCN(SegmentationModel):
-    """FCN with predictions at ``prediction_stride`` 32, 16 or 8 (FCN-32s/16s/8s).
+class FCNVGG(SegmentationModel):
+    """The paper's VGG16 FCN with predictions at ``prediction_stride`` 32, 16 or 8 (FCN-32s/16s/8s: the skip
+    architecture of Sec. 4.2).
 
     Args:
         encoder: a ``VGGEncoder(variant="fcn")`` (VGG16 or VGG16-BN).
@@ -130,7 +134,7 @@ def _fcn_encoder(encoder: str, in_channels: int, base_width: int) -> VGGEncoder:
 
 PAPER = (
     "Long, Shelhamer, Darrell. Fully Convolutional Networks for Semantic Segmentation. CVPR 2015 "
-    "(extended: Shelhamer, Long, Darrell, TPAMI 2016)"
+    "(extended: Shelhamer, Long, Darrell, TPAMI 2016; the paper's VGG16 nets with skip layers)"
 )
 BLOCKS = (
     "A VGG16 classifier 'convolutionalized' (fc6/fc7 as 7x7 and 1x1 convolutions), 1x1 score layers, and "
@@ -154,8 +158,8 @@ def _register(name: str, stride: int, summary: str, strengths: str, weaknesses: 
         learnable_upsampling: bool = True,
         scale_skips: bool = True,
         zero_init_scores: bool = True,
-    ) -> FCN:
-        return FCN(
+    ) -> FCNVGG:
+        return FCNVGG(
             _fcn_encoder(encoder, in_channels, base_width),
             num_classes,
             prediction_stride=stride,
@@ -165,7 +169,8 @@ def _register(name: str, stride: int, summary: str, strengths: str, weaknesses: 
         )
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"FCN-{stride}s on VGG16; options as ``FCN`` (``base_width`` < 64 only for quick tests)."
+    builder.__doc__ = (f"The paper's FCN-{stride}s on VGG16; options as ``FCNVGG`` (``base_width`` < 64 only for quick "
+                       "tests). Not ``fcn`` (torchvision's dilated-ResNet FCN).")
     return register_model(
         name, paper=PAPER, year=2015, recipe="cnn", summary=summary, blocks=BLOCKS,
         strengths=strengths, weaknesses=weaknesses,
