@@ -35,4 +35,7 @@ rank = int(os.environ["RANK"])
 torch.save({"params": {n: p.detach() for n, p in built[0].named_parameters()}, "metrics": metrics,
             "buffers": {n: b.detach() for n, b in built[0].named_buffers()}},
            out_dir / f"rank{rank}.pt")
+# Both ranks leave together: a rank that tore its Gloo pairs down while the other still used them made that one
+# die at exit ("terminate called without an active exception", status -6) in long, busy test sessions.
+torch.distributed.barrier()
 torch.distributed.destroy_process_group()
