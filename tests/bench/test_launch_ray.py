@@ -289,3 +289,24 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "--gpus-per-run: not an option of --launcher local" in result.output
 
 
+
+
+def test_the_anchor_runs_as_one_more_task(cluster, tmp_path):
+    """``run_anchor`` through the launcher's ``call``: a Ray task runs the anchor's worker and its run folders are
+    written where the task ran. The anchor's "Python" here exits at once, so its run is a failed row naming the
+    anchor's log, and the sweep's launcher goes on (the real nnU-Net: tests/bench/test_anchor_nnunet.py)."""
+    from segbench.bench.protocol.anchor import parse_anchors, plan_anchor, run_anchor
+    from segbench.bench.protocol.record import WorkerResult
+
+    plan = plan_sweep(data=str(cluster["data"]), profile=get_profile("quick"), out=tmp_path, archs=["unet"],
+                      iterations=2)
+    spec = plan_anchor(parse_anchors("nnunet")[0], plan, get_profile("quick"), tmp_path, threads=1)
+    launcher = RayLauncher(say=lambda message: None, cpus_per_run=1)
+    launcher.connect(plan, tmp_path)
+    try:
+        counts = launcher.call(run_anchor, spec, "/bin/false", say=lambda message: None)
+    finally:
+        launcher.close()
+    assert counts == {"ran": 1, "failed": 1, "skipped": 0}
+    result = WorkerResult.read(spec.runs[0]["run_dir"])
+    assert result.status == "failed" and "exited with status 1" in result.error and "anchor.log" in result.error
