@@ -146,7 +146,6 @@ def _measure_speed(plan, profile, out: str, launcher) -> None:
     from pathlib import Path
 
     from segbench.bench.protocol.review_speed import data_facts, measure_review_speed
-    from segbench.bench.protocol.sweep import LauncherError
 
     data = data_facts(plan)
     if data is None:
@@ -155,16 +154,26 @@ def _measure_speed(plan, profile, out: str, launcher) -> None:
     started = time.perf_counter()
     if launcher.where:
         click.echo(f"speed: measuring {launcher.where}", err=True)
+    done, _ = _call(launcher, "speed: not measured", "the speed figures", measure_review_speed, plan, profile,
+                    str(Path(out).resolve()), data)
+    if done:
+        click.echo(f"speed: {time.perf_counter() - started:.0f} s", err=True)
+
+
+def _call(launcher, refused: str, finish: str, fn, *args) -> tuple[bool, object]:
+    """``fn(*args, say=...)`` where the launcher runs work (with Ray: a task with a run's resources): (True, its
+    result), or (False, None) after saying ``refused`` and why when the launcher could not run it. Ctrl-C says
+    that the same command finishes ``finish`` and the report, and exits 130."""
+    from segbench.bench.protocol.sweep import LauncherError
+
     try:
-        launcher.call(measure_review_speed, plan, profile, str(Path(out).resolve()), data,
-                      say=lambda m: click.echo(m, err=True))
+        return True, launcher.call(fn, *args, say=lambda m: click.echo(m, err=True))
     except LauncherError as err:
-        click.echo(f"speed: not measured: {err}", err=True)
-        return
+        click.echo(f"{refused}: {err}", err=True)
+        return False, None
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: run the same command again to finish the speed figures and the report", err=True)
+        click.echo(f"\ninterrupted: run the same command again to finish {finish} and the report", err=True)
         sys.exit(130)
-    click.echo(f"speed: {time.perf_counter() - started:.0f} s", err=True)
 
 
 def _anchor_choices(text: str | None) -> list:
@@ -210,19 +219,13 @@ def _run_anchors(specs, python: str | None, launcher) -> int:
     """Train and score every anchor (``launcher.call``: with Ray, one more task); the number of failed runs
     (their rows say why)."""
     from segbench.bench.protocol.anchor import run_anchor
-    from segbench.bench.protocol.sweep import LauncherError
 
     failed = 0
     for spec in specs if python else []:
         started = time.perf_counter()
-        try:
-            counts = launcher.call(run_anchor, spec, python, say=lambda m: click.echo(m, err=True))
-        except LauncherError as err:
-            click.echo(f"{spec.name}: not run: {err}", err=True)
+        done, counts = _call(launcher, f"{spec.name}: not run", "the anchor", run_anchor, spec, python)
+        if not done:
             continue
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: run the same command again to finish the anchor and the report", err=True)
-            sys.exit(130)
         failed += counts["failed"]
         click.echo(f"{spec.name}: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} reused, "
                    f"{time.perf_counter() - started:.0f} s", err=True)
