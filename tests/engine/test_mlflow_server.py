@@ -25,10 +25,9 @@ from pathlib import Path
 import pytest
 from torch.utils.data import Dataset
 
-from segbench.config import config_to_dict, load_config
 from segbench.engine import train
-from segbench.engine.tracking import TrackingFailed, config_params
-from tests.engine.test_tracking import log_events, tiny_config
+from segbench.engine.tracking import TrackingFailed
+from tests.engine.test_tracking import _history, assert_run_holds_the_folder, log_events, tiny_config
 
 
 def _server_missing() -> str | None:
@@ -125,10 +124,6 @@ def _client(uri: str):
     return client, client.search_runs([client.get_experiment_by_name("segbench").experiment_id])
 
 
-def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
 def test_a_run_logged_to_an_mlflow_server_reads_back_through_it(tiny_env, tmp_path, mlflow_server):
     run_dir = tmp_path / "run"
     metrics = train(tiny_config("train.trackers=[mlflow]", f"train.tracking_uri={mlflow_server.uri}"), run_dir,
@@ -139,14 +134,7 @@ def test_a_run_logged_to_an_mlflow_server_reads_back_through_it(tiny_env, tmp_pa
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert json.loads((run_dir / "tracking.json").read_text())["mlflow"] == {
         "tracking_uri": mlflow_server.uri, "run_id": run.info.run_id}
-    assert run.data.params == config_params(config_to_dict(load_config(run_dir / "config.yaml")))
-    for key in ("loss", "lr", "images_per_s"):
-        assert _history(client, run.info.run_id, f"train/{key}") == [
-            (e["iteration"], e[key]) for e in log_events(run_dir, "train")]
-    assert _history(client, run.info.run_id, "val/mDice_fg") == [
-        (e["iteration"], e["mDice_fg"]) for e in log_events(run_dir, "val")]
-    assert run.data.metrics["best/mDice_fg"] == metrics["val"]["mDice_fg"]
-    assert run.data.metrics["run/best_iteration"] == metrics["best_iteration"]
+    assert_run_holds_the_folder(client, run, run_dir, metrics, ("loss", "lr", "images_per_s"))
     assert run.data.metrics["run/num_params"] == metrics["num_params"]
     assert run.data.tags["arch"] == "tiny" and run.data.tags["device"] == "cpu"
     # Artifacts go through the server (mlflow-artifacts:/ proxied to --artifacts-destination) and come back whole.

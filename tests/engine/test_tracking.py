@@ -82,6 +82,19 @@ def _history(client, run_id, key):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def assert_run_holds_the_folder(client, run, run_dir, metrics, train_keys=("loss", "lr")):
+    """The MLflow run holds what the run folder holds: the train/* and val/mDice_fg histories of log.jsonl, the
+    best/ and run/ figures of metrics.json, the params of config.yaml."""
+    for key in train_keys:
+        assert _history(client, run.info.run_id, f"train/{key}") == [
+            (e["iteration"], e[key]) for e in log_events(run_dir, "train")]
+    assert _history(client, run.info.run_id, "val/mDice_fg") == [
+        (e["iteration"], e["mDice_fg"]) for e in log_events(run_dir, "val")]
+    assert run.data.metrics["best/mDice_fg"] == metrics["val"]["mDice_fg"]
+    assert run.data.metrics["run/best_iteration"] == metrics["best_iteration"]
+    assert run.data.params == config_params(config_to_dict(load_config(run_dir / "config.yaml")))
+
+
 def test_mlflow_run_killed_and_resumed_is_one_run_with_each_step_once(tiny_env, tmp_path):
     pytest.importorskip("mlflow")
     pytest.importorskip("sqlalchemy")
@@ -106,14 +119,7 @@ def test_mlflow_run_killed_and_resumed_is_one_run_with_each_step_once(tiny_env, 
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == tmp_path.name
     assert json.loads((tmp_path / "tracking.json").read_text())["mlflow"]["run_id"] == run.info.run_id
-    for key in ("loss", "lr"):
-        assert _history(client, run.info.run_id, f"train/{key}") == [
-            (e["iteration"], e[key]) for e in log_events(tmp_path, "train")]
-    assert _history(client, run.info.run_id, "val/mDice_fg") == [
-        (e["iteration"], e["mDice_fg"]) for e in log_events(tmp_path, "val")]
-    assert run.data.metrics["best/mDice_fg"] == metrics["val"]["mDice_fg"]
-    assert run.data.metrics["run/best_iteration"] == metrics["best_iteration"]
-    assert run.data.params == config_params(config_to_dict(load_config(tmp_path / "config.yaml")))
+    assert_run_holds_the_folder(client, run, tmp_path, metrics)
     assert run.data.tags["arch"] == "tiny" and run.data.tags["seed"] == "0" and run.data.tags["device"] == "cpu"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "per_case_val.csv", "best.pt"} <= artifacts
