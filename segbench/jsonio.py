@@ -5,6 +5,7 @@ folder or report (``metrics.json``, ``bench.json``, ``speed.json``, ...), throug
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,14 @@ from typing import Any
 
 from segbench.run_files import writable
 
-__all__ = ["json_safe", "write_json"]
+__all__ = ["json_safe", "write_json", "digest"]
+
+
+def digest(values: Any) -> str:
+    """Ten hex digits of the SHA-256 of ``values`` as compact sorted-key JSON: the identity of a run folder's
+    settings (a sweep's run, a budget plan, an anchor's run), equal for equal settings whatever their order."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def json_safe(value: Any) -> Any:

@@ -26,14 +26,13 @@ imports no torch (the report reads it). The measurement is ``segbench.bench.meas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segbench.jsonio import write_json
+from segbench.jsonio import digest, write_json
 
 __all__ = ["BUDGET_DIR", "GRID_STEP", "PLANNED_KINDS", "ArchBudget", "BudgetPlan", "parse_amount", "on_grid",
            "counts_from_step_times", "counts_from_step_flops", "plan_digest", "plan_path", "read_plan",
@@ -169,8 +168,7 @@ class BudgetPlan:
 
 
 def plan_digest(budget: str, cap: int, settings: dict[str, Any]) -> str:
-    text = json.dumps({"budget": budget, "cap": cap, "settings": settings}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    return digest({"budget": budget, "cap": cap, "settings": settings})
 
 
 def plan_path(out: str | Path, digest: str) -> Path:

@@ -23,7 +23,6 @@ network, ``SEGBENCH_OFFLINE=1``) those runs fail at once with the reason in thei
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from segbench.checkpoints.load import (
 )  # fmt: skip
 from segbench.models.registry import list_models, model_options
 from segbench.metric_defs import HEADLINE, metric
+from segbench.jsonio import digest
 from segbench.run_files import LAST_FILE
 
 __all__ = ["PlannedRun", "plan_sweep", "run_sweep", "config_hash", "input_size", "imagenet_starts", "IMAGENET_SUFFIX",
@@ -95,8 +95,7 @@ def config_hash(cfg: Config, measure: dict) -> str:
     measurement settings (sorted-key JSON): any change to either gives a new run folder."""
     values = config_to_dict(cfg)
     values["train"] = {key: value for key, value in values["train"].items() if key not in UNHASHED_TRAIN_KEYS}
-    text = json.dumps({"config": values, "measure": measure}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    return digest({"config": values, "measure": measure})
 
 
 def _measure_settings(cfg: Config, profile: Profile) -> dict:

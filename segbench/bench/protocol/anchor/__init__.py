@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ from typing import Callable
 
 from segbench.bench.protocol.anchor.spec import SPEC_FILE, TRAINERS_DIR, AnchorSpec
 from segbench.bench.protocol.record import RESULT_FILE, RunRecord, WorkerResult, figures_of
+from segbench.jsonio import digest
 
 __all__ = ["ANCHORS", "AnchorChoice", "AnchorRun", "AnchorMissing", "parse_anchors", "find_python", "plan_anchor",
            "anchor_runs", "run_anchor", "anchor_record", "anchor_facts", "ANCHOR_LOG"]
@@ -111,10 +111,6 @@ class AnchorRun:
     configuration: str
 
 
-def _hash(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def _budget(plan, budget_plan, speed: dict | None) -> dict:
     """The review's budget as the anchor's worker needs it (``AnchorSpec.budget``)."""
     train = plan[0].config.train
@@ -148,10 +144,10 @@ def plan_anchor(choice: AnchorChoice, plan, profile, out: str | Path, *, threads
         config = config_to_dict(run.config)
         identity = {"anchor": asdict(choice), "data": config["data"], "eval": config["eval"], "seed": run.seed,
                     "budget": {k: v for k, v in budget.items() if k != "speed"}, "measure": measure}
-        digest = _hash(identity)
+        run_hash = digest(identity)
         fold = f"f{run.fold}-" if run.fold is not None else ""
-        runs.append({"fold": run.fold, "seed": run.seed, "hash": digest, "config": config,
-                     "run_dir": str(Path(out) / f"{choice.name}-{fold}s{run.seed}-{digest}")})
+        runs.append({"fold": run.fold, "seed": run.seed, "hash": run_hash, "config": config,
+                     "run_dir": str(Path(out) / f"{choice.name}-{fold}s{run.seed}-{run_hash}")})
     return AnchorSpec(name=choice.name, schedule=choice.schedule, configuration=choice.configuration, root=str(root),
                       threads=threads, budget=budget, measure=measure, runs=runs)
 
@@ -161,7 +157,7 @@ def anchor_runs(spec: AnchorSpec) -> list[AnchorRun]:
             for r in spec.runs]
 
 
-def _environment(python: str, spec: AnchorSpec) -> dict[str, str]:
+def _environment(spec: AnchorSpec) -> dict[str, str]:
     root = Path(spec.root)
     threads = str(spec.threads)
     return {**os.environ, "PYTHONPATH": _segbench_path(os.environ), "nnUNet_raw": str(root / "raw"),
@@ -193,7 +189,7 @@ def run_anchor(spec: AnchorSpec, python: str, say: Callable[[str], None] = print
         f"with {python}; its output in {root / ANCHOR_LOG}")
     with open(root / ANCHOR_LOG, "a") as log:
         code = subprocess.call([python, "-m", "segbench.bench.protocol.anchor.nnunet", str(root / SPEC_FILE)],
-                               stdout=log, stderr=subprocess.STDOUT, env=_environment(python, spec))
+                               stdout=log, stderr=subprocess.STDOUT, env=_environment(spec))
     failed = 0
     for run in spec.runs:
         result = WorkerResult.read(run["run_dir"])
