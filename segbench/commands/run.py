@@ -189,17 +189,19 @@ def _anchor_choices(text: str | None) -> list:
 def _anchor_specs(choices: list, plan, profile, out: str, budget_plan, data: dict | None) -> list:
     """The anchors planned on ``plan`` (``data``: the data's facts, for timing steps under a time budget)."""
     import dataclasses
-    import os
+
+    import torch
 
     from segbench.bench.protocol.anchor import plan_anchor
+    from segbench.engine.threads import cpu_allotment
 
     speed = None
     if budget_plan is not None and budget_plan.kind == "time" and data is not None:
         from segbench.bench.protocol.review_speed import review_speed_settings
 
         speed = dataclasses.asdict(review_speed_settings(plan, profile, data)[1])
-    threads = int((budget_plan.measured.get("threads") if budget_plan is not None else None)
-                  or os.environ.get("SEGBENCH_THREADS") or len(os.sched_getaffinity(0)))
+    # As each zoo run computes (engine.threads.cap_threads): its allotment, which a time budget's plan pinned.
+    threads = min(cpu_allotment()[0], torch.get_num_threads())
     return [plan_anchor(c, plan, profile, out, threads=threads, budget_plan=budget_plan, speed=speed) for c in choices]
 
 

@@ -382,8 +382,7 @@ def _run_one(spec: AnchorSpec, run: dict, export: _Export, root: Path, data) -> 
         write_per_case_csv(run_dir / per_case_file(split), per_case)
         if per_slice:
             write_per_case_csv(run_dir / per_slice_file(split), per_slice, tuple(per_slice[0]))
-    metrics["nnunet_predict_s"] = metrics.get("nnunet_predict_val_s")
-    result.measure = {**_cost(trainer, spec, configuration), "nnunet_predict_s": metrics["nnunet_predict_s"],
+    result.measure = {**_cost(trainer, spec, configuration), "nnunet_predict_s": metrics.get("nnunet_predict_val_s"),
                       "nnunet_predict_note": "nnU-Net's end-to-end prediction of the validation cases (preprocessing, "
                                              "sliding window, mirroring, export), one process"}
     result.metrics = metrics
