@@ -24,8 +24,9 @@ whereas here it stops at the window edge (7x7 or 11x11); within such a window it
 ``window // 2`` pixels per iteration, so more iterations widen the reach. Teichmann & Cipolla report the
 local version two orders of magnitude faster than the permutohedral dense CRF on a GPU and, in their
 experiments, at least as accurate. Measured here (docs/crf.md): a straight boundary misplaced inside one
-colour region moves back to the colour edge only if it is within ``window // 2`` pixels; on a CPU the
-dense CRF is the faster of the two.
+colour region moves back to the colour edge only if it is within ``window // 2`` pixels; on an idle CPU
+ConvCRF is the cheaper of the two (2-9x), though its threads stall beside busy cores where the dense CRF's
+single-threaded lattice does not.
 
 Not normalised. Like ConvCRF's reference code, messages are sums over the window, so the weights act
 ``window**2 - 1`` times over; Krähenbühl's code (and so DeepLab's published weights) divides each message
@@ -46,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CRF_KINDS", "ConvCRF", "build_crf", "crf_kind", "check_mean_field"]
+__all__ = ["CRF_KINDS", "MeanFieldCRF", "ConvCRF", "build_crf", "crf_kind", "check_mean_field"]
 
 
 def check_mean_field(iterations: int, theta_alpha: float, theta_beta: float, theta_gamma: float) -> None:
@@ -62,7 +63,40 @@ def check_mean_field(iterations: int, theta_alpha: float, theta_beta: float, the
 CRF_KINDS = ("none", "conv", "dense")
 
 
-class ConvCRF(nn.Module):
+class MeanFieldCRF(nn.Module):
+    """What both CRFs share (``ConvCRF``, ``dense_crf.DenseCRF``): the Potts model's kernel settings, checked
+    (``check_mean_field``), and the input rules of ``forward(logits, image)``."""
+
+    def __init__(self, iterations: int, theta_alpha: float, theta_beta: float, theta_gamma: float,
+                 w_appearance: float, w_smoothness: float):
+        super().__init__()
+        check_mean_field(iterations, theta_alpha, theta_beta, theta_gamma)
+        self.iterations = iterations
+        self.theta_alpha = float(theta_alpha)
+        self.theta_beta = float(theta_beta)
+        self.theta_gamma = float(theta_gamma)
+        self.w_appearance = float(w_appearance)
+        self.w_smoothness = float(w_smoothness)
+
+    def kernel_repr(self) -> str:
+        return (f"theta_alpha={self.theta_alpha}, theta_beta={self.theta_beta}, theta_gamma={self.theta_gamma}, "
+                f"w_appearance={self.w_appearance}, w_smoothness={self.w_smoothness}")
+
+    def leaves_unchanged(self, logits: Tensor, image: Tensor) -> bool:
+        """Check that ``logits`` (N, C, H, W) and ``image`` (N, channels, H, W) agree (ValueError naming both
+        shapes); True when the CRF leaves the logits unchanged (zero iterations, or both weights zero)."""
+        if logits.ndim != 4 or image.ndim != 4:
+            raise ValueError(
+                f"logits and image must be (N, C, H, W); got {tuple(logits.shape)} and {tuple(image.shape)}"
+            )
+        if image.shape[0] != logits.shape[0] or image.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(
+                f"image {tuple(image.shape)} must match logits {tuple(logits.shape)} in batch size and H, W"
+            )
+        return self.iterations == 0 or (self.w_appearance == 0 and self.w_smoothness == 0)
+
+
+class ConvCRF(MeanFieldCRF):
     """Mean-field inference of a Potts CRF with Gaussian appearance and smoothness kernels, restricted to
     a ``window x window`` neighbourhood. No learnable parameters.
 
@@ -85,27 +119,16 @@ class ConvCRF(nn.Module):
         w_appearance: float = 10,
         w_smoothness: float = 3,
     ):
-        super().__init__()
-        check_mean_field(iterations, theta_alpha, theta_beta, theta_gamma)
+        super().__init__(iterations, theta_alpha, theta_beta, theta_gamma, w_appearance, w_smoothness)
         if window < 3 or window % 2 == 0:
             raise ValueError(f"window must be an odd size >= 3 (e.g. 7 or 11), got {window}")
-        self.iterations = iterations
         self.window = window
-        self.theta_alpha = float(theta_alpha)
-        self.theta_beta = float(theta_beta)
-        self.theta_gamma = float(theta_gamma)
-        self.w_appearance = float(w_appearance)
-        self.w_smoothness = float(w_smoothness)
         radius = window // 2
         # Every neighbour offset except the pixel itself (the sum in the mean-field update is over j != i).
         self._offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy or dx]
 
     def extra_repr(self) -> str:
-        return (
-            f"iterations={self.iterations}, window={self.window}, theta_alpha={self.theta_alpha}, "
-            f"theta_beta={self.theta_beta}, theta_gamma={self.theta_gamma}, "
-            f"w_appearance={self.w_appearance}, w_smoothness={self.w_smoothness}"
-        )
+        return f"iterations={self.iterations}, window={self.window}, {self.kernel_repr()}"
 
     def pairwise_kernel(self, image: Tensor) -> Tensor:
         """k(i, i + offset) for every pixel and offset: (N, window**2 - 1, H, W)."""
@@ -140,15 +163,7 @@ class ConvCRF(nn.Module):
         Returns the logits of the final mean-field marginals, ``logits + messages``: their softmax is Q.
         With zero weights or zero iterations it returns ``logits`` unchanged.
         """
-        if logits.ndim != 4 or image.ndim != 4:
-            raise ValueError(
-                f"logits and image must be (N, C, H, W); got {tuple(logits.shape)} and {tuple(image.shape)}"
-            )
-        if image.shape[0] != logits.shape[0] or image.shape[-2:] != logits.shape[-2:]:
-            raise ValueError(
-                f"image {tuple(image.shape)} must match logits {tuple(logits.shape)} in batch size and H, W"
-            )
-        if self.iterations == 0 or (self.w_appearance == 0 and self.w_smoothness == 0):
+        if self.leaves_unchanged(logits, image):
             return logits
         kernel = self.pairwise_kernel(image.to(logits.dtype))
         refined = logits

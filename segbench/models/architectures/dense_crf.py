@@ -28,9 +28,9 @@ import importlib.util
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from segbench.models.architectures.crf import check_mean_field
+from segbench.models.architectures.crf import MeanFieldCRF
 
 __all__ = ["DenseCRF", "dense_crf_available", "PYDENSECRF_MISSING"]
 
@@ -53,7 +53,7 @@ def _pydensecrf():
     return dcrf
 
 
-class DenseCRF(nn.Module):
+class DenseCRF(MeanFieldCRF):
     """Fully connected CRF post-processing of scores (Krähenbühl & Koltun 2011; DeepLab v1 Sec. 4, v2 Sec. 3.3).
 
     Args:
@@ -73,23 +73,13 @@ class DenseCRF(nn.Module):
         w_appearance: float = 4,
         w_smoothness: float = 3,
     ):
-        super().__init__()
-        check_mean_field(iterations, theta_alpha, theta_beta, theta_gamma)
+        super().__init__(iterations, theta_alpha, theta_beta, theta_gamma, w_appearance, w_smoothness)
         if min(w_appearance, w_smoothness) < 0:
             raise ValueError(f"w_appearance, w_smoothness must be >= 0, got {w_appearance}, {w_smoothness}")
         _pydensecrf()  # fail when the model is built, not at its first evaluation
-        self.iterations = iterations
-        self.theta_alpha = float(theta_alpha)
-        self.theta_beta = float(theta_beta)
-        self.theta_gamma = float(theta_gamma)
-        self.w_appearance = float(w_appearance)
-        self.w_smoothness = float(w_smoothness)
 
     def extra_repr(self) -> str:
-        return (
-            f"iterations={self.iterations}, theta_alpha={self.theta_alpha}, theta_beta={self.theta_beta}, "
-            f"theta_gamma={self.theta_gamma}, w_appearance={self.w_appearance}, w_smoothness={self.w_smoothness}"
-        )
+        return f"iterations={self.iterations}, {self.kernel_repr()}"
 
     def features(self, image: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(weight, features) per kernel for one (channels, H, W) image: positions over theta, and for the
@@ -123,15 +113,7 @@ class DenseCRF(nn.Module):
         Returns log Q, the logits of the final marginals (their softmax is Q), on ``logits``' device and
         dtype. With zero weights or zero iterations it returns ``logits`` unchanged.
         """
-        if logits.ndim != 4 or image.ndim != 4:
-            raise ValueError(
-                f"logits and image must be (N, C, H, W); got {tuple(logits.shape)} and {tuple(image.shape)}"
-            )
-        if image.shape[0] != logits.shape[0] or image.shape[-2:] != logits.shape[-2:]:
-            raise ValueError(
-                f"image {tuple(image.shape)} must match logits {tuple(logits.shape)} in batch size and H, W"
-            )
-        if self.iterations == 0 or (self.w_appearance == 0 and self.w_smoothness == 0):
+        if self.leaves_unchanged(logits, image):
             return logits
         scores = logits.detach().float().cpu().numpy()
         guide = image.detach().float().cpu().numpy()
