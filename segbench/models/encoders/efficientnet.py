@@ -35,10 +35,8 @@ from segbench.models.encoders.mobile_blocks import (
     ConvNormActivation,
     SqueezeExcitation,
     dilation_plan,
-    init_like_torchvision,
     make_divisible,
     TappedFeatures,
-    stage_taps,
 )
 from segbench.models.registry import register_encoder
 
@@ -126,18 +124,10 @@ class EfficientNet(TappedFeatures):
             channels.append(stage.out_channels)
             nominal.append(nominal[-1] * stage.stride)
             actual.append(actual[-1] * stage_stride)
-        last = LAST_CONV_EXPANSION * stages[-1].out_channels
-        layers.append(ConvNormActivation(stages[-1].out_channels, last, 1, norm=nn.BatchNorm2d, activation=nn.SiLU))
-        channels.append(last)
-        nominal.append(nominal[-1])
-        actual.append(actual[-1])
-        self.features = nn.Sequential(*layers)
         self.variant = variant
         self.output_stride = output_stride
-        self.taps = tuple(stage_taps(nominal, "last"))
-        self.out_channels = tuple(channels[i] for i in self.taps)
-        self.strides = tuple(actual[i] for i in self.taps)
-        init_like_torchvision(self)
+        self.finish(layers, channels, nominal, actual, last=LAST_CONV_EXPANSION * stages[-1].out_channels,
+                    norm=nn.BatchNorm2d, activation=nn.SiLU, feature_taps="last")
 
 
 def efficientnet(

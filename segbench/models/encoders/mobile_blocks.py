@@ -150,6 +150,22 @@ class TappedFeatures(Encoder):
     features: nn.Sequential
     taps: tuple[int, ...]
 
+    def finish(self, layers: list[nn.Module], channels: list[int], nominal: list[int], actual: list[int], *,
+               last: int, norm: Callable[[int], nn.Module], activation: type[nn.Module], feature_taps: str) -> None:
+        """The end both layouts share: the 1x1 conv to ``last`` channels after ``layers``, then ``features``, the
+        taps ``feature_taps`` picks (``stage_taps``) with their channels and strides, and torchvision's init.
+        ``channels``, ``nominal``, ``actual``: per module of ``layers``, its output channels and its stride
+        without and with dilation."""
+        layers.append(ConvNormActivation(channels[-1], last, 1, norm=norm, activation=activation))
+        channels.append(last)
+        nominal.append(nominal[-1])
+        actual.append(actual[-1])
+        self.features = nn.Sequential(*layers)
+        self.taps = tuple(stage_taps(nominal, feature_taps))
+        self.out_channels = tuple(channels[i] for i in self.taps)
+        self.strides = tuple(actual[i] for i in self.taps)
+        init_like_torchvision(self)
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """Run ``features`` up to the last tap and return the tapped outputs, shallow to deep."""
         outputs, wanted = [], set(self.taps)

@@ -36,10 +36,8 @@ from segbench.models.encoders.mobile_blocks import (
     ConvNormActivation,
     SqueezeExcitation,
     dilation_plan,
-    init_like_torchvision,
     make_divisible,
     TappedFeatures,
-    stage_taps,
 )
 from segbench.models.registry import register_encoder
 
@@ -123,19 +121,11 @@ class MobileNetV3(TappedFeatures):
             channels.append(config.out)
             nominal.append(nominal[-1] * config.stride)
             actual.append(actual[-1] * stride)
-        last = LAST_CONV_EXPANSION * channels[-1]
-        layers.append(ConvNormActivation(channels[-1], last, 1, norm=_norm, activation=nn.Hardswish))
-        channels.append(last)
-        nominal.append(nominal[-1])
-        actual.append(actual[-1])
-        self.features = nn.Sequential(*layers)
         self.variant = variant
         self.output_stride = output_stride
         self.feature_taps = feature_taps
-        self.taps = tuple(stage_taps(nominal, feature_taps))
-        self.out_channels = tuple(channels[i] for i in self.taps)
-        self.strides = tuple(actual[i] for i in self.taps)
-        init_like_torchvision(self)
+        self.finish(layers, channels, nominal, actual, last=LAST_CONV_EXPANSION * channels[-1], norm=_norm,
+                    activation=nn.Hardswish, feature_taps=feature_taps)
 
 
 def mobilenet_v3(
