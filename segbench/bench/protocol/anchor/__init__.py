@@ -37,6 +37,7 @@ __all__ = ["ANCHORS", "AnchorChoice", "AnchorRun", "AnchorMissing", "parse_ancho
 ANCHORS = {"nnunet": "matched", "nnunet-default": "default"}  # name -> schedule
 CONFIGURATIONS = ("auto", "2d", "3d_fullres")
 ANCHOR_LOG = "anchor.log"  # OUT/<anchor>/anchor.log: the worker's (and nnU-Net's) output
+SOURCE = Path(__file__).resolve().parents[4]  # the folder this segbench is imported from (its checkout)
 INSTALL = "pip install nnunetv2 into a Python with a matching torch/torchvision pair (`make peers` does, in .venv-peers)"
 
 
@@ -78,8 +79,7 @@ def _has_nnunet(python: str) -> str | None:
 
 def _segbench_path(environ) -> str:
     """PYTHONPATH that lets another Python import this segbench (its source folder first)."""
-    here = str(Path(__file__).resolve().parents[4])
-    return os.pathsep.join([here] + [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return os.pathsep.join([str(SOURCE)] + [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
 def find_python(explicit: str | None = None) -> str:
@@ -91,7 +91,7 @@ def find_python(explicit: str | None = None) -> str:
             raise AnchorMissing(f"nnU-Net anchor: {given} cannot import nnunetv2 ({why}); {INSTALL}")
         return given
     candidates = [sys.executable, str(Path.cwd() / ".venv-peers" / "bin" / "python"),
-                  str(Path(__file__).resolve().parents[4] / ".venv-peers" / "bin" / "python")]
+                  str(SOURCE / ".venv-peers" / "bin" / "python")]
     for python in dict.fromkeys(candidates):
         if Path(python).exists() and _has_nnunet(python) is None:
             return python
