@@ -145,3 +145,10 @@ def test_a_worker_that_dies_leaves_a_failed_row_per_run_naming_its_log(plan, tmp
     row = anchor_record(run).row()
     assert (row["arch"], row["status"], row["fold"], row["seed"]) == ("nnunet", "failed", run.fold, run.seed)
     assert any("failed" in line for line in said)
+
+
+def test_an_architecture_shown_better_than_nnunet_reaches_it():
+    lines = _verdict({"unet": 0.85, "segformer": 0.60, "nnunet": 0.80})
+    sentence = [line for line in lines if "nnU-Net anchor" in line]
+    assert len(sentence) == 1 and sentence[0].startswith("The zoo reaches the nnU-Net anchor (nnunet 0.")
+    assert "unet is better, +0.0" in sentence[0] and "segformer" not in sentence[0]
