@@ -99,14 +99,20 @@ def build_optimizer(model: nn.Module, train: TrainConfig, family: str) -> torch.
     raise ValueError(f"unknown optimizer {train.optimizer!r}; valid: sgd, adamw")
 
 
-def lr_factor(iteration: int, train: TrainConfig) -> float:
+def lr_factor(iteration: int, train: TrainConfig, anneal: tuple[int, int] | None = None) -> float:
     """Learning rate at ``iteration`` (0-based) as a fraction of the peak (``train`` resolved).
 
     As in mmcv's poly/cosine with linear warm-up: the decay runs over the whole run, and during
     warm-up it is scaled by a factor rising linearly from ``warmup_ratio`` to 1.
+    ``anneal``: (start, end) iterations of the annealing end of a budget "auto" run (``train.anneal``):
+    from ``start`` the factor falls linearly from the schedule's value there to ``min_lr`` at ``end``.
     """
-    progress = min(iteration / max(train.iterations, 1), 1.0)
     floor = train.min_lr / train.lr if train.lr > 0 else 0.0
+    if anneal is not None and iteration >= anneal[0]:
+        start, end = anneal
+        begin = lr_factor(start, train)
+        return begin + (floor - begin) * min((iteration - start) / max(end - start, 1), 1.0)
+    progress = min(iteration / max(train.iterations, 1), 1.0)
     if train.schedule == "poly":
         decay = (1 - progress) ** train.poly_power
     else:
@@ -117,9 +123,10 @@ def lr_factor(iteration: int, train: TrainConfig) -> float:
     return factor
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, iteration: int, train: TrainConfig) -> float:
+def set_learning_rate(optimizer: torch.optim.Optimizer, iteration: int, train: TrainConfig,
+                      anneal: tuple[int, int] | None = None) -> float:
     """Set every group's lr for this step; returns the peak-group (encoder) lr."""
-    lr = train.lr * lr_factor(iteration, train)
+    lr = train.lr * lr_factor(iteration, train, anneal)
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]
     return lr

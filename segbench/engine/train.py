@@ -501,8 +501,7 @@ def _write_per_case(run: _Run, split: str, per_case: list[dict], per_slice: list
 
 
 def _diverged(run: _Run, iteration: int, loss: float) -> TrainingDiverged:
-    t = run.cfg.train
-    lr = t.lr * lr_factor(iteration, t)
+    lr = run.cfg.train.lr * lr_factor(iteration, _schedule(run), _anneal(run))
     run.log.write(event="diverged", iteration=iteration, loss=loss, lr=lr)
     kept = f"{run.run_dir} keeps the last good checkpoint" if run.last_path.is_file() else "no checkpoint was written before it"
     return TrainingDiverged(f"the loss became {loss} at iteration {iteration} (lr {lr:.3g}); training stopped. "
@@ -510,8 +509,33 @@ def _diverged(run: _Run, iteration: int, loss: float) -> TrainingDiverged:
 
 
 def _end(run: _Run) -> int:
-    """The iteration the run ends at: train.iterations, or the steps a time budget was planned to hold."""
+    """The iteration the run ends at: train.iterations, the steps a time budget was planned to hold, or the
+    end of an "auto" run's annealing."""
+    if run.state.anneal is not None:
+        return run.state.anneal[1]
     return run.state.planned_iterations or run.cfg.train.iterations
+
+
+def _anneal(run: _Run) -> tuple[int, int] | None:
+    return tuple(run.state.anneal) if run.state.anneal is not None else None
+
+
+def _plateau(run: _Run, iteration: int) -> bool:
+    """Budget "auto" after a validation: on the plateau, start the annealing end (``train.anneal``; the
+    run goes on) or, with none to run, stop (True)."""
+    t, state = run.cfg.train, run.state
+    if t.budget != "auto" or state.anneal is not None or state.stale_validations < t.patience:
+        return False
+    steps = math.ceil(t.anneal * iteration / t.val_interval) * t.val_interval  # ends on a validation
+    end = min(iteration + max(steps, t.val_interval), t.iterations) if t.anneal > 0 else iteration
+    if end <= iteration:
+        return True
+    state.anneal = [iteration, end]
+    run.log.write(event="anneal", iteration=iteration, until=end,
+                  lr=t.lr * lr_factor(iteration, _schedule(run)))
+    run.say(f"iter {iteration}: plateau ({t.patience} validations without a gain of {t.min_delta}); "
+            f"annealing the learning rate to {t.min_lr:g} by iteration {end}")
+    return False
 
 
 def _schedule(run: _Run) -> TrainConfig:
@@ -546,7 +570,7 @@ def _loop(run: _Run) -> None:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             state.data_time_s += time.perf_counter() - tick  # waiting for the input pipeline
             iteration = state.iteration
-            lr = set_learning_rate(run.optimizer, iteration, _schedule(run))
+            lr = set_learning_rate(run.optimizer, iteration, _schedule(run), _anneal(run))
             try:
                 window.add(run.step(batch["image"], batch["mask"]), iteration)
             except torch.OutOfMemoryError as err:
@@ -581,10 +605,12 @@ def _loop(run: _Run) -> None:
                     _validate(run, iteration)
                 except torch.OutOfMemoryError as err:
                     raise _out_of_memory(run, "validation") from err
-                if t.budget == "auto" and state.stale_validations >= t.patience:
+                if _plateau(run, iteration):
                     last, state.stopped_by = True, "plateau"
+                bar.total = _end(run)
             if last and state.stopped_by is None:
-                state.stopped_by = "time" if t.budget == "time" else "iterations"
+                state.stopped_by = ("plateau" if state.anneal is not None
+                                    else "time" if t.budget == "time" else "iterations")
             if saving:
                 state.log_window = window.state()
                 _save_last(run)
@@ -627,7 +653,9 @@ def _finish(run: _Run, wall_start: float) -> dict:
         result = {
             "arch": cfg.model.arch, "recipe": run.recipe, "data": run.data.name, "iterations": t.iterations,
             "budget": t.budget, "iterations_run": state.iteration, "stopped_by": state.stopped_by,
-            "planned_iterations": state.planned_iterations, "converged": state.stale_validations >= t.patience,
+            "planned_iterations": state.planned_iterations, "anneal": state.anneal,
+            # An annealed "auto" run reached its plateau (then finished its schedule): converged.
+            "converged": state.stale_validations >= t.patience or state.anneal is not None,
             "last_improvement_iteration": state.last_improvement_iteration, "lr": t.lr, "lr_policy": t.lr_policy,
             "world_size": info.world_size, "device": str(run.device), "precision": run.precision.name,
             "math": math_settings(run.device), "channels_last": run.channels_last, "num_params": _num_params(model),

@@ -40,6 +40,7 @@ class TrainState:
     last_improvement_iteration: int | None = None
     stale_validations: int = 0
     planned_iterations: int | None = None  # budget "time": the steps the measured speed fits in
+    anneal: list | None = None  # budget "auto": [start, end] iterations of the annealing end (train.anneal)
     stopped_by: str | None = None  # "iterations", "time" or "plateau" once the run has ended
 
     @classmethod

@@ -76,3 +76,14 @@ def test_folds_plan_one_run_per_fold_and_seed(tmp_path):
     assert plan[2].run_dir.name.startswith("unet-f1-s0-") and plan[2].name == "fold 1 seed 0"
     with pytest.raises(ValueError, match="--folds must be >= 2"):
         plan_sweep(data="brain-mri", profile=get_profile("quick"), out=tmp_path, archs=["unet"], folds=1)
+
+
+def test_the_annealing_setting_names_a_new_run_only_where_it_acts():
+    from segbench.bench.protocol.sweep import config_hash
+    from segbench.config import load_config
+
+    def digest(*overrides):
+        return config_hash(load_config(None, list(overrides)), {})
+
+    assert digest("train.budget=auto") != digest("train.budget=auto", "train.anneal=0")
+    assert digest("train.budget=iterations") == digest("train.budget=iterations", "train.anneal=0")

@@ -3,6 +3,7 @@ which stops on a plateau of the validation metric and not on a rising curve; con
 for every budget."""
 
 import importlib
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -15,11 +16,12 @@ from segbench.engine.train_state import TrainState, note_validation, plan_iterat
 TINY = ["model.arch=tiny", "train.batch_size=4", "train.device=cpu", "train.log_interval=1",
         "train.checkpoint_interval=1000", "eval.test_at_end=false"]
 train_module = importlib.import_module("segbench.engine.train")  # the package's attribute is the function
+REAL_EVALUATE = train_module.evaluate
 
 
 def _scripted_validation(monkeypatch, values):
     """Validation returns ``values`` in turn as the best metric, the headline (the rest of the figures from the real pass)."""
-    real = train_module.evaluate
+    real = REAL_EVALUATE  # not the attribute: a test may script twice
     calls = iter(values)
 
     def evaluate(*args, **kwargs):
@@ -51,12 +53,56 @@ def test_plan_iterations_fits_the_budget_within_the_cap():
 def test_auto_stops_on_a_plateau(tiny_env, tmp_path, monkeypatch):
     _scripted_validation(monkeypatch, [0.5, 0.6, 0.7, 0.7005, 0.7004, 0.7009, 0.9, 0.95])
     cfg = load_config(None, TINY + ["train.iterations=40", "train.val_interval=4", "train.budget=auto",
-                                    "train.patience=3", "train.min_delta=0.001"])
+                                    "train.patience=3", "train.min_delta=0.001", "train.anneal=0"])
     metrics = train(cfg, tmp_path, progress=False)
     assert metrics["stopped_by"] == "plateau" and metrics["iterations_run"] == 24  # 3 stale after the 3rd
+    assert metrics["anneal"] is None
     assert metrics["converged"] is True and metrics["last_improvement_iteration"] == 12
     # Finished: running it again resumes nothing.
     assert train(cfg, tmp_path, progress=False)["iterations_run"] == 24
+
+
+def _events(run_dir, kind):
+    return [e for e in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
+AUTO = TINY + ["train.iterations=40", "train.val_interval=4", "train.budget=auto", "train.patience=3",
+               "train.min_delta=0.001", "train.lr=0.01"]
+PLATEAU_THEN_GAIN = [0.5, 0.6, 0.7, 0.7005, 0.7004, 0.7009, 0.9, 0.95, 0.96]
+
+
+def test_auto_anneals_from_the_plateau_to_min_lr_then_stops(tiny_env, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, PLATEAU_THEN_GAIN)
+    metrics = train(load_config(None, AUTO), tmp_path, progress=False)
+    # Plateau at 24 (3 stale validations after 12); 25% of 24 steps = 6, up to a validation: 8 more.
+    assert metrics["anneal"] == [24, 32] and metrics["iterations_run"] == 32 and metrics["stopped_by"] == "plateau"
+    assert metrics["converged"] is True and (metrics["best_iteration"], metrics["best_value"]) == (32, 0.95)
+    lrs = {e["iteration"]: e["lr"] for e in _events(tmp_path, "train")}  # logged after step iteration - 1
+    at_plateau = 0.01 * (1 - 24 / 40) ** 0.9  # where the poly schedule over the cap had got to
+    assert lrs[24] == pytest.approx(0.01 * (1 - 23 / 40) ** 0.9)  # the schedule up to the plateau
+    assert [lrs[i] for i in range(25, 33)] == pytest.approx([at_plateau * (1 - k / 8) for k in range(8)])
+    assert _events(tmp_path, "anneal") == [{"event": "anneal", "iteration": 24, "until": 32,
+                                            "lr": pytest.approx(at_plateau)}]
+
+
+def test_an_annealing_run_resumed_midway_ends_as_an_uninterrupted_one(tiny_env, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, PLATEAU_THEN_GAIN)
+    whole = train(load_config(None, AUTO), tmp_path / "whole", progress=False)
+    _scripted_validation(monkeypatch, PLATEAU_THEN_GAIN[:6])  # the 7th validation (28, annealing) is killed
+    with pytest.raises(StopIteration):
+        train(load_config(None, AUTO), tmp_path / "cut", progress=False)
+    _scripted_validation(monkeypatch, PLATEAU_THEN_GAIN[6:])
+    resumed = train(load_config(None, AUTO), tmp_path / "cut", progress=False)
+    assert resumed["anneal"] == whole["anneal"] == [24, 32]
+    assert (resumed["iterations_run"], resumed["best_value"]) == (whole["iterations_run"], whole["best_value"])
+    lrs = lambda run: {e["iteration"]: e["lr"] for e in _events(tmp_path / run, "train")}
+    assert lrs("cut") == lrs("whole")
+
+
+def test_auto_does_not_anneal_past_its_cap(tiny_env, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.5, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7])
+    metrics = train(load_config(None, AUTO + ["train.iterations=28", "train.anneal=1"]), tmp_path, progress=False)
+    assert metrics["anneal"] == [24, 28] and metrics["iterations_run"] == 28 and metrics["converged"] is True
 
 
 def test_auto_does_not_stop_on_a_rising_curve_and_says_it_had_not_converged(tiny_env, tmp_path, monkeypatch):

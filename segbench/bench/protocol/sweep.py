@@ -94,7 +94,9 @@ def config_hash(cfg: Config, measure: dict) -> str:
     """Ten hex digits of the SHA-256 of the resolved configuration (but ``UNHASHED_TRAIN_KEYS``) and the
     measurement settings (sorted-key JSON): any change to either gives a new run folder."""
     values = config_to_dict(cfg)
-    values["train"] = {key: value for key, value in values["train"].items() if key not in UNHASHED_TRAIN_KEYS}
+    # train.anneal acts under the "auto" budget only: other budgets' folders keep the names they had before it.
+    unhashed = UNHASHED_TRAIN_KEYS + (() if cfg.train.budget == "auto" else ("anneal",))
+    values["train"] = {key: value for key, value in values["train"].items() if key not in unhashed}
     return digest({"config": values, "measure": measure})
 
 
