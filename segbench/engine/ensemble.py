@@ -1,7 +1,10 @@
 """Ensembles of trained runs and flip test-time augmentation, evaluated by the one evaluation loop.
 
 An ensemble is a list of trained runs (seeds or folds of one architecture, or several architectures) that
-take the same input: the same data settings (the fold aside), classes, channels and normalisation. Its
+take the same input: the same data settings (the fold aside), classes, channels and normalisation kind. Fold
+models normalise with their own training split's mean/std (kind "dataset"): the ensemble's input is
+normalised as the first member's, and every other member maps it to its own statistics first
+(``Renormalized``, a per-channel affine map), so each network sees exactly what it was trained on. Its
 prediction is the mean of its members' softmax probabilities (``inference.predict_scores``, as nnU-Net
 ensembles), and with TTA the mean over every member and every flipped view. Nothing is retrained.
 
@@ -15,13 +18,14 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from segbench.config import Config, EvalConfig, config_to_dict
 from segbench.engine import run_folder
 from segbench.engine.checkpoint import DataInfo, load_run_model
 
-__all__ = ["EnsembleError", "Members", "load_members", "with_flips", "EnsembleResult", "evaluate_runs"]
+__all__ = ["EnsembleError", "Members", "Renormalized", "load_members", "with_flips", "EnsembleResult", "evaluate_runs"]
 
 # Data settings that only training reads: members may differ in them and still see the same evaluation input.
 _TRAINING_ONLY = ("fold", "augment", "keep_empty_slices", "cache_dir")
@@ -59,6 +63,33 @@ class Members:
         return Members(self.run_dirs, self.models, replace(self.cfg, eval=cfg), self.info, self.folds)
 
 
+class Renormalized(nn.Module):
+    """A member whose training split had other statistics than the ensemble's input: input normalised with
+    ``source`` (mean/std per channel, stored units) becomes this member's ``target`` normalisation,
+    ((x * s_source + m_source) - m_target) / s_target, before its network runs."""
+
+    def __init__(self, model: nn.Module, source: dict, target: dict):
+        super().__init__()
+        self.model = model
+        mean_s, std_s = (torch.tensor(source[k], dtype=torch.float32) for k in ("mean", "std"))
+        mean_t, std_t = (torch.tensor(target[k], dtype=torch.float32) for k in ("mean", "std"))
+        self.register_buffer("scale", (std_s / std_t).view(1, -1, 1, 1))
+        self.register_buffer("shift", ((mean_s - mean_t) / std_t).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
+
+
+def _restated(normalization: dict | None) -> bool:
+    """Whether a member with this normalisation can take another member's input through ``Renormalized``."""
+    return bool(normalization) and normalization.get("kind") == "dataset"
+
+
+def _same_but_statistics(a: dict | None, b: dict | None) -> bool:
+    return (_restated(a) and _restated(b) and a.get("image_dtype") == b.get("image_dtype")
+            and len(a["mean"]) == len(b["mean"]))
+
+
 def _data_settings(cfg: Config) -> dict:
     data = config_to_dict(cfg)["data"]
     return {k: v for k, v in data.items() if k not in _TRAINING_ONLY}
@@ -67,7 +98,8 @@ def _data_settings(cfg: Config) -> dict:
 def _check_same_input(first: tuple[Path, Config, DataInfo], other: tuple[Path, Config, DataInfo]) -> None:
     (dir_a, cfg_a, info_a), (dir_b, cfg_b, info_b) = first, other
     facts = ("num_classes", "in_channels", "class_names", "ignore_index", "volumetric", "normalization")
-    differ = [f for f in facts if getattr(info_a, f) != getattr(info_b, f)]
+    differ = [f for f in facts if getattr(info_a, f) != getattr(info_b, f)
+              and not (f == "normalization" and _same_but_statistics(info_a.normalization, info_b.normalization))]
     a, b = _data_settings(cfg_a), _data_settings(cfg_b)
     differ += [f"data.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if differ:
@@ -89,7 +121,10 @@ def load_members(run_dirs: list[str | Path], which: str = "best") -> Members:
     for run_dir, _, cfg, info in loaded[1:]:
         _check_same_input(first, (run_dir, cfg, info))
     folds = [cfg.data.fold for _, _, cfg, _ in loaded] if loaded[0][2].data.folds else []
-    return Members(dirs, [model for _, model, _, _ in loaded], loaded[0][2], loaded[0][3], folds)
+    source = loaded[0][3].normalization
+    models = [model if info.normalization == source else Renormalized(model, source, info.normalization)
+              for _, model, _, info in loaded]
+    return Members(dirs, models, loaded[0][2], loaded[0][3], folds)
 
 
 @dataclass

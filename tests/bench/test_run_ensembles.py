@@ -2,10 +2,12 @@
 scored on the review's units, in the table and the statistics, priced by the harness."""
 
 import json
+import statistics
 
 import pytest
 from click.testing import CliRunner
 
+from segbench.bench.report.evidence import RunScores, read_run_scores, unit_scores
 from segbench.bench.report.results import read_results_csv
 from segbench.commands.run import run
 from tests.bench.test_run import write_synthetic_data
@@ -43,3 +45,35 @@ def check_review_with_candidates(out):
         assert row["latency_ms"] == pytest.approx(records[name]["cost"]["latency_ms"])
     markdown = (out / "report" / "report.md").read_text()
     assert "ensemble of 2 + TTA" in markdown and "Dice per ms" in markdown
+
+
+def test_fold_ensembles_are_compared_with_one_fold_model_on_the_test_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    data = write_synthetic_data(tmp_path / "data", splits=(("", 20),))  # pooled: folds over cases, a test split carved
+    out = tmp_path / "out"
+    result = CliRunner().invoke(run, [str(data), "--archs", "unet", "--iterations", "2", "--out", str(out), "--folds", "2",
+                                      "--set", "data.resize=[32,32]", "--set", "data.test_fraction=0.4", "--set", "train.batch_size=4", "--no-progress", "--no-speed", "--lr", "paper",
+                                      "--ensembles"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = {r["name"]: r for r in json.loads((out / "candidates" / "candidates.json").read_text())["candidates"]}
+    folds = records["unet 2-fold ensemble"]
+    assert (folds["kind"], folds["split"], folds["error"], folds["reference"]) == ("folds", "test", "", "unet")
+    assert sorted(folds["member_runs"]["-,0"]) == sorted(p.name for p in out.glob("unet-f*-s0-*"))  # both folds
+    assert (folds["cost"]["forward_passes"], folds["reference_cost"]["forward_passes"]) == (2, 1)
+    ensemble = read_run_scores(out / folds["folders"]["-,0"], "test").cases
+    singles = [read_run_scores(p, "test").cases for p in sorted(out.glob("unet-f*-s0-*"))]
+    tested = {r["case"] for r in ensemble}
+    assert len(tested) >= 4 and tested == {r["case"] for r in singles[0]} == {r["case"] for r in singles[1]}
+    # The section: the ensemble's difference from one fold model is the difference of their mean test Dice.
+    section = json.loads((out / "report" / "fold_ensembles.json").read_text())
+    rows = {row[0]: row for row in section["rows"]}
+    assert set(rows) == {"unet, one fold model", "unet 2-fold ensemble"}
+    mean = lambda cases: statistics.fmean(unit_scores(RunScores(cases, []), "case").values())
+    single_mean = statistics.fmean(mean(cases) for cases in singles)
+    assert float(rows["unet 2-fold ensemble"][2].split()[0]) == pytest.approx(mean(ensemble) - single_mean, abs=1e-4)
+    assert rows["unet 2-fold ensemble"][3] == "not tested"  # fewer than 8 test cases: no claim
+    assert any("cannot support one" in note for note in section["notes"])
+    markdown = (out / "report" / "report.md").read_text()
+    assert "## Fold ensembles on the test split" in markdown and "unet 2-fold ensemble" in markdown
+    statistics_json = json.loads((out / "report" / "statistics.json").read_text())
+    assert "unet 2-fold ensemble" not in statistics_json["comparison"]["architectures"]  # not in the validation family

@@ -121,3 +121,18 @@ def test_export_of_several_runs_says_why_not(tiny_cli_run, tiny_env, tmp_path):
     result = CliRunner().invoke(main, ["export", str(tiny_cli_run), str(tiny_cli_run)])
     assert result.exit_code == 2 and "not exported as one ONNX graph" in result.output
     assert "segbench predict RUN1 RUN2" in result.output
+
+
+def test_a_member_trained_on_other_statistics_sees_its_own_normalisation():
+    from segbench.engine.ensemble import Renormalized
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(2, 3, 3, padding=1)
+    raw = torch.rand(1, 2, 8, 8) * 255
+    first = {"kind": "dataset", "mean": [100.0, 20.0], "std": [50.0, 10.0]}  # the ensemble's input (member 0's)
+    own = {"kind": "dataset", "mean": [90.0, 30.0], "std": [40.0, 12.0]}  # this member's training split
+    normalise = lambda n: (raw - torch.tensor(n["mean"]).view(1, -1, 1, 1)) / torch.tensor(n["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = net(normalise(own))
+        assert torch.allclose(Renormalized(net, first, own)(normalise(first)), expected, atol=1e-5)
+        assert not torch.allclose(Renormalized(net, own, first)(normalise(first)), expected, atol=1e-2)  # the wrong way

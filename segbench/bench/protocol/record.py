@@ -206,8 +206,8 @@ class CandidateRecord:
     of the top architectures (with or without TTA). Its per-case files are those of a run, one folder per
     (fold, seed) it was evaluated for; its cost was measured in one interleaved timing with ``reference``."""
 
-    name: str  # its row's name in the report, e.g. "unet + TTA", "ensemble of 3 + TTA"
-    kind: str  # "tta", "ensemble" or "ensemble+tta"
+    name: str  # its row's name in the report, e.g. "unet + TTA", "ensemble of 3 + TTA", "unet 5-fold ensemble"
+    kind: str  # "tta", "ensemble", "ensemble+tta", or "folds" (one architecture's fold models, on the test split)
     members: list[str]  # the architectures (labels) whose runs it combines
     flips: list[str]
     folders: dict[str, str] = field(default_factory=dict)  # "<fold>,<seed>" ("-" for no fold) -> folder under OUT
@@ -216,6 +216,7 @@ class CandidateRecord:
     reference: str = ""  # the single architecture timed in the same measurement (the best by mean)
     reference_cost: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # why it has no scores, when it failed
+    split: str = "val"  # the split its per-case files score: "test" for a fold ensemble (no val case is held out by all)
 
     @staticmethod
     def key(fold: int | None, seed: int) -> str:

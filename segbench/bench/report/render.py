@@ -45,6 +45,8 @@ class ReportInputs:
     speed: dict = field(default_factory=dict)  # intro, rows (keyed as SPEED_COLUMNS), notes; empty: not measured
     warnings: list[str] = field(default_factory=list)  # shown before anything else (segbench.bench.report.devices)
     show_devices: bool = False  # name each row's device model next to its backbone (the rows' differ)
+    # intro, columns, rows (strings), notes: fold ensembles on the test split (report.fold_ensembles); empty: none
+    fold_ensembles: dict = field(default_factory=dict)
 
 
 def table_columns(table: list[dict], keys: list[str]) -> list[Column]:
@@ -275,6 +277,18 @@ def _speed_html(speed: dict) -> str:
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div><ul class=\"muted\">{notes}</ul>")
 
 
+def _fold_ensembles_html(section: dict) -> str:
+    if not section:
+        return ""
+    head = "".join(f'<th class="nosort{" text" if i == 0 else ""}">{_e(c)}</th>' for i, c in enumerate(section["columns"]))
+    body = "".join("<tr>" + "".join(f"<td{TEXT_CELL if i in (0, 3) else ''}>{_e(v)}</td>" for i, v in enumerate(row))
+                   + "</tr>" for row in section["rows"])
+    notes = "".join(f"<li>{_e(n)}</li>" for n in section["notes"])
+    return (f'<h2 id="fold-ensembles">Fold ensembles on the test split</h2><p>{_e(section["intro"])}</p>'
+            f'<div class="scroll"><table id="fold-ensembles-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            f'</table></div><ul class="muted">{notes}</ul>')
+
+
 def _verdict_html(sentences: list[str]) -> str:
     if not sentences:
         return ""
@@ -302,6 +316,7 @@ def write_html(inputs: ReportInputs, path: str | Path, columns: list[Column]) ->
 {_verdict_html(inputs.verdict)}
 <h2>Findings</h2><ul>{overall}</ul>
 <h2>Comparison</h2>{_results_table_html(inputs, columns)}
+{_fold_ensembles_html(inputs.fold_ensembles)}
 {_speed_html(inputs.speed)}
 <h2>Figures</h2>{figures}
 <h2>Architectures</h2>{archs}
@@ -349,6 +364,13 @@ def write_markdown(inputs: ReportInputs, path: str | Path, columns: list[Column]
         lines.append(f"| {r['arch']} | {_md(_backbone(inputs, r))} | {r.get('runs', 0)} | " + " | ".join(cells) + " |")
     lines += ["", "Bold: best in the column. Mean over runs (± sample std when several); costs: median over runs "
               "[their range when they differ]; an empty cost was not measured.", ""]
+    if inputs.fold_ensembles:
+        section = inputs.fold_ensembles
+        lines += ["## Fold ensembles on the test split", "", _md(section["intro"]), ""]
+        lines += ["| " + " | ".join(_md(c) for c in section["columns"]) + " |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
+        lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in section["rows"]]
+        lines += [""] + [f"- {_md(n)}" for n in section["notes"]] + [""]
     if inputs.speed:
         lines += ["## Speed", "", _md(inputs.speed["intro"]), ""]
         lines.append("| Architecture | " + " | ".join(_header(c) for c in SPEED_COLUMNS) + " |")

@@ -27,6 +27,7 @@ from segbench.bench.report.evidence import (
     MARGIN, Evidence, RunKey, RunScores, evidence_figures, gather, read_run_scores, write_evidence,
 )  # fmt: skip
 from segbench.bench.report.findings import findings, overall_findings
+from segbench.bench.report.fold_ensembles import fold_ensemble_section
 from segbench.bench.report.render import ReportInputs, table_columns, write_html, write_markdown
 from segbench.bench.report.results import aggregate, write_results
 from segbench.bench.report.verdict import verdict
@@ -210,6 +211,7 @@ class Runs:
     first: WorkerResult  # data and machine facts: a successful run's (any run's if none succeeded)
     out: Path
     candidates: list[CandidateRecord]  # ensembles and TTA built from these runs (segbench run --ensembles)
+    fold_ensembles: list[CandidateRecord]  # each architecture's fold models as one, on the test split
     anchors: list[ReviewRun]  # the field's baseline (segbench run --anchor): one per (fold, seed), after the zoo
 
     @property
@@ -230,7 +232,9 @@ def _read_runs(review: ReviewInput) -> Runs:
     ok = _first_ok(plan)
     source = next(iter(ok.values()), plan[0] if plan else None)
     first = (WorkerResult.read(source.run_dir) if source else None) or WorkerResult(hash="")
-    return Runs(plan, [run.row for run in plan], ok, first, out, _current_candidates(out, plan), list(review.anchors))
+    candidates = _current_candidates(out, plan)
+    return Runs(plan, [run.row for run in plan], ok, first, out, [c for c in candidates if c.split == "val"],
+                [c for c in candidates if c.split == "test"], list(review.anchors))
 
 
 def _classes(runs: Runs, background: int) -> Classes:
@@ -318,7 +322,8 @@ def _machine(runs: Runs) -> dict:
 def _profile_info(runs: Runs, setup: ReviewSetup, overrides: list[str] | tuple[str, ...]) -> dict:
     """The profile's settings as they ran (``setup.settings``), with what this review's runs and candidates add."""
     folds = {r.fold for r in runs.plan} - {None}
-    settings = {**setup.settings, "ensembles": ", ".join(c.name for c in runs.candidates) or "none",
+    settings = {**setup.settings,
+                "ensembles": ", ".join(c.name for c in runs.candidates + runs.fold_ensembles) or "none",
                 "seeds": len({r.seed for r in runs.plan}), "command_line_overrides": list(overrides) or "none",
                 "cross_validation": f"{len(folds)} folds over cases, one run per fold and seed" if folds else "none"}
     return {"name": setup.profile, "description": setup.description, "settings": settings,
@@ -367,6 +372,9 @@ def write_review(
     write_results(table, report_dir, "summary")  # per architecture: figures over runs, the statistics' intervals
     figures, grid_notes = _figures(runs, classes, table, evidence, deployment, report_dir)
     devices = mixed_devices_warning(runs.rows)
+    folds = fold_ensemble_section(runs.plan, runs.out, runs.fold_ensembles, margin)
+    if folds:
+        write_json(folds, report_dir / "fold_ensembles.json")
     inputs = ReportInputs(
         title=f"segbench review: {runs.first.data.get('name') or 'data'}, profile {setup.profile}",
         command=command, profile=_profile_info(runs, setup, overrides), machine=_machine(runs),
@@ -377,6 +385,7 @@ def write_review(
         notes=_measurement_notes(runs.rows, setup, len({r.seed for r in runs.plan})) + grid_notes,
         warnings=[devices] if devices else [], show_devices=bool(devices), speed=setup.speed,
         verdict=_verdict(evidence, table, runs.rows + runs.anchor_rows, per_arch, margin, deployment, report_dir),
+        fold_ensembles=folds,
     )
     columns = table_columns(table, [c.key for c in COLUMNS])
     write_markdown(inputs, report_dir / "report.md", columns)
