@@ -1,5 +1,6 @@
-"""int8 post-training quantization (``segbench.export.quantize``, ``segbench export --quantize int8``), on a run
-folder and a data folder the tests write themselves."""
+"""int8 post-training quantization (``segbench.export.quantize``, ``segbench export --quantize int8``) and its
+evaluation against fp32 (``segbench eval --engine onnx-int8 --compare``), on a run folder and a data folder
+the tests write themselves."""
 
 import json
 
@@ -149,6 +150,28 @@ def test_export_quantize_int8_writes_the_model_and_a_sidecar_of_its_settings(tmp
         expected = model(x)
     got = load_onnx_model(run_dir / "model.int8.onnx")(x)
     assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+def test_eval_engine_int8_compare_judges_against_fp32_and_prices_both(tmp_path):
+    run_dir, _ = _run_folder(tmp_path / "run", _data_folder(tmp_path / "data"))
+    assert _invoke("eval", run_dir, "--engine", "onnx-int8").exit_code == 1  # not exported yet: says how
+    assert _invoke("export", run_dir, "--quantize", "int8", "--calibration", "4").exit_code == 0
+    result = _invoke("eval", run_dir, "--engine", "onnx-int8", "--compare", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "fp32 (model.onnx): val" in result.output and "int8 (model.int8.onnx): val" in result.output
+    assert "latency int8/fp32 at batch 1, 32x32" in result.output
+    saved = json.loads((tmp_path / "out" / "candidates_val.json").read_text())
+    assert saved["best_single"] == "fp32 (model.onnx)" and saved["n_units"] == 3 and saved["unit"] == "case"
+    int8_row = next(r for r in saved["rows"] if r["name"].startswith("int8"))
+    assert int8_row["latency_ms"] > 0 and abs(int8_row["diff"]) < 0.2
+    assert saved["costs"]["latency_ratio"]["ratio_int8_fp32"] > 0
+    # The fp32 row is the evaluation loop's on model.onnx: the same Dice as the torch engine's on the run.
+    fp32 = _invoke("eval", run_dir, "--engine", "onnx", "--out", tmp_path / "fp32")
+    torch_eval = _invoke("eval", run_dir, "--out", tmp_path / "torch", "--which", "best")
+    assert fp32.exit_code == 0 and torch_eval.exit_code == 0, fp32.output + torch_eval.output
+    onnx_dice = json.loads((tmp_path / "fp32" / "eval_val.json").read_text())["dice_fg_per_case"]
+    torch_dice = json.loads((tmp_path / "torch" / "eval_val.json").read_text())["dice_fg_per_case"]
+    assert onnx_dice == pytest.approx(torch_dice, abs=1e-3)
 
 
 def test_int8_calibration_without_the_run_data_is_one_line_naming_it(tmp_path):
