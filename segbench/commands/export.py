@@ -90,7 +90,6 @@ def _training_split(run_dir: Path, cfg, data_source: str | None):
     """The run's training split, loaded as it trained (``data.source`` or ``--data``), checked to hold the cases
     the run recorded (``run_folder.compare_split_record``): calibration must not see a validation image."""
     import dataclasses
-    import sys
 
     from segbench.data import DataError, load_data
     from segbench.data.pipeline import split_record
