@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 __all__ = ["MARKER", "SPLIT_FILE", "LAST_FILE", "BEST_FILE", "LOG_FILE", "METRICS_FILE", "CONFIG_FILE", "DATA_INFO_FILE",
-           "ONNX_FILE", "PER_CASE_FILES", "LR_FIND_FILE", "TRACKING_FILE", "RUN_FILES", "per_case_file", "per_slice_file",
+           "ONNX_FILE", "INT8_ONNX_FILE", "PER_CASE_FILES", "LR_FIND_FILE", "TRACKING_FILE", "RUN_FILES", "per_case_file", "per_slice_file",
            "eval_file", "eval_per_case_file", "RunFolderError", "DiskFull", "WRITE_ERRNOS", "read_marker", "listed", "writable"]
 
 LAST_FILE = "last.pt"  # everything needed to resume exactly
@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.json"  # the run's figures (segbench.engine.train)
 CONFIG_FILE = "config.yaml"  # the resolved configuration
 DATA_INFO_FILE = "data_info.json"  # classes, channels, normalisation: what predict needs
 ONNX_FILE = "model.onnx"  # written by segbench export
+INT8_ONNX_FILE = "model.int8.onnx"  # segbench export --quantize int8: ONNX_FILE quantized (segbench.export.quantize)
 MARKER = "segbench_run.json"
 SPLIT_FILE = "data_split.json"  # case ids per split and the data's content hash (``eval`` compares)
 # The best checkpoint's scores per (case, class) and per (volume slice, class) of val and test.

@@ -139,6 +139,11 @@ class TrainSliceDataset(SliceDataset):
         dropped = set(self.empty) - {self.empty[j] for j in chosen.tolist()}
         self.items = [item for item in self.full if item not in dropped]
 
+    def unaugmented(self) -> SliceDataset:
+        """Every training slice (the empty ones too) as prepared for inference: normalised, never augmented
+        (what int8 calibration reads, ``segbench.export.quantize``)."""
+        return SliceDataset(self.store, self.full, self.normalization)
+
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)
         if self.augment is not None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from segbench.config import Config, config_from_dict
 from segbench.checkpoints.io import CheckpointError, load_torch_file
-from segbench.run_files import LAST_FILE, DiskFull, writable
+from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, LAST_FILE, DiskFull, writable
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -38,6 +38,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "load_run_model",
+    "load_run_settings",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -225,3 +226,16 @@ def load_run_model(
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, info
+
+
+def load_run_settings(run_dir: str | Path) -> tuple[Config, DataInfo]:
+    """A run's config and data info without its weights (an exported model needs no checkpoint): from
+    ``config.yaml`` and ``data_info.json``, else from ``best.pt``."""
+    from segbench.config import load_config
+
+    run_dir = Path(run_dir)
+    info_path = run_dir / DATA_INFO_FILE
+    if (run_dir / CONFIG_FILE).is_file() and info_path.is_file():
+        return load_config(run_dir / CONFIG_FILE), DataInfo.from_dict(json.loads(info_path.read_text()))
+    state = load_checkpoint(run_dir / BEST_FILE)
+    return config_from_dict(state["config"]), DataInfo.from_dict(state["data_info"])

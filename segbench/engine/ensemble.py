@@ -23,9 +23,12 @@ from torch import nn
 
 from segbench.config import Config, EvalConfig, config_to_dict
 from segbench.engine import run_folder
-from segbench.engine.checkpoint import DataInfo, load_run_model
+from segbench.engine.checkpoint import DataInfo, load_run_model, load_run_settings
 
-__all__ = ["EnsembleError", "Members", "Renormalized", "load_members", "with_flips", "EnsembleResult", "evaluate_runs"]
+__all__ = [
+    "EnsembleError", "Members", "Renormalized", "load_members", "load_exported", "with_flips", "EnsembleResult",
+    "evaluate_runs",
+]  # fmt: skip
 
 # Data settings that only training reads: members may differ in them and still see the same evaluation input.
 _TRAINING_ONLY = ("fold", "augment", "keep_empty_slices", "cache_dir")
@@ -125,6 +128,15 @@ def load_members(run_dirs: list[str | Path], which: str = "best") -> Members:
     models = [model if info.normalization == source else Renormalized(model, source, info.normalization)
               for _, model, _, info in loaded]
     return Members(dirs, models, loaded[0][2], loaded[0][3], folds)
+
+
+def load_exported(run_dir: str | Path, path: str | Path) -> Members:
+    """One run as its exported ONNX file at ``path`` (``model.onnx`` or ``model.int8.onnx``) run by ONNX Runtime,
+    with the run's own settings: an ensemble of one that the one evaluation loop scores like the network."""
+    from segbench.engine.onnx_runtime import load_onnx_model
+
+    cfg, info = load_run_settings(run_dir)
+    return Members([Path(run_dir)], [load_onnx_model(path)], cfg, info)
 
 
 @dataclass

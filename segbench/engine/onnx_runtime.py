@@ -1,5 +1,6 @@
 """Running an exported ``.onnx`` file with ONNX Runtime like the PyTorch model in eval mode (float NCHW
-Tensor in, logits Tensor out): ``segbench predict --engine onnx`` and ``segbench speed``'s ONNX row.
+Tensor in, logits Tensor out): ``segbench predict --engine onnx``, ``segbench eval --engine onnx|onnx-int8``
+and ``segbench speed``'s ONNX row.
 The file's ``ExportInfo`` (written by ``segbench.export.onnx``) says which input shapes it accepts.
 """
 
@@ -10,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from segbench.run_files import ONNX_FILE
 
 __all__ = ["OPSET", "METADATA_KEY", "ExportInfo", "OnnxModel", "load_onnx_model", "onnx_providers"]
@@ -72,10 +73,14 @@ def session(path: Path | str, threads: int | None = None, device: str = "cpu"):
     return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
 
 
-class OnnxModel:
-    """An ONNX Runtime session that is called like the PyTorch model in eval mode."""
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session that is called like the PyTorch model in eval mode. A module without parameters,
+    so that the one evaluation loop (``evaluate.evaluate``), ``inference.predict_scores`` and the timing
+    harness take it as they take a network (``.eval()``, ``.to(device)`` and forward hooks do what they do on
+    any module; the graph itself always runs as exported)."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None, device: str = "cpu"):
+        super().__init__()
         self.path = Path(path)
         self.session = session(self.path, threads, device)
         # Which provider runs the graph: the first of the session's (CUDA where it was asked for and offered).
@@ -85,7 +90,7 @@ class OnnxModel:
             raise ValueError(f"{self.path} was not written by segbench.export.onnx (no {METADATA_KEY!r} metadata)")
         self.info = ExportInfo.from_json(meta[METADATA_KEY])
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         info = self.info
         if x.ndim != 4 or x.shape[1] != info.in_channels:
             raise ValueError(f"expected a float tensor (N, {info.in_channels}, H, W), got shape {tuple(x.shape)}")

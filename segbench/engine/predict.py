@@ -16,7 +16,6 @@ volumes -> ``STEM_seg.nii.gz`` and ``STEM_overlay.png`` (the slice with the most
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from segbench.config import Config, config_from_dict, load_config
-from segbench.engine.checkpoint import DataInfo, load_checkpoint
+from segbench.engine.checkpoint import load_run_settings
 from segbench.engine.device import Precision, inference_precision, resolve_device
 from segbench.engine.evaluate import inference_settings
 from segbench.data.imageio import IMAGE_EXTENSIONS
@@ -34,7 +32,7 @@ from segbench.data.prepare import prepare_image, prepare_volume_slices
 from segbench.data.volumes import is_nifti, nifti_stem
 from segbench.engine.inference import inference_network, predict_scores, tta_flips
 from segbench.engine import run_folder
-from segbench.run_files import BEST_FILE, CONFIG_FILE, DATA_INFO_FILE, writable
+from segbench.run_files import writable
 
 __all__ = ["PredictError", "collect_inputs", "default_palette", "predict_files"]
 
@@ -123,7 +121,7 @@ class _Runner:
                 self.models = [load_onnx_model(run_dirs[0])]
             except FileNotFoundError as err:
                 raise PredictError(str(err)) from None
-            self.cfg, self.info = _run_metadata(run_dirs[0])
+            self.cfg, self.info = load_run_settings(run_dirs[0])
             self.device, self.precision = torch.device("cpu"), Precision(None, "cpu")
         else:
             raise PredictError(f"unknown engine {engine!r}; valid: torch, onnx")
@@ -144,14 +142,6 @@ class _Runner:
         if tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits.argmax(1).cpu().numpy()
-
-
-def _run_metadata(run_dir: Path) -> tuple[Config, DataInfo]:
-    info_path = run_dir / DATA_INFO_FILE
-    if (run_dir / CONFIG_FILE).is_file() and info_path.is_file():
-        return load_config(run_dir / CONFIG_FILE), DataInfo.from_dict(json.loads(info_path.read_text()))
-    state = load_checkpoint(run_dir / BEST_FILE)
-    return config_from_dict(state["config"]), DataInfo.from_dict(state["data_info"])
 
 
 def _predict_image(runner: _Runner, path: Path, out_base: Path, palette: list) -> list[Path]:

@@ -27,7 +27,7 @@ from segbench.engine.onnx_runtime import (
     load_onnx_model, onnx_providers, session as _session,
 )  # fmt: skip
 
-__all__ = ["OPSET", "ExportInfo", "OnnxModel", "export_onnx", "load_onnx_model", "onnx_providers"]
+__all__ = ["OPSET", "ExportInfo", "OnnxModel", "export_onnx", "load_onnx_model", "onnx_providers", "refuse_outside_torch"]
 
 
 def _pooling_matrix(in_size: int, out_size: int, like: Tensor) -> Tensor:
@@ -149,7 +149,7 @@ def _try_mode(model, path, shape_mode, channels, trace_size, device) -> str | No
     return None
 
 
-def _refuse_outside_torch(model: nn.Module) -> None:
+def refuse_outside_torch(model: nn.Module) -> None:
     """A model with a part that computes outside torch cannot become one ONNX graph: the trace would record that
     part's output for the tracing input as constants. Today that part is DeepLab's fully connected CRF."""
     from segbench.models.architectures.dense_crf import DenseCRF
@@ -176,7 +176,7 @@ def export_onnx(
     shape) when the trace does not hold at other sizes, recording why in ``note``; ``True`` insists on
     dynamic H/W (error otherwise), ``False`` asks for static H/W. The model's train/eval mode is restored.
     """
-    _refuse_outside_torch(model)
+    refuse_outside_torch(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = (int(input_size[0]), int(input_size[1]))

@@ -20,11 +20,11 @@ from torch import nn
 from segbench.bench.measure.cost import _sample, allocated_peak
 from segbench.bench.measure.flops import count_flops_of
 from segbench.bench.measure.load import watch_load
-from segbench.bench.measure.timing import time_interleaved
+from segbench.bench.measure.timing import Timing, time_interleaved
 from segbench.engine.device import Precision
 from segbench.engine.inference import InferenceSettings, inference_network, predict_scores
 
-__all__ = ["Candidate", "count_forward_passes", "price_candidates"]
+__all__ = ["Candidate", "count_forward_passes", "price_candidates", "price_exported"]
 
 
 @dataclass
@@ -90,3 +90,23 @@ def price_candidates(candidates: dict[str, Candidate], *, in_channels: int, size
                      "latency_q3_ms": latency["q3"], "latency_noisy": latency["noisy"], "timing": latency,
                      "measure_precision": precision.name, **machine}
     return out
+
+
+def price_exported(models: dict[str, nn.Module], *, in_channels: int, size: tuple[int, int], rounds: int = 20,
+                   max_warmup: int = 10) -> tuple[dict[str, dict], dict[str, Timing]]:
+    """Exported models run by ONNX Runtime on the CPU (``onnx_runtime.OnnxModel``: fp32, int8), as ``segbench
+    predict --engine onnx`` runs them: name -> latency_ms (batch 1, median) with its quartiles and noise flag
+    and the machine's load, all timed in one interleaved run; and the timings themselves (their rounds pair
+    up: ``speed.paired_ratio``). No FLOPs or memory: torch cannot count what runs outside it."""
+    x = _sample(1, in_channels, size, torch.device("cpu"))
+    calls = {name: (lambda model=model: model(x)) for name, model in models.items()}
+    with watch_load() as load:
+        timings = time_interleaved(calls, rounds=rounds, max_warmup=max_warmup, device="cpu")
+    machine = load.load.record()
+    costs = {}
+    for name, timing in timings.items():
+        latency = timing.summary(1e3)
+        costs[name] = {"latency_ms": latency["median"], "latency_q1_ms": latency["q1"], "latency_q3_ms": latency["q3"],
+                       "latency_noisy": latency["noisy"], "timing": latency, "forward_passes": 1,
+                       "measure_precision": "onnxruntime", **machine}
+    return costs, timings
