@@ -10,7 +10,7 @@ import re
 
 from torch import Tensor
 
-__all__ = ["detect_format", "encoder_keys", "HEAD_PREFIXES"]
+__all__ = ["detect_format", "encoder_keys", "HEAD_PREFIXES", "TORCHVISION_NAMED"]
 
 StateDict = dict[str, Tensor]
 
@@ -28,6 +28,8 @@ _LAYOUTS: list[tuple[str, str | None, str]] = [
     ("torchvision", "vgg", r"(backbone\.)?features\.0\.weight"),
 ]
 HEAD_PREFIXES = ("decode_head.", "auxiliary_head.", "aux_classifier.")
+# Encoder families whose parameter names are torchvision's: a torchvision file is already in their keys.
+TORCHVISION_NAMED = ("resnet", "vgg", "mobilenetv3", "efficientnet")
 
 
 def detect_format(state: StateDict) -> tuple[str, str | None, str] | None:
@@ -75,7 +77,7 @@ def encoder_keys(state: StateDict, source: str, family: str) -> StateDict:
     from segbench.checkpoints.convert import segformer, swin
 
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-    if family in ("resnet", "vgg"):  # torchvision's (and timm's) names are the encoders' own
+    if family in TORCHVISION_NAMED:  # torchvision's (and timm's) names are the encoders' own
         if any(k.startswith("backbone.") for k in state):
             state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
         return state

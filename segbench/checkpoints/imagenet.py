@@ -3,9 +3,12 @@
 Rows, one per encoder (``url``, ``sha256``: full digest, the publisher's prefix, or None = unchecked,
 ``source``: the file's key layout, ``note``: where the digest comes from):
 
-- ``resnet18/34/50/101``, ``vgg16``, ``vgg16_bn``: torchvision's ``IMAGENET1K_V1`` files. torchvision
-  publishes only the first 8 hex digits of each file's SHA-256, in the file name (what ``torch.hub``'s
-  ``check_hash`` compares): the rows hold that prefix.
+- ``resnet18/34/50/101``, ``vgg16``, ``vgg16_bn``, ``mobilenet_v3_large/small``, ``efficientnet_b0..b3``:
+  torchvision's ``IMAGENET1K_V1`` files (EfficientNet's are Ross Wightman's, ``efficientnet_b*_rwightman``;
+  MobileNetV3-Large's and EfficientNet-B1's ``IMAGENET1K_V2`` are newer recipes, not used: V1 is the file
+  torchvision's segmentation models start from). torchvision publishes only the first 8 hex digits of each
+  file's SHA-256, in the file name (what ``torch.hub``'s ``check_hash`` compares): the rows hold that
+  prefix. Their keys are the encoders' own (``features.*``; the ImageNet ``classifier.*`` is dropped).
 - ``mit_b0`` ... ``mit_b5``: Hugging Face ``nvidia/mit-b*`` (``SegformerForImageClassification``: NVlabs'
   ImageNet-1k weights as ported by Hugging Face), pinned to a revision so the file cannot change; full
   SHA-256 of ``pytorch_model.bin`` (the Hub's LFS digest, as recorded by independent projects).
@@ -60,8 +63,8 @@ _SWIN_NOTE = "full SHA-256 recorded by several independent projects (114,342,173
 _UNCHECKED = "unchecked: Microsoft publishes no digest and none was found"
 
 
-def _torchvision(name: str, prefix: str) -> ImageNetWeights:
-    file = f"{name}-{prefix}.pth"
+def _torchvision(stem: str, prefix: str) -> ImageNetWeights:
+    file = f"{stem}-{prefix}.pth"
     return ImageNetWeights(f"https://download.pytorch.org/models/{file}", file, prefix, "torchvision", _TV_NOTE)
 
 
@@ -82,6 +85,12 @@ IMAGENET_WEIGHTS: dict[str, ImageNetWeights] = {
     "resnet101": _torchvision("resnet101", "63fe2227"),
     "vgg16": _torchvision("vgg16", "397923af"),
     "vgg16_bn": _torchvision("vgg16_bn", "6c64b313"),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", "8738ca79"),
+    "mobilenet_v3_small": _torchvision("mobilenet_v3_small", "047dcff4"),
+    "efficientnet_b0": _torchvision("efficientnet_b0_rwightman", "7f5810bc"),
+    "efficientnet_b1": _torchvision("efficientnet_b1_rwightman", "bac287d4"),
+    "efficientnet_b2": _torchvision("efficientnet_b2_rwightman", "c35c1473"),
+    "efficientnet_b3": _torchvision("efficientnet_b3_rwightman", "b3899882"),
     "mit_b0": _hugging_face("b0", "80983a413c30d36a39c20203974ae7807835e2b4", "4af8348c2a802bf76115d34797ff5ce1d9f110bb8593c22d9b66d8bd7fa227fc"),
     "mit_b1": _hugging_face("b1", "13ddceec4e8bdf401e7cd7acf5aebc526222518c", "980b86b60db37b1b1528086f6c53d253d879e9e09ebe07397b40fd275738a3bf"),
     "mit_b2": _hugging_face("b2", "3bb39e8739149c3777d0325349b2a6c32c6413db", "4500b5665471b593e6757e15bcca5034f433fe3902fe8ec2b7230774a57f264f"),

@@ -4,8 +4,9 @@ with ``pretrained="imagenet"`` or ``pretrained="/path/to/checkpoint"``.
 ``"imagenet"`` looks the model's encoder up in ``IMAGENET_WEIGHTS`` (``segbench.checkpoints.imagenet``,
 one row per encoder: URL, SHA-256 or the publisher's prefix or None = unchecked, key layout):
 
-- ResNet-18/34/50/101, VGG16, VGG16-BN: torchvision's ``IMAGENET1K_V1`` files (download.pytorch.org),
-  checked against the SHA-256 prefix torchvision puts in each file name;
+- ResNet-18/34/50/101, VGG16, VGG16-BN, MobileNetV3-Large/Small, EfficientNet-B0..B3: torchvision's
+  ``IMAGENET1K_V1`` files (download.pytorch.org), checked against the SHA-256 prefix torchvision puts in
+  each file name;
 - MiT-B0..B5: Hugging Face ``nvidia/mit-b0`` ... ``mit-b5`` at a pinned revision, full SHA-256;
 - Swin-T/S/B: Microsoft's ``SwinTransformer/storage`` v1.0.0 release, ``swin_{tiny,small,base}_patch4_
   window7_224.pth``; Microsoft publishes no digest (Swin-T: a full SHA-256 recorded independently;

@@ -22,8 +22,8 @@ ACCEPTANCE_ARCHS = ["fcn", "deeplabv3", "deeplabv3plus", "pspnet", "unet", "segf
 # What each row says in the peers environment at the quick profile's configurations, and why.
 EXPECTED = {
     "fcn": "ratio", "deeplabv3": "ratio", "segformer": "ratio", "upernet": "ratio",
-    "pspnet": "different configuration",  # smp: a 1x1 bottleneck after the pyramid, no auxiliary head
-    "deeplabv3plus": "different configuration",  # smp: one separable refining conv plus one after the ASPP
+    "pspnet": "ratio",  # smp's PSPNet with the paper's head rebuilt from its modules, an FCNHead as aux head
+    "deeplabv3plus": "ratio",  # smp's DeepLabV3Plus with the paper's decoder rebuilt from its modules
     "unet": "no peer",  # the paper's U-Net; smp's decodes a classification encoder
 }
 
@@ -83,6 +83,77 @@ def test_torchvision_peer_computes_segbenchs_function(arch, options, mode, peers
         warnings.simplefilter("ignore")
         model.load_state_dict(convert(peer.model.net.state_dict(), "torchvision", arch, num_classes=4, in_channels=1,
                                       **options), strict=True)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        got, expected = set_mode(model, mode)(x), set_mode(peer.model, mode)(x)
+    if mode == "eval":
+        assert_same_function(got, expected)
+    else:
+        assert_same_function(got["out"], expected["out"])
+        assert_same_function(got["aux"], expected["aux"])
+
+
+# smp's PSPNet and DeepLabV3Plus differ from the papers' heads (smp: a 1x1 bottleneck and a 3x3 classifier; a
+# separable conv after the ASPP and one separable refining conv); the peer rebuilds the papers' heads from smp's
+# modules. At the papers' configurations (ResNet-50) both count what segbench's models count.
+@pytest.mark.parametrize("arch,params", [("pspnet", 48_957_802), ("deeplabv3plus", 40_352_181)])
+def test_smp_peer_counts_segbenchs_parameters_at_the_papers_configuration(arch, params, peers_env):
+    model = build_model(arch, 21)
+    peer, why = build_peer(arch, model, num_classes=21, in_channels=3)
+    assert peer is not None, why
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in peer.model.parameters()) == params
+
+
+def _smp_state_as_segbenchs(arch: str, state: dict, bins: int) -> dict:
+    """The smp peer's weights under segbench's names (``net.`` dropped; the heads renamed). smp's pyramid
+    concatenates the bins before the feature, ours after: the bottleneck's input channels are rotated."""
+    rules = {
+        "pspnet": [(r"decoder\.psp\.blocks\.(\d)\.pool\.1\.0\.", r"ppm.stages.\1.1."),
+                   (r"decoder\.psp\.blocks\.(\d)\.pool\.1\.1\.", r"ppm.stages.\1.2."),
+                   (r"decoder\.conv\.", "bottleneck."), (r"segmentation_head\.0\.", "classifier.")],
+        "deeplabv3plus": [(r"decoder\.aspp\.", "aspp."), (r"decoder\.block1\.", "reduce."),
+                          (r"decoder\.block2\.", "refine."), (r"segmentation_head\.0\.", "classifier.")],
+    }[arch]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("net.")
+        for pattern, replacement in rules:
+            key = re.sub("^" + pattern, replacement, key)
+        out[key] = value
+    if arch == "pspnet":
+        weight = out["bottleneck.0.weight"]
+        pooled = weight.shape[1] // 2  # the bins carry as many channels as the feature
+        out["bottleneck.0.weight"] = torch.cat([weight[:, pooled:], weight[:, :pooled]], dim=1)
+    return out
+
+
+def _bilinear_without_aligned_corners(monkeypatch):
+    """smp upsamples with align_corners=True, segbench with False (the same work, another sampling): the
+    equivalence is checked with both sampling as segbench does."""
+    interpolate = torch.nn.functional.interpolate
+
+    def interpolate_unaligned(input, size=None, scale_factor=None, mode="nearest", align_corners=None, *args, **kwargs):
+        return interpolate(input, size, scale_factor, mode, False if align_corners else align_corners, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", interpolate_unaligned)
+
+
+# The quick profile's slim configurations on one input channel (the peer sets smp's dilations to segbench's,
+# multi-grid included), with the auxiliary head: smp's network with the weights copied computes segbench's
+# function, in eval and training mode.
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("arch,options", [
+    ("pspnet", {"encoder": "resnet18", "output_stride": 8}),
+    ("deeplabv3plus", {"encoder": "resnet18", "output_stride": 16, "multi_grid": [1, 2], "aux_head": True}),
+])
+def test_smp_peer_computes_segbenchs_function(arch, options, mode, peers_env, monkeypatch):
+    model = build_model(arch, 4, in_channels=1, **options)
+    peer, why = build_peer(arch, model, num_classes=4, in_channels=1)
+    assert peer is not None, why
+    randomise_constants(peer.model)
+    model.load_state_dict(_smp_state_as_segbenchs(arch, peer.model.state_dict(), 4), strict=True)
+    _bilinear_without_aligned_corners(monkeypatch)
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         got, expected = set_mode(model, mode)(x), set_mode(peer.model, mode)(x)

@@ -11,6 +11,9 @@ would hide any difference behind the head's biases."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import pytest
 import torch
 
@@ -109,3 +112,41 @@ def test_the_lraspp_comparison_fails_on_a_broken_conversion(bug):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad(), pytest.raises(AssertionError):
         assert_same_function(model.eval()(x), reference.eval()(x)["out"])
+
+
+# ImageNet weights by name (``pretrained="imagenet"``, offline): torchvision's own model with random weights,
+# saved whole (``features`` and its ImageNet classifier, as its IMAGENET1K_V1 file holds them) where the row's
+# file goes in the cache, the row's digest set to this file's prefix; segbench's encoder then computes
+# torchvision's feature maps at its taps (LR-ASPP: dilated as torchvision's ``dilated=True``).
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name,arch,options", [
+    ("mobilenet_v3_large", "lraspp", {}),
+    ("mobilenet_v3_small", "pspnet", {"encoder": "mobilenet_v3_small", "output_stride": 32}),
+    ("efficientnet_b0", "pspnet", {"encoder": "efficientnet_b0", "output_stride": 32}),
+])
+def test_imagenet_by_name_gives_torchvisions_feature_maps(name, arch, options, mode, tmp_path, monkeypatch):
+    from segbench import build_pretrained_model
+    from segbench.checkpoints import imagenet
+
+    kwargs = {"dilated": True} if arch == "lraspp" else {}
+    if name.startswith("efficientnet"):
+        kwargs["stochastic_depth_prob"] = 0.0  # torchvision's StochasticDepth is random in training
+    reference = _torchvision(name, **kwargs)
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SEGBENCH_OFFLINE", "1")
+    row = imagenet.IMAGENET_WEIGHTS[name]
+    path = imagenet.cache_dir() / row.filename
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(imagenet.IMAGENET_WEIGHTS, name, dataclasses.replace(row, sha256=digest[:8]))
+    model = build_pretrained_model(arch, 3, pretrained="imagenet", **options)
+    report = model.pretrained_report
+    assert report.sha256 == digest and report.skipped and all(k.startswith("classifier.") for k in report.skipped)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = _stages(set_mode(reference.features, mode), model.encoder.taps, x)
+        got = set_mode(model.encoder, mode)(x)
+    assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
+    for g, e in zip(got, expected):
+        assert_same_function(g, e)

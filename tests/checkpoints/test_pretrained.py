@@ -184,6 +184,47 @@ def test_other_input_channels_adapt_the_first_conv(cache, monkeypatch, torchvisi
     assert model(torch.randn(1, 1, 33, 33)).shape == (1, 3, 33, 33)
 
 
+# torchvision's ImageNet classifiers, as its mobilenet_v3_* and efficientnet_b* files hold them next to features.*
+IMAGENET_CLASSIFIERS = {
+    "mobilenet_v3_large": {"classifier.0.weight": (1280, 960), "classifier.0.bias": (1280,),
+                           "classifier.3.weight": (1000, 1280), "classifier.3.bias": (1000,)},
+    "mobilenet_v3_small": {"classifier.0.weight": (1024, 576), "classifier.0.bias": (1024,),
+                           "classifier.3.weight": (1000, 1024), "classifier.3.bias": (1000,)},
+    "efficientnet_b0": {"classifier.1.weight": (1000, 1280), "classifier.1.bias": (1000,)},
+}
+
+
+# The mobile encoders by name: a file in torchvision's layout (the encoder's own keys plus the ImageNet
+# classifier) published at a file:// URL, verified, converted, cached, then read again offline.
+@pytest.mark.parametrize("encoder,arch,options", [
+    ("mobilenet_v3_large", "lraspp", {}),
+    ("mobilenet_v3_small", "deeplabv3plus", {"encoder": "mobilenet_v3_small", "multi_grid": None}),
+    ("efficientnet_b0", "pspnet", {"encoder": "efficientnet_b0"}),
+])
+def test_mobile_encoders_load_imagenet_by_name_and_offline(cache, monkeypatch, tmp_path, encoder, arch, options):
+    from segbench.checkpoints.load import imagenet_weights_fit
+
+    state = _random(build_encoder(encoder).state_dict())
+    state |= {k: torch.randn(shape) for k, shape in IMAGENET_CLASSIFIERS[encoder].items()}
+    path = tmp_path / f"{encoder}-test.pth"
+    torch.save(state, path)
+    _publish(monkeypatch, encoder, path, _sha256(path)[:8])
+    assert imagenet_weights_fit(arch, options)[0]
+    model = build_pretrained_model(arch, 3, pretrained="imagenet", **options)
+    for key, value in model.encoder.state_dict().items():  # the file's values, exactly
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    report = model.pretrained_report
+    assert sorted(report.skipped) == sorted(IMAGENET_CLASSIFIERS[encoder]) and not report.adapted
+    assert not any(k.startswith("encoder.") for k in report.missing)
+    monkeypatch.setenv("SEGBENCH_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    path.unlink()  # offline, the publisher gone: the cache alone, on one input channel
+    model = build_pretrained_model(arch, 3, in_channels=1, pretrained="imagenet", **options)
+    stem = state["features.0.0.weight"]
+    torch.testing.assert_close(model.encoder.features[0][0].weight, stem.sum(1, keepdim=True))
+    assert model.pretrained_report.adapted == ["encoder.features.0.0.weight"]
+
+
 def test_imagenet_needs_an_encoder_that_has_weights(cache):
     with pytest.raises(ValueError, match=r"'unet' uses its own encoder .*resnet50.*mit_b0.*swin_t"):
         build_pretrained_model("unet", 2, base_width=8, pretrained="imagenet")
@@ -302,7 +343,7 @@ def test_hugging_face_mit_file_loads_into_segformer(tmp_path, in_channels):
 
 def test_every_encoder_family_with_published_weights_has_a_well_formed_row():
     for name, entry in ENCODERS.items():
-        if entry.kind in ("resnet", "vgg", "mit", "swin"):  # the families with published ImageNet weights
+        if entry.kind in ("resnet", "vgg", "mobilenetv3", "efficientnet", "mit", "swin"):  # published weights
             assert name in pretrained.IMAGENET_WEIGHTS, f"no ImageNet row for {name} ({entry.kind})"
     rows = pretrained.IMAGENET_WEIGHTS.values()
     assert len({row.filename for row in rows}) == len(rows)
@@ -313,7 +354,7 @@ def test_every_encoder_family_with_published_weights_has_a_well_formed_row():
         else:
             assert re.fullmatch(r"[0-9a-f]{8}|[0-9a-f]{64}", row.sha256)
         if row.source == "torchvision":  # torchvision's check_hash: the name carries the digest's prefix
-            assert row.url.endswith(f"/{name}-{row.sha256}.pth")
+            assert re.search(rf"/{name}(_rwightman)?-{row.sha256}\.pth$", row.url) and row.url.endswith(row.filename)
         if row.source == "hf":  # pinned to one revision, so the digest cannot go stale
             assert re.search(r"/resolve/[0-9a-f]{40}/pytorch_model\.bin$", row.url)
 

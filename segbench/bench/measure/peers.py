@@ -10,8 +10,8 @@ configuration and gets no ratio.
 |---|---|---|
 | ``fcn`` | torchvision ``FCN`` (``FCNHead``) on ``IntermediateLayerGetter(resnet*)`` | segbench's (the run's) |
 | ``deeplabv3`` | torchvision ``DeepLabV3`` (``DeepLabHead``, our rates) on the same | segbench's |
-| ``pspnet`` | segmentation_models_pytorch ``PSPNet`` (encoder ``resnet*``, our output stride) | segbench's |
-| ``deeplabv3plus`` | segmentation_models_pytorch ``DeepLabV3Plus`` | segbench's |
+| ``pspnet`` | segmentation_models_pytorch ``PSPNet`` (encoder ``resnet*``), the paper's head in smp's modules | segbench's |
+| ``deeplabv3plus`` | segmentation_models_pytorch ``DeepLabV3Plus``, the paper's decoder in smp's modules | segbench's |
 | ``lraspp`` (MobileNetV3) | torchvision ``LRASPP`` on ``mobilenet_v3_*(dilated=...).features``, our taps | segbench's |
 | ``segformer`` | transformers ``SegformerForSemanticSegmentation`` | its own |
 | ``upernet`` (Swin) | transformers ``UperNetForSemanticSegmentation`` with a Swin backbone | its own |
@@ -20,6 +20,9 @@ torchvision's ResNet is built with ``replace_stride_with_dilation`` where torchv
 (Bottleneck ResNets); its BasicBlock (ResNet-18/34) refuses dilation and it has no multi-grid, so there
 the strides, paddings and dilations of its convolutions are set to segbench's, conv by conv (the module
 names are the same): the same weights computing the same function, which the note on the row says.
+smp's ResNet encoders get segbench's geometry the same way, and smp's PSPNet and DeepLabV3Plus heads, each
+a variant of the paper's, are rebuilt to segbench's layout from smp's own modules (below), so that every
+peer trains and infers segbench's parameters.
 U-Net (the paper's own contracting path), SegNet, FCN-8s and DeepLab v1/v2 have no peer in these
 libraries. The libraries are imported only when a peer is asked for: a library that is not installed
 names ``make peers``; one that is installed but does not import (a torchvision built for another torch,
@@ -116,13 +119,6 @@ class TorchvisionLRASPP(PeerModel):
         return self.net(x)["out"]
 
 
-class SMPSegmenter(PeerModel):
-    """A segmentation_models_pytorch model: its masks, at input resolution."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
 @dataclass
 class Peer:
     name: str  # library and class
@@ -160,6 +156,20 @@ def _conv_geometry(module: nn.Module) -> dict[str, tuple]:
     return {name: (m.stride, m.padding, m.dilation) for name, m in module.named_modules() if isinstance(m, nn.Conv2d)}
 
 
+def _match_geometry(encoder: nn.Module, net: nn.Module, library: str) -> list[str]:
+    """Set the stride, padding and dilation of ``net``'s convolutions to those of segbench's ``encoder``
+    of the same name (the same kernel shapes: only where each samples changes); the names it changed."""
+    ours, theirs = _conv_geometry(encoder), _conv_geometry(net)
+    if set(ours) - set(theirs):
+        raise ValueError(f"{library} lacks convolutions segbench's has: {sorted(set(ours) - set(theirs))[:3]}")
+    differs = [name for name, geometry in ours.items() if theirs[name] != geometry]
+    convs = dict(net.named_modules())
+    for name in differs:
+        conv = convs[name]
+        conv.stride, conv.padding, conv.dilation = ours[name]
+    return differs
+
+
 def _torchvision_resnet(encoder: nn.Module) -> tuple[nn.Module, str]:
     """torchvision's ResNet of ``encoder``'s depth, input channels and geometry (strides, dilations,
     multi-grid), without ``avgpool``/``fc`` use; and a note when torchvision could not build the geometry
@@ -173,14 +183,7 @@ def _torchvision_resnet(encoder: nn.Module) -> tuple[nn.Module, str]:
     net = getattr(tv_resnet, f"resnet{encoder.depth}")(weights=None, replace_stride_with_dilation=None if basic else dilate)
     if encoder.conv1.in_channels != 3:
         net.conv1 = nn.Conv2d(encoder.conv1.in_channels, 64, 7, 2, 3, bias=False)
-    ours, theirs = _conv_geometry(encoder), _conv_geometry(net)
-    if set(ours) - set(theirs):
-        raise ValueError(f"torchvision's ResNet lacks convolutions segbench's has: {sorted(set(ours) - set(theirs))[:3]}")
-    differs = [name for name, geometry in ours.items() if theirs[name] != geometry]
-    convs = dict(net.named_modules())
-    for name in differs:  # the same kernel shapes: only where it samples changes
-        conv = convs[name]
-        conv.stride, conv.padding, conv.dilation = ours[name]
+    differs = _match_geometry(encoder, net, "torchvision's ResNet")
     if not differs:
         return net, ""
     why = [f"torchvision's ResNet-{encoder.depth} (BasicBlock) refuses dilation"] if basic and any(dilate) else []
@@ -247,43 +250,109 @@ def _lraspp_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
 
 
 # --- segmentation_models_pytorch ------------------------------------------------------------------
+# smp's PSPNet and DeepLabV3Plus are each a variant of the paper's head; the peer is smp's model (its
+# encoder, forward and interpolation) with the head rebuilt to segbench's layout from smp's own modules
+# (``Conv2dReLU``: conv, BN, ReLU), and the changes listed in the row's note, as torchvision's ResNet gets
+# segbench's geometry conv by conv above. So both train and infer the same parameters and FLOPs; what the
+# ratio compares is the code.
 
 
-def _smp_resnet_options(model: nn.Module, in_channels: int, num_classes: int) -> tuple[dict, str]:
+def _smp_resnet(model: nn.Module, net: nn.Module) -> list[str]:
+    """Give smp's ResNet encoder segbench's strides and dilations (smp dilates every conv of a stage, its
+    first block's 3x3 included, and has no multi-grid); what was changed, for the note."""
     encoder = model.encoder
-    options = dict(encoder_name=f"resnet{encoder.depth}", encoder_weights=None, in_channels=in_channels,
-                   classes=num_classes)
-    note = []
-    if encoder.multi_grid is not None:
-        note.append(f"smp has no multi-grid {list(encoder.multi_grid)}: its last stage runs at one rate")
-    if model.aux_head is not None:
-        note.append("smp has no auxiliary segmentation head (its aux_params is an image classifier)")
-    return options, "; ".join(note)
+    differs = _match_geometry(encoder, net.encoder, "smp's ResNet encoder")
+    if not differs:
+        return []
+    why = "smp dilates a stage's first block too" + (
+        f" and has no multi-grid {list(encoder.multi_grid)}" if encoder.multi_grid is not None else "")
+    return [f"{why}: the stride, padding and dilation of {len(differs)} of its encoder's convs are set to segbench's"]
+
+
+def _smp_aux_head(model: nn.Module, num_classes: int) -> tuple[nn.Module | None, list[str]]:
+    """torchvision's ``FCNHead`` (segbench's auxiliary head's layout) where ours has one: smp has no
+    auxiliary segmentation head (its ``aux_params`` is an image classifier)."""
+    if model.aux_head is None:
+        return None, []
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    return FCNHead(model.encoder.out_channels[-2], num_classes), [
+        "smp has no auxiliary segmentation head: torchvision's FCNHead on its layer3, in training only, as ours"]
+
+
+class SMPSegmenter(PeerModel):
+    """A segmentation_models_pytorch model: its masks, at input resolution; in training mode with an
+    ``aux_head`` (on the encoder's stage before last, as ours), ``{"out", "aux"}``."""
+
+    def __init__(self, net: nn.Module, aux_head: nn.Module | None = None, aux_weight: float = 0.0):
+        super().__init__(net)
+        self.aux_head = aux_head
+        self.aux_weight = aux_weight if aux_head is not None else 0.0
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        if self.aux_head is None or not self.training:
+            return self.net(x)
+        features = self.net.encoder(x)  # smp's forward, written out to reach the features
+        out = self.net.segmentation_head(self.net.decoder(features))
+        return {"out": out, "aux": resize(self.aux_head(features[-2]), x.shape[-2:])}
+
+
+def _smp_options(model: nn.Module, in_channels: int, num_classes: int) -> dict:
+    return dict(encoder_name=f"resnet{model.encoder.depth}", encoder_weights=None, in_channels=in_channels,
+                classes=num_classes)
 
 
 def _pspnet_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    """smp's ``PSPNet`` at our output stride with the paper's head: a 3x3 bottleneck (smp: 1x1), BN in the
+    1x1 bin too (smp: a biased conv without), a 1x1 classifier (smp: 3x3). smp concatenates the bins
+    before the feature (ours after: the same work, the bottleneck's input channels permuted), drops whole
+    channels (``Dropout2d``; ours elements) and upsamples with ``align_corners=True`` (ours False): the
+    same work."""
     import segmentation_models_pytorch as smp
+    from segmentation_models_pytorch.base.modules import Conv2dReLU
 
-    options, note = _smp_resnet_options(model, in_channels, num_classes)
-    stride = model.encoder.output_stride
-    net = smp.PSPNet(**options, encoder_depth=5, output_stride=stride, upsampling=stride,
-                     psp_out_channels=model.bottleneck[0].out_channels, psp_dropout=model.dropout.p)
-    return Peer("segmentation_models_pytorch PSPNet", SMPSegmenter(net), note=note)
+    bins = tuple(stage[0].output_size for stage in model.ppm.stages)
+    if bins != (1, 2, 3, 6):
+        raise ValueError(f"smp's PSPNet pools to bins (1, 2, 3, 6) only, not {bins}")
+    stride, width = model.encoder.output_stride, model.bottleneck[0].out_channels
+    net = smp.PSPNet(**_smp_options(model, in_channels, num_classes), encoder_depth=5, output_stride=stride,
+                     upsampling=stride, psp_out_channels=width, psp_dropout=model.dropout.p)
+    channels = model.encoder.out_channels[-1]
+    net.decoder.psp.blocks[0].pool[1] = Conv2dReLU(channels, channels // len(bins), 1)
+    net.decoder.conv = Conv2dReLU(model.ppm.out_channels, width, 3, padding=1)
+    net.segmentation_head[0] = nn.Conv2d(width, num_classes, 1)
+    aux, aux_note = _smp_aux_head(model, num_classes)
+    note = (["the paper's head in smp's modules: 3x3 bottleneck (smp: 1x1), BN in the 1x1 bin, 1x1 classifier "
+             "(smp: 3x3)"] + _smp_resnet(model, net) + aux_note)
+    return Peer("segmentation_models_pytorch PSPNet", SMPSegmenter(net, aux, model.aux_weight), note="; ".join(note))
 
 
 def _deeplabv3plus_peer(model: nn.Module, num_classes: int, in_channels: int) -> Peer:
+    """smp's ``DeepLabV3Plus`` with the paper's decoder (Fig. 2): no conv after the ASPP (smp: a separable
+    3x3), two 3x3 convs after the concatenation (smp: one separable). smp upsamples with
+    ``align_corners=True`` (ours False: the same work). segbench's separable variant normalises between
+    depthwise and pointwise, smp's does not: no peer for it."""
     import segmentation_models_pytorch as smp
+    from segmentation_models_pytorch.base.modules import Conv2dReLU
 
     from segbench.models.architectures.aspp import SeparableConvBNReLU
 
-    options, note = _smp_resnet_options(model, in_channels, num_classes)
+    if isinstance(model.aspp.convs[1], SeparableConvBNReLU):
+        raise ValueError("segbench's separable convs have BN and ReLU between depthwise and pointwise, smp's none")
+    width = model.aspp.out_channels
     net = smp.DeepLabV3Plus(
-        **options, encoder_output_stride=model.encoder.output_stride, decoder_channels=model.aspp.out_channels,
-        decoder_atrous_rates=_atrous_rates(model.aspp),
-        decoder_aspp_separable=isinstance(model.aspp.convs[1], SeparableConvBNReLU),
+        **_smp_options(model, in_channels, num_classes), encoder_output_stride=model.encoder.output_stride,
+        decoder_channels=width, decoder_atrous_rates=_atrous_rates(model.aspp), decoder_aspp_separable=False,
         decoder_aspp_dropout=model.aspp.project[-1].p,
     )
-    return Peer("segmentation_models_pytorch DeepLabV3Plus", SMPSegmenter(net), note=note)
+    net.decoder.aspp = net.decoder.aspp[0]
+    fused = width + model.reduce[0].out_channels
+    net.decoder.block2 = nn.Sequential(Conv2dReLU(fused, width, 3, padding=1), Conv2dReLU(width, width, 3, padding=1))
+    aux, aux_note = _smp_aux_head(model, num_classes)
+    note = (["the paper's decoder in smp's modules: no conv after the ASPP (smp: a separable 3x3), two 3x3 convs "
+             "after the concatenation (smp: one separable)"] + _smp_resnet(model, net) + aux_note)
+    return Peer("segmentation_models_pytorch DeepLabV3Plus", SMPSegmenter(net, aux, model.aux_weight),
+                note="; ".join(note))
 
 
 # --- transformers ----------------------------------------------------------------------------------
