@@ -350,7 +350,7 @@ def _budget_option(kind: str):
               help="After the sweep, from the trained runs (no retraining): each architecture with flip TTA and the "
                    "ensemble of the top architectures (softmax averaged) with and without TTA, scored on the same "
                    "validation units, judged against the best single architecture and timed by the same harness "
-                   "(docs/ensembles.md). Default: on in standard and paper, off in quick. With --report-only, "
+                   "(docs/ensembles.md). Default: on in every profile (--no-ensembles: without). With --report-only, "
                    "--ensembles builds them for a finished sweep.")
 @click.option("--ensemble-top", type=click.IntRange(min=2), default=3, show_default=True,
               help="With --ensembles: how many architectures (the top by mean validation Dice per case) the "

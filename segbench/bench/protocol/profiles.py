@@ -82,9 +82,10 @@ class Profile:
     # heads), so a run can be placed before it starts. An estimate, scaled from MMSegmentation's model
     # zoo (PSPNet R101-D8, 4 images of 512x512 per GPU in fp32: about 12 GB); not measured on a GPU here.
     expected_gpu_memory: str = "n/a (CPU profile)"
-    # After the sweep, ensembles and flip TTA from the trained runs (``segbench run --ensembles``): off in
-    # quick (evaluating every run again with flips does not fit its 20 minutes on a laptop CPU).
-    ensembles: bool = False
+    # After the sweep, ensembles and flip TTA from the trained runs (``segbench run --ensembles``): on in every
+    # profile (measured on the built-in data, 2 CPU cores: 12 candidates evaluated and timed in 67 s, the quick
+    # review from 16.5 to about 17.6 minutes, docs/ensembles.md).
+    ensembles: bool = True
     # The field's baseline as a row (``segbench run --anchor``, segbench.bench.protocol.anchor): "" none,
     # "nnunet" (the review's budget), "nnunet,nnunet-default" (and nnU-Net's own schedule). A profile's anchor
     # runs where nnU-Net is installed; elsewhere one line says how to install it.
@@ -145,7 +146,6 @@ QUICK = Profile(
 
 STANDARD = Profile(
     name="standard",
-    ensembles=True,
     anchor="nnunet",
     description="The papers' canonical backbones at a moderate 256x256 resolution and a 20k-iteration "
     "schedule: one GPU, hours.",
@@ -174,7 +174,6 @@ STANDARD = Profile(
 
 PAPER = Profile(
     name="paper",
-    ensembles=True,
     anchor="nnunet,nnunet-default",
     description="The papers' backbones and output strides, 512x512 crops, batch 16, 80k iterations "
     "(MMSegmentation's long schedule): GPUs, many hours per architecture.",
