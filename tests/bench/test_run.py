@@ -60,7 +60,7 @@ def write_synthetic_data(root: Path, size: int = 32, splits=(("train", 8), ("val
 
 def _args(data: Path, out: Path) -> list[str]:
     return [str(data), "--archs", ",".join(ARCHS), "--iterations", "30", "--out", str(out),
-            "--set", "data.resize=[32,32]", "--no-progress"]
+            "--set", "data.resize=[32,32]", "--no-progress", "--no-ensembles"]  # candidates: test_run_ensembles.py
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +372,7 @@ def test_cross_validation_runs_every_fold_and_scores_every_case_once(tmp_path, m
     data = write_synthetic_data(tmp_path / "data", splits=(("", 12),))
     out = tmp_path / "out"
     result = CliRunner().invoke(run, [str(data), "--archs", "unet", "--iterations", "4", "--folds", "3", "--out", str(out),
-                                      "--set", "data.resize=[32,32]", "--no-progress", "--no-speed"],
+                                      "--set", "data.resize=[32,32]", "--no-progress", "--no-speed", "--no-ensembles"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert sorted(p.name[:7] for p in out.glob("unet-f*")) == ["unet-f0", "unet-f1", "unet-f2"]
