@@ -3,6 +3,7 @@ review (``OUT/report/index.html``). The work is in ``segbench.bench``; this file
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -297,6 +298,9 @@ def _budget_option(kind: str):
               help="Deployment budget, e.g. 20ms: the verdict names the most accurate architecture whose batch-1 "
               "latency (median over its runs, as `segbench predict` runs it, on this machine) is within it, comparing "
               "only those, and says which fell outside and by how much; the accuracy-vs-latency figure draws the line.")
+@click.option("--latency-engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: also time each architecture's ONNX export in ONNX Runtime on the CPU (as `segbench predict "
+              "--engine onnx` runs it; the table's ONNX latency column), and read --latency-budget against that.")
 @click.option("--memory-budget", metavar="SIZE", default=None, callback=_budget_option("memory"),
               help="Deployment budget on inference memory (batch-1 forward pass, the table's Infer mem), e.g. 300MB.")
 @click.option("--flops-budget", metavar="GFLOPS", default=None, callback=_budget_option("flops"),
@@ -373,7 +377,7 @@ def _budget_option(kind: str):
 @click.option("--tracking-uri", metavar="URI",
               help="MLflow tracking URI for the review and its runs (http://HOST:PORT, sqlite:///PATH, ...); "
                    "default sqlite:///OUT/mlflow.db.")
-def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flops_budget, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
+def run(data, profile, archs, seeds, margin, latency_budget, latency_engine, memory_budget, flops_budget, out, iterations, pretrained, overrides, report_only, speed, progress, budget,
         plan_file, show_plan, lr, folds, launcher, ray_address, gpus_per_run, cpus_per_run, ensembles, ensemble_top,
         max_retries, trackers, tracking_uri, anchor, anchor_python) -> None:
     """Review every architecture on DATA (a dataset folder, or the built-in `brain-mri`, the default).
@@ -394,6 +398,7 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
     from segbench.engine.tracking import TrackerMissing
 
     chosen, crf_notes = with_available_crf(get_profile(profile))  # paper: the dense CRF where installed
+    chosen = dataclasses.replace(chosen, latency_engine=latency_engine)
     for line in crf_notes:
         click.echo(line, err=True)
     try:
@@ -476,7 +481,8 @@ def run(data, profile, archs, seeds, margin, latency_budget, memory_budget, flop
     _mention_other_runs(plan, out, report_only)
     from segbench.bench.report.deployment import DeploymentBudget
 
-    deployment = DeploymentBudget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget)
+    deployment = DeploymentBudget(latency_ms=latency_budget, infer_peak_mb=memory_budget, gflops=flops_budget,
+                                  latency_engine=latency_engine)
     from segbench.bench.protocol.anchor import anchor_runs
 
     review = review_input(plan, chosen, out, budget_plan, [r for spec in anchors for r in anchor_runs(spec)])

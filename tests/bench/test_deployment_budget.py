@@ -18,6 +18,7 @@ from segbench.bench.report.deployment import DeploymentBudget, parse_flops, pars
 from segbench.bench.report.evidence import RunKey, RunScores, gather  # noqa: E402
 from segbench.bench.report.plots import draw_budget  # noqa: E402
 from segbench.bench.report.results import aggregate  # noqa: E402
+from segbench.bench.report.results import read_results_csv  # noqa: E402
 from segbench.bench.report.verdict import verdict  # noqa: E402
 from segbench.bench.report.review import _verdict  # noqa: E402
 
@@ -124,3 +125,56 @@ def test_run_refuses_a_budget_it_cannot_read():
 
     result = CliRunner().invoke(main, ["run", "--latency-budget", "fast", "--report-only"])
     assert result.exit_code == 2 and "latency budget 'fast'" in result.output
+
+
+def test_an_onnx_latency_budget_reads_the_onnx_column():
+    budget = DeploymentBudget(latency_ms=10.0, latency_engine="onnx")
+    assert [limit.key for limit, _ in budget.limits()] == ["onnx_latency_ms"]
+    table = [{"arch": "a", "runs": 1, "latency_ms": 50.0, "onnx_latency_ms": 5.0},
+             {"arch": "b", "runs": 1, "latency_ms": 5.0, "onnx_latency_ms": 50.0},
+             {"arch": "c", "runs": 1, "latency_ms": 5.0}]  # its export failed: the ONNX figure is missing
+    split = split_by_budget(table, budget)
+    assert split.inside == ["a"] and [a for a, _ in split.outside] == ["b"]
+    assert split.unmeasured == [("c", ["ONNX Runtime latency"])]
+    assert split_by_budget(table, DeploymentBudget(latency_ms=10.0)).inside == ["b", "c"]  # PyTorch's column
+
+
+def test_a_review_times_each_architecture_in_onnx_runtime_when_asked(tmp_path, monkeypatch):
+    from segbench.commands.run import run
+    from tests.bench.test_run import write_synthetic_data
+
+    monkeypatch.setenv("SEGBENCH_HOME", str(tmp_path / "home"))
+    data = write_synthetic_data(tmp_path / "data", splits=(("train", 8), ("val", 4)))
+    args = [str(data), "--archs", "unet,fcn", "--iterations", "2", "--set", "data.resize=[32,32]", "--no-progress",
+            "--no-speed", "--no-ensembles", "--lr", "paper"]
+    result = CliRunner().invoke(run, args + ["--out", str(tmp_path / "onnx"), "--latency-engine", "onnx",
+                                             "--latency-budget", "100s"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = {row["arch"]: row for row in read_results_csv(tmp_path / "onnx" / "report" / "summary.csv")}
+    for arch in ("unet", "fcn"):
+        row = summary[arch]
+        assert row["onnx_latency_ms"] > 0 and row["onnx_latency_q1_ms"] <= row["onnx_latency_ms"] <= row["onnx_latency_q3_ms"]
+    saved = json.loads((tmp_path / "onnx" / "report" / "deployment_budget.json").read_text())
+    assert saved["budget"] == {"onnx_latency_ms": 100000.0} and sorted(saved["within"]) == ["fcn", "unet"]
+    assert "ONNX latency" in (tmp_path / "onnx" / "report" / "report.md").read_text()
+    # PyTorch only (the default): no ONNX figure, and run folders of another name (the measurement differs).
+    result = CliRunner().invoke(run, args + ["--out", str(tmp_path / "torch")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "onnx_latency_ms" not in {k for row in read_results_csv(tmp_path / "torch" / "report" / "summary.csv") for k in row
+                                     if row[k] is not None}
+    names = lambda out: {p.name for p in out.glob("unet-*")}
+    assert names(tmp_path / "onnx").isdisjoint(names(tmp_path / "torch"))
+
+
+def test_an_export_that_fails_leaves_the_onnx_latency_empty_with_its_reason(monkeypatch):
+    import torch
+
+    import segbench.export.onnx as onnx_export
+    from segbench.bench.measure.predictors import onnx_latency
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot export this model\nsecond line")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", refuse)
+    figures = onnx_latency(torch.nn.Conv2d(1, 2, 1), in_channels=1, size=(8, 8), rounds=3, max_warmup=2)
+    assert figures == {"onnx_latency_error": "RuntimeError: cannot export this model"}

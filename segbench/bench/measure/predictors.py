@@ -92,6 +92,31 @@ def price_candidates(candidates: dict[str, Candidate], *, in_channels: int, size
     return out
 
 
+def onnx_latency(model: nn.Module, *, in_channels: int, size: tuple[int, int], rounds: int = 20,
+                 max_warmup: int = 10) -> dict:
+    """``model`` exported to ONNX (``segbench export``'s code, checked against PyTorch) and run by ONNX Runtime
+    on the CPU at this process's torch thread count, as ``segbench predict --engine onnx`` runs it: its batch-1
+    latency as ``onnx_latency_ms`` (median) with its quartiles and noise flag, timed by the one harness; or,
+    when it cannot be exported or run, ``onnx_latency_error``: why, in one line (the figure stays empty)."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from segbench.export.onnx import export_onnx, load_onnx_model
+
+    model = copy.deepcopy(model).cpu().eval()  # ONNX Runtime runs on the CPU here, whatever device trains
+    try:
+        with tempfile.TemporaryDirectory(prefix="segbench-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, path, input_size=size, in_channels=in_channels)
+            costs, _ = price_exported({"onnx": load_onnx_model(path, threads=torch.get_num_threads())},
+                                      in_channels=in_channels, size=size, rounds=rounds, max_warmup=max_warmup)
+    except (ImportError, RuntimeError, ValueError) as err:
+        return {"onnx_latency_error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    cost = costs["onnx"]
+    return {f"onnx_{key}": cost[key] for key in ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_noisy")}
+
+
 def price_exported(models: dict[str, nn.Module], *, in_channels: int, size: tuple[int, int], rounds: int = 20,
                    max_warmup: int = 10) -> tuple[dict[str, dict], dict[str, Timing]]:
     """Exported models run by ONNX Runtime on the CPU (``onnx_runtime.OnnxModel``: fp32, int8), as ``segbench

@@ -66,6 +66,10 @@ class Profile:
     # timing_max_warmup rounds that waits for stable times.
     timing_rounds: int = 20
     timing_max_warmup: int = 10
+    # The engine the table's deployment latency is timed in besides PyTorch: "onnx" adds each architecture's
+    # export run by ONNX Runtime on the CPU (``onnx_latency_ms``), which `--latency-budget` then reads
+    # (``segbench run --latency-engine onnx``).
+    latency_engine: str = "torch"
     # The Speed section's timed rounds (training step and inference at the training batch, interleaved
     # with the peer and a matmul); the table's throughput is its inference figure.
     speed_rounds: int = 7

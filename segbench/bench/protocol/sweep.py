@@ -101,11 +101,14 @@ def config_hash(cfg: Config, measure: dict) -> str:
 
 
 def _measure_settings(cfg: Config, profile: Profile) -> dict:
-    return {
+    settings = {
         "input_size": list(input_size(cfg, profile)),
         "timing_rounds": profile.timing_rounds,
         "timing_max_warmup": profile.timing_max_warmup,
     }
+    if profile.latency_engine != "torch":  # named only when asked: the folders of PyTorch-only runs keep their names
+        settings["latency_engine"] = profile.latency_engine
+    return settings
 
 
 def _data_source(data: str) -> str:

@@ -132,6 +132,7 @@ def _preview(run_dir: Path, data, count: int) -> None:
 def run_worker(run_dir: str | Path, progress: bool = True) -> int:
     """Do one run as described in the module docstring; returns the process exit status."""
     from segbench.bench.measure.cost import machine_info, measure_inference, peak_memory
+    from segbench.bench.measure.predictors import onnx_latency
     from segbench.config import config_from_dict
     from segbench.data import load_data
     from segbench.engine.device import (
@@ -180,6 +181,9 @@ def run_worker(run_dir: str | Path, progress: bool = True) -> int:
                     rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"],
                 )
                 result.measure["math"] = math_settings(device)
+            if m.get("latency_engine") == "onnx":  # the deployment latency in ONNX Runtime too (--latency-engine)
+                result.measure.update(onnx_latency(model, in_channels=data.in_channels, size=tuple(m["input_size"]),
+                                                   rounds=m["timing_rounds"], max_warmup=m["timing_max_warmup"]))
             if result.measure.get("machine_busy"):  # the latency was timed beside other processes' work
                 print(f"segbench worker: {run_dir.name}: {result.measure['machine_load']}", file=sys.stderr)
             del model

@@ -88,6 +88,9 @@ COLUMNS: tuple[Column, ...] = (
            over_runs="median"),
     Column("latency_ms", "Latency", "lower", 2, "ms", "median of timed batch-1 forward passes [interquartile range]",
            spread=("latency_q1_ms", "latency_q3_ms"), noisy="latency_noisy", over_runs="median"),
+    Column("onnx_latency_ms", "ONNX latency", "lower", 2, "ms", "the same batch-1 latency with the architecture's "
+           "ONNX export run by ONNX Runtime on the CPU (segbench run --latency-engine onnx) [interquartile range]",
+           spread=("onnx_latency_q1_ms", "onnx_latency_q3_ms"), noisy="onnx_latency_noisy", over_runs="median"),
     Column("throughput_ips", "Throughput", "higher", 1, "img/s",
            "images/s of inference at the training batch: the Speed section's measurement [from its quartiles]",
            spread=("throughput_lo_ips", "throughput_hi_ips"), noisy="throughput_noisy", over_runs="median"),

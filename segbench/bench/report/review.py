@@ -275,8 +275,8 @@ def _figures(runs: Runs, classes: Classes, table: list[dict], evidence: Evidence
     figures = {
         "Accuracy vs FLOPs": plots.pareto_scatter(table, "gflops", ACCURACY_KEY, report_dir / "accuracy_vs_flops.png",
                                                   deployment.gflops),
-        "Accuracy vs latency": plots.pareto_scatter(table, "latency_ms", ACCURACY_KEY,
-                                                    report_dir / "accuracy_vs_latency.png", deployment.latency_ms),
+        "Accuracy vs latency" + (" (ONNX Runtime)" if deployment.latency_engine == "onnx" else ""): plots.pareto_scatter(
+            table, deployment.latency_key, ACCURACY_KEY, report_dir / "accuracy_vs_latency.png", deployment.latency_ms),
     }
     curves = _curves(runs.ok, runs.rows, HEADLINE)
     if curves:
