@@ -60,7 +60,7 @@ def test_the_verdict_compares_only_the_architectures_within_the_budget(tmp_path)
     unrestricted = verdict(gather(per_arch), table, rows)
     assert unrestricted[0].startswith("Best: big")
     text = _verdict(gather(per_arch), table, rows, per_arch, 0.01, DeploymentBudget(latency_ms=20.0), tmp_path)
-    assert text[0].startswith("DeploymentBudget: latency <= 20 ms (medians over the runs; latency of a batch-1 forward pass as "
+    assert text[0].startswith("Deployment budget: latency <= 20 ms (medians over the runs; latency of a batch-1 forward pass as "
                               "`segbench predict` runs it, on AMD EPYC (test)). Within it: mid and small.")
     assert text[1] == "Outside the budget: big (latency 40.50 ms, 20.50 ms over)."
     assert text[2] == "The comparison below is over the 2 architectures within the budget."
@@ -83,7 +83,7 @@ def test_unmeasured_near_the_limit_and_several_limits():
     split = split_by_budget(table, DeploymentBudget(latency_ms=21.0, gflops=2.0))
     assert split.inside == ["a", "c"] and split.unmeasured == [("b", ["latency"])] and [a for a, _ in split.close] == ["a"]
     text = verdict(gather({k: per_arch[k] for k in split.inside}), table, rows, split)
-    assert text[0].startswith("DeploymentBudget: latency <= 21 ms, FLOPs <= 2 GFLOPs")
+    assert text[0].startswith("Deployment budget: latency <= 21 ms, FLOPs <= 2 GFLOPs")
     assert "Not measured, so not shown within the budget: b (no latency)." in text
     assert "Near the limit, its runs on both sides of it (placed by the median): a latency 20.00 ms [18.00–22.00]." in text
     split = split_by_budget(table, DeploymentBudget(gflops=0.5, infer_peak_mb=10))
@@ -156,7 +156,9 @@ def test_a_review_times_each_architecture_in_onnx_runtime_when_asked(tmp_path, m
         assert row["onnx_latency_ms"] > 0 and row["onnx_latency_q1_ms"] <= row["onnx_latency_ms"] <= row["onnx_latency_q3_ms"]
     saved = json.loads((tmp_path / "onnx" / "report" / "deployment_budget.json").read_text())
     assert saved["budget"] == {"onnx_latency_ms": 100000.0} and sorted(saved["within"]) == ["fcn", "unet"]
-    assert "ONNX latency" in (tmp_path / "onnx" / "report" / "report.md").read_text()
+    report = (tmp_path / "onnx" / "report" / "report.md").read_text()
+    assert "ONNX latency" in report and "ONNX Runtime latency <= 100000 ms" in report
+    assert "as `segbench predict --engine onnx` runs it" in report
     # PyTorch only (the default): no ONNX figure, and run folders of another name (the measurement differs).
     result = CliRunner().invoke(run, args + ["--out", str(tmp_path / "torch")], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -240,7 +240,7 @@ def test_a_latency_budget_restricts_the_verdict_and_draws_the_line(sweep, tmp_pa
     saved = json.loads((out / "report" / "deployment_budget.json").read_text())
     assert saved["within"] == [fast] and list(saved["outside"]) == [slow]
     verdict = (out / "report" / "report.md").read_text().split("## Verdict", 1)[1].split("## Findings", 1)[0]
-    assert f"DeploymentBudget: latency <= {limit:g} ms" in verdict and f"Within it: {fast}." in verdict
+    assert f"Deployment budget: latency <= {limit:g} ms" in verdict and f"Within it: {fast}." in verdict
     assert f"Outside the budget: {slow} (latency " in verdict
     assert f"One architecture within the budget: {fast} " in verdict
     assert (out / "report" / "accuracy_vs_latency.png").stat().st_size > 0

@@ -193,10 +193,11 @@ def _budget(split: DeploymentSplit, table: list[dict]) -> list[str]:
     where = f"on {', '.join(devices)}" if devices else "on the machine that measured them"
     measured = "medians over the runs"
     if split.budget.latency_ms is not None:
-        measured += f"; latency of a batch-1 forward pass as `segbench predict` runs it, {where}"
+        engine = "--engine onnx" if split.budget.latency_engine == "onnx" else ""
+        measured += f"; latency of a batch-1 forward pass as `segbench predict{' ' + engine if engine else ''}` runs it, {where}"
     elif split.budget.infer_peak_mb is not None:
         measured += f"; memory {where}"
-    out = [f"DeploymentBudget: {split.budget.describe()} ({measured}). Within it: {_names(split.inside) or 'none'}."]
+    out = [f"Deployment budget: {split.budget.describe()} ({measured}). Within it: {_names(split.inside) or 'none'}."]
     if split.outside:
         parts = [f"{arch} ({'; '.join(f'{_cost(e)}, {format_value(e.over, e.limit.digits)} {e.limit.unit} over' for e in excess)})"
                  for arch, excess in split.outside]  # fmt: skip
