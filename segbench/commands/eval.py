@@ -101,13 +101,20 @@ def evaluate_candidates(run_dirs: list[Path], split: str, *, which: str, overrid
     data = load_data(members.cfg.data)
     results = {name: evaluate_runs(group, split, flips=flips, data=data, progress=True)
                for name, (group, flips) in _predictors(members, tta).items()}
+    return _report(results, split, f"{which} checkpoints of {', '.join(members.names)}", out,
+                   (lambda: _judge(members, results, split, data, margin)) if compare else None)
+
+
+def _report(results: dict, split: str, source: str, out: Path | None, judge) -> list[str]:
+    """The lines to print for evaluated ``results`` (each predictor's metrics, then ``judge()``'s comparison
+    when given), with the files written into ``out`` when given."""
     lines = []
     for name, result in results.items():
-        lines += [f"{name}: {split} ({which} checkpoints of {', '.join(members.names)}; "
-                  f"{result.record()['forward_passes_per_image']} forward passes per image)", format_metrics(result.metrics)]
+        lines += [f"{name}: {split} ({source}; {result.record()['forward_passes_per_image']} forward passes per image)",
+                  format_metrics(result.metrics)]
     judged = None
-    if compare:
-        judged, judged_lines = _judge(members, results, split, data, margin)
+    if judge is not None:
+        judged, judged_lines = judge()
         lines += judged_lines
     if out is not None:
         _write(out, split, results, judged)
@@ -184,18 +191,8 @@ def evaluate_exported(run_dirs: list[Path], split: str, *, engine: str, override
         for name, (group, flips) in _predictors(members, tta).items():
             name = f"{label}{name[len(members.names[0]):]}"  # the run's name is every predictor's: say which file
             results[name] = evaluate_runs(group, split, flips=flips, data=data, progress=True)
-    lines = []
-    for name, result in results.items():
-        lines += [f"{name}: {split} ({run_dir.name}, ONNX Runtime; {result.record()['forward_passes_per_image']} "
-                  "forward passes per image)", format_metrics(result.metrics)]
-    judged = None
-    if compare:
-        judged, judged_lines = _judge_int8(loaded, results, split, data, margin)
-        lines += judged_lines
-    if out is not None:
-        _write(out, split, results, judged)
-        lines.append(f"wrote {out}")
-    return lines
+    return _report(results, split, f"{run_dir.name}, ONNX Runtime", out,
+                   (lambda: _judge_int8(loaded, results, split, data, margin)) if compare else None)
 
 
 def _judge_int8(loaded: dict, results: dict, split: str, data, margin: float) -> tuple:

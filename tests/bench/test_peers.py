@@ -64,6 +64,18 @@ def test_every_row_has_a_ratio_a_different_configuration_or_no_peer(tmp_path, pe
             assert row.endswith("no peer") and "peer" not in impls and f"{arch}: no peer: " in result.output
 
 
+def _assert_same_function_in(mode: str, model, peer_model) -> None:
+    """segbench's model and the peer give the same output (and auxiliary output in training) on one input."""
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        got, expected = set_mode(model, mode)(x), set_mode(peer_model, mode)(x)
+    if mode == "eval":
+        assert_same_function(got, expected)
+    else:
+        assert_same_function(got["out"], expected["out"])
+        assert_same_function(got["aux"], expected["aux"])
+
+
 # The quick profile's slim configurations (ResNet-18; output stride 16 with multi-grid for DeepLab v3), with
 # the auxiliary head, on one input channel: torchvision's ResNet-18 refuses dilation and has no multi-grid,
 # so the peer gets segbench's strides and dilations conv by conv; this checks it computes segbench's function.
@@ -83,14 +95,7 @@ def test_torchvision_peer_computes_segbenchs_function(arch, options, mode, peers
         warnings.simplefilter("ignore")
         model.load_state_dict(convert(peer.model.net.state_dict(), "torchvision", arch, num_classes=4, in_channels=1,
                                       **options), strict=True)
-    x = torch.randn(2, 1, 64, 64)
-    with torch.no_grad():
-        got, expected = set_mode(model, mode)(x), set_mode(peer.model, mode)(x)
-    if mode == "eval":
-        assert_same_function(got, expected)
-    else:
-        assert_same_function(got["out"], expected["out"])
-        assert_same_function(got["aux"], expected["aux"])
+    _assert_same_function_in(mode, model, peer.model)
 
 
 # smp's PSPNet and DeepLabV3Plus differ from the papers' heads (smp: a 1x1 bottleneck and a 3x3 classifier; a
@@ -154,14 +159,7 @@ def test_smp_peer_computes_segbenchs_function(arch, options, mode, peers_env, mo
     randomise_constants(peer.model)
     model.load_state_dict(_smp_state_as_segbenchs(arch, peer.model.state_dict(), 4), strict=True)
     _bilinear_without_aligned_corners(monkeypatch)
-    x = torch.randn(2, 1, 64, 64)
-    with torch.no_grad():
-        got, expected = set_mode(model, mode)(x), set_mode(peer.model, mode)(x)
-    if mode == "eval":
-        assert_same_function(got, expected)
-    else:
-        assert_same_function(got["out"], expected["out"])
-        assert_same_function(got["aux"], expected["aux"])
+    _assert_same_function_in(mode, model, peer.model)
 
 
 # LR-ASPP: torchvision's LRASPP on its own MobileNetV3, at torchvision's configuration and on the smaller
