@@ -43,6 +43,9 @@ def check_review_with_candidates(out):
         assert row["vs_best_single_low"] <= row["vs_best_single"] <= row["vs_best_single_high"]
         assert row["best_single_answer"] in {"better", "worse", "equivalent", "inconclusive"}
         assert row["latency_ms"] == pytest.approx(records[name]["cost"]["latency_ms"])
+        evaluated = records[name]["metrics"]["-,0"]  # HD95, NSD and mIoU as its evaluation measured them
+        for key in ("hd95_fg", "nsd_fg", "mIoU"):
+            assert row[f"val_{key}"] == pytest.approx(evaluated[key])
     markdown = (out / "report" / "report.md").read_text()
     assert "ensemble of 2 + TTA" in markdown and "Dice per ms" in markdown
 

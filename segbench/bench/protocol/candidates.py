@@ -114,6 +114,8 @@ def _evaluate(spec: CandidateRecord, runs: dict[str, dict], out: Path, data_of: 
         write_per_case_csv(out / folder / per_slice_file(spec.split), result.per_slice, PER_SLICE_COLUMNS)
         spec.folders[CandidateRecord.key(fold, seed)] = folder.as_posix()
         spec.member_runs[CandidateRecord.key(fold, seed)] = [run.run_dir.name for run in member_runs]
+        spec.metrics[CandidateRecord.key(fold, seed)] = {
+            k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     say(f"candidates: {spec.name} evaluated on {len(combined)} {'seed' if spec.kind == 'folds' else 'run'}(s)"
         + (" on the test split" if spec.split == "test" else ""))
 

@@ -217,6 +217,8 @@ class CandidateRecord:
     reference_cost: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # why it has no scores, when it failed
     split: str = "val"  # the split its per-case files score: "test" for a fold ensemble (no val case is held out by all)
+    # The same key -> the evaluation's figures on that split (mIoU, hd95_fg, nsd_fg, ... as a run's metrics.json)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @staticmethod
     def key(fold: int | None, seed: int) -> str:

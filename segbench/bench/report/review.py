@@ -75,9 +75,26 @@ def _candidate_scores(out: Path, candidates: list[CandidateRecord]) -> dict[str,
                      for key, folder in c.folders.items()} for c in candidates}
 
 
+# A candidate's figures of its evaluation shown in the table beside the evidence's: the mean over its (fold, seed)s.
+_CANDIDATE_METRICS = ("mIoU", "hd95_fg", "nsd_fg", "hd95_worst_case")
+
+
+def _candidate_metrics(c: CandidateRecord) -> dict:
+    out = {}
+    for key in _CANDIDATE_METRICS:
+        values = [m[key] for m in c.metrics.values() if isinstance(m.get(key), (int, float)) and m[key] == m[key]]
+        if values:
+            out[f"{c.split}_{key}"] = sum(values) / len(values)
+    units = {m.get("distance_unit") for m in c.metrics.values()} - {None}
+    if len(units) == 1:
+        out[f"{c.split}_distance_unit"] = units.pop()
+    return out
+
+
 def _candidate_rows(candidates: list[CandidateRecord], figures: dict[str, dict]) -> list[dict]:
-    """Table rows of the candidates: what they combine, their cost (``price_candidates``) and ``figures``
-    (the evidence's, and their answers against the best single architecture)."""
+    """Table rows of the candidates: what they combine, their cost (``price_candidates``), their evaluation's
+    figures (HD95, NSD, mIoU) and ``figures`` (the evidence's, and their answers against the best single
+    architecture)."""
     rows = []
     for c in candidates:
         flips = f", flips {'+'.join(c.flips)}" if c.flips else ""
@@ -87,7 +104,7 @@ def _candidate_rows(candidates: list[CandidateRecord], figures: dict[str, dict])
                      "error": "", "candidate": c.kind, "forward_passes": c.cost.get("forward_passes"),
                      **{k: c.cost.get(k) for k in ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_noisy",
                                                     "gflops", "infer_peak_mb")},
-                     **figures.get(c.name, {})})
+                     **_candidate_metrics(c), **figures.get(c.name, {})})
     return rows
 
 
