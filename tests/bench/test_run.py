@@ -135,9 +135,9 @@ def test_table_has_a_number_in_every_cell(sweep):
         # architecture, backbone, then numbers only: every column (the answer only where a claim was possible),
         # bar the text of the answer and the leader's empty difference from itself
         # (the ensembles' columns only with --ensembles: none here)
-        # and the nnU-Net anchor's own columns only with --anchor
+        # and the nnU-Net anchor's own columns only with --anchor, the ONNX latency only with --latency-engine onnx
         candidate_only = {"vs_best_single", "best_single_answer", "dice_per_ms"} | {
-            c.key for c in COLUMNS if c.key.startswith("nnunet_")}
+            c.key for c in COLUMNS if c.key.startswith(("nnunet_", "onnx_"))}
         assert len(row) == 3 + len([c for c in COLUMNS if c.key not in candidate_only]) - (not comparison["inferential"])
         texts = [value for value in row[2:] if value in answers]
         assert len(texts) == comparison["inferential"]
