@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from segbench.bench.report.evidence import Evidence, RunKey, RunScores, gather
 
-__all__ = ["CandidateRow", "Judged", "answer", "scores_of_rows", "judge", "format_judged"]
+__all__ = ["CandidateRow", "Judged", "answer", "dice_per_added_ms", "scores_of_rows", "judge", "format_judged"]
 
 
 def scores_of_rows(per_case: list[dict], per_slice: list[dict]) -> RunScores:
@@ -75,6 +75,14 @@ def answer(diff_low: float, diff_high: float, margin: float) -> str:
     return "inconclusive"
 
 
+def dice_per_added_ms(diff: float, latency, base) -> float | None:
+    """Dice gained per millisecond of latency added over the reference (``base``); None unless both latencies
+    were measured and the candidate is slower."""
+    if isinstance(latency, (int, float)) and isinstance(base, (int, float)) and latency > base:
+        return diff / (latency - base)
+    return None
+
+
 def judge(singles: dict[str, RunScores], candidates: dict[str, RunScores], costs: dict[str, dict], *,
           margin: float) -> Judged | None:
     """Compare ``singles`` and ``candidates`` (name -> scores on the same units) in one family; ``costs``:
@@ -93,13 +101,12 @@ def judge(singles: dict[str, RunScores], candidates: dict[str, RunScores], costs
         diff, low, high = (0.0, math.nan, math.nan) if name == best else c.difference(name, best)
         cost = costs.get(name, {})
         latency = cost.get("latency_ms")
-        added = latency - base if latency is not None and base is not None else None
         said = "best single" if name == best else "single" if name in singles else answer(low, high, c.margin)
         rows.append(CandidateRow(
             name=name, single=name in singles, mean=s.mean, low=s.low, high=s.high, diff=diff, diff_low=low,
             diff_high=high, answer=said, latency_ms=latency, latency_q1_ms=cost.get("latency_q1_ms"),
             latency_q3_ms=cost.get("latency_q3_ms"), forward_passes=cost.get("forward_passes"),
-            dice_per_added_ms=diff / added if added is not None and added > 0 and name != best else None))
+            dice_per_added_ms=dice_per_added_ms(diff, latency, base) if name != best else None))
     return Judged(evidence, best, tuple(rows))
 
 

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from segbench.bench.protocol.record import CandidateRecord, ReviewRun
-from segbench.bench.report.candidates import answer
+from segbench.bench.report.candidates import answer, dice_per_added_ms
 from segbench.bench.report.evidence import RunKey, RunScores, gather, read_run_scores
 
 __all__ = ["fold_ensemble_section", "single_name"]
@@ -76,9 +76,8 @@ def fold_ensemble_section(plan: list[ReviewRun], out: Path, candidates: list[Can
                 diff, low, high = c.difference(name, single)
                 row[2] = f"{diff:+.4f} [{_figure(low, 4, True)}, {_figure(high, 4, True)}]"
                 row[3] = answer(low, high, c.margin) if c.inferential else "not tested"
-                latency, base = record.cost.get("latency_ms"), record.reference_cost.get("latency_ms")
-                if isinstance(latency, (int, float)) and isinstance(base, (int, float)) and latency > base:
-                    row[6] = f"{diff / (latency - base):+.5f}"
+                per_ms = dice_per_added_ms(diff, record.cost.get("latency_ms"), record.reference_cost.get("latency_ms"))
+                row[6] = "" if per_ms is None else f"{per_ms:+.5f}"
             rows.append(row)
     replicates = ", ".join(f"{single_name(r.members[0])}: {sum(1 for p in plan if p.label == r.members[0] and p.fold is not None)} runs"
                            for r in folds)

@@ -19,7 +19,7 @@ from segbench.bench.protocol.record import (
     PREVIEW_FILE, CandidateRecord, ReviewInput, ReviewRun, ReviewSetup, WorkerResult, class_key, read_candidates,
 )  # fmt: skip
 from segbench.bench.report import plots
-from segbench.bench.report.candidates import answer
+from segbench.bench.report.candidates import answer, dice_per_added_ms
 from segbench.bench.report.columns import ACCURACY_KEY, COLUMNS
 from segbench.bench.report.deployment import DEPLOYMENT_FILE, DeploymentBudget, split_by_budget
 from segbench.bench.report.devices import arch_devices, device_runs, mixed_devices_warning
@@ -123,9 +123,9 @@ def _candidate_answers(evidence: Evidence | None, candidates: list[CandidateReco
         row = out[c.name] = dict(vs_best_single=diff, vs_best_single_low=_number(low), vs_best_single_high=_number(high))
         if comparison.inferential:
             row["best_single_answer"] = answer(low, high, comparison.margin)
-        latency, base = c.cost.get("latency_ms"), c.reference_cost.get("latency_ms")
-        if isinstance(latency, (int, float)) and isinstance(base, (int, float)) and latency > base:
-            row["dice_per_ms"] = diff / (latency - base)
+        per_ms = dice_per_added_ms(diff, c.cost.get("latency_ms"), c.reference_cost.get("latency_ms"))
+        if per_ms is not None:
+            row["dice_per_ms"] = per_ms
     return out
 
 
