@@ -107,6 +107,16 @@ def _given_plan(plan, profile, plan_file: str | None, data: dict | None):
         raise click.UsageError(str(err)) from None
 
 
+def _check_plan_wait() -> None:
+    """SEGBENCH_PLAN_WAIT, checked before OUT is claimed (a time budget's plan reads it)."""
+    from segbench.bench.protocol.matched import plan_wait
+
+    try:
+        plan_wait()
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
 def _planned(plan, settings: dict, profile, out: str, data: dict | None, given, runner, training: bool = True):
     """The sweep with a time or FLOPs budget turned into each architecture's iterations (its plan reused from
     ``given`` or OUT, else measured now, on a Ray node like the runs' with ``runner``), and that plan."""
@@ -451,6 +461,7 @@ def run(data, profile, archs, seeds, margin, latency_budget, latency_engine, mem
     else:
         facts = _check_data(plan)
         given = _given_plan(plan, chosen, plan_file, facts)
+        _check_plan_wait()
         # OUT is claimed (its marker written) only once the data and the cluster are known good: a refused
         # command leaves OUT as it found it.
         _connect(runner, plan, out)

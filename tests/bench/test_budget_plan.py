@@ -263,3 +263,58 @@ def test_a_busy_machine_gets_fewer_threads_and_the_runs_get_the_plans():
     assert pin_threads(plan, chosen) is None and chosen == {"SEGBENCH_THREADS": "2"}  # the user's choice stands
     flops = BudgetPlan(budget="flops:1T", kind="flops", amount=1e12, cap=1000, settings={}, archs={}, measured={})
     assert pin_threads(flops, {}) is None
+
+
+def test_a_plan_waits_for_a_busy_machine_to_quiet_down(monkeypatch):
+    """A neighbour that leaves within the wait does not choose the plan's threads (hence its counts); one that
+    stays past it does, and the log says so either way."""
+    import torch
+
+    from segbench.bench.measure.load import MachineLoad
+    from segbench.bench.protocol.matched import plan_threads
+
+    monkeypatch.delenv("SEGBENCH_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr("segbench.engine.threads.cpu_allotment", lambda: (2, "test"))
+    busy, quiet = MachineLoad(2, 2.0, 2.0), MachineLoad(2, 0.5, 0.1)
+
+    def machine(loads, step=2.0):
+        now, seen = [0.0], iter(loads)
+
+        def sample():
+            now[0] += step
+            return next(seen)
+        return sample, lambda: now[0]
+
+    said = []
+    sample, clock = machine([busy, busy, busy, quiet])
+    assert plan_threads("cpu", said.append, wait_s=60, sample=sample, clock=clock) == 2
+    assert "waiting up to 60 s" in said[0] and said[1] == "budget: the machine is quiet after 6 s of waiting"
+    said.clear()
+    sample, clock = machine([busy] * 100)
+    assert plan_threads("cpu", said.append, wait_s=10, sample=sample, clock=clock) == 1
+    assert "waiting up to 10 s" in said[0] and "at 1 of 2 threads" in said[-1] and len(said) == 2
+    said.clear()  # no wait asked for: the threads the neighbours leave, at once
+    sample, clock = machine([busy, quiet])
+    assert plan_threads("cpu", said.append, wait_s=0, sample=sample, clock=clock) == 1
+    assert len(said) == 1 and "at 1 of 2 threads" in said[0]
+    said.clear()  # quiet: no word
+    sample, clock = machine([quiet])
+    assert plan_threads("cpu", said.append, wait_s=60, sample=sample, clock=clock) == 2 and said == []
+
+
+def test_plan_wait_and_plan_seconds(monkeypatch, tmp_path):
+    from segbench.bench.protocol.matched import plan_seconds, plan_wait
+    from segbench.bench.protocol.profiles import get_profile
+
+    monkeypatch.delenv("SEGBENCH_PLAN_WAIT")
+    assert plan_wait() == 120.0
+    monkeypatch.setenv("SEGBENCH_PLAN_WAIT", "15")
+    assert plan_wait() == 15.0
+    quick = get_profile("quick")
+    assert plan_seconds(quick, 60, 10) == quick.plan_seconds == 30.0  # the quick review: 30 s of 600 s planned
+    assert plan_seconds(quick, 0.05, 2) == pytest.approx(0.05)  # never more than half the training it plans
+    monkeypatch.setenv("SEGBENCH_PLAN_WAIT", "soon")
+    result = _run(write_synthetic_data(tmp_path / "data"), tmp_path / "out", "--budget", "time:1", "--show-plan")
+    assert result.exit_code == 2 and "SEGBENCH_PLAN_WAIT='soon': not a number of seconds" in result.output
+    assert not (tmp_path / "out").exists()

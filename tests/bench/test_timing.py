@@ -94,3 +94,17 @@ def test_a_figure_that_stays_noisy_is_marked():
 def test_rounds_must_be_positive():
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         time_interleaved({"a": lambda: None}, rounds=0)
+
+
+def test_min_seconds_times_as_many_rounds_as_fill_it():
+    clock = FakeClock()
+    # A round of "a" (0.25 s) and "b" (0.5 s) takes 0.75 s: 30 s asks for 40 rounds, more than the 7 given.
+    closures = {"a": clock.closure(itertools.repeat(0.25)), "b": clock.closure(itertools.repeat(0.5))}
+    timings = time_interleaved(closures, rounds=7, min_warmup=2, clock=clock, min_seconds=30.0)
+    assert len(timings["a"].times) == len(timings["b"].times) == 40
+    # Rounds longer than min_seconds / rounds: the given rounds stand; the bound caps a tiny round.
+    slow = time_interleaved({"a": clock.closure(itertools.repeat(10.0))}, rounds=7, clock=clock, min_seconds=30.0)
+    assert len(slow["a"].times) == 7
+    tiny = time_interleaved({"a": clock.closure(itertools.repeat(1e-6))}, rounds=7, clock=clock, min_seconds=30.0,
+                            max_rounds=50)
+    assert len(tiny["a"].times) == 50

@@ -72,14 +72,17 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def time_steps(steps: dict[str, Callable[[], object]], *, rounds: int, max_warmup: int, device: str = "cpu",
-               clock: Callable[[], float] = time.perf_counter, yardstick: Callable[[], object] | None = None) -> StepTimes:
+               clock: Callable[[], float] = time.perf_counter, yardstick: Callable[[], object] | None = None,
+               min_seconds: float = 0.0) -> StepTimes:
     """Time ``steps`` (architecture -> one training step) interleaved with ``yardstick`` (a
-    ``YARDSTICK_SIZE`` matmul, or None), by the one timing harness."""
+    ``YARDSTICK_SIZE`` matmul, or None), by the one timing harness: ``rounds`` rounds, or as many as fill
+    ``min_seconds``."""
     if MATMUL_KEY in steps:
         raise ValueError(f"{MATMUL_KEY!r} is the yardstick's name, not an architecture's")
     closures = dict(steps) | ({MATMUL_KEY: yardstick} if yardstick is not None else {})
     with watch_load() as watch:
-        times = time_interleaved(closures, rounds=rounds, max_warmup=max_warmup, device=device, clock=clock)
+        times = time_interleaved(closures, rounds=rounds, max_warmup=max_warmup, device=device, clock=clock,
+                                 min_seconds=min_seconds)
     matmul = times.pop(MATMUL_KEY, None)
     gflops = 2 * YARDSTICK_SIZE**3 / matmul.median / 1e9 if matmul is not None else None
     # Every attempt's rounds, pooled: the same rounds for every architecture (the harness keeps each
@@ -95,10 +98,11 @@ def time_steps(steps: dict[str, Callable[[], object]], *, rounds: int, max_warmu
 
 
 def measure_step_times(archs: list[str], settings: SpeedSettings, *, threads: int | None = None,
-                       say: Callable[[str], None] = print) -> StepTimes:
+                       say: Callable[[str], None] = print, min_seconds: float = 0.0) -> StepTimes:
     """Build every architecture of ``archs`` (options, size, batch, loss and precision from ``settings``)
-    and time their training steps together (``settings.rounds`` rounds after at most
-    ``settings.max_warmup`` warm-up rounds), at most at ``threads`` threads (and the run's allotment)."""
+    and time their training steps together (``settings.rounds`` rounds, or as many as fill ``min_seconds``,
+    after at most ``settings.max_warmup`` warm-up rounds), at most at ``threads`` threads (and the run's
+    allotment)."""
     device = torch.device(settings.device)
     cap_threads()  # as each run does: the counts are for the runs' thread count
     if threads is not None and threads < torch.get_num_threads():
@@ -107,10 +111,11 @@ def measure_step_times(archs: list[str], settings: SpeedSettings, *, threads: in
     for arch in archs:
         torch.manual_seed(0)
         steps[arch], _ = training_step_of(arch, settings)
-    say(f"budget: timing the training steps of {len(archs)} architecture(s) interleaved, {settings.rounds} rounds")
+    length = f"at least {settings.rounds} rounds" + (f" and {min_seconds:g} s" if min_seconds > 0 else "")
+    say(f"budget: timing the training steps of {len(archs)} architecture(s) interleaved, {length}")
     dtype = resolve_precision(settings.amp, device).compute_dtype
     return time_steps(steps, rounds=settings.rounds, max_warmup=settings.max_warmup, device=settings.device,
-                      yardstick=_matmul_closure(device, dtype, YARDSTICK_SIZE))
+                      yardstick=_matmul_closure(device, dtype, YARDSTICK_SIZE), min_seconds=min_seconds)
 
 
 def step_flops(archs: list[str], settings: SpeedSettings) -> dict[str, int]:

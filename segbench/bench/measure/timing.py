@@ -24,6 +24,7 @@ How, and why:
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -31,10 +32,11 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "time_interleaved", "synchronize", "NOISY_ABOVE", "STABLE_WITHIN"]
+__all__ = ["Timing", "time_interleaved", "synchronize", "NOISY_ABOVE", "STABLE_WITHIN", "MAX_ROUNDS"]
 
 STABLE_WITHIN = 0.1  # warm-up has settled when consecutive timings differ by at most 10%
 NOISY_ABOVE = 0.2  # a figure whose IQR exceeds 20% of its median is re-measured, then marked noisy
+MAX_ROUNDS = 1000  # the most rounds ``min_seconds`` asks for
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -94,6 +96,16 @@ def _stable(last: list[float], within: float) -> bool:
     return len(last) >= 2 and abs(last[-1] - last[-2]) <= within * min(last[-1], last[-2])
 
 
+def _rounds_for(rounds: int, warm: dict[str, list[float]], min_seconds: float, max_rounds: int) -> int:
+    """``rounds``, or as many as fill ``min_seconds`` at the warm-up's median round (at most ``max_rounds``)."""
+    totals = [sum(values) for values in zip(*warm.values())]
+    if min_seconds <= 0 or not totals:
+        return rounds
+    middle = statistics.median(totals)
+    wanted = math.ceil(min_seconds / middle) if middle > 0 else max_rounds
+    return max(rounds, min(wanted, max_rounds))
+
+
 def _round(closures: dict[str, Callable[[], object]], device: torch.device, into: dict[str, list[float]],
            clock: Callable[[], float]) -> None:
     for name, fn in closures.items():
@@ -114,9 +126,13 @@ def time_interleaved(
     noisy_above: float = NOISY_ABOVE,
     attempts: int = 3,
     clock: Callable[[], float] = time.perf_counter,
+    min_seconds: float = 0.0,
+    max_rounds: int = MAX_ROUNDS,
 ) -> dict[str, Timing]:
     """Time every closure ``rounds`` times, interleaved, after a warm-up that waits for stable timings;
-    re-measure while any spread is above ``noisy_above`` (see the module docstring)."""
+    re-measure while any spread is above ``noisy_above`` (see the module docstring). ``min_seconds``: time
+    more rounds where ``rounds`` would take less than that (from the warm-up's median round), at most
+    ``max_rounds``: a figure taken over a longer stretch of a drifting machine."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if max_warmup < 0:
@@ -131,6 +147,7 @@ def time_interleaved(
         _round(closures, device, warm, clock)
         warmup += 1
     settled = all(_stable(t, stable_within) for t in warm.values()) or max_warmup == 0
+    rounds = _rounds_for(rounds, warm, min_seconds, max_rounds)
 
     best: dict[str, tuple[float, ...]] = {}
     every: dict[str, list[tuple[float, ...]]] = {name: [] for name in closures}

@@ -14,18 +14,25 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from segbench.bench.protocol.budget import (PLANNED_KINDS, ArchBudget, BudgetPlan, PlanMismatch, counts_from_step_flops,
                                             counts_from_step_times, plan_digest, plan_path, read_plan)
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.sweep import PlannedRun, input_size
 
-__all__ = ["plan_settings", "budget_plan", "load_plan_file", "is_planned", "measure_plan", "plan_threads", "pin_threads",
-           "WHERE_MEASURED"]
+if TYPE_CHECKING:
+    from segbench.bench.measure.load import MachineLoad
+
+__all__ = ["plan_settings", "budget_plan", "load_plan_file", "is_planned", "measure_plan", "plan_threads", "plan_wait",
+           "plan_seconds", "pin_threads", "WHERE_MEASURED"]
 
 WHERE_MEASURED = ("source", "device", "amp")  # settings a plan from another sweep may differ in
+PLAN_WAIT_ENV = "SEGBENCH_PLAN_WAIT"
+PLAN_WAIT_S = 120.0  # how long a time budget's plan waits for a busy machine to quiet down
+PLAN_SAMPLE_S = 2.0  # each look at the machine's load while waiting
 
 
 def plan_settings(plan: list[PlannedRun], profile: Profile) -> dict[str, Any]:
@@ -69,9 +76,10 @@ def measure_plan(plan: list[PlannedRun], profile: Profile, data: dict, *, say: C
     entries: dict[str, ArchBudget] = {}
     if kind == "time":
         if measure is None:  # here: at the threads the runs here will compute with (pin_threads)
-            times = measure_step_times(archs, settings, threads=plan_threads(settings.device, say), say=say)
+            times = measure_step_times(archs, settings, threads=plan_threads(settings.device, say), say=say,
+                                       min_seconds=plan_seconds(profile, amount, len(archs)))
         else:  # a Ray task: its CPUs are the run's (Ray sets its OMP_NUM_THREADS)
-            times = call(measure_step_times, archs, settings)
+            times = call(measure_step_times, archs, settings, min_seconds=plan_seconds(profile, amount, len(archs)))
         counts = counts_from_step_times(amount, times.step_s, cap)
         for arch, (iterations, exact, capped) in counts.items():
             entries[arch] = ArchBudget(iterations, exact, capped, step_s=times.step_s[arch], step_q1_s=times.q1_s[arch],
@@ -121,10 +129,36 @@ def is_planned(plan: list[PlannedRun]) -> bool:
     return bool(plan and plan[0].budget) and _budget_of(plan)[1] in PLANNED_KINDS
 
 
-def plan_threads(device: str, say: Callable[[str], None] = print) -> int | None:
+def plan_seconds(profile: Profile, amount: float, archs: int) -> float:
+    """How long a time budget's plan times the steps at least: the profile's ``plan_seconds``, but never more
+    than half the training seconds it plans (``amount`` for each of ``archs`` architectures)."""
+    return min(profile.plan_seconds, amount * archs / 2)
+
+
+def plan_wait() -> float:
+    """Seconds a time budget's plan waits for a busy machine to quiet down (``SEGBENCH_PLAN_WAIT``, default
+    ``PLAN_WAIT_S``; 0: measure at once)."""
+    raw = os.environ.get(PLAN_WAIT_ENV, "").strip()
+    if not raw:
+        return PLAN_WAIT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"{PLAN_WAIT_ENV}={raw!r}: not a number of seconds") from None
+    if seconds < 0:
+        raise ValueError(f"{PLAN_WAIT_ENV}={raw!r}: must be >= 0")
+    return seconds
+
+
+def plan_threads(device: str, say: Callable[[str], None] = print, *, wait_s: float | None = None,
+                 sample: Callable[[], "MachineLoad"] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> int | None:
     """The threads a time budget's plan is measured at, and its runs on this machine compute with
-    (``pin_threads``): ``SEGBENCH_THREADS`` where set, else the run's CPU allotment less the CPUs other
-    processes are using now (sampled for a second; ``load.spare_threads``). None: not a CPU device."""
+    (``pin_threads``): ``SEGBENCH_THREADS`` where set, else the run's CPU allotment. A machine busy now
+    (``sample``: a load sample of a couple of seconds) is waited for, up to ``wait_s`` (``plan_wait``): the
+    step-time ratios, hence the counts, are for one thread count (each design parallelises differently), so
+    a neighbour that will be gone in a minute must not choose it. Still busy after the wait: the allotment
+    less the CPUs the others use (``load.spare_threads``). None: not a CPU device."""
     import torch
 
     from segbench.bench.measure.load import sample_load, spare_threads
@@ -136,7 +170,18 @@ def plan_threads(device: str, say: Callable[[str], None] = print) -> int | None:
     threads = min(allotment, torch.get_num_threads())
     if os.environ.get(THREADS_ENV, "").strip():
         return threads
-    load = sample_load()
+    sample = sample or (lambda: sample_load(PLAN_SAMPLE_S))
+    wait_s = plan_wait() if wait_s is None else wait_s
+    load = sample()
+    if spare_threads(threads, load) < threads and wait_s > 0:
+        say(f"budget: {load.describe().replace('during the measurement', 'now')}: waiting up to {wait_s:g} s for it "
+            f"to quiet down before timing the steps (the counts are for the threads they are timed at; "
+            f"{PLAN_WAIT_ENV}=S sets the wait, {THREADS_ENV}=N the threads)")
+        start = clock()
+        while spare_threads(threads, load) < threads and clock() - start < wait_s:
+            load = sample()
+        if spare_threads(threads, load) == threads:
+            say(f"budget: the machine is quiet after {clock() - start:.0f} s of waiting")
     spare = spare_threads(threads, load)
     if spare < threads:
         say(f"budget: {load.describe().replace('during the measurement', 'now')}: the plan is measured and the "

@@ -73,6 +73,10 @@ class Profile:
     # The Speed section's timed rounds (training step and inference at the training batch, interleaved
     # with the peer and a matmul); the table's throughput is its inference figure.
     speed_rounds: int = 7
+    # A time budget's plan times its steps (interleaved) for at least speed_rounds rounds and at least this
+    # long: on a shared machine two designs' step-time ratio drifts by a few percent from minute to minute
+    # (docs/budget.md), and a longer stretch averages it.
+    plan_seconds: float = 30.0
     # Validation images shown per architecture in the report's prediction grid.
     preview_images: int = 4
     # How long each run trains (``segbench run --budget``): "iterations" (``iterations`` steps),
