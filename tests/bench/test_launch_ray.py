@@ -310,3 +310,24 @@ def test_the_anchor_runs_as_one_more_task(cluster, tmp_path):
     assert counts == {"ran": 1, "failed": 1, "skipped": 0}
     result = WorkerResult.read(spec.runs[0]["run_dir"])
     assert result.status == "failed" and "exited with status 1" in result.error and "anchor.log" in result.error
+
+
+def test_a_time_budget_is_planned_in_a_ray_task(cluster, tmp_path):
+    """`--launcher ray --budget time:S`: the plan is measured in one Ray task (with a run's resources, like the
+    Speed section, so on a node like the runs'), saved in OUT, and its counts are the sweep's."""
+    out = tmp_path / "planned"
+    args = [str(cluster["data"]), "--archs", ",".join(ARCHS), "--iterations", "5", "--budget", "time:0.2", "--out",
+            str(out), "--set", "data.resize=[32,32]", "--no-progress", "--launcher", "ray", "--cpus-per-run", "1",
+            "--show-plan"]
+    result = CliRunner().invoke(run, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    # Measured in the task (its own log line stays there), not on the driver.
+    assert "budget: plan saved in" in result.output and "timing the training steps" not in result.output
+    plan_file, = (out / "budget").glob("plan-*.json")
+    plan = json.loads(plan_file.read_text())
+    assert plan["measured"]["threads"] == 1 and plan["measured"]["rounds"] >= 7
+    counts = {arch: entry["iterations"] for arch, entry in plan["archs"].items()}
+    assert set(counts) == set(ARCHS) and all(1 <= n <= 20 for n in counts.values())  # the cap: 4 x 5
+    for arch, n in counts.items():
+        assert f"  {arch}: {n} iterations = 0.2 s / " in result.output
+    assert not any(p.name.startswith(ARCHS) for p in out.iterdir())  # nothing trained
