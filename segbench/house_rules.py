@@ -22,6 +22,7 @@ LEAVES: frozenset[str] = frozenset({
     "segbench.stats",  # bootstrap, paired tests, Holm, ranking robustness
     "segbench.comparison",  # the comparison the verdict makes
     "segbench.house_rules",  # this file
+    "segbench.env_settings",  # the numbers read from SEGBENCH_* variables, with one error
     "segbench.bench.protocol.record",  # the typed run records (and the review's input) the report reads
 })
 LOWER: frozenset[str] = frozenset({"segbench.models", "segbench.checkpoints", "segbench.data", "segbench.config"})

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from segbench.checkpoints.formats import encoder_keys
+from segbench.env_settings import env_seconds
 from segbench.models.registry import ENCODERS
 from segbench.checkpoints.io import read_checkpoint
 
@@ -118,14 +119,7 @@ def cache_dir() -> Path:
 
 
 def _download_timeout() -> float:
-    raw = os.environ.get("SEGBENCH_DOWNLOAD_TIMEOUT", "60")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"SEGBENCH_DOWNLOAD_TIMEOUT must be a positive number of seconds, got {raw!r}")
-    return seconds
+    return env_seconds("SEGBENCH_DOWNLOAD_TIMEOUT", 60.0)
 
 
 def _entry(encoder: str) -> ImageNetWeights:

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from segbench.env_settings import env_seconds
+
 __all__ = [
     "DistInfo",
     "RunBatchSampler",
@@ -53,14 +55,7 @@ def process_group_timeout() -> timedelta:
     first download of pretrained weights, a checkpoint written to a slow disk. Evaluation is shared
     between the processes (``evaluate``), so it keeps them all busy instead.
     """
-    raw = os.environ.get("SEGBENCH_DIST_TIMEOUT_MIN", "60")
-    try:
-        minutes = float(raw)
-    except ValueError:
-        minutes = -1.0
-    if minutes <= 0:
-        raise ValueError(f"SEGBENCH_DIST_TIMEOUT_MIN={raw!r} must be a positive number of minutes, e.g. 60")
-    return timedelta(minutes=minutes)
+    return timedelta(minutes=env_seconds("SEGBENCH_DIST_TIMEOUT_MIN", 60.0, unit="minutes"))
 
 
 def init_distributed(device_name: str) -> DistInfo:

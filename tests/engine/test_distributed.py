@@ -103,7 +103,7 @@ def test_process_group_timeout(monkeypatch):
     assert init_distributed("cpu").rank == 1
     assert seen == {"backend": "gloo", "timeout": timedelta(minutes=90)}
     monkeypatch.setenv("SEGBENCH_DIST_TIMEOUT_MIN", "ten")
-    with pytest.raises(ValueError, match="SEGBENCH_DIST_TIMEOUT_MIN='ten' must be a positive number"):
+    with pytest.raises(ValueError, match="SEGBENCH_DIST_TIMEOUT_MIN='ten': expected a positive number of minutes"):
         process_group_timeout()
 
 

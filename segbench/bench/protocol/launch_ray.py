@@ -43,6 +43,7 @@ from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.record import WorkerResult
 from segbench.bench.protocol.sweep import LauncherError, PlannedRun, SweepState, write_spec
 from segbench.bench.protocol.worker import run_worker_process
+from segbench.env_settings import env_seconds
 from segbench.metric_defs import metric as metric_definition
 from segbench.run_files import LOG_FILE
 
@@ -148,14 +149,10 @@ def _probe(out: str, token: str, data_folders: list[str]) -> dict:
 
 def connect_timeout() -> float:
     """``SEGBENCH_RAY_CONNECT_TIMEOUT_S`` (default 15): how long ``--ray-address`` may take to answer."""
-    raw = os.environ.get("SEGBENCH_RAY_CONNECT_TIMEOUT_S", "15")
     try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise LauncherError(f"SEGBENCH_RAY_CONNECT_TIMEOUT_S must be a positive number of seconds, got {raw!r}")
-    return seconds
+        return env_seconds("SEGBENCH_RAY_CONNECT_TIMEOUT_S", 15.0)
+    except ValueError as err:
+        raise LauncherError(str(err)) from None
 
 
 def probe_address(address: str) -> None:

@@ -22,6 +22,7 @@ from segbench.bench.protocol.budget import (PLANNED_KINDS, ArchBudget, BudgetPla
                                             counts_from_step_times, plan_digest, plan_path, read_plan)
 from segbench.bench.protocol.profiles import Profile
 from segbench.bench.protocol.sweep import PlannedRun, input_size
+from segbench.env_settings import env_seconds
 
 if TYPE_CHECKING:
     from segbench.bench.measure.load import MachineLoad
@@ -138,16 +139,7 @@ def plan_seconds(profile: Profile, amount: float, archs: int) -> float:
 def plan_wait() -> float:
     """Seconds a time budget's plan waits for a busy machine to quiet down (``SEGBENCH_PLAN_WAIT``, default
     ``PLAN_WAIT_S``; 0: measure at once)."""
-    raw = os.environ.get(PLAN_WAIT_ENV, "").strip()
-    if not raw:
-        return PLAN_WAIT_S
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError(f"{PLAN_WAIT_ENV}={raw!r}: not a number of seconds") from None
-    if seconds < 0:
-        raise ValueError(f"{PLAN_WAIT_ENV}={raw!r}: must be >= 0")
-    return seconds
+    return env_seconds(PLAN_WAIT_ENV, PLAN_WAIT_S, zero=True)
 
 
 def plan_threads(device: str, say: Callable[[str], None] = print, *, wait_s: float | None = None,
