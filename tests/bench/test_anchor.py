@@ -2,6 +2,7 @@
 its schedule, the Python that runs it (one line when none has nnU-Net), and the verdict's sentence on it.
 The real nnU-Net end to end is tests/bench/test_anchor_nnunet.py (the peers environment)."""
 
+import dataclasses
 import importlib.util
 import sys
 from types import SimpleNamespace
@@ -75,9 +76,14 @@ def test_a_time_budget_names_a_reference_architecture_and_its_planned_iterations
     spec = plan_anchor(parse_anchors("nnunet")[0], plan.runs, plan.profile, plan.out, threads=2,
                        budget_plan=budget_plan, speed={"size": [32, 32]})
     assert spec.budget == {"kind": "time", "amount": 60.0, "iterations": 400, "reference": "unet",
-                           "reference_iterations": 123, "speed": {"size": [32, 32]}}
+                           "reference_iterations": 123, "speed": {"size": [32, 32]},
+                           "min_seconds": 30.0}  # timed as long as the zoo's plan (plan_seconds)
     spec.write(tmp_path / "spec.json")
     assert AnchorSpec.read(tmp_path / "spec.json") == spec
+    # How long the steps are timed is not what the run is: the runs' folders do not move with it.
+    longer = plan_anchor(parse_anchors("nnunet")[0], plan.runs, dataclasses.replace(plan.profile, plan_seconds=99.0),
+                         plan.out, threads=2, budget_plan=budget_plan, speed={"size": [32, 32]})
+    assert longer.budget["min_seconds"] == 60.0 and [r["hash"] for r in longer.runs] == [r["hash"] for r in spec.runs]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nnunetv2") is not None, reason="this Python has nnU-Net")

@@ -36,6 +36,7 @@ __all__ = ["ANCHORS", "AnchorChoice", "AnchorRun", "AnchorMissing", "parse_ancho
 
 ANCHORS = {"nnunet": "matched", "nnunet-default": "default"}  # name -> schedule
 CONFIGURATIONS = ("auto", "2d", "3d_fullres")
+MEASURING = ("speed", "min_seconds")  # budget keys that say how to time the steps, not what the run is
 ANCHOR_LOG = "anchor.log"  # OUT/<anchor>/anchor.log: the worker's (and nnU-Net's) output
 SOURCE = Path(__file__).resolve().parents[4]  # the folder this segbench is imported from (its checkout)
 INSTALL = "pip install nnunetv2 into a Python with a matching torch/torchvision pair (`make peers` does, in .venv-peers)"
@@ -111,8 +112,11 @@ class AnchorRun:
     configuration: str
 
 
-def _budget(plan, budget_plan, speed: dict | None) -> dict:
-    """The review's budget as the anchor's worker needs it (``AnchorSpec.budget``)."""
+def _budget(plan, budget_plan, speed: dict | None, profile) -> dict:
+    """The review's budget as the anchor's worker needs it (``AnchorSpec.budget``): under a time budget, how to
+    time nnU-Net's step beside the reference architecture's (``speed``, and ``min_seconds`` as the plan timed)."""
+    from segbench.bench.protocol.matched import plan_seconds
+
     train = plan[0].config.train
     if budget_plan is None:
         kind = "auto" if train.budget == "auto" else "iterations"
@@ -120,7 +124,8 @@ def _budget(plan, budget_plan, speed: dict | None) -> dict:
     out = {"kind": budget_plan.kind, "amount": float(budget_plan.amount), "iterations": int(budget_plan.cap)}
     if budget_plan.kind == "time":
         reference = next(run.arch for run in plan if run.arch in budget_plan.archs)
-        out.update(reference=reference, reference_iterations=int(budget_plan.archs[reference].iterations), speed=speed)
+        out.update(reference=reference, reference_iterations=int(budget_plan.archs[reference].iterations), speed=speed,
+                   min_seconds=plan_seconds(profile, float(budget_plan.amount), 2))
     return out
 
 
@@ -133,7 +138,7 @@ def plan_anchor(choice: AnchorChoice, plan, profile, out: str | Path, *, threads
     from segbench.config import config_to_dict
 
     root = Path(out) / choice.name
-    budget = _budget(plan, budget_plan, speed)
+    budget = _budget(plan, budget_plan, speed, profile)
     height, width = input_size(plan[0].config, profile)
     measure = {"size": [height, width], "rounds": profile.timing_rounds, "max_warmup": profile.timing_max_warmup}
     runs, seen = [], set()
@@ -143,7 +148,7 @@ def plan_anchor(choice: AnchorChoice, plan, profile, out: str | Path, *, threads
         seen.add((run.fold, run.seed))
         config = config_to_dict(run.config)
         identity = {"anchor": asdict(choice), "data": config["data"], "eval": config["eval"], "seed": run.seed,
-                    "budget": {k: v for k, v in budget.items() if k != "speed"}, "measure": measure}
+                    "budget": {k: v for k, v in budget.items() if k not in MEASURING}, "measure": measure}
         run_hash = digest(identity)
         fold = f"f{run.fold}-" if run.fold is not None else ""
         runs.append({"fold": run.fold, "seed": run.seed, "hash": run_hash, "config": config,

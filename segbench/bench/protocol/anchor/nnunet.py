@@ -252,7 +252,8 @@ def _time_iterations(budget: dict, trainer) -> tuple[int, dict]:
     torch.manual_seed(0)
     ref_step, _ = training_step_of(reference, settings)
     steps = {reference: ref_step, "nnunet": _step_closure(trainer)}
-    times = time_steps(steps, rounds=settings.rounds, max_warmup=settings.max_warmup, device=settings.device)
+    times = time_steps(steps, rounds=settings.rounds, max_warmup=settings.max_warmup, device=settings.device,
+                       min_seconds=float(budget.get("min_seconds", 0.0)))
     ratio = times.step_s["nnunet"] / times.step_s[reference]
     n = max(1, round(budget["reference_iterations"] / ratio))
     n = min(n, int(budget["iterations"]))
