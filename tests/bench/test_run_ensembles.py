@@ -80,3 +80,19 @@ def test_fold_ensembles_are_compared_with_one_fold_model_on_the_test_split(tmp_p
     assert "## Fold ensembles on the test split" in markdown and "unet 2-fold ensemble" in markdown
     statistics_json = json.loads((out / "report" / "statistics.json").read_text())
     assert "unet 2-fold ensemble" not in statistics_json["comparison"]["architectures"]  # not in the validation family
+
+
+def test_the_fold_section_counts_only_the_finished_fold_runs_as_replicates(tmp_path):
+    """Its intro names the runs the comparison uses (the finished ones) and how many were left out."""
+    from segbench.bench.protocol.record import CandidateRecord, ReviewRun
+    from segbench.bench.report.fold_ensembles import replicates
+
+    def fold_run(fold, seed, status, label="unet"):
+        return ReviewRun(label, label, seed, fold, tmp_path / f"{label}-f{fold}s{seed}", {}, {"status": status})
+
+    plan = [fold_run(0, 0, "ok"), fold_run(1, 0, "ok"), fold_run(0, 1, "failed"), fold_run(1, 1, "ok"),
+            fold_run(0, 0, "ok", "segnet"), fold_run(1, 0, "ok", "segnet"),
+            ReviewRun("unet", "unet", 0, None, tmp_path / "unet-s0", {}, {"status": "ok"})]  # no fold: not one
+    folds = [CandidateRecord("unet 2-fold ensemble", "folds", ["unet"], []),
+             CandidateRecord("segnet 2-fold ensemble", "folds", ["segnet"], [])]
+    assert replicates(plan, folds) == "unet: 3 runs (1 unfinished, left out), segnet: 2 runs"

@@ -24,7 +24,7 @@ from segbench.bench.protocol.record import CandidateRecord, ReviewRun
 from segbench.bench.report.candidates import answer, dice_per_added_ms
 from segbench.bench.report.evidence import RunKey, RunScores, gather, read_run_scores
 
-__all__ = ["fold_ensemble_section", "single_name"]
+__all__ = ["fold_ensemble_section", "single_name", "replicates"]
 
 TEST = "test"
 
@@ -33,11 +33,28 @@ def single_name(label: str) -> str:
     return f"{label}, one fold model"
 
 
+def _fold_runs(plan: list[ReviewRun], label: str, ok: bool = True) -> list[ReviewRun]:
+    """The architecture's fold runs (fold x seed) that finished (``ok``), or those that did not."""
+    return [r for r in plan if r.label == label and r.fold is not None and (r.row.get("status") == "ok") == ok]
+
+
+def replicates(plan: list[ReviewRun], candidates: list[CandidateRecord]) -> str:
+    """Per architecture, the fold runs the comparison uses as replicates of "one fold model" (the finished
+    ones), and how many did not finish."""
+    parts = []
+    for c in candidates:
+        label = c.members[0]
+        failed = len(_fold_runs(plan, label, ok=False))
+        parts.append(f"{label}: {len(_fold_runs(plan, label))} runs"
+                     + (f" ({failed} unfinished, left out)" if failed else ""))
+    return ", ".join(parts)
+
+
 def _scores(plan: list[ReviewRun], out: Path, candidates: list[CandidateRecord]) -> dict[str, dict[RunKey, RunScores | None]]:
     per_arch: dict[str, dict[RunKey, RunScores | None]] = {}
     for c in candidates:
         label = c.members[0]
-        fold_runs = [r for r in plan if r.label == label and r.fold is not None and r.row.get("status") == "ok"]
+        fold_runs = _fold_runs(plan, label)
         per_arch[single_name(label)] = {RunKey(None, i): read_run_scores(r.run_dir, TEST) for i, r in enumerate(fold_runs)}
         per_arch[c.name] = {RunKey(None, CandidateRecord.parse_key(key)[1]): read_run_scores(out / folder, TEST)
                             for key, folder in c.folders.items()}
@@ -79,12 +96,10 @@ def fold_ensemble_section(plan: list[ReviewRun], out: Path, candidates: list[Can
                 per_ms = dice_per_added_ms(diff, record.cost.get("latency_ms"), record.reference_cost.get("latency_ms"))
                 row[6] = "" if per_ms is None else f"{per_ms:+.5f}"
             rows.append(row)
-    replicates = ", ".join(f"{single_name(r.members[0])}: {sum(1 for p in plan if p.label == r.members[0] and p.fold is not None)} runs"
-                           for r in folds)
     intro = (f"{evidence.metric} per case on the test split ({evidence.n_cases} cases, held out by every fold model), "
              f"simultaneous {1 - c.alpha:.0%} intervals in one family of {len(c.standings)} predictors, separate from "
              f"the validation comparison; each K-fold ensemble (softmax mean of its fold models, per seed) against one "
-             f"of its own fold models (every fold x seed run a replicate: {replicates}); margin ±{c.margin:g}.")
+             f"of its own fold models (every finished fold x seed run a replicate: {replicates(plan, folds)}); margin ±{c.margin:g}.")
     if not c.inferential:
         notes.append(f"No interval or test: {evidence.n_units} test cases cannot support one; the answers are not evidence.")
     notes.append("Latency: batch 1, the ensemble and one of its fold models timed in one interleaved measurement "
