@@ -76,11 +76,12 @@ def measure_plan(plan: list[PlannedRun], profile: Profile, data: dict, *, say: C
                                 "when": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     entries: dict[str, ArchBudget] = {}
     if kind == "time":
+        min_seconds = plan_seconds(profile, amount, len(archs))
         if measure is None:  # here: at the threads the runs here will compute with (pin_threads)
             times = measure_step_times(archs, settings, threads=plan_threads(settings.device, say), say=say,
-                                       min_seconds=plan_seconds(profile, amount, len(archs)))
+                                       min_seconds=min_seconds)
         else:  # a Ray task: its CPUs are the run's (Ray sets its OMP_NUM_THREADS)
-            times = call(measure_step_times, archs, settings, min_seconds=plan_seconds(profile, amount, len(archs)))
+            times = call(measure_step_times, archs, settings, min_seconds=min_seconds)
         counts = counts_from_step_times(amount, times.step_s, cap)
         for arch, (iterations, exact, capped) in counts.items():
             entries[arch] = ArchBudget(iterations, exact, capped, step_s=times.step_s[arch], step_q1_s=times.q1_s[arch],
@@ -165,16 +166,17 @@ def plan_threads(device: str, say: Callable[[str], None] = print, *, wait_s: flo
     sample = sample or (lambda: sample_load(PLAN_SAMPLE_S))
     wait_s = plan_wait() if wait_s is None else wait_s
     load = sample()
-    if spare_threads(threads, load) < threads and wait_s > 0:
+    spare = spare_threads(threads, load)
+    if spare < threads and wait_s > 0:
         say(f"budget: {load.describe().replace('during the measurement', 'now')}: waiting up to {wait_s:g} s for it "
             f"to quiet down before timing the steps (the counts are for the threads they are timed at; "
             f"{PLAN_WAIT_ENV}=S sets the wait, {THREADS_ENV}=N the threads)")
         start = clock()
-        while spare_threads(threads, load) < threads and clock() - start < wait_s:
+        while spare < threads and clock() - start < wait_s:
             load = sample()
-        if spare_threads(threads, load) == threads:
+            spare = spare_threads(threads, load)
+        if spare == threads:
             say(f"budget: the machine is quiet after {clock() - start:.0f} s of waiting")
-    spare = spare_threads(threads, load)
     if spare < threads:
         say(f"budget: {load.describe().replace('during the measurement', 'now')}: the plan is measured and the "
             f"runs compute at {spare} of {threads} threads (threads that wait for each other beside busy cores "
